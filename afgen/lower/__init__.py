@@ -1,0 +1,1 @@
+"""Lowering: Spec -> specialised SymPy programs -> kernel plans (phases split at reductions)."""

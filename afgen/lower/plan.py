@@ -1,0 +1,249 @@
+"""The kernel-plan IR and its construction from a specialised Program.
+
+Two views of the same specialisation:
+
+* ``flat``: one straight-line schedule with CSE over the whole update. Eager array
+  backends (MLX ops, the NumPy oracle) want every shared value computed once.
+* ``glue`` + ``passes``: what a fused GPU backend launches. A *pass* streams the
+  full-size arrays once, computing per-element values (recomputed, never stored) and
+  the reductions whose operands are ready; *glue* computes the small values (scalars,
+  batch, rows, cols) that the next pass needs, from the reductions of earlier passes.
+  Pass ``k`` may use glue ``0..k``; full-size outputs are written by the last pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from afgen.lower.config import StaticConfig
+from afgen.lower.specialise import Program, Reduction, shape_of
+from afgen.shapes import ReduceAxes, ShapeClass
+
+
+@dataclass(frozen=True)
+class Step:
+    """``name = expr`` or, with ``reduce`` set, ``name = reduce(expr)``."""
+
+    name: sympy.Symbol
+    expr: sympy.Expr
+    shape: ShapeClass
+    reduce: ReduceAxes | None = None
+    mean: bool = False
+    operand_shape: ShapeClass | None = None
+
+    @property
+    def is_reduction(self) -> bool:
+        return self.reduce is not None
+
+    @property
+    def kind(self) -> str:
+        if self.reduce is None:
+            return "assign"
+        return f"{self.reduce.value}_{'mean' if self.mean else 'sum'}"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Straight-line code: steps in dependency order, then named results."""
+
+    steps: tuple[Step, ...]
+    results: tuple[tuple[str, sympy.Expr], ...]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One streaming pass over the full-size arrays."""
+
+    index: int
+    reads: tuple[str, ...]
+    small_inputs: tuple[str, ...]
+    schedule: Schedule
+
+    @property
+    def reductions(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.schedule.steps if s.is_reduction)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.schedule.results)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Everything a backend needs to render one specialisation."""
+
+    configs: tuple[StaticConfig, ...]
+    program: Program
+    flat: Schedule
+    glue: tuple[Schedule, ...]
+    passes: tuple[Pass, ...]
+
+    @property
+    def config(self) -> StaticConfig:
+        return self.configs[0]
+
+    @property
+    def factored(self) -> bool:
+        return self.config.factored
+
+    @property
+    def name(self) -> str:
+        used = frozenset(self.program.used_statics)
+        return self.config.restricted(used).ident
+
+    def shape_of(self, expr: sympy.Basic) -> ShapeClass:
+        return self.program.shape_of(expr)
+
+
+class _Namer:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> sympy.Symbol:
+        symbol = sympy.Symbol(f"{self.prefix}{self.count}", real=True)
+        self.count += 1
+        return symbol
+
+
+def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
+             shapes: dict[sympy.Symbol, ShapeClass], prefix: str) -> Schedule:
+    """CSE ``results`` and the reduction operands together, then order everything so
+    each step follows what it reads. ``shapes`` gains the temporaries' classes."""
+    exprs = [r.operand for r in reductions] + list(results.values())
+    replacements, reduced = sympy.cse(exprs, symbols=_Namer(prefix), order="none")
+    nodes: dict[sympy.Symbol, Step] = {}
+    for symbol, expr in replacements:
+        shapes[symbol] = shape_of(expr, shapes)
+        nodes[symbol] = Step(symbol, expr, shapes[symbol])
+    for reduction, operand in zip(reductions, reduced):
+        nodes[reduction.name] = Step(reduction.name, operand, reduction.shape, reduction.axes,
+                                     reduction.mean, shape_of(operand, shapes))
+    ordered: list[Step] = []
+    done: set[sympy.Symbol] = set()
+
+    def visit(symbol: sympy.Symbol) -> None:
+        if symbol in done or symbol not in nodes:
+            return
+        done.add(symbol)
+        for dep in sorted(nodes[symbol].expr.free_symbols, key=str):
+            visit(dep)
+        ordered.append(nodes[symbol])
+
+    for reduction in reductions:
+        visit(reduction.name)
+    out_exprs = reduced[len(reductions):]
+    for expr in out_exprs:
+        for dep in sorted(expr.free_symbols, key=str):
+            visit(dep)
+    return Schedule(tuple(ordered), tuple(zip(results, out_exprs)))
+
+
+def reduction_levels(program: Program) -> dict[sympy.Symbol, int]:
+    """Level of a reduction = number of streaming passes needed before its value exists."""
+    levels: dict[sympy.Symbol, int] = {}
+    for r in program.reductions:
+        below = _level(r.operand, levels)
+        levels[r.name] = below + 1 if r.operand_shape is ShapeClass.FULL else below
+    return levels
+
+
+def _level(expr: sympy.Basic, levels: dict[sympy.Symbol, int]) -> int:
+    return max((levels[s] for s in expr.free_symbols if s in levels), default=0)
+
+
+class _Hoister:
+    """Pulls maximal small (non-full) subexpressions out of per-element expressions so
+    they are computed once in glue, not per element."""
+
+    def __init__(self, shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int]):
+        self.shapes = shapes
+        self.levels = levels
+        self.defs: dict[sympy.Expr, sympy.Symbol] = {}
+        self.namer = _Namer("s")
+
+    def small_defs(self) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+        return [(symbol, expr) for expr, symbol in self.defs.items()]
+
+    def hoist(self, expr: sympy.Expr) -> sympy.Expr:
+        shape = shape_of(expr, self.shapes)
+        if shape.is_small:
+            return self._name(expr)
+        if expr.is_Atom or not expr.args:
+            return expr
+        if isinstance(expr, (sympy.Mul, sympy.Add)):
+            return self._hoist_assoc(expr)
+        return expr.func(*[self.hoist(a) for a in expr.args])
+
+    def _hoist_assoc(self, expr: sympy.Expr) -> sympy.Expr:
+        """Group the small operands of a sum/product (cols apart from the rest, since a
+        row and a col only combine into a full value) and hoist each group."""
+        full, cols, rest = [], [], []
+        for arg in expr.args:
+            shape = shape_of(arg, self.shapes)
+            if not shape.is_small:
+                full.append(self.hoist(arg))
+            elif shape is ShapeClass.COL:
+                cols.append(arg)
+            else:
+                rest.append(arg)
+        groups = [g for g in (rest, cols) if g]
+        hoisted = [self._name(expr.func(*g)) for g in groups]
+        return expr.func(*full, *hoisted)
+
+    def _name(self, expr: sympy.Expr) -> sympy.Expr:
+        if expr.is_Atom or (expr.is_Number):
+            return expr
+        if expr not in self.defs:
+            symbol = next(self.namer)
+            self.defs[expr] = symbol
+            self.shapes[symbol] = shape_of(expr, self.shapes)
+            self.levels[symbol] = _level(expr, self.levels)
+        return self.defs[expr]
+
+
+def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
+    """Lower a specialised program to the flat schedule and the pass/glue plan."""
+    shapes = dict(program.shapes)
+    changed = {k: v for k, v in program.outputs.items() if v != sympy.Symbol(k, real=True)}
+    flat = schedule({f"new_{k}": v for k, v in changed.items()}, program.reductions, shapes, "x")
+
+    levels = reduction_levels(program)
+    full_reductions = [r for r in program.reductions if r.operand_shape is ShapeClass.FULL]
+    full_outputs = {k: v for k, v in changed.items() if shape_of(v, shapes) is ShapeClass.FULL}
+    small_outputs = {k: v for k, v in changed.items() if k not in full_outputs}
+    last = max([_level(r.operand, levels) for r in full_reductions]
+               + [_level(v, levels) for v in full_outputs.values()] + [0])
+
+    hoister = _Hoister(shapes, levels)
+    passes = []
+    for index in range(last + 1):
+        reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand),
+                                r.operand_shape, r.shape)
+                      for r in full_reductions if _level(r.operand, levels) == index]
+        outputs = ({f"new_{k}": hoister.hoist(v) for k, v in full_outputs.items()}
+                   if index == last else {})
+        sched = schedule(outputs, reductions, shapes, f"x{index}_")
+        used = set().union(*[s.expr.free_symbols for s in sched.steps],
+                           *[e.free_symbols for _, e in sched.results])
+        defined = {s.name for s in sched.steps}
+        reads = sorted(str(s) for s in used - defined if shapes.get(s) is ShapeClass.FULL)
+        small = sorted(str(s) for s in used - defined
+                       if s in shapes and shapes[s] is not ShapeClass.FULL)
+        passes.append(Pass(index, tuple(reads), tuple(small), sched))
+
+    small_reductions = [r for r in program.reductions if r.operand_shape is not ShapeClass.FULL]
+    glue = []
+    for index in range(last + 1):
+        values = {str(sym): expr for sym, expr in hoister.small_defs()
+                  if levels[sym] == index}
+        values.update({f"new_{k}": v for k, v in small_outputs.items()
+                       if _level(v, levels) == index})
+        reductions = [r for r in small_reductions if levels[r.name] == index]
+        glue.append(schedule(values, reductions, shapes, f"g{index}_"))
+    program.shapes.update(shapes)
+    return KernelPlan(tuple(configs), program, flat, tuple(glue), tuple(passes))

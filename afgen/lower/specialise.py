@@ -1,0 +1,192 @@
+"""Specialise a spec for one static configuration.
+
+Walks the live statements of the update (branches on static predicates resolved),
+substitutes every name by its current value so the result is a DAG over *atoms*
+(inputs, old state, hyperparameters) and *reduction results*, and pulls each reduction
+call out into its own node. Reductions are the only places where a value stops being
+elementwise, so they are the phase boundaries of the kernel plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+from sympy.core.function import AppliedUndef
+
+from afgen.errors import SpecError
+from afgen.lower.config import StaticConfig
+from afgen.shapes import ReduceAxes, ShapeClass, join_multiplicative
+from afgen.spec.expressions import reduction_of
+from afgen.spec.model import FACTORED, GRAD, PARAM, STEP, Branch, Equation, Spec, Statement
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """``name = reduce(operand)`` over ``axes``; a mean divides by the count folded."""
+
+    name: sympy.Symbol
+    axes: ReduceAxes
+    mean: bool
+    operand: sympy.Expr
+    operand_shape: ShapeClass
+    shape: ShapeClass
+
+    @property
+    def kind(self) -> str:
+        return f"{self.axes.value}_{'mean' if self.mean else 'sum'}"
+
+
+@dataclass
+class Program:
+    """One specialisation: outputs as expressions over atoms and reduction symbols."""
+
+    config: StaticConfig
+    shapes: dict[sympy.Symbol, ShapeClass]
+    reductions: list[Reduction]
+    outputs: dict[str, sympy.Expr]
+    live_state: list[str]
+    used_statics: frozenset[str] = field(default_factory=frozenset)
+
+    def shape_of(self, expr: sympy.Basic) -> ShapeClass:
+        return shape_of(expr, self.shapes)
+
+    @property
+    def key(self) -> str:
+        """Structural identity: specialisations with equal keys compile to the same code."""
+        parts = [srepr_reduction(r) for r in self.reductions]
+        parts += [f"{k}={sympy.srepr(v)}" for k, v in self.outputs.items()]
+        parts.append(",".join(self.live_state))
+        return "\n".join(parts) + f"\nfactored={self.config.factored}"
+
+
+def srepr_reduction(r: Reduction) -> str:
+    return f"{r.name}={r.kind}({sympy.srepr(r.operand)})"
+
+
+def shape_of(expr: sympy.Basic, shapes: dict[sympy.Symbol, ShapeClass]) -> ShapeClass:
+    """Shape class of an expression from its atoms (row times col is full)."""
+    result = ShapeClass.SCALAR
+    for symbol in expr.free_symbols:
+        result = join_multiplicative(result, shapes.get(symbol, ShapeClass.SCALAR))
+    return result
+
+
+class _Specialiser:
+    def __init__(self, spec: Spec, config: StaticConfig):
+        self.spec = spec
+        self.config = config
+        self.subs = config.as_subs()
+        self.static_symbols = set(self.subs)
+        self.used_statics: set[str] = set()
+        self.reductions: list[Reduction] = []
+        self.reduction_keys: dict[tuple, sympy.Symbol] = {}
+        self.shapes: dict[sympy.Symbol, ShapeClass] = {}
+        self.live_state = [s.name for s in spec.state if self._holds(s.when)]
+        self.env: dict[str, sympy.Expr] = {}
+        self._declare_atoms()
+
+    def _holds(self, condition: sympy.Basic) -> bool:
+        self.used_statics |= {str(s) for s in condition.free_symbols}
+        value = condition.subs(self.subs)
+        if value not in (sympy.true, sympy.false):
+            raise AssertionError(f"static condition {condition} did not resolve")
+        return value == sympy.true
+
+    def _declare_atoms(self) -> None:
+        def atom(name: str, shape: ShapeClass) -> None:
+            symbol = sympy.Symbol(name, real=True)
+            self.shapes[symbol] = shape
+            self.env[name] = symbol
+
+        atom(GRAD, ShapeClass.FULL)
+        atom(PARAM, ShapeClass.FULL)
+        atom(STEP, ShapeClass.SCALAR)
+        for name in self.spec.dynamic_names:
+            atom(name, ShapeClass.SCALAR)
+        for state in self.spec.state:
+            if state.name in self.live_state:
+                atom(state.name, state.shape)
+        self.optional_values = {h.name: h for h in self.spec.hyperparameters if h.is_optional}
+
+    def run(self) -> Program:
+        self._walk(self.spec.update)
+        outputs = {PARAM: self.env[PARAM]}
+        for name in self.live_state:
+            outputs[name] = self.env[name]
+        return Program(self.config, self.shapes, self.reductions, outputs, self.live_state,
+                       frozenset(self.used_statics))
+
+    def _walk(self, statements: tuple[Statement, ...]) -> None:
+        for statement in statements:
+            if isinstance(statement, Branch):
+                taken = statement.then if self._holds(statement.condition) else statement.orelse
+                self._walk(taken)
+            else:
+                self._equation(statement)
+
+    def _equation(self, eq: Equation) -> None:
+        where = f"(configuration: {self.config.label})"
+        if eq.shape.needs_factored and not self.config.factored:
+            raise SpecError(eq.loc, f"'{eq.target}' is {eq.shape.label}-shaped, which only "
+                            f"exists for factored parameters; put it under 'if: factored' {where}")
+        self.used_statics |= {str(s) for s in eq.value.free_symbols & self.static_symbols}
+        value = eq.value.subs(self.subs)
+        missing_state = {str(s) for s in value.free_symbols} - set(self.env)
+        state_names = {s.name for s in self.spec.state}
+        for name in sorted(missing_state):
+            if name in state_names:
+                raise SpecError(eq.loc, f"state '{name}' does not exist here {where}; guard "
+                                "the equation with the state's 'when' condition")
+            raise SpecError(eq.loc, f"'{name}' is used before it is defined {where}")
+        if eq.target in state_names and eq.target not in self.live_state:
+            raise SpecError(eq.loc, f"state '{eq.target}' does not exist here {where}")
+        for name, hyper in self.optional_values.items():
+            if sympy.Symbol(name, real=True) in value.free_symbols and not self.config.get(
+                    f"has_{name}"):
+                raise SpecError(eq.loc, f"'{name}' may be None here {where}; guard the "
+                                f"equation with 'if: has({name})'")
+        value = value.xreplace({sympy.Symbol(k, real=True): v for k, v in self.env.items()})
+        self.env[eq.target] = self._extract_reductions(value, eq)
+
+    def _extract_reductions(self, expr: sympy.Expr, eq: Equation) -> sympy.Expr:
+        """Replace reduction calls (innermost first) by symbols and record them."""
+        calls = [a for a in expr.atoms(AppliedUndef) if reduction_of(a)]
+        if not calls:
+            return expr
+        calls.sort(key=lambda c: sympy.count_ops(c))
+        replaced = {}
+        for call in calls:
+            axes, mean = reduction_of(call)
+            operand = self._extract_reductions(call.args[0], eq)
+            operand_shape = shape_of(operand, self.shapes)
+            if axes is not ReduceAxes.ALL and not self.config.factored:
+                raise SpecError(eq.loc, f"{axes.value} reductions need a factored parameter; "
+                                f"put '{eq.target}' under 'if: factored' "
+                                f"(configuration: {self.config.label})")
+            key = (axes, mean, operand)
+            if key not in self.reduction_keys:
+                symbol = sympy.Symbol(f"red{len(self.reductions)}", real=True)
+                shape = axes.result(operand_shape)
+                self.reductions.append(Reduction(symbol, axes, mean, operand, operand_shape, shape))
+                self.reduction_keys[key] = symbol
+                self.shapes[symbol] = shape
+            replaced[call] = self.reduction_keys[key]
+        return expr.xreplace(replaced)
+
+
+def specialise(spec: Spec, config: StaticConfig) -> Program:
+    """Specialise ``spec`` for ``config`` (a full assignment of its static predicates)."""
+    return _Specialiser(spec, config).run()
+
+
+def distinct_programs(spec: Spec, configs: list[StaticConfig]) -> list[tuple[list[StaticConfig],
+                                                                            Program]]:
+    """Specialise every config and group configs that compile to the same program."""
+    groups: dict[str, tuple[list[StaticConfig], Program]] = {}
+    for config in configs:
+        program = specialise(spec, config)
+        groups.setdefault(program.key, ([], program))[0].append(config)
+    return list(groups.values())
+
+
+__all__ = ["FACTORED", "Program", "Reduction", "distinct_programs", "shape_of", "specialise"]

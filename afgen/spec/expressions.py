@@ -1,0 +1,355 @@
+"""Safe expression parsing: Python ``ast`` with a whitelist, turned into SymPy.
+
+Spec expressions are data. They are parsed with ``ast.parse`` and only the node types
+and names listed here are accepted; everything else (attribute access, subscripts,
+lambdas, comprehensions, unknown functions, dunder names) is a SpecError at the exact
+column. Nothing is evaluated: no ``eval``, no ``sympify`` on text. While converting,
+every value gets a shape class, so a row added to a col is caught here.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import sympy
+
+from afgen.errors import Loc, SpecError
+from afgen.shapes import ReduceAxes, ShapeClass, ShapeMismatch, join_additive, join_multiplicative
+
+MAX_EXPRESSION_CHARS = 2000
+MAX_NESTING = 60
+MAX_CONST_EXPONENT = 64
+MAX_INT_LITERAL = 2**53
+
+NUM, STATIC_BOOL, DYN_BOOL, STATIC_INT = "number", "static condition", "condition", "static integer"
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A converted sub-expression: its SymPy form, what kind of thing it is, its shape class."""
+
+    expr: sympy.Basic
+    kind: str
+    shape: ShapeClass = ShapeClass.SCALAR
+
+
+class Scope(Protocol):
+    def lookup(self, name: str) -> Typed | None: ...
+    def has_predicate(self, name: str) -> sympy.Symbol | None: ...
+
+
+REDUCTIONS: dict[str, tuple[ReduceAxes, bool]] = {
+    "sum": (ReduceAxes.ALL, False),
+    "mean": (ReduceAxes.ALL, True),
+    "rowwise_sum": (ReduceAxes.ROWWISE, False),
+    "rowwise_mean": (ReduceAxes.ROWWISE, True),
+    "colwise_sum": (ReduceAxes.COLWISE, False),
+    "colwise_mean": (ReduceAxes.COLWISE, True),
+    "matrixwise_sum": (ReduceAxes.MATRIXWISE, False),
+    "matrixwise_mean": (ReduceAxes.MATRIXWISE, True),
+}
+REDUCTION_FUNCS = {name: sympy.Function(name) for name in REDUCTIONS}
+
+
+def reduction_of(expr: sympy.Basic) -> tuple[ReduceAxes, bool] | None:
+    """(axes, is_mean) if ``expr`` is an unevaluated reduction call."""
+    func = getattr(expr, "func", None)
+    name = getattr(func, "__name__", None)
+    if isinstance(expr, sympy.core.function.AppliedUndef) and name in REDUCTIONS:
+        return REDUCTIONS[name]
+    return None
+
+
+_UNARY: dict[str, Callable[[sympy.Expr], sympy.Expr]] = {
+    "sqrt": sympy.sqrt,
+    "rsqrt": lambda x: sympy.Pow(x, sympy.Rational(-1, 2)),
+    "abs": sympy.Abs,
+    "square": lambda x: sympy.Pow(x, 2),
+    "exp": sympy.exp,
+    "log": sympy.log,
+    "sign": sympy.sign,
+}
+FUNCTIONS = sorted([*_UNARY, "min", "max", "pow", "where", "rms", "has", *REDUCTIONS])
+
+_FORBIDDEN_NODES = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscripts",
+    ast.Lambda: "lambdas",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.Starred: "starred arguments",
+    ast.NamedExpr: "assignment expressions",
+    ast.JoinedStr: "f-strings",
+    ast.List: "lists",
+    ast.Tuple: "tuples",
+    ast.Dict: "dicts",
+    ast.Set: "sets",
+    ast.Await: "await",
+    ast.Yield: "yield",
+}
+
+
+def _parse(text: str, loc: Loc, mode: str) -> ast.AST:
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise SpecError(loc, f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    if not text.isascii():
+        raise SpecError(loc, "expressions must be ASCII")
+    try:
+        return ast.parse(text, mode=mode)
+    except SyntaxError as exc:
+        where = loc.shifted((exc.lineno or 1) - 1, (exc.offset or 1) - 1)
+        raise SpecError(where, f"syntax error: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise SpecError(loc, "expression nested too deeply") from None
+
+
+class ExpressionConverter:
+    """Converts one whitelisted Python AST to SymPy, checking names, arity and shapes."""
+
+    def __init__(self, scope: Scope, loc: Loc, col_shift: int = 0):
+        self.scope = scope
+        self.loc = loc
+        self.col_shift = col_shift
+
+    def where(self, node: ast.AST) -> Loc:
+        line = getattr(node, "lineno", 1) - 1
+        col = getattr(node, "col_offset", 0) + (self.col_shift if line == 0 else 0)
+        return self.loc.shifted(line, col)
+
+    def fail(self, node: ast.AST, message: str) -> SpecError:
+        return SpecError(self.where(node), message)
+
+    def convert(self, node: ast.AST, depth: int = 0) -> Typed:
+        if depth > MAX_NESTING:
+            raise self.fail(node, f"expression nested deeper than {MAX_NESTING} levels")
+        for forbidden, what in _FORBIDDEN_NODES.items():
+            if isinstance(node, forbidden):
+                raise self.fail(node, f"{what} are not allowed in spec expressions")
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, f"'{type(node).__name__}' expressions are not allowed in specs")
+        return method(node, depth + 1)
+
+    # -- leaves -------------------------------------------------------------------------
+    def _Constant(self, node: ast.Constant, depth: int) -> Typed:
+        value = node.value
+        if isinstance(value, bool):
+            return Typed(sympy.true if value else sympy.false, STATIC_BOOL)
+        if isinstance(value, int):
+            if abs(value) > MAX_INT_LITERAL:
+                raise self.fail(node, f"integer literal {value} is too large")
+            return Typed(sympy.Integer(value), NUM)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise self.fail(node, "numeric literals must be finite")
+            return Typed(sympy.Float(value), NUM)
+        raise self.fail(node, f"{type(value).__name__} literals are not allowed in expressions")
+
+    def _Name(self, node: ast.Name, depth: int) -> Typed:
+        if node.id.startswith("_"):
+            raise self.fail(node, f"names starting with '_' are not allowed: '{node.id}'")
+        found = self.scope.lookup(node.id)
+        if found is None:
+            raise self.fail(node, f"unknown name '{node.id}'")
+        return found
+
+    # -- operators ----------------------------------------------------------------------
+    def _num(self, node: ast.AST, depth: int, what: str) -> Typed:
+        value = self.convert(node, depth)
+        if value.kind != NUM:
+            raise self.fail(node, f"{what} needs a number, got a {value.kind}")
+        return value
+
+    def _BinOp(self, node: ast.BinOp, depth: int) -> Typed:
+        op = type(node.op)
+        if op not in (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow):
+            raise self.fail(node, f"operator '{type(node.op).__name__}' is not allowed")
+        left = self._num(node.left, depth, "an arithmetic operator")
+        right = self._num(node.right, depth, "an arithmetic operator")
+        if op is ast.Pow:
+            return self._power(node, left, right)
+        try:
+            if op in (ast.Add, ast.Sub):
+                shape = join_additive(left.shape, right.shape)
+            else:
+                shape = join_multiplicative(left.shape, right.shape)
+        except ShapeMismatch as exc:
+            raise self.fail(node, f"shape-class mismatch: {left.shape.label} "
+                            f"{_OP_WORD[op]} {right.shape.label}: {exc}") from None
+        a, b = left.expr, right.expr
+        expr = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b,
+                ast.Mult: lambda: a * b, ast.Div: lambda: a / b}[op]()
+        return Typed(expr, NUM, shape)
+
+    def _power(self, node: ast.AST, base: Typed, exponent: Typed) -> Typed:
+        if exponent.shape is not ShapeClass.SCALAR:
+            raise self.fail(node, "exponents must be scalars")
+        if exponent.expr.is_Number and abs(float(exponent.expr)) > MAX_CONST_EXPONENT:
+            raise self.fail(node, f"constant exponents are limited to +-{MAX_CONST_EXPONENT}")
+        if base.expr.is_Number and abs(float(base.expr)) > 1e300:
+            raise self.fail(node, "constant too large")
+        return Typed(sympy.Pow(base.expr, exponent.expr), NUM, base.shape)
+
+    def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> Typed:
+        if isinstance(node.op, ast.Not):
+            operand = self.convert(node.operand, depth)
+            if operand.kind not in (STATIC_BOOL, DYN_BOOL):
+                raise self.fail(node, "'not' needs a condition")
+            return Typed(sympy.Not(operand.expr), operand.kind, operand.shape)
+        if isinstance(node.op, (ast.USub, ast.UAdd)):
+            operand = self._num(node.operand, depth, "a sign")
+            expr = -operand.expr if isinstance(node.op, ast.USub) else operand.expr
+            return Typed(expr, NUM, operand.shape)
+        raise self.fail(node, f"operator '{type(node.op).__name__}' is not allowed")
+
+    def _BoolOp(self, node: ast.BoolOp, depth: int) -> Typed:
+        parts = [self.convert(v, depth) for v in node.values]
+        kinds = {p.kind for p in parts}
+        if not kinds <= {STATIC_BOOL, DYN_BOOL}:
+            raise self.fail(node, "'and'/'or' need conditions on both sides")
+        kind = DYN_BOOL if DYN_BOOL in kinds else STATIC_BOOL
+        shape = self._join(node, [p.shape for p in parts])
+        combine = sympy.And if isinstance(node.op, ast.And) else sympy.Or
+        return Typed(combine(*[p.expr for p in parts]), kind, shape)
+
+    def _Compare(self, node: ast.Compare, depth: int) -> Typed:
+        if len(node.ops) != 1:
+            raise self.fail(node, "chained comparisons are not allowed; use 'and'")
+        op = type(node.ops[0])
+        rel = {ast.Lt: sympy.Lt, ast.LtE: sympy.Le, ast.Gt: sympy.Gt, ast.GtE: sympy.Ge,
+               ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne}.get(op)
+        if rel is None:
+            raise self.fail(node, f"comparison '{op.__name__}' is not allowed")
+        left = self.convert(node.left, depth)
+        right = self.convert(node.comparators[0], depth)
+        kinds = {left.kind, right.kind}
+        if kinds <= {STATIC_INT}:
+            return Typed(rel(left.expr, right.expr), STATIC_BOOL)
+        if STATIC_INT in kinds and kinds <= {STATIC_INT, NUM}:
+            if not all(p.expr.is_Number for p in (left, right) if p.kind == NUM):
+                raise self.fail(node, "static integers can only be compared with constants")
+            return Typed(rel(left.expr, right.expr), STATIC_BOOL)
+        if kinds != {NUM}:
+            raise self.fail(node, "comparisons need two numbers")
+        shape = self._join(node, [left.shape, right.shape])
+        return Typed(rel(left.expr, right.expr), DYN_BOOL, shape)
+
+    def _IfExp(self, node: ast.IfExp, depth: int) -> Typed:
+        test = self.convert(node.test, depth)
+        if test.kind != STATIC_BOOL:
+            raise self.fail(node.test, "'a if c else b' needs a static condition (a bool "
+                            "hyperparameter, has(x), factored); use where(c, a, b) for "
+                            "conditions on values")
+        body = self._num(node.body, depth, "'if' expression")
+        orelse = self._num(node.orelse, depth, "'else' expression")
+        shape = self._join(node, [body.shape, orelse.shape])
+        return Typed(sympy.Piecewise((body.expr, test.expr), (orelse.expr, True)), NUM, shape)
+
+    def _join(self, node: ast.AST, shapes: list[ShapeClass]) -> ShapeClass:
+        result = ShapeClass.SCALAR
+        try:
+            for shape in shapes:
+                result = join_additive(result, shape)
+        except ShapeMismatch as exc:
+            raise self.fail(node, f"shape-class mismatch: {exc}") from None
+        return result
+
+    # -- calls --------------------------------------------------------------------------
+    def _Call(self, node: ast.Call, depth: int) -> Typed:
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(node, "only calls of plain function names are allowed")
+        name = node.func.id
+        if name.startswith("_"):
+            raise self.fail(node, f"names starting with '_' are not allowed: '{name}'")
+        if node.keywords:
+            raise self.fail(node, "keyword arguments are not allowed")
+        if name not in FUNCTIONS:
+            raise self.fail(node, f"unknown function '{name}' (known: {', '.join(FUNCTIONS)})")
+        if name == "has":
+            return self._has(node)
+        args = [self.convert(a, depth) for a in node.args]
+        if name == "where":
+            return self._where(node, args)
+        for arg_node, arg in zip(node.args, args):
+            if arg.kind != NUM:
+                raise self.fail(arg_node, f"{name}() needs numbers, got a {arg.kind}")
+        if name in _UNARY or name == "rms" or name in REDUCTIONS:
+            self._arity(node, name, args, 1)
+            (arg,) = args
+            if name in _UNARY:
+                return Typed(_UNARY[name](arg.expr), NUM, arg.shape)
+            if name == "rms":
+                mean = REDUCTION_FUNCS["mean"](sympy.Pow(arg.expr, 2))
+                return Typed(sympy.sqrt(mean), NUM, ShapeClass.SCALAR)
+            axes, _ = REDUCTIONS[name]
+            try:
+                shape = axes.result(arg.shape)
+            except ShapeMismatch as exc:
+                raise self.fail(node, f"{name}(): {exc}") from None
+            return Typed(REDUCTION_FUNCS[name](arg.expr), NUM, shape)
+        if name == "pow":
+            self._arity(node, name, args, 2)
+            return self._power(node, args[0], args[1])
+        if len(args) < 2:
+            raise self.fail(node, f"{name}() needs at least 2 arguments")
+        shape = self._join(node, [a.shape for a in args])
+        combine = sympy.Min if name == "min" else sympy.Max
+        return Typed(combine(*[a.expr for a in args]), NUM, shape)
+
+    def _arity(self, node: ast.Call, name: str, args: list[Typed], count: int) -> None:
+        if len(args) != count:
+            raise self.fail(node, f"{name}() takes {count} argument(s), got {len(args)}")
+
+    def _has(self, node: ast.Call) -> Typed:
+        if len(node.args) != 1 or not isinstance(node.args[0], ast.Name):
+            raise self.fail(node, "has() takes one hyperparameter name")
+        predicate = self.scope.has_predicate(node.args[0].id)
+        if predicate is None:
+            raise self.fail(node.args[0], f"has() needs an optional hyperparameter, "
+                            f"'{node.args[0].id}' is not one")
+        return Typed(predicate, STATIC_BOOL)
+
+    def _where(self, node: ast.Call, args: list[Typed]) -> Typed:
+        self._arity(node, "where", args, 3)
+        cond, a, b = args
+        if cond.kind not in (DYN_BOOL, STATIC_BOOL):
+            raise self.fail(node.args[0], "where() needs a condition first")
+        for arg_node, arg in zip(node.args[1:], (a, b)):
+            if arg.kind != NUM:
+                raise self.fail(arg_node, "where() needs numbers as its 2nd and 3rd arguments")
+        shape = self._join(node, [cond.shape, a.shape, b.shape])
+        return Typed(sympy.Piecewise((a.expr, cond.expr), (b.expr, True)), NUM, shape)
+
+
+_OP_WORD = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def parse_expression(text: str, loc: Loc, scope: Scope, col_shift: int = 0) -> Typed:
+    """Parse and convert a single expression."""
+    tree = _parse(text, loc.shifted(0, col_shift), "eval")
+    return ExpressionConverter(scope, loc, col_shift).convert(tree.body)
+
+
+def parse_assignment(text: str, loc: Loc, scope: Scope, col_shift: int = 0
+                     ) -> tuple[str, Loc, Typed]:
+    """Parse ``name = expression``; returns the target name, its location and the value."""
+    tree = _parse(text, loc.shifted(0, col_shift), "exec")
+    converter = ExpressionConverter(scope, loc, col_shift)
+    body = tree.body
+    if len(body) != 1 or not isinstance(body[0], ast.Assign):
+        raise SpecError(loc.shifted(0, col_shift), "expected one equation 'name = expression'")
+    assign = body[0]
+    if len(assign.targets) != 1 or not isinstance(assign.targets[0], ast.Name):
+        raise converter.fail(assign, "the left side of an equation must be one plain name")
+    target = assign.targets[0]
+    if target.id.startswith("_"):
+        raise converter.fail(target, f"names starting with '_' are not allowed: '{target.id}'")
+    value = converter.convert(assign.value)
+    if value.kind != NUM:
+        raise converter.fail(assign.value, f"an equation needs a number on its right side, "
+                             f"got a {value.kind}")
+    return target.id, converter.where(target), value

@@ -1,0 +1,124 @@
+"""The typed spec model: what a validated spec says, with SymPy expressions inside."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import sympy
+
+from afgen.errors import Loc
+from afgen.shapes import ShapeClass
+
+HYPER_KINDS = ("float", "bool", "optional_float", "schedule", "pair")
+
+# Names every update can read: the gradient, the parameter and the 1-based step.
+GRAD, PARAM, STEP = "grad", "param", "t"
+FACTORED = "factored"
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One constructor argument. ``bool`` ones are static (they pick code paths);
+    numbers are dynamic (read every step, never baked into kernels); ``optional_float``
+    and ``schedule`` may be None, and whether they are is static (``has(name)``)."""
+
+    name: str
+    kind: str
+    default: object
+    doc: str
+    loc: Loc
+    component_names: tuple[str, ...] = ()
+    check: sympy.Basic | None = None
+    check_text: str = ""
+
+    @property
+    def is_static(self) -> bool:
+        return self.kind == "bool"
+
+    @property
+    def is_optional(self) -> bool:
+        return self.kind in ("optional_float", "schedule")
+
+    @property
+    def value_names(self) -> tuple[str, ...]:
+        """Names this hyperparameter contributes to expressions."""
+        return self.component_names if self.kind == "pair" else (self.name,)
+
+    @property
+    def has_symbol(self) -> sympy.Symbol:
+        return sympy.Symbol(f"has_{self.name}")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A constructor-time check on static options (e.g. a schedule is needed without
+    relative steps)."""
+
+    condition: sympy.Basic
+    message: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    name: str
+    shape: ShapeClass
+    when: sympy.Basic
+    when_text: str
+    init: float
+    doc: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Equation:
+    target: str
+    value: sympy.Expr
+    shape: ShapeClass
+    text: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Branch:
+    condition: sympy.Basic
+    condition_text: str
+    then: tuple["Statement", ...]
+    orelse: tuple["Statement", ...]
+    loc: Loc
+
+
+Statement = Union[Equation, Branch]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated optimizer spec."""
+
+    path: str
+    stem: str
+    class_name: str
+    summary: str
+    reference: str
+    hyperparameters: tuple[Hyperparameter, ...]
+    requires: tuple[Requirement, ...]
+    factored_when: sympy.Basic
+    factored_text: str
+    state: tuple[StateTensor, ...]
+    update: tuple[Statement, ...]
+    text: str
+
+    def hyper(self, name: str) -> Hyperparameter:
+        return next(h for h in self.hyperparameters if h.name == name)
+
+    @property
+    def static_names(self) -> tuple[str, ...]:
+        """Every static predicate a configuration fixes, in a stable order."""
+        names = [h.name for h in self.hyperparameters if h.is_static]
+        names += [f"has_{h.name}" for h in self.hyperparameters if h.is_optional]
+        return tuple(names)
+
+    @property
+    def dynamic_names(self) -> tuple[str, ...]:
+        """Expression names of numeric hyperparameters (kernel inputs, never specialised)."""
+        return tuple(n for h in self.hyperparameters if not h.is_static for n in h.value_names)

@@ -1,0 +1,407 @@
+"""Spec file -> validated Spec. Every problem is a SpecError at its file:line:col."""
+from __future__ import annotations
+
+import keyword
+import re
+from pathlib import Path
+
+import sympy
+
+from afgen.errors import Loc, SpecError
+from afgen.shapes import ShapeClass
+from afgen.spec.expressions import (
+    FUNCTIONS, NUM, STATIC_BOOL, STATIC_INT, Typed, parse_assignment, parse_expression,
+)
+from afgen.spec.model import (
+    FACTORED, GRAD, HYPER_KINDS, PARAM, STEP, Branch, Equation, Hyperparameter, Requirement,
+    Spec, StateTensor, Statement,
+)
+from afgen.spec.yamlnodes import Node, parse_yaml
+
+TOP_KEYS = {"optimizer": True, "summary": False, "reference": False, "hyperparameters": True,
+            "requires": False, "layout": True, "state": True, "update": True}
+HYPER_KEYS = {"type", "default", "doc", "names", "check"}
+STATE_KEYS = {"shape", "when", "init", "doc"}
+IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
+RESERVED = {GRAD, PARAM, STEP, FACTORED, "ndim", "has", "self", "mx", "state", "gradient",
+            "parameter"}
+MAX_STATEMENTS = 500
+# Names the lowering gives to temporaries, reductions, hoisted values and outputs.
+GENERATED_NAME = re.compile(r"^(x|s|red)\d+$|^new_")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(Loc(str(path), 1, 1), f"cannot read spec: {exc}") from None
+    return parse_spec_text(text, str(path))
+
+
+def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
+    """Validate spec text (the whole pipeline's entry point for in-memory variants)."""
+    root = parse_yaml(text, path)
+    return _SpecBuilder(root, text, path).build()
+
+
+def _expect_map(node: Node, what: str) -> dict[str, Node]:
+    if not node.is_map():
+        raise SpecError(node.loc, f"{what} must be a mapping")
+    return node.value
+
+
+def _expect_list(node: Node, what: str) -> list[Node]:
+    if not node.is_list():
+        raise SpecError(node.loc, f"{what} must be a list")
+    return node.value
+
+
+def _expect_str(node: Node, what: str) -> str:
+    if not isinstance(node.value, str):
+        raise SpecError(node.loc, f"{what} must be a string, got {_type_word(node.value)}")
+    return node.value
+
+
+def _type_word(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_keys(node: Node, allowed: set[str], what: str, required: set[str] = frozenset()
+                ) -> None:
+    for key in node.value:
+        if key not in allowed:
+            raise SpecError(node.key_locs[key], f"unknown key '{key}' in {what} "
+                            f"(expected one of: {', '.join(sorted(allowed))})")
+    for key in sorted(required):
+        if key not in node.value:
+            raise SpecError(node.loc, f"{what} is missing the required key '{key}'")
+
+
+def _number(node: Node, what: str) -> float:
+    """A float from YAML; accepts '1e-30' (which YAML 1.1 reads as a string)."""
+    value = node.value
+    if isinstance(value, bool):
+        raise SpecError(node.loc, f"{what} must be a number, got {_type_word(value)}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise SpecError(node.loc, f"{what} must be a number, got {_type_word(value)}")
+
+
+def _expr_col_shift(node: Node) -> int:
+    return 1 if node.quoted else 0
+
+
+class _Scope:
+    """Names visible to an expression, with their kinds and shape classes."""
+
+    def __init__(self, names: dict[str, Typed], optional: dict[str, sympy.Symbol]):
+        self.names = names
+        self.optional = optional
+
+    def lookup(self, name: str) -> Typed | None:
+        return self.names.get(name)
+
+    def has_predicate(self, name: str) -> sympy.Symbol | None:
+        return self.optional.get(name)
+
+    def child(self, extra: dict[str, Typed]) -> "_Scope":
+        return _Scope({**self.names, **extra}, self.optional)
+
+
+class _SpecBuilder:
+    def __init__(self, root: Node, text: str, path: str):
+        self.root = root
+        self.text = text
+        self.path = path
+
+    def build(self) -> Spec:
+        top = _expect_map(self.root, "the spec")
+        _check_keys(self.root, set(TOP_KEYS), "the spec",
+                    {k for k, required in TOP_KEYS.items() if required})
+        class_name = _expect_str(top["optimizer"], "'optimizer'")
+        if not CLASS_NAME.match(class_name):
+            raise SpecError(top["optimizer"].loc, f"'optimizer' must be a class name like "
+                            f"'Adafactor', got '{class_name}'")
+        hypers = self._hyperparameters(top["hyperparameters"])
+        optional = {h.name: h.has_symbol for h in hypers if h.is_optional}
+        static = {h.name: Typed(sympy.Symbol(h.name), STATIC_BOOL) for h in hypers if h.is_static}
+        static[FACTORED] = Typed(sympy.Symbol(FACTORED), STATIC_BOOL)
+        numbers = {n: Typed(sympy.Symbol(n, real=True), NUM)
+                   for h in hypers if not h.is_static for n in h.value_names}
+        hypers = self._attach_checks(top["hyperparameters"], hypers, numbers, optional)
+        static_scope = _Scope(static, optional)
+        requires = self._requires(top.get("requires"), static_scope)
+        factored_when, factored_text = self._layout(top["layout"])
+        state = self._state(top["state"], static_scope, {h.name for h in hypers} |
+                            {n for h in hypers for n in h.value_names})
+        names: dict[str, Typed] = {**static, **numbers,
+                                   GRAD: Typed(sympy.Symbol(GRAD, real=True), NUM, ShapeClass.FULL),
+                                   PARAM: Typed(sympy.Symbol(PARAM, real=True), NUM,
+                                                ShapeClass.FULL),
+                                   STEP: Typed(sympy.Symbol(STEP, real=True), NUM)}
+        for s in state:
+            names[s.name] = Typed(sympy.Symbol(s.name, real=True), NUM, s.shape)
+        protected = set(static) | set(numbers) | {GRAD, STEP}
+        update_node = top["update"]
+        statements, _ = self._statements(update_node, _Scope(names, optional), protected,
+                                         {s.name: s.shape for s in state}, [0])
+        if not statements:
+            raise SpecError(update_node.loc, "'update' needs at least one equation")
+        return Spec(
+            path=self.path, stem=Path(self.path).stem, class_name=class_name,
+            summary=_expect_str(top["summary"], "'summary'") if "summary" in top else class_name,
+            reference=_expect_str(top["reference"], "'reference'") if "reference" in top else "",
+            hyperparameters=tuple(hypers), requires=tuple(requires), factored_when=factored_when,
+            factored_text=factored_text, state=tuple(state), update=tuple(statements),
+            text=self.text)
+
+    # -- hyperparameters ---------------------------------------------------------------
+    def _hyperparameters(self, node: Node) -> list[Hyperparameter]:
+        items = _expect_map(node, "'hyperparameters'")
+        hypers: list[Hyperparameter] = []
+        seen: set[str] = set()
+        for name, spec in items.items():
+            key_loc = node.key_locs[name]
+            self._identifier(name, key_loc, "hyperparameter")
+            _expect_map(spec, f"hyperparameter '{name}'")
+            _check_keys(spec, HYPER_KEYS, f"hyperparameter '{name}'", {"type"})
+            kind = _expect_str(spec.value["type"], f"the type of '{name}'")
+            if kind not in HYPER_KINDS:
+                raise SpecError(spec.value["type"].loc, f"unknown hyperparameter type '{kind}' "
+                                f"(expected one of: {', '.join(HYPER_KINDS)})")
+            components: tuple[str, ...] = ()
+            if kind == "pair":
+                components = self._pair_names(spec, name)
+            elif "names" in spec.value:
+                raise SpecError(spec.key_locs["names"], "'names' is only for type 'pair'")
+            default = self._default(spec, name, kind)
+            doc = _expect_str(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
+            for n in (name, *components):
+                if n in seen:
+                    raise SpecError(key_loc, f"name '{n}' is defined twice")
+                seen.add(n)
+            hypers.append(Hyperparameter(name, kind, default, doc, key_loc, components))
+        return hypers
+
+    def _identifier(self, name: str, loc: Loc, what: str) -> None:
+        if not IDENT.match(name):
+            raise SpecError(loc, f"{what} name '{name}' must be a plain identifier "
+                            "(letters, digits, '_', not starting with '_')")
+        if (name in RESERVED or name in FUNCTIONS or keyword.iskeyword(name)
+                or GENERATED_NAME.match(name)):
+            raise SpecError(loc, f"'{name}' is reserved and cannot name a {what}")
+
+    def _pair_names(self, spec: Node, name: str) -> tuple[str, ...]:
+        if "names" not in spec.value:
+            raise SpecError(spec.loc, f"pair hyperparameter '{name}' needs 'names: [a, b]'")
+        names_node = spec.value["names"]
+        items = _expect_list(names_node, "'names'")
+        if len(items) != 2:
+            raise SpecError(names_node.loc, "'names' of a pair must list exactly 2 names")
+        out = []
+        for item in items:
+            component = _expect_str(item, "a pair component name")
+            self._identifier(component, item.loc, "pair component")
+            out.append(component)
+        return tuple(out)
+
+    def _default(self, spec: Node, name: str, kind: str) -> object:
+        if "default" not in spec.value:
+            raise SpecError(spec.loc, f"hyperparameter '{name}' needs a 'default'")
+        node = spec.value["default"]
+        if kind == "bool":
+            if not isinstance(node.value, bool):
+                raise SpecError(node.loc, f"the default of bool '{name}' must be true or "
+                                f"false, got {_type_word(node.value)}")
+            return node.value
+        if kind in ("optional_float", "schedule") and node.value is None:
+            return None
+        if kind == "pair":
+            items = _expect_list(node, f"the default of pair '{name}'")
+            if len(items) != 2:
+                raise SpecError(node.loc, f"the default of pair '{name}' needs 2 numbers")
+            return tuple(_number(i, f"the default of '{name}'") for i in items)
+        return _number(node, f"the default of '{name}'")
+
+    def _attach_checks(self, node: Node, hypers: list[Hyperparameter],
+                       numbers: dict[str, Typed], optional: dict[str, sympy.Symbol]
+                       ) -> list[Hyperparameter]:
+        out = []
+        for h in hypers:
+            spec = node.value[h.name]
+            if "check" not in spec.value:
+                out.append(h)
+                continue
+            check_node = spec.value["check"]
+            text = _expect_str(check_node, "'check'")
+            if h.is_static or h.kind == "schedule":
+                raise SpecError(check_node.loc, f"'check' is for numeric hyperparameters, "
+                                f"not {h.kind} '{h.name}'")
+            scope = _Scope({n: numbers[n] for n in h.value_names}, {})
+            typed = parse_expression(text, check_node.loc, scope, _expr_col_shift(check_node))
+            if typed.kind not in ("condition",):
+                raise SpecError(check_node.loc, "'check' must be a comparison such as 'x > 0'")
+            out.append(Hyperparameter(h.name, h.kind, h.default, h.doc, h.loc,
+                                      h.component_names, typed.expr, text))
+        return out
+
+    def _requires(self, node: Node | None, scope: _Scope) -> list[Requirement]:
+        if node is None:
+            return []
+        out = []
+        for item in _expect_list(node, "'requires'"):
+            _expect_map(item, "a requirement")
+            _check_keys(item, {"check", "message"}, "a requirement", {"check", "message"})
+            cond = self._static_condition(item.value["check"], scope)
+            out.append(Requirement(cond, _expect_str(item.value["message"], "'message'"),
+                                   item.value["check"].loc))
+        return out
+
+    def _static_condition(self, node: Node, scope: _Scope) -> sympy.Basic:
+        if isinstance(node.value, bool):
+            return sympy.true if node.value else sympy.false
+        text = _expect_str(node, "a condition")
+        typed = parse_expression(text, node.loc, scope, _expr_col_shift(node))
+        if typed.kind != STATIC_BOOL:
+            raise SpecError(node.loc, f"'{text}' must be a static condition (bool "
+                            "hyperparameters, has(x), factored, and/or/not)")
+        return typed.expr
+
+    def _layout(self, node: Node) -> tuple[sympy.Basic, str]:
+        _expect_map(node, "'layout'")
+        _check_keys(node, {FACTORED}, "'layout'", {FACTORED})
+        cond_node = node.value[FACTORED]
+        text = _expect_str(cond_node, "'layout.factored'")
+        scope = _Scope({"ndim": Typed(sympy.Symbol("ndim", integer=True), STATIC_INT)}, {})
+        typed = parse_expression(text, cond_node.loc, scope, _expr_col_shift(cond_node))
+        if typed.kind != STATIC_BOOL:
+            raise SpecError(cond_node.loc, "'layout.factored' must be a condition on ndim, "
+                            "e.g. 'ndim >= 2'")
+        for ndim in (0, 1):
+            if typed.expr.subs(sympy.Symbol("ndim", integer=True), ndim) == sympy.true:
+                raise SpecError(cond_node.loc, f"'layout.factored' must be false for {ndim}-D "
+                                "parameters: they have no rows and cols")
+        return typed.expr, text
+
+    # -- state ---------------------------------------------------------------------------
+    def _state(self, node: Node, scope: _Scope, hyper_names: set[str]) -> list[StateTensor]:
+        items = _expect_map(node, "'state'")
+        out = []
+        for name, spec in items.items():
+            key_loc = node.key_locs[name]
+            self._identifier(name, key_loc, "state tensor")
+            if name in hyper_names:
+                raise SpecError(key_loc, f"state '{name}' has the name of a hyperparameter")
+            _expect_map(spec, f"state '{name}'")
+            _check_keys(spec, STATE_KEYS, f"state '{name}'", {"shape"})
+            label = _expect_str(spec.value["shape"], f"the shape of '{name}'")
+            if label not in ("full", "row", "col", "scalar"):
+                raise SpecError(spec.value["shape"].loc, f"unknown shape class '{label}' "
+                                "(expected one of: full, row, col, scalar)")
+            shape = ShapeClass.from_label(label)
+            when = sympy.true
+            when_text = "always"
+            if "when" in spec.value:
+                when = self._static_condition(spec.value["when"], scope)
+                when_text = str(spec.value["when"].value)
+            if shape.needs_factored and not _implies(when, sympy.Symbol(FACTORED)):
+                raise SpecError(spec.value["shape"].loc, f"{label}-shaped state '{name}' only "
+                                "exists for factored parameters: add 'when: factored'")
+            init = _number(spec.value["init"], "'init'") if "init" in spec.value else 0.0
+            doc = _expect_str(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
+            out.append(StateTensor(name, shape, when, when_text, init, doc, key_loc))
+        return out
+
+    # -- update ----------------------------------------------------------------------------
+    def _statements(self, node: Node, scope: _Scope, protected: set[str],
+                    state_shapes: dict[str, ShapeClass], counter: list[int]
+                    ) -> tuple[list[Statement], dict[str, Typed]]:
+        """Parse a statement list; returns the statements and the names they (re)define."""
+        items = _expect_list(node, "an equation list")
+        out: list[Statement] = []
+        defined: dict[str, Typed] = {}
+        for item in items:
+            counter[0] += 1
+            if counter[0] > MAX_STATEMENTS:
+                raise SpecError(item.loc, f"more than {MAX_STATEMENTS} equations")
+            if item.is_map():
+                branch, names = self._branch(item, scope, protected, state_shapes, counter)
+                out.append(branch)
+            else:
+                equation = self._equation(item, scope, protected, state_shapes)
+                out.append(equation)
+                names = {equation.target: Typed(sympy.Symbol(equation.target, real=True), NUM,
+                                                equation.shape)}
+            defined.update(names)
+            scope = scope.child(names)
+        return out, defined
+
+    def _equation(self, item: Node, scope: _Scope, protected: set[str],
+                  state_shapes: dict[str, ShapeClass]) -> Equation:
+        text = _expect_str(item, "an equation")
+        target, target_loc, value = parse_assignment(text, item.loc, scope, _expr_col_shift(item))
+        if target in protected:
+            raise SpecError(target_loc, f"cannot assign to '{target}': it is an input or a "
+                            "hyperparameter")
+        if target in RESERVED - {PARAM}:
+            raise SpecError(target_loc, f"'{target}' is reserved")
+        expected = state_shapes.get(target, ShapeClass.FULL if target == PARAM else None)
+        if expected is not None and value.shape is not expected:
+            what = "the parameter" if target == PARAM else f"state '{target}'"
+            raise SpecError(target_loc, f"shape-class mismatch: {what} is {expected.label} "
+                            f"but the right side is {value.shape.label}")
+        previous = scope.lookup(target)
+        if previous is not None and previous.kind != NUM:
+            raise SpecError(target_loc, f"cannot assign to '{target}'")
+        return Equation(target, value.expr, value.shape, text, item.loc)
+
+    def _branch(self, item: Node, scope: _Scope, protected: set[str],
+                state_shapes: dict[str, ShapeClass], counter: list[int]
+                ) -> tuple[Branch, dict[str, Typed]]:
+        _check_keys(item, {"if", "then", "else"}, "a branch", {"if", "then"})
+        cond = self._static_condition(item.value["if"], scope)
+        then, then_names = self._statements(item.value["then"], scope, protected, state_shapes,
+                                            counter)
+        orelse: list[Statement] = []
+        else_names: dict[str, Typed] = {}
+        if "else" in item.value:
+            orelse, else_names = self._statements(item.value["else"], scope, protected,
+                                                  state_shapes, counter)
+        for name in then_names.keys() & else_names.keys():
+            if then_names[name].shape is not else_names[name].shape:
+                raise SpecError(item.loc, f"'{name}' is {then_names[name].shape.label} in "
+                                f"'then' but {else_names[name].shape.label} in 'else'")
+        merged = {**else_names, **then_names}
+        for name, typed in merged.items():
+            before = scope.lookup(name)
+            if before is not None and before.shape is not typed.shape:
+                raise SpecError(item.loc, f"'{name}' changes shape class in a branch "
+                                f"({before.shape.label} -> {typed.shape.label})")
+        text = str(item.value["if"].value)
+        return Branch(cond, text, tuple(then), tuple(orelse), item.loc), merged
+
+
+def _implies(a: sympy.Basic, b: sympy.Basic) -> bool:
+    """Whether static condition ``a`` implies ``b`` (tiny truth-table check)."""
+    symbols = sorted((a.free_symbols | b.free_symbols), key=str)
+    if len(symbols) > 12:
+        return False
+    for bits in range(2 ** len(symbols)):
+        values = {s: bool(bits >> i & 1) for i, s in enumerate(symbols)}
+        if bool(a.subs(values)) and not bool(b.subs(values)):
+            return False
+    return True
