@@ -111,10 +111,13 @@ class _Namer:
 
 
 def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
-             shapes: dict[sympy.Symbol, ShapeClass], prefix: str) -> Schedule:
-    """CSE ``results`` and the reduction operands together, then order everything so
-    each step follows what it reads. ``shapes`` gains the temporaries' classes."""
-    exprs = [r.operand for r in reductions] + list(results.values())
+             shapes: dict[sympy.Symbol, ShapeClass], prefix: str,
+             defs: list[tuple[sympy.Symbol, sympy.Expr]] = ()) -> Schedule:
+    """CSE ``results``, named ``defs`` and the reduction operands together, then order
+    everything so each step follows what it reads. ``shapes`` gains the temporaries'
+    classes."""
+    defs = list(defs)
+    exprs = [r.operand for r in reductions] + [e for _, e in defs] + list(results.values())
     replacements, reduced = sympy.cse(exprs, symbols=_Namer(prefix), order="none")
     nodes: dict[sympy.Symbol, Step] = {}
     for symbol, expr in replacements:
@@ -123,6 +126,9 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
     for reduction, operand in zip(reductions, reduced):
         nodes[reduction.name] = Step(reduction.name, operand, reduction.shape, reduction.axes,
                                      reduction.mean, shape_of(operand, shapes))
+    def_exprs = reduced[len(reductions):len(reductions) + len(defs)]
+    for (symbol, _), expr in zip(defs, def_exprs):
+        nodes[symbol] = Step(symbol, expr, shapes[symbol])
     ordered: list[Step] = []
     done: set[sympy.Symbol] = set()
 
@@ -136,7 +142,7 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
 
     for reduction in reductions:
         visit(reduction.name)
-    out_exprs = reduced[len(reductions):]
+    out_exprs = reduced[len(reductions) + len(defs):]
     for expr in out_exprs:
         for dep in sorted(expr.free_symbols, key=str):
             visit(dep)
@@ -160,11 +166,12 @@ class _Hoister:
     """Pulls maximal small (non-full) subexpressions out of per-element expressions so
     they are computed once in glue, not per element."""
 
-    def __init__(self, shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int]):
+    def __init__(self, shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int],
+                 prefix: str = "s"):
         self.shapes = shapes
         self.levels = levels
         self.defs: dict[sympy.Expr, sympy.Symbol] = {}
-        self.namer = _Namer("s")
+        self.namer = _Namer(prefix)
 
     def small_defs(self) -> list[tuple[sympy.Symbol, sympy.Expr]]:
         return [(symbol, expr) for expr, symbol in self.defs.items()]
@@ -206,13 +213,27 @@ class _Hoister:
         return self.defs[expr]
 
 
+def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
+                   shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int]
+                   ) -> Schedule:
+    """Whole-update schedule for eager backends. Small factors are hoisted so that each
+    full-size array operation is one multiply by a combined small value, not a chain."""
+    hoister = _Hoister(shapes, levels, "h")
+    reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand)
+                            if r.operand_shape is ShapeClass.FULL else r.operand,
+                            r.operand_shape, r.shape) for r in program.reductions]
+    results = {f"new_{k}": hoister.hoist(v) if shape_of(v, shapes) is ShapeClass.FULL else v
+               for k, v in changed.items()}
+    return schedule(results, reductions, shapes, "x", hoister.small_defs())
+
+
 def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
     """Lower a specialised program to the flat schedule and the pass/glue plan."""
     shapes = dict(program.shapes)
     changed = {k: v for k, v in program.outputs.items() if v != sympy.Symbol(k, real=True)}
-    flat = schedule({f"new_{k}": v for k, v in changed.items()}, program.reductions, shapes, "x")
-
     levels = reduction_levels(program)
+    flat = _flat_schedule(program, changed, shapes, dict(levels))
+
     full_reductions = [r for r in program.reductions if r.operand_shape is ShapeClass.FULL]
     full_outputs = {k: v for k, v in changed.items() if shape_of(v, shapes) is ShapeClass.FULL}
     small_outputs = {k: v for k, v in changed.items() if k not in full_outputs}

@@ -28,7 +28,7 @@ RESERVED = {GRAD, PARAM, STEP, FACTORED, "ndim", "has", "self", "mx", "state", "
             "parameter"}
 MAX_STATEMENTS = 500
 # Names the lowering gives to temporaries, reductions, hoisted values and outputs.
-GENERATED_NAME = re.compile(r"^(x|s|red)\d+$|^new_")
+GENERATED_NAME = re.compile(r"^(x|s|h|g|red)\d+|^new_")
 
 
 def load_spec(path: str | Path) -> Spec:

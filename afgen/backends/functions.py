@@ -1,0 +1,145 @@
+"""Straight-line Python functions from a plan's flat schedule (MLX ops and the NumPy oracle).
+
+Both array backends share one layout: values live in a *broadcast layout* where a row
+is ``(*B, M, 1)``, a col ``(*B, 1, N)``, a batch value ``(*B, 1, 1)`` and a scalar ``()``,
+so plain broadcasting implements every shape-class rule; state is converted on load and
+store. The dialect only decides how atoms are read, how reductions and stores are
+spelled, and which printer prints expressions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+
+from afgen.backends.printers import mlx_code, numpy_code
+from afgen.lower.plan import KernelPlan, Step
+from afgen.shapes import ReduceAxes, ShapeClass
+from afgen.spec.model import GRAD, PARAM, STEP, Spec
+
+
+@dataclass(frozen=True)
+class FunctionModel:
+    """What a template needs to write one specialised function."""
+
+    name: str
+    doc: str
+    loads: tuple[tuple[str, str], ...]
+    body: tuple[tuple[str, str], ...]
+    stores: tuple[tuple[str, str], ...]
+    result: str
+
+
+@dataclass(frozen=True)
+class Dialect:
+    printer: Callable[[sympy.Basic], str]
+    load_grad: str
+    load_param: str
+    load_step: str
+    load_state: Callable[[str, ShapeClass], str]
+    load_hyper: Callable[[Spec, str], str]
+    reduce: Callable[[Step, str], str]
+    store_state: Callable[[str, str, ShapeClass], str]
+    result: Callable[[str], str]
+    scalar: Callable[[str], str] = lambda code: code
+
+
+def _axes_text(axes: ReduceAxes) -> str:
+    return {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2",
+            ReduceAxes.MATRIXWISE: "(-2, -1)"}[axes]
+
+
+def _reduce(module: str) -> Callable[[Step, str], str]:
+    def spell(step: Step, operand: str) -> str:
+        op = "mean" if step.mean else "sum"
+        if step.reduce is ReduceAxes.ALL:
+            return f"{module}.{op}({operand})"
+        return f"{module}.{op}({operand}, axis={_axes_text(step.reduce)}, keepdims=True)"
+    return spell
+
+
+def _hyper_source(spec: Spec, name: str, owner: str) -> str:
+    for h in spec.hyperparameters:
+        if h.kind == "pair" and name in h.component_names:
+            return f"{owner}.{h.name}[{h.component_names.index(name)}]"
+        if h.name == name:
+            return f"{owner}.{name}"
+    raise KeyError(name)
+
+
+MLX = Dialect(
+    printer=mlx_code,
+    load_grad="gradient.astype(cdt)",
+    load_param="parameter.astype(cdt)",
+    load_step="self.step.astype(mx.float32)",
+    load_state=lambda key, shape: f'_expand(state["{key}"], "{shape.label}").astype(cdt)',
+    load_hyper=lambda spec, name: (
+        "self.learning_rate.astype(mx.float32)" if name == "learning_rate" and
+        spec.hyper(name).kind == "schedule" else _hyper_source(spec, name, "self")),
+    reduce=_reduce("mx"),
+    store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
+    result=lambda code: f'_collapse({code}, parameter, "full")',
+    scalar=lambda code: f"_scalar({code}, cdt)",
+)
+
+NUMPY = Dialect(
+    printer=numpy_code,
+    load_grad="grad_in",
+    load_param="param_in",
+    load_step="np.float64(step)",
+    load_state=lambda key, shape: f'_expand(state["{key}"], "{shape.label}")',
+    load_hyper=lambda spec, name: f'hp["{name}"]',
+    reduce=_reduce("np"),
+    store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
+    result=lambda code: f'_collapse({code}, param_in, "full")',
+)
+
+
+def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) -> FunctionModel:
+    """Lay out ``plan.flat`` as a function body in ``dialect``."""
+    flat = plan.flat
+    used: set[str] = set()
+    for step in flat.steps:
+        used |= {str(s) for s in step.expr.free_symbols}
+    for _, expr in flat.results:
+        used |= {str(s) for s in expr.free_symbols}
+    defined = {str(s.name) for s in flat.steps}
+    shapes = {str(k): v for k, v in plan.program.shapes.items()}
+    loads = []
+    for name in [GRAD, PARAM, STEP, *spec.dynamic_names, *plan.program.live_state]:
+        if name not in used or name in defined:
+            continue
+        if name == GRAD:
+            code = dialect.load_grad
+        elif name == PARAM:
+            code = dialect.load_param
+        elif name == STEP:
+            code = dialect.load_step
+        elif name in plan.program.live_state:
+            code = dialect.load_state(name, shapes[name])
+        else:
+            code = dialect.load_hyper(spec, name)
+        loads.append((name, code))
+    body = []
+    for step in flat.steps:
+        code = dialect.printer(step.expr)
+        if step.is_reduction:
+            code = dialect.reduce(step, code)
+        elif step.shape is ShapeClass.SCALAR and step.expr.free_symbols:
+            code = dialect.scalar(code)
+        body.append((str(step.name), code))
+    stores, result = [], "param"
+    state_shapes = {s.name: s.shape for s in spec.state}
+    for name, expr in flat.results:
+        key = name.removeprefix("new_")
+        code = dialect.printer(expr)
+        if key == PARAM:
+            result = dialect.result(code)
+        else:
+            stores.append((key, dialect.store_state(key, code, state_shapes[key])))
+    if not any(name == f"new_{PARAM}" for name, _ in flat.results):
+        result = dialect.result(PARAM)
+    configs = "\n    ".join(c.label for c in plan.configs)
+    return FunctionModel(f"{prefix}{plan.name}", f"Specialised for:\n    {configs}",
+                         tuple(loads), tuple(body), tuple(stores), result)

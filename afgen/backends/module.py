@@ -1,0 +1,128 @@
+"""Render the self-contained generated optimizer module (MLX ops backend and dispatch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from afgen import __version__
+from afgen.backends.functions import MLX, function_model
+from afgen.backends.printers import python_code
+from afgen.backends.render import render
+from afgen.compiler import Compiled
+from afgen.shapes import ShapeClass
+from afgen.spec.model import FACTORED, Hyperparameter, Spec
+
+ANNOTATIONS = {
+    "float": "float",
+    "bool": "bool",
+    "optional_float": "Optional[float]",
+    "schedule": "Union[float, Callable[[mx.array], mx.array], None]",
+    "pair": "Tuple[float, float]",
+}
+TYPE_DOCS = {"float": "float", "bool": "bool", "optional_float": "float, optional",
+             "schedule": "float or callable, optional", "pair": "tuple(float, float)"}
+SHAPE_CODE = {ShapeClass.FULL: "shape", ShapeClass.ROW: "shape[:-1]",
+              ShapeClass.COL: "shape[:-2] + shape[-1:]", ShapeClass.BATCH: "shape[:-2]",
+              ShapeClass.SCALAR: "()"}
+
+
+@dataclass(frozen=True)
+class HyperView:
+    name: str
+    annotation: str
+    type_doc: str
+    default_repr: str
+    doc: str
+    init_lines: tuple[str, ...]
+
+
+def _static_code(spec: Spec) -> dict[sympy.Symbol, sympy.Symbol]:
+    """How each static predicate reads at run time inside the optimizer."""
+    out = {}
+    for h in spec.hyperparameters:
+        if h.is_static:
+            out[sympy.Symbol(h.name)] = sympy.Symbol(f"self.{h.name}")
+        elif h.kind == "schedule":
+            out[h.has_symbol] = sympy.Symbol(f'"{h.name}" in self.state')
+        elif h.is_optional:
+            out[h.has_symbol] = sympy.Symbol(f"self.{h.name} is not None")
+    out[sympy.Symbol(FACTORED)] = sympy.Symbol("factored")
+    return out
+
+
+def _condition_code(condition: sympy.Basic, spec: Spec) -> str:
+    return python_code(condition.xreplace(_static_code(spec)))
+
+
+def _hyper_view(h: Hyperparameter) -> HyperView:
+    lines: list[str] = []
+    if h.kind == "schedule":
+        lines += [f"if {h.name} is not None:",
+                  f'    self._maybe_schedule("{h.name}", {h.name})']
+    else:
+        if h.kind == "pair":
+            lines += [f"if len(tuple({h.name})) != 2:",
+                      f'    raise ValueError(f"{h.name} must be a pair of floats, got {{{h.name}!r}}")']
+        if h.check is not None:
+            test = f"not ({python_code(h.check)})"
+            if h.kind == "pair":
+                lines.append(f"{', '.join(h.component_names)} = {h.name}")
+            if h.kind == "optional_float":
+                test = f"{h.name} is not None and {test}"
+            lines += [f"if {test}:",
+                      f'    raise ValueError(f"{h.name} must satisfy {h.check_text}, got '
+                      f'{{{h.name}!r}}")']
+        lines.append(f"self.{h.name} = {h.name}")
+    default = h.default
+    default_repr = repr(tuple(default)) if isinstance(default, tuple) else repr(default)
+    doc = h.doc if h.doc.endswith(".") or not h.doc else h.doc + "."
+    return HyperView(h.name, ANNOTATIONS[h.kind], TYPE_DOCS[h.kind], default_repr, doc,
+                     tuple(lines))
+
+
+def _key_lines(spec: Spec) -> list[str]:
+    static = _static_code(spec)
+    lines = []
+    for name in spec.static_names:
+        code = str(static[sympy.Symbol(name)])
+        lines.append(f"bool({code})" if code.startswith("self.") and " " not in code else code)
+    ndim_form = spec.factored_when.xreplace({sympy.Symbol("ndim", integer=True):
+                                             sympy.Symbol("ndim")})
+    lines.append(python_code(ndim_form))
+    return lines
+
+
+def module_context(compiled: Compiled, spec_path: str) -> dict:
+    spec = compiled.spec
+    functions = [function_model(spec, plan, MLX, "_mlx_") for plan in compiled.plans]
+    dispatch = []
+    for plan, fn in zip(compiled.plans, functions):
+        for config in plan.configs:
+            key = tuple(v for _, v in config.values) + (config.factored,)
+            dispatch.append((repr(key), fn.name))
+    states = []
+    for s in spec.state:
+        states.append({
+            "name": s.name,
+            "when_code": _condition_code(s.when, spec),
+            "shape_code": SHAPE_CODE[s.shape] if not s.shape.needs_factored
+            else f"({SHAPE_CODE[s.shape]} if factored else None)",
+            "init": repr(s.init),
+        })
+    factored_code = python_code(spec.factored_when.xreplace(
+        {sympy.Symbol("ndim", integer=True): sympy.Symbol("parameter.ndim")}))
+    requires = [{"code": _condition_code(r.condition, spec), "message": r.message}
+                for r in spec.requires]
+    return {
+        "spec": spec, "spec_path": spec_path, "spec_sha": compiled.spec_sha256,
+        "version": __version__, "backends": ["auto", "mlx"],
+        "hypers": [_hyper_view(h) for h in spec.hyperparameters],
+        "requires": requires, "key_lines": _key_lines(spec), "states": states,
+        "factored_code": factored_code, "functions": functions, "dispatch": dispatch,
+    }
+
+
+def render_module(compiled: Compiled, spec_path: str) -> str:
+    """The text of ``generated/<stem>.py``."""
+    return render("module.py.j2", **module_context(compiled, spec_path))

@@ -1,0 +1,111 @@
+"""The NumPy float64 oracle: the same spec, rendered for NumPy and run in float64.
+
+It mirrors mlx.optimizers.Optimizer's bookkeeping (state init, schedules evaluated at
+the step count *before* the increment, 1-based ``t``) so a generated optimizer and the
+oracle can be stepped side by side from the same inputs.
+"""
+from __future__ import annotations
+
+import types
+from typing import Callable
+
+import numpy as np
+
+from afgen.backends.functions import NUMPY, function_model
+from afgen.backends.render import render
+from afgen.compiler import Compiled
+from afgen.lower.config import StaticConfig
+from afgen.shapes import ShapeClass
+from afgen.spec.model import FACTORED
+
+_STATE_SHAPES: dict[ShapeClass, Callable[[tuple], tuple]] = {
+    ShapeClass.FULL: lambda s: s,
+    ShapeClass.ROW: lambda s: s[:-1],
+    ShapeClass.COL: lambda s: s[:-2] + s[-1:],
+    ShapeClass.BATCH: lambda s: s[:-2],
+    ShapeClass.SCALAR: lambda s: (),
+}
+
+
+def render_oracle(compiled: Compiled) -> str:
+    functions = [function_model(compiled.spec, plan, NUMPY, "_np_") for plan in compiled.plans]
+    return render("oracle.py.j2", spec=compiled.spec, spec_path=compiled.spec.path,
+                  functions=functions)
+
+
+def _exec_module(source: str, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(source, f"<afgen {name}>", "exec"), module.__dict__)  # noqa: S102 - our own render
+    return module
+
+
+class Oracle:
+    """Steps a dict of float64 parameters the way the generated optimizer steps its tree."""
+
+    def __init__(self, compiled: Compiled, hyper: dict[str, object]):
+        self.compiled = compiled
+        self.spec = compiled.spec
+        self.module = _exec_module(render_oracle(compiled), f"{self.spec.stem}_oracle")
+        self.hyper = {h.name: h.default for h in self.spec.hyperparameters}
+        unknown = set(hyper) - set(self.hyper)
+        if unknown:
+            raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
+        self.hyper.update(hyper)
+        self.step_count = 0
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+
+    def _static_values(self) -> dict[str, bool]:
+        values = {}
+        for h in self.spec.hyperparameters:
+            if h.is_static:
+                values[h.name] = bool(self.hyper[h.name])
+            elif h.is_optional:
+                values[f"has_{h.name}"] = self.hyper[h.name] is not None
+        return values
+
+    def config_for(self, ndim: int) -> StaticConfig:
+        import sympy
+
+        factored = bool(self.spec.factored_when.subs(sympy.Symbol("ndim", integer=True), ndim))
+        values = self._static_values()
+        return StaticConfig(tuple((n, values[n]) for n in self.spec.static_names), factored)
+
+    def _dynamic(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for h in self.spec.hyperparameters:
+            value = self.hyper[h.name]
+            if h.is_static or value is None:
+                continue
+            if h.kind == "pair":
+                out.update({n: float(v) for n, v in zip(h.component_names, value)})
+            elif callable(value):
+                out[h.name] = float(np.asarray(value(self.step_count)))
+            else:
+                out[h.name] = float(value)
+        return out
+
+    def init_state(self, name: str, param: np.ndarray) -> None:
+        config = self.config_for(param.ndim)
+        plan = self.compiled.plan_for[config]
+        shape = tuple(param.shape)
+        self.state[name] = {s.name: np.full(_STATE_SHAPES[s.shape](shape), s.init, np.float64)
+                            for s in self.spec.state if s.name in plan.program.live_state}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]
+             ) -> dict[str, np.ndarray]:
+        """One optimizer step over every parameter; returns the new parameters."""
+        hp = self._dynamic()  # schedules read the count before the increment, as MLX does
+        self.step_count += 1
+        out = {}
+        for name, grad in grads.items():
+            param = np.asarray(params[name], np.float64)
+            if name not in self.state:
+                self.init_state(name, param)
+            plan = self.compiled.plan_for[self.config_for(param.ndim)]
+            function = self.module.FUNCTIONS[f"_np_{plan.name}"]
+            out[name] = function(np.asarray(grad, np.float64), param, float(self.step_count), hp,
+                                 self.state[name])
+        return out
+
+
+__all__ = ["FACTORED", "Oracle", "render_oracle"]
