@@ -30,6 +30,7 @@ class Hyperparameter:
     component_names: tuple[str, ...] = ()
     check: sympy.Basic | None = None
     check_text: str = ""
+    example: float | None = None
 
     @property
     def is_static(self) -> bool:

@@ -1,6 +1,7 @@
 """Spec file -> validated Spec. Every problem is a SpecError at its file:line:col."""
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ from afgen.spec.yamlnodes import Node, parse_yaml
 
 TOP_KEYS = {"optimizer": True, "summary": False, "reference": False, "hyperparameters": True,
             "requires": False, "layout": True, "state": True, "update": True}
-HYPER_KEYS = {"type", "default", "doc", "names", "check"}
+HYPER_KEYS = {"type", "default", "doc", "names", "check", "example"}
 STATE_KEYS = {"shape", "when", "init", "doc"}
 IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
@@ -108,18 +109,48 @@ def _expr_col_shift(node: Node) -> int:
 class _Scope:
     """Names visible to an expression, with their kinds and shape classes."""
 
-    def __init__(self, names: dict[str, Typed], optional: dict[str, sympy.Symbol]):
+    def __init__(self, names: dict[str, Typed], optional: dict[str, sympy.Symbol],
+                 later: dict[str, int] | None = None):
         self.names = names
         self.optional = optional
+        self.later = later or {}
 
     def lookup(self, name: str) -> Typed | None:
-        return self.names.get(name)
+        found = self.names.get(name)
+        if found is None and name in self.later:
+            raise _ForwardReference(name, self.later[name])
+        return found
 
     def has_predicate(self, name: str) -> sympy.Symbol | None:
         return self.optional.get(name)
 
     def child(self, extra: dict[str, Typed]) -> "_Scope":
-        return _Scope({**self.names, **extra}, self.optional)
+        return _Scope({**self.names, **extra}, self.optional, self.later)
+
+
+class _ForwardReference(Exception):
+    def __init__(self, name: str, line: int):
+        self.name = name
+        self.line = line
+
+
+ASSIGNED = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=[^=]")
+
+
+def _assigned_lines(node: Node, out: dict[str, int]) -> dict[str, int]:
+    """Every name assigned anywhere in an update block, with its first line."""
+    if node.is_list():
+        for item in node.value:
+            _assigned_lines(item, out)
+    elif node.is_map():
+        for key in ("then", "else"):
+            if key in node.value:
+                _assigned_lines(node.value[key], out)
+    elif isinstance(node.value, str):
+        match = ASSIGNED.match(node.value)
+        if match:
+            out.setdefault(match.group(1), node.loc.line)
+    return out
 
 
 class _SpecBuilder:
@@ -157,7 +188,8 @@ class _SpecBuilder:
             names[s.name] = Typed(sympy.Symbol(s.name, real=True), NUM, s.shape)
         protected = set(static) | set(numbers) | {GRAD, STEP}
         update_node = top["update"]
-        statements, _ = self._statements(update_node, _Scope(names, optional), protected,
+        scope = _Scope(names, optional, _assigned_lines(update_node, {}))
+        statements, _ = self._statements(update_node, scope, protected,
                                          {s.name: s.shape for s in state}, [0])
         if not statements:
             raise SpecError(update_node.loc, "'update' needs at least one equation")
@@ -190,12 +222,24 @@ class _SpecBuilder:
                 raise SpecError(spec.key_locs["names"], "'names' is only for type 'pair'")
             default = self._default(spec, name, kind)
             doc = _expect_str(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
+            example = self._example(spec, name, kind)
             for n in (name, *components):
                 if n in seen:
                     raise SpecError(key_loc, f"name '{n}' is defined twice")
                 seen.add(n)
-            hypers.append(Hyperparameter(name, kind, default, doc, key_loc, components))
+            hypers.append(Hyperparameter(name, kind, default, doc, key_loc, components,
+                                         example=example))
         return hypers
+
+    def _example(self, spec: Node, name: str, kind: str) -> object:
+        """A value verification uses to exercise the hyperparameter (defaults can be 0 or
+        None, which would leave code paths untested)."""
+        if "example" not in spec.value:
+            return None
+        node = spec.value["example"]
+        if kind in ("bool", "pair"):
+            raise SpecError(node.loc, f"'example' is for numeric hyperparameters, not {kind}")
+        return _number(node, f"the example of '{name}'")
 
     def _identifier(self, name: str, loc: Loc, what: str) -> None:
         if not IDENT.match(name):
@@ -255,8 +299,7 @@ class _SpecBuilder:
             typed = parse_expression(text, check_node.loc, scope, _expr_col_shift(check_node))
             if typed.kind not in ("condition",):
                 raise SpecError(check_node.loc, "'check' must be a comparison such as 'x > 0'")
-            out.append(Hyperparameter(h.name, h.kind, h.default, h.doc, h.loc,
-                                      h.component_names, typed.expr, text))
+            out.append(dataclasses.replace(h, check=typed.expr, check_text=text))
         return out
 
     def _requires(self, node: Node | None, scope: _Scope) -> list[Requirement]:
@@ -353,7 +396,13 @@ class _SpecBuilder:
     def _equation(self, item: Node, scope: _Scope, protected: set[str],
                   state_shapes: dict[str, ShapeClass]) -> Equation:
         text = _expect_str(item, "an equation")
-        target, target_loc, value = parse_assignment(text, item.loc, scope, _expr_col_shift(item))
+        try:
+            target, target_loc, value = parse_assignment(text, item.loc, scope,
+                                                         _expr_col_shift(item))
+        except _ForwardReference as ref:
+            raise SpecError(item.loc, f"'{ref.name}' is used before it is defined (it is "
+                            f"assigned at line {ref.line}); equations run in order, so a "
+                            "definition cannot depend on a later or cyclic one") from None
         if target in protected:
             raise SpecError(target_loc, f"cannot assign to '{target}': it is an input or a "
                             "hyperparameter")
@@ -364,7 +413,7 @@ class _SpecBuilder:
             what = "the parameter" if target == PARAM else f"state '{target}'"
             raise SpecError(target_loc, f"shape-class mismatch: {what} is {expected.label} "
                             f"but the right side is {value.shape.label}")
-        previous = scope.lookup(target)
+        previous = scope.names.get(target)
         if previous is not None and previous.kind != NUM:
             raise SpecError(target_loc, f"cannot assign to '{target}'")
         return Equation(target, value.expr, value.shape, text, item.loc)

@@ -1,0 +1,62 @@
+"""Command line: ``afgen build | verify | show``. Spec errors exit 2 with file:line:col."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from afgen.errors import SpecError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="afgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="generate generated/<stem>.py and verify it")
+    build.add_argument("spec")
+    build.add_argument("--out", default="generated", help="output directory")
+    build.add_argument("--steps", type=int, default=25)
+    build.add_argument("--no-verify", action="store_true")
+    verify = sub.add_parser("verify", help="compare every backend with the float64 oracle")
+    verify.add_argument("spec")
+    verify.add_argument("--steps", type=int, default=25)
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--backend", action="append", help="backend(s) to verify")
+    show = sub.add_parser("show", help="print the lowered plan")
+    show.add_argument("spec")
+    return parser
+
+
+def _verify(compiled, steps: int, seed: int = 0, backends: list[str] | None = None) -> int:
+    from afgen.verify import verify
+
+    report = verify(compiled, steps=steps, seed=seed, backends=backends)
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from afgen.build import compile_path, write_module
+
+    try:
+        compiled = compile_path(args.spec)
+        if args.command == "show":
+            from afgen.show import show
+
+            print(show(compiled))
+            return 0
+        if args.command == "build":
+            target = write_module(compiled, Path(args.out))
+            print(f"wrote {target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target}")
+            return 0 if args.no_verify else _verify(compiled, args.steps)
+        return _verify(compiled, args.steps, args.seed, args.backend)
+    except SpecError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"afgen: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``afgen show``: the lowered plan of every specialisation, in words and LaTeX."""
+from __future__ import annotations
+
+import sympy
+from sympy.printing.latex import greek_letters_set
+
+from afgen.compiler import Compiled
+from afgen.lower.plan import KernelPlan, Schedule
+from afgen.spec.model import Branch, Statement
+
+
+def _latex_name(name: str) -> str:
+    """Greek names as Greek (beta_1 -> \\beta_{1}); other names upright and unmangled."""
+    base = name.split("_")[0]
+    if len(name) == 1:
+        return name
+    if base in greek_letters_set and name.count("_") <= 1:
+        return sympy.latex(sympy.Symbol(name))
+    return r"\mathrm{" + name.replace("_", r"\_") + "}"
+
+
+def _latex(expr: sympy.Basic) -> str:
+    names = {s: _latex_name(str(s)) for s in expr.free_symbols}
+    return sympy.latex(expr, symbol_names=names)
+
+
+def equations_latex(statements: tuple[Statement, ...], depth: int = 0) -> list[str]:
+    """The update as written in the spec, one LaTeX line per equation."""
+    pad = "  " * depth
+    lines = []
+    for st in statements:
+        if isinstance(st, Branch):
+            lines.append(f"{pad}if {st.condition_text}:")
+            lines += equations_latex(st.then, depth + 1)
+            if st.orelse:
+                lines.append(f"{pad}else:")
+                lines += equations_latex(st.orelse, depth + 1)
+        else:
+            lines.append(f"{pad}{_latex_name(st.target)} \\leftarrow {_latex(st.value)}")
+    return lines
+
+
+def _schedule_lines(sched: Schedule, indent: str) -> list[str]:
+    lines = []
+    for step in sched.steps:
+        what = f"{step.kind}({step.expr})" if step.is_reduction else str(step.expr)
+        lines.append(f"{indent}{step.name} [{step.shape.label}] = {what}")
+    for name, expr in sched.results:
+        lines.append(f"{indent}{name} = {expr}")
+    return lines
+
+
+def plan_text(plan: KernelPlan) -> list[str]:
+    configs = sorted({c.restricted(plan.program.used_statics).label for c in plan.configs})
+    lines = [f"== {configs[0]}  ({len(plan.configs)} configuration(s))"]
+    for index, pass_ in enumerate(plan.passes):
+        glue = plan.glue[index]
+        if glue.steps or glue.results:
+            lines.append(f"  glue {index} (small values before pass {index}):")
+            lines += _schedule_lines(glue, "    ")
+        reds = ", ".join(f"{r.name}={r.kind}" for r in pass_.reductions) or "none"
+        lines.append(f"  pass {index}: reads {', '.join(pass_.reads) or 'nothing full-size'}; "
+                     f"small inputs {', '.join(pass_.small_inputs) or 'none'}; "
+                     f"reduces {reds}; writes {', '.join(pass_.writes) or 'nothing'}")
+        lines += _schedule_lines(pass_.schedule, "    ")
+    return lines
+
+
+def show(compiled: Compiled) -> str:
+    spec = compiled.spec
+    out = [f"{spec.class_name} from {spec.path}: {spec.summary}",
+           f"static predicates: {', '.join(spec.static_names)}; layout factored when "
+           f"{spec.factored_text}",
+           f"dynamic inputs: {', '.join(spec.dynamic_names)}, t", "",
+           "update (LaTeX):"]
+    out += ["  " + line for line in equations_latex(spec.update)]
+    out += ["", f"{len(compiled.plans)} distinct specialisation(s):"]
+    for plan in compiled.plans:
+        out += plan_text(plan)
+    return "\n".join(out)
