@@ -436,7 +436,7 @@ class _SpecBuilder:
                                 f"'then' but {else_names[name].shape.label} in 'else'")
         merged = {**else_names, **then_names}
         for name, typed in merged.items():
-            before = scope.lookup(name)
+            before = scope.names.get(name)
             if before is not None and before.shape is not typed.shape:
                 raise SpecError(item.loc, f"'{name}' changes shape class in a branch "
                                 f"({before.shape.label} -> {typed.shape.label})")
