@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "build":
             target = write_module(compiled, Path(args.out))
-            print(f"wrote {target.relative_to(Path.cwd()) if target.is_relative_to(Path.cwd()) else target}")
+            print(f"wrote {target}")
             return 0 if args.no_verify else _verify(compiled, args.steps)
         return _verify(compiled, args.steps, args.seed, args.backend)
     except SpecError as exc:

@@ -1,4 +1,4 @@
-"""Errors that carry a source location, so every spec problem reads as ``path:line:col: message``."""
+"""Errors that carry a source location: every spec problem reads ``path:line:col: message``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ class Loc:
     line: int
     col: int
 
-    def shifted(self, line_offset: int, col_offset: int) -> "Loc":
+    def shifted(self, line_offset: int, col_offset: int) -> Loc:
         """Position of a character inside a scalar that starts at ``self``."""
         if line_offset == 0:
             return Loc(self.path, self.line, self.col + col_offset)

@@ -7,7 +7,7 @@ oracle can be stepped side by side from the same inputs.
 from __future__ import annotations
 
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -28,7 +28,7 @@ class ShapeClass(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def from_label(cls, label: str) -> "ShapeClass":
+    def from_label(cls, label: str) -> ShapeClass:
         return cls[label.upper()]
 
     @property

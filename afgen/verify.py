@@ -8,6 +8,7 @@ their ``example`` values so that paths like weight decay are exercised.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from afgen.build import load_module

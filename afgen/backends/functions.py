@@ -8,8 +8,8 @@ spelled, and which printer prints expressions.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sympy
 

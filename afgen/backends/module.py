@@ -63,7 +63,8 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
     else:
         if h.kind == "pair":
             lines += [f"if len(tuple({h.name})) != 2:",
-                      f'    raise ValueError(f"{h.name} must be a pair of floats, got {{{h.name}!r}}")']
+                      f'    raise ValueError(f"{h.name} must be a pair of floats, '
+                      f'got {{{h.name}!r}}")']
         if h.check is not None:
             test = f"not ({python_code(h.check)})"
             if h.kind == "pair":

@@ -8,8 +8,8 @@ node's name instead of printing something the target cannot compile.
 from __future__ import annotations
 
 import sympy
-from sympy.printing.str import StrPrinter
 from sympy.printing.precedence import PRECEDENCE, precedence
+from sympy.printing.str import StrPrinter
 
 HALF = sympy.Rational(1, 2)
 

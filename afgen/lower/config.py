@@ -26,7 +26,7 @@ class StaticConfig:
     def get(self, name: str) -> bool:
         return dict(self.values)[name]
 
-    def restricted(self, names: frozenset[str]) -> "StaticConfig":
+    def restricted(self, names: frozenset[str]) -> StaticConfig:
         return StaticConfig(tuple((k, v) for k, v in self.values if k in names), self.factored)
 
     @property

@@ -140,7 +140,7 @@ class _Specialiser:
             raise SpecError(eq.loc, f"'{name}' is used before it is defined {where}")
         if eq.target in state_names and eq.target not in self.live_state:
             raise SpecError(eq.loc, f"state '{eq.target}' does not exist here {where}")
-        for name, hyper in self.optional_values.items():
+        for name in self.optional_values:
             if sympy.Symbol(name, real=True) in value.free_symbols and not self.config.get(
                     f"has_{name}"):
                 raise SpecError(eq.loc, f"'{name}' may be None here {where}; guard the "

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import sympy
 
@@ -33,6 +34,15 @@ class Typed:
     expr: sympy.Basic
     kind: str
     shape: ShapeClass = ShapeClass.SCALAR
+
+
+class ForwardReference(Exception):
+    """A name that the update assigns only later (equations run in order)."""
+
+    def __init__(self, name: str, line: int):
+        super().__init__(name)
+        self.name = name
+        self.line = line
 
 
 class Scope(Protocol):
@@ -152,7 +162,12 @@ class ExpressionConverter:
     def _Name(self, node: ast.Name, depth: int) -> Typed:
         if node.id.startswith("_"):
             raise self.fail(node, f"names starting with '_' are not allowed: '{node.id}'")
-        found = self.scope.lookup(node.id)
+        try:
+            found = self.scope.lookup(node.id)
+        except ForwardReference as ref:
+            raise self.fail(node, f"'{ref.name}' is used before it is defined (it is assigned "
+                            f"at line {ref.line}); equations run in order, so a definition "
+                            "cannot depend on a later or cyclic one") from None
         if found is None:
             raise self.fail(node, f"unknown name '{node.id}'")
         return found

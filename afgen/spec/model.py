@@ -84,12 +84,12 @@ class Equation:
 class Branch:
     condition: sympy.Basic
     condition_text: str
-    then: tuple["Statement", ...]
-    orelse: tuple["Statement", ...]
+    then: tuple[Statement, ...]
+    orelse: tuple[Statement, ...]
     loc: Loc
 
 
-Statement = Union[Equation, Branch]
+Statement = Union[Equation, Branch]  # noqa: UP007 - runtime alias on Python 3.10
 
 
 @dataclass(frozen=True)

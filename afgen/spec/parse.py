@@ -11,11 +11,28 @@ import sympy
 from afgen.errors import Loc, SpecError
 from afgen.shapes import ShapeClass
 from afgen.spec.expressions import (
-    FUNCTIONS, NUM, STATIC_BOOL, STATIC_INT, Typed, parse_assignment, parse_expression,
+    FUNCTIONS,
+    NUM,
+    STATIC_BOOL,
+    STATIC_INT,
+    ForwardReference,
+    Typed,
+    parse_assignment,
+    parse_expression,
 )
 from afgen.spec.model import (
-    FACTORED, GRAD, HYPER_KINDS, PARAM, STEP, Branch, Equation, Hyperparameter, Requirement,
-    Spec, StateTensor, Statement,
+    FACTORED,
+    GRAD,
+    HYPER_KINDS,
+    PARAM,
+    STEP,
+    Branch,
+    Equation,
+    Hyperparameter,
+    Requirement,
+    Spec,
+    Statement,
+    StateTensor,
 )
 from afgen.spec.yamlnodes import Node, parse_yaml
 
@@ -118,20 +135,14 @@ class _Scope:
     def lookup(self, name: str) -> Typed | None:
         found = self.names.get(name)
         if found is None and name in self.later:
-            raise _ForwardReference(name, self.later[name])
+            raise ForwardReference(name, self.later[name])
         return found
 
     def has_predicate(self, name: str) -> sympy.Symbol | None:
         return self.optional.get(name)
 
-    def child(self, extra: dict[str, Typed]) -> "_Scope":
+    def child(self, extra: dict[str, Typed]) -> _Scope:
         return _Scope({**self.names, **extra}, self.optional, self.later)
-
-
-class _ForwardReference(Exception):
-    def __init__(self, name: str, line: int):
-        self.name = name
-        self.line = line
 
 
 ASSIGNED = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=[^=]")
@@ -396,13 +407,7 @@ class _SpecBuilder:
     def _equation(self, item: Node, scope: _Scope, protected: set[str],
                   state_shapes: dict[str, ShapeClass]) -> Equation:
         text = _expect_str(item, "an equation")
-        try:
-            target, target_loc, value = parse_assignment(text, item.loc, scope,
-                                                         _expr_col_shift(item))
-        except _ForwardReference as ref:
-            raise SpecError(item.loc, f"'{ref.name}' is used before it is defined (it is "
-                            f"assigned at line {ref.line}); equations run in order, so a "
-                            "definition cannot depend on a later or cyclic one") from None
+        target, target_loc, value = parse_assignment(text, item.loc, scope, _expr_col_shift(item))
         if target in protected:
             raise SpecError(target_loc, f"cannot assign to '{target}': it is an input or a "
                             "hyperparameter")

@@ -76,7 +76,8 @@ def _convert(node: yaml.Node, path: str, constructor: yaml.SafeLoader, depth: in
                 raise SpecError(key_loc, "mapping keys must be plain names")
             key = str(constructor.construct_object(key_node))
             if key in out:
-                raise SpecError(key_loc, f"duplicate key '{key}' (first at line {key_locs[key].line})")
+                raise SpecError(key_loc, f"duplicate key '{key}' "
+                                f"(first at line {key_locs[key].line})")
             key_locs[key] = key_loc
             out[key] = _convert(value_node, path, constructor, depth + 1)
         return Node(out, loc, key_locs=key_locs)
