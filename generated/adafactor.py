@@ -1074,7 +1074,8 @@ def _resolve_backend(backend: str) -> str:
 
 def _check_dtype(array, what: str) -> None:
     if array.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{what} has dtype {array.dtype}; Adafactor supports "
+        name = str(array.dtype).removeprefix("mlx.core.")
+        raise ValueError(f"{what} has dtype {name}; Adafactor supports "
                          "float32, float16 and bfloat16")
 
 

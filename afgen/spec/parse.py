@@ -392,6 +392,9 @@ class _SpecBuilder:
             counter[0] += 1
             if counter[0] > MAX_STATEMENTS:
                 raise SpecError(item.loc, f"more than {MAX_STATEMENTS} equations")
+            if item.is_map() and "if" not in item.value and any("=" in k for k in item.value):
+                raise SpecError(item.loc, "YAML read this equation as a mapping because it "
+                                "contains ': '; put the equation in quotes")
             if item.is_map():
                 branch, names = self._branch(item, scope, protected, state_shapes, counter)
                 out.append(branch)
