@@ -53,8 +53,13 @@ def _schedule_lines(sched: Schedule, indent: str) -> list[str]:
 def plan_text(plan: KernelPlan) -> list[str]:
     configs = sorted({c.restricted(plan.program.used_statics).label for c in plan.configs})
     lines = [f"== {configs[0]}  ({len(plan.configs)} configuration(s))"]
-    for index, pass_ in enumerate(plan.passes):
+    for index, pass_ in enumerate(plan.passes + (None,)):
         glue = plan.glue[index]
+        if pass_ is None:
+            if glue.steps or glue.results:
+                lines.append(f"  glue {index} (small values after the last pass):")
+                lines += _schedule_lines(glue, "    ")
+            break
         if glue.steps or glue.results:
             lines.append(f"  glue {index} (small values before pass {index}):")
             lines += _schedule_lines(glue, "    ")

@@ -7,7 +7,8 @@ This file depends on MLX and the Python standard library only.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+import math
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import mlx.core as mx
 from mlx.optimizers import Optimizer
@@ -15,8 +16,9 @@ from mlx.utils import tree_flatten
 
 AFGEN_VERSION = "0.1.0"
 SPEC_SHA256 = "bc4d2d69fff0d4879abb5e107e2befc60678e82ddb7fae2d24ff05188f8c7d41"
-BACKENDS = ["auto", "mlx"]
+BACKENDS = ["auto", "mlx", "metal", "cuda"]
 PRECISIONS = ("float32", "param")
+THREADS = 256
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
@@ -33,8 +35,10 @@ class Adafactor(Optimizer):
         scale_parameter (bool): Scale the step size by max(eps2, RMS(param)). Default: ``True``.
         relative_step (bool): Use the relative step size min(1e-2, 1/sqrt(t)) instead of learning_rate. Default: ``True``.
         warmup_init (bool): With relative_step, warm up as min(1e-6 * t, 1/sqrt(t)). Default: ``False``.
-        backend (str): auto, mlx. ``"auto"`` picks the fastest one the
-            machine has. Default: ``"auto"``.
+        backend (str): ``"mlx"`` (MLX ops, any device), ``"metal"`` (fused Metal kernels),
+            ``"cuda"`` (fused CUDA kernels) or ``"auto"``: Metal when
+            ``mx.metal.is_available()``, CUDA when ``mx.cuda.is_available()``, else MLX ops.
+            Default: ``"auto"``.
         precision (str): ``"float32"`` keeps state and math in float32 for every parameter
             dtype; ``"param"`` keeps them in the parameter's dtype as MLX does.
             Default: ``"float32"``.
@@ -129,11 +133,16 @@ class Adafactor(Optimizer):
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         """Performs the Adafactor parameter and state update."""
         key = self._static_key(gradient.ndim)
-        function = _SPECIALISED.get(key)
-        if function is None:
-            self._check_requirements()
-            raise ValueError(f"no specialisation for static configuration {key}")
-        return function(self, gradient, parameter, state)
+        if self.backend == "mlx":
+            function = _SPECIALISED.get(key)
+            if function is not None:
+                return function(self, gradient, parameter, state)
+        else:
+            function = _FUSED.get(key)
+            if function is not None:
+                return function(self, gradient, parameter, state, self.backend)
+        self._check_requirements()
+        raise ValueError(f"no specialisation for static configuration {key}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1062,13 +1071,1965 @@ _SPECIALISED = {
 
 
 # ---------------------------------------------------------------------------------------
+# Fused-kernel updates (Metal and CUDA share these drivers): small-array glue with MLX
+# ops between pass kernels that each stream the full-size arrays once.
+# ---------------------------------------------------------------------------------------
+
+def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
+    factored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -beta_1
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = _row_total(red1_part, geo) / geo.N
+    red2 = _col_total(red2_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red1
+    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
+    s0 = red3 / g1_2
+    s1 = 1 / g1_3
+    s3 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    s5 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4 = mx.sum(red4_part) / size
+    g2_0 = t ** decay_rate
+    g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    s4 = -g2_1
+    s6 = g2_1
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
+    factored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = _row_total(red1_part, geo) / geo.N
+    red2 = _col_total(red2_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red1
+    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
+    s0 = red3 / g1_2
+    s1 = 1 / g1_3
+    s2 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    s4 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4 = mx.sum(red4_part) / size
+    g2_0 = t ** decay_rate
+    s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
+    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    return new_param
+
+def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
+    factored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -beta_1
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = _row_total(red1_part, geo) / geo.N
+    red2 = _col_total(red2_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red1
+    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
+    s0 = red3 / g1_2
+    s1 = 1 / g1_3
+    s3 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)))
+    s5 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4 = mx.sum(red4_part) / size
+    g2_0 = t ** decay_rate
+    g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    s4 = -g2_1
+    s6 = g2_1
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
+    factored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = _row_total(red1_part, geo) / geo.N
+    red2 = _col_total(red2_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red1
+    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
+    s0 = red3 / g1_2
+    s1 = 1 / g1_3
+    s2 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)))
+    s4 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4 = mx.sum(red4_part) / size
+    g2_0 = t ** decay_rate
+    s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
+    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    return new_param
+
+def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
+    factored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -beta_1
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = _row_total(red1_part, geo) / geo.N
+    red2 = _col_total(red2_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red1
+    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
+    s0 = red3 / g1_2
+    s1 = 1 / g1_3
+    s3 = -(learning_rate * weight_decay * mx.maximum(eps2, mx.sqrt(red0)))
+    s5 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4 = mx.sum(red4_part) / size
+    g2_0 = t ** decay_rate
+    g2_1 = learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    s4 = -g2_1
+    s6 = g2_1
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
+    factored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = _row_total(red1_part, geo) / geo.N
+    red2 = _col_total(red2_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red1
+    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
+    s0 = red3 / g1_2
+    s1 = 1 / g1_3
+    s2 = -(learning_rate * weight_decay * mx.maximum(eps2, mx.sqrt(red0)))
+    s4 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4 = mx.sum(red4_part) / size
+    g2_0 = t ** decay_rate
+    s3 = -(learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
+    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    return new_param
+
+def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
+    factored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -beta_1
+    s3 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = _row_total(red0_part, geo) / geo.N
+    red1 = _col_total(red1_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red0
+    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red1
+    s0 = red2 / g1_2
+    s1 = 1 / g1_3
+    s5 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3 = mx.sum(red3_part) / size
+    g2_0 = t ** decay_rate
+    g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    s4 = -g2_1
+    s6 = g2_1
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
+    factored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = _row_total(red0_part, geo) / geo.N
+    red1 = _col_total(red1_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red0
+    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red1
+    s0 = red2 / g1_2
+    s1 = 1 / g1_3
+    s4 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3 = mx.sum(red3_part) / size
+    g2_0 = t ** decay_rate
+    s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
+    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    return new_param
+
+def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
+    factored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -beta_1
+    s3 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = _row_total(red0_part, geo) / geo.N
+    red1 = _col_total(red1_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red0
+    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red1
+    s0 = red2 / g1_2
+    s1 = 1 / g1_3
+    s5 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3 = mx.sum(red3_part) / size
+    g2_0 = t ** decay_rate
+    g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    s4 = -g2_1
+    s6 = g2_1
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
+    factored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = _row_total(red0_part, geo) / geo.N
+    red1 = _col_total(red1_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red0
+    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red1
+    s0 = red2 / g1_2
+    s1 = 1 / g1_3
+    s4 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3 = mx.sum(red3_part) / size
+    g2_0 = t ** decay_rate
+    s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
+    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    return new_param
+
+def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
+    factored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -beta_1
+    s3 = -(learning_rate * weight_decay)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = _row_total(red0_part, geo) / geo.N
+    red1 = _col_total(red1_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red0
+    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red1
+    s0 = red2 / g1_2
+    s1 = 1 / g1_3
+    s5 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3 = mx.sum(red3_part) / size
+    g2_0 = t ** decay_rate
+    g2_1 = learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    s4 = -g2_1
+    s6 = g2_1
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    factored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
+    factored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, True, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
+    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    s2 = -(learning_rate * weight_decay)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0 = _row_total(red0_part, geo) / geo.N
+    red1 = _col_total(red1_part, geo) / geo.M
+    g1_0 = t ** decay_rate
+    g1_1 = 1 - g1_0
+    g1_2 = exp_avg_sq_row * g1_1 + g1_0 * red0
+    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
+    g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red1
+    s0 = red2 / g1_2
+    s1 = 1 / g1_3
+    s4 = mx.rsqrt(g1_3)
+    new_exp_avg_sq_row = g1_2
+    new_exp_avg_sq_col = g1_3
+    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3 = mx.sum(red3_part) / size
+    g2_0 = t ** decay_rate
+    s3 = -(learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
+    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+    return new_param
+
+def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
+    unfactored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -beta_1
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = mx.sum(red1_part) / size
+    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g1_1 = g1_0 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold)
+    s3 = -(g1_0 * weight_decay)
+    s4 = -g1_1
+    s5 = g1_1
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
+    unfactored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = mx.sum(red1_part) / size
+    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    s2 = -(g1_0 * weight_decay)
+    s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    return new_param
+
+def _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
+    unfactored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -beta_1
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = mx.sum(red1_part) / size
+    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
+    g1_1 = g1_0 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold)
+    s3 = -(g1_0 * weight_decay)
+    s4 = -g1_1
+    s5 = g1_1
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
+    unfactored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = mx.sum(red1_part) / size
+    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
+    s2 = -(g1_0 * weight_decay)
+    s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    return new_param
+
+def _gpu_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
+    unfactored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -beta_1
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = mx.sum(red1_part) / size
+    g1_0 = learning_rate * mx.maximum(eps2, mx.sqrt(red0))
+    g1_1 = g1_0 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold)
+    s3 = -(g1_0 * weight_decay)
+    s4 = -g1_1
+    s5 = g1_1
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
+    unfactored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    eps2 = self.eps[1]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    red1 = mx.sum(red1_part) / size
+    g1_0 = learning_rate * mx.maximum(eps2, mx.sqrt(red0))
+    s2 = -(g1_0 * weight_decay)
+    s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    return new_param
+
+def _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
+    unfactored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -beta_1
+    s3 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    g1_0 = (1 - beta_1) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
+    s4 = -g1_0
+    s5 = g1_0
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
+    unfactored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    s3 = -(mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    return new_param
+
+def _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
+    unfactored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -beta_1
+    s3 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    g1_0 = (1 - beta_1) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
+    s4 = -g1_0
+    s5 = g1_0
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
+    unfactored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    s3 = -(mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    return new_param
+
+def _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
+    unfactored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    beta_1 = self.beta_1
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -beta_1
+    s3 = -(learning_rate * weight_decay)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    g1_0 = learning_rate * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
+    s4 = -g1_0
+    s5 = g1_0
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    state["exp_avg"] = new_exp_avg
+    return new_param
+
+def _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
+    """Fused-kernel update for:
+    unfactored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
+    unfactored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
+    """
+    geo = _geometry(parameter.shape, False, 32, 1024)
+    size = max(parameter.size, 1)
+    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
+    cdt = mx.float32
+    t = self.step.astype(mx.float32)
+    learning_rate = self.learning_rate.astype(mx.float32)
+    eps1 = self.eps[0]
+    clip_threshold = self.clip_threshold
+    decay_rate = self.decay_rate
+    weight_decay = self.weight_decay
+    g0_0 = t ** decay_rate
+    s0 = 1 - g0_0
+    s1 = g0_0
+    s2 = -(learning_rate * weight_decay)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0 = mx.sum(red0_part) / size
+    s3 = -(learning_rate / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    state["exp_avg_sq"] = new_exp_avg_sq
+    return new_param
+
+_FUSED = {
+    (True, True, True, True, True, True): _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1,
+    (True, True, True, False, True, True): _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1,
+    (True, True, True, True, False, True): _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1,
+    (True, True, True, False, False, True): _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1,
+    (True, True, False, True, True, True): _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init,
+    (True, True, False, False, True, True): _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init,
+    (True, True, False, True, False, True): _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
+    (True, True, False, False, False, True): _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
+    (True, False, True, True, True, True): _gpu_factored__scale_parameter__has_beta_1__no_relative_step,
+    (True, False, False, True, True, True): _gpu_factored__scale_parameter__has_beta_1__no_relative_step,
+    (True, False, True, True, False, True): _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1,
+    (True, False, False, True, False, True): _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1,
+    (False, True, True, True, True, True): _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter,
+    (False, True, True, False, True, True): _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter,
+    (False, True, True, True, False, True): _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
+    (False, True, True, False, False, True): _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
+    (False, True, False, True, True, True): _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
+    (False, True, False, False, True, True): _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
+    (False, True, False, True, False, True): _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
+    (False, True, False, False, False, True): _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
+    (False, False, True, True, True, True): _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step,
+    (False, False, False, True, True, True): _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step,
+    (False, False, True, True, False, True): _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1,
+    (False, False, False, True, False, True): _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1,
+    (True, True, True, True, True, False): _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1,
+    (True, True, True, False, True, False): _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1,
+    (True, True, True, True, False, False): _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1,
+    (True, True, True, False, False, False): _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1,
+    (True, True, False, True, True, False): _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init,
+    (True, True, False, False, True, False): _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init,
+    (True, True, False, True, False, False): _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
+    (True, True, False, False, False, False): _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
+    (True, False, True, True, True, False): _gpu_flat__scale_parameter__has_beta_1__no_relative_step,
+    (True, False, False, True, True, False): _gpu_flat__scale_parameter__has_beta_1__no_relative_step,
+    (True, False, True, True, False, False): _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1,
+    (True, False, False, True, False, False): _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1,
+    (False, True, True, True, True, False): _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter,
+    (False, True, True, False, True, False): _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter,
+    (False, True, True, True, False, False): _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
+    (False, True, True, False, False, False): _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
+    (False, True, False, True, True, False): _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
+    (False, True, False, False, True, False): _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
+    (False, True, False, True, False, False): _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
+    (False, True, False, False, False, False): _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
+    (False, False, True, True, True, False): _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step,
+    (False, False, False, True, True, False): _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step,
+    (False, False, True, True, False, False): _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1,
+    (False, False, False, True, False, False): _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1,
+}
+
+# Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
+_KERNELS = {
+    "metal": {
+        "afgen_adafactor_f0_0e7c0ff7c6": (
+            ["grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part", "red2_part"],
+            """\
+// afgen_adafactor_f0_0e7c0ff7c6: pass 0, factored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float eps1 = scalars[0];
+float acc_red0 = 0.0f;
+float acc_red1[32];
+for (uint r = 0; r < 32; ++r) {
+  acc_red1[r] = 0.0f;
+}
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  float acc_red2 = 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x0_0 = eps1 + afg_sq(grad);
+    acc_red0 += afg_sq(param);
+    acc_red1[r] += x0_0;
+    acc_red2 += x0_0;
+  }
+  if (j_ok) {
+    red2_part[(b * nrb + rb) * N + j] = acc_red2;
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+for (uint r = 0; r < 32; ++r) {
+  const float total = afg_block_sum(acc_red1[r], afg_scratch, lid, lane, group, 8);
+  const uint m = rb * 32 + r;
+  if (lid == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f0_26cbd0c96d": (
+            ["grad_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_f0_26cbd0c96d: pass 0, factored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float eps1 = scalars[0];
+float acc_red0[32];
+for (uint r = 0; r < 32; ++r) {
+  acc_red0[r] = 0.0f;
+}
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  float acc_red1 = 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float x0_0 = eps1 + afg_sq(grad);
+    acc_red0[r] += x0_0;
+    acc_red1 += x0_0;
+  }
+  if (j_ok) {
+    red1_part[(b * nrb + rb) * N + j] = acc_red1;
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+for (uint r = 0; r < 32; ++r) {
+  const float total = afg_block_sum(acc_red0[r], afg_scratch, lid, lane, group, 8);
+  const uint m = rb * 32 + r;
+  if (lid == 0 && m < M) {
+    red0_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f1_6a7ceef1f6": (
+            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red4_part"],
+            """\
+// afgen_adafactor_f1_6a7ceef1f6: pass 1, factored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+float acc_red4 = 0.0f;
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s0 = s0_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red4 += afg_sq(grad) * s0 * s1;
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+{
+  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red4_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f1_bd1a11c538": (
+            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red3_part"],
+            """\
+// afgen_adafactor_f1_bd1a11c538: pass 1, factored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+float acc_red3 = 0.0f;
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s0 = s0_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red3 += afg_sq(grad) * s0 * s1;
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+{
+  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red3_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f2_54439186c7": (
+            ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_f2_54439186c7: pass 2, factored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float s2 = scalars[0];
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s4 = j_ok ? s4_in[b * N + j] : 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s3 = s3_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f2_8e4a2d64fd": (
+            ["exp_avg_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg"],
+            """\
+// afgen_adafactor_f2_8e4a2d64fd: pass 2, factored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float beta_1 = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s5 = j_ok ? s5_in[b * N + j] : 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s4 = s4_in[b * M + m];
+    const float s6 = s6_in[b * M + m];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = grad * s5;
+    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x2_0);
+    new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s6 * x2_0);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u0_7681ffd3c7": (
+            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+            ["red0_part"],
+            """\
+// afgen_adafactor_u0_7681ffd3c7: pass 0, unfactored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (uint r = 0; r < 1; ++r) {
+    const uint m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float x0_0 = afg_sq(grad);
+    acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u0_8acbfe8e6f": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_u0_8acbfe8e6f: pass 0, unfactored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (uint r = 0; r < 1; ++r) {
+    const uint m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x0_0 = afg_sq(grad);
+    acc_red0 += afg_sq(param);
+    acc_red1 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u1_bd04d7d081": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq"],
+            """\
+// afgen_adafactor_u1_bd04d7d081: pass 1, unfactored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float s3 = scalars[4];
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (uint r = 0; r < 1; ++r) {
+    const uint m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+    new_param[idx] = afg_store<T>(grad * s3 * metal::rsqrt(x1_0) + param * s2 + param);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u1_dfb52e896b": (
+            ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq", "new_exp_avg"],
+            """\
+// afgen_adafactor_u1_dfb52e896b: pass 1, unfactored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float beta_1 = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float s4 = scalars[6];
+const float s5 = scalars[7];
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (uint r = 0; r < 1; ++r) {
+    const uint m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+    const float x1_1 = grad * metal::rsqrt(x1_0);
+    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+    new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
+  }
+}
+""",
+        ),
+    },
+    "cuda": {
+        "afgen_adafactor_f0_941a811fc4": (
+            ["grad_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_f0_941a811fc4: pass 0, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float eps1 = scalars[0];
+float acc_red0[32];
+for (unsigned int r = 0; r < 32; ++r) {
+  acc_red0[r] = 0.0f;
+}
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  float acc_red1 = 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float x0_0 = eps1 + afg_sq(grad);
+    acc_red0[r] += x0_0;
+    acc_red1 += x0_0;
+  }
+  if (j_ok) {
+    red1_part[(b * nrb + rb) * N + j] = acc_red1;
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+for (unsigned int r = 0; r < 32; ++r) {
+  const float total = afg_block_sum(acc_red0[r], afg_scratch, lid, lane, group, 8);
+  const unsigned int m = rb * 32 + r;
+  if (lid == 0 && m < M) {
+    red0_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f0_c811a37430": (
+            ["grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part", "red2_part"],
+            """\
+// afgen_adafactor_f0_c811a37430: pass 0, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float eps1 = scalars[0];
+float acc_red0 = 0.0f;
+float acc_red1[32];
+for (unsigned int r = 0; r < 32; ++r) {
+  acc_red1[r] = 0.0f;
+}
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  float acc_red2 = 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x0_0 = eps1 + afg_sq(grad);
+    acc_red0 += afg_sq(param);
+    acc_red1[r] += x0_0;
+    acc_red2 += x0_0;
+  }
+  if (j_ok) {
+    red2_part[(b * nrb + rb) * N + j] = acc_red2;
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+for (unsigned int r = 0; r < 32; ++r) {
+  const float total = afg_block_sum(acc_red1[r], afg_scratch, lid, lane, group, 8);
+  const unsigned int m = rb * 32 + r;
+  if (lid == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f1_0a3f0c8a5d": (
+            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red3_part"],
+            """\
+// afgen_adafactor_f1_0a3f0c8a5d: pass 1, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+float acc_red3 = 0.0f;
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s0 = s0_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red3 += afg_sq(grad) * s0 * s1;
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+{
+  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red3_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f1_e621e1c13f": (
+            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red4_part"],
+            """\
+// afgen_adafactor_f1_e621e1c13f: pass 1, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+float acc_red4 = 0.0f;
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s0 = s0_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red4 += afg_sq(grad) * s0 * s1;
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+{
+  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red4_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f2_643f76c439": (
+            ["exp_avg_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg"],
+            """\
+// afgen_adafactor_f2_643f76c439: pass 2, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float beta_1 = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s5 = j_ok ? s5_in[b * N + j] : 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s4 = s4_in[b * M + m];
+    const float s6 = s6_in[b * M + m];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = grad * s5;
+    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x2_0);
+    new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s6 * x2_0);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f2_c8e8a8fcd1": (
+            ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_f2_c8e8a8fcd1: pass 2, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float s2 = scalars[0];
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s4 = j_ok ? s4_in[b * N + j] : 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s3 = s3_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u0_38c53d43b3": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_u0_38c53d43b3: pass 0, unfactored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (unsigned int r = 0; r < 1; ++r) {
+    const unsigned int m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x0_0 = afg_sq(grad);
+    acc_red0 += afg_sq(param);
+    acc_red1 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u0_4ab5ef3e9f": (
+            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+            ["red0_part"],
+            """\
+// afgen_adafactor_u0_4ab5ef3e9f: pass 0, unfactored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (unsigned int r = 0; r < 1; ++r) {
+    const unsigned int m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float x0_0 = afg_sq(grad);
+    acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u1_d7ad9336fe": (
+            ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq", "new_exp_avg"],
+            """\
+// afgen_adafactor_u1_d7ad9336fe: pass 1, unfactored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float beta_1 = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float s4 = scalars[6];
+const float s5 = scalars[7];
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (unsigned int r = 0; r < 1; ++r) {
+    const unsigned int m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+    const float x1_1 = grad * rsqrtf(x1_0);
+    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+    new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u1_eb7e429240": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq"],
+            """\
+// afgen_adafactor_u1_eb7e429240: pass 1, unfactored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float s3 = scalars[4];
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (unsigned int r = 0; r < 1; ++r) {
+    const unsigned int m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+    new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2 + param);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+  }
+}
+""",
+        ),
+    },
+}
+
+_HEADERS = {
+    "metal": """\
+// afgen kernel helpers (Metal). Every kernel accumulates in float32.
+inline float afg_sq(float x) { return x * x; }
+template <typename T> inline float afg_load(T x) { return static_cast<float>(x); }
+template <typename T> inline T afg_store(float x) { return static_cast<T>(x); }
+
+// Sum over the threadgroup: SIMD-group sums, then one SIMD group sums the partials.
+// Every thread must call it (it contains barriers); the total is valid in thread 0.
+inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint lane,
+                           uint group, uint groups) {
+  v = simd_sum(v);
+  if (lane == 0) {
+    scratch[group] = v;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float total = 0.0f;
+  if (group == 0) {
+    total = simd_sum(lane < groups ? scratch[lane] : 0.0f);
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  return total;
+}
+""",
+    "cuda": """\
+// afgen kernel helpers (CUDA). Every kernel accumulates in float32.
+__device__ __forceinline__ float afg_sq(float x) { return x * x; }
+__device__ __forceinline__ float afg_sign(float x) { return (x > 0.0f) - (x < 0.0f); }
+__device__ __forceinline__ float afg_load(float x) { return x; }
+__device__ __forceinline__ float afg_load(__half x) { return __half2float(x); }
+__device__ __forceinline__ float afg_load(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T afg_store(float x);
+template <> __device__ __forceinline__ float afg_store<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half afg_store<__half>(float x) {
+  return __float2half(x);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 afg_store<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+// Sum over the block: warp shuffles, then warp 0 sums the per-warp partials.
+// Every thread must call it (it contains barriers); the total is valid in thread 0.
+__device__ __forceinline__ float afg_block_sum(float v, float* scratch, unsigned lid,
+                                               unsigned lane, unsigned group,
+                                               unsigned groups) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  if (lane == 0) {
+    scratch[group] = v;
+  }
+  __syncthreads();
+  float total = 0.0f;
+  if (group == 0) {
+    total = lane < groups ? scratch[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      total += __shfl_down_sync(0xffffffffu, total, offset);
+    }
+  }
+  __syncthreads();
+  return total;
+}
+""",
+}
+
+# Set to a callable to run kernel text somewhere other than MLX (afgen's verifier uses
+# this to execute the exact kernel source on a CPU when there is no GPU).
+_KERNEL_RUNNER = None
+_KERNEL_OBJECTS = {}
+
+
+class _Geometry(NamedTuple):
+    shape: tuple
+    B: int
+    M: int
+    N: int
+    nrb: int
+    ncc: int
+    dims: mx.array
+    grid: tuple
+
+
+def _geometry(shape, factored, rows_per_group, cols_per_group):
+    """View the parameter as B matrices of M x N (unfactored: one 1 x size row)."""
+    shape = tuple(shape)
+    if factored:
+        B, M, N = math.prod(shape[:-2]), shape[-2], shape[-1]
+    else:
+        B, M, N = 1, 1, math.prod(shape)
+    nrb = -(-M // rows_per_group)
+    ncc = -(-N // cols_per_group)
+    dims = mx.array([B, M, N, nrb, ncc], dtype=mx.uint32)
+    return _Geometry(shape, B, M, N, nrb, ncc, dims, (ncc * THREADS, nrb, B))
+
+
+def _rows(value, geo):
+    return mx.broadcast_to(mx.array(value, dtype=mx.float32), geo.shape[:-1] + (1,)).reshape(-1)
+
+
+def _cols(value, geo):
+    layout = geo.shape[:-2] + (1, geo.N)
+    return mx.broadcast_to(mx.array(value, dtype=mx.float32), layout).reshape(-1)
+
+
+def _batches(value, geo):
+    layout = geo.shape[:-2] + (1, 1)
+    return mx.broadcast_to(mx.array(value, dtype=mx.float32), layout).reshape(-1)
+
+
+def _pack(values):
+    """Dynamic scalars travel as one float32 array, so new values never recompile."""
+    if not values:
+        return mx.zeros((1,), dtype=mx.float32)
+    return mx.concatenate([mx.array(v, dtype=mx.float32).reshape(1) for v in values])
+
+
+def _row_total(part, geo):
+    return part.reshape(geo.B, geo.M, geo.ncc).sum(-1).reshape(geo.shape[:-1] + (1,))
+
+
+def _col_total(part, geo):
+    total = part.reshape(geo.B, geo.nrb, geo.N).sum(1)
+    return total.reshape(geo.shape[:-2] + (1, geo.N))
+
+
+def _launch(backend, name, geo, inputs, outputs, T, S):
+    input_names, output_names, source = _KERNELS[backend][name]
+    call = dict(inputs=inputs, template=[("T", T), ("S", S)], grid=geo.grid,
+                threadgroup=(THREADS, 1, 1), output_shapes=[shape for shape, _ in outputs],
+                output_dtypes=[dtype for _, dtype in outputs])
+    if _KERNEL_RUNNER is not None:
+        return _KERNEL_RUNNER(backend, name, input_names, output_names, source,
+                              _HEADERS[backend], call)
+    kernel = _KERNEL_OBJECTS.get((backend, name))
+    if kernel is None:
+        factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        kernel = factory(name=name, input_names=input_names, output_names=output_names,
+                         source=source, header=_HEADERS[backend], ensure_row_contiguous=True)
+        _KERNEL_OBJECTS[(backend, name)] = kernel
+    return kernel(**call)
+
+
+# ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
+def _available(backend: str) -> bool:
+    if _KERNEL_RUNNER is not None:
+        return True
+    if backend == "metal":
+        return mx.metal.is_available()
+    if backend == "cuda":
+        return hasattr(mx, "cuda") and mx.cuda.is_available()
+    return True
+
+
 def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
+        for candidate in ("metal", "cuda"):
+            if _KERNEL_RUNNER is None and _available(candidate):
+                return candidate
         return "mlx"
+    if not _available(backend):
+        raise ValueError(f"backend {backend!r} is not available in this MLX build "
+                         f"(mx.{backend}.is_available() is False); use 'mlx' or 'auto'")
     return backend
 
 

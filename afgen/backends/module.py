@@ -7,6 +7,8 @@ import sympy
 
 from afgen import __version__
 from afgen.backends.functions import MLX, function_model
+from afgen.backends.gpu_driver import driver_model, headers, plan_kernels
+from afgen.backends.kernels import DIALECTS, THREADS
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
 from afgen.compiler import Compiled
@@ -115,9 +117,26 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         {sympy.Symbol("ndim", integer=True): sympy.Symbol("parameter.ndim")}))
     requires = [{"code": _condition_code(r.condition, spec), "message": r.message}
                 for r in spec.requires]
+    prefix = f"afgen_{spec.stem}"
+    kernel_tables: dict[str, list] = {}
+    drivers, gpu_dispatch = [], []
+    for dialect in DIALECTS:
+        table = {}
+        for plan in compiled.plans:
+            kernels = plan_kernels(plan, dialect, prefix)
+            table.update({k.name: k for k in kernels})
+            if dialect == "metal":
+                drivers.append(driver_model(spec, plan, kernels))
+        kernel_tables[dialect] = sorted(table.values(), key=lambda k: k.name)
+    for plan, drv in zip(compiled.plans, drivers):
+        for config in plan.configs:
+            key = tuple(v for _, v in config.values) + (config.factored,)
+            gpu_dispatch.append((repr(key), drv.name))
     return {
         "spec": spec, "spec_path": spec_path, "spec_sha": compiled.spec_sha256,
-        "version": __version__, "backends": ["auto", "mlx"],
+        "version": __version__, "backends": ["auto", "mlx", *DIALECTS], "threads": THREADS,
+        "drivers": drivers, "gpu_dispatch": gpu_dispatch, "kernel_tables": kernel_tables,
+        "headers": headers(),
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(spec), "states": states,
         "factored_code": factored_code, "functions": functions, "dispatch": dispatch,

@@ -234,3 +234,60 @@ def numpy_code(expr: sympy.Basic) -> str:
 
 def python_code(expr: sympy.Basic) -> str:
     return PythonPrinter().doprint(expr)
+
+
+class CStylePrinter(BasePrinter):
+    """Float32 C-like kernels: every literal is a float with an ``f`` suffix and enough
+    digits to round-trip, so ``1e-30`` never prints as ``0``."""
+
+    def float_literal(self, value: float) -> str:
+        text = f"{value:.9g}"
+        if not any(c in text for c in ".en"):
+            text += ".0"
+        return text + "f"
+
+    def int_literal(self, value: int) -> str:
+        return self.float_literal(float(value))
+
+    def reciprocal(self, text: str) -> str:
+        return f"1.0f / {text}"
+
+    def select(self, cond: str, a: str, b: str) -> str:
+        return f"({cond} ? {a} : {b})"
+
+    def power(self, base: sympy.Expr, exp: sympy.Expr) -> str:
+        return self.call("pow", self._print(base), self._print(exp))
+
+    def _print_And(self, expr: sympy.And) -> str:
+        return "(" + " && ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr: sympy.Or) -> str:
+        return "(" + " || ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr: sympy.Not) -> str:
+        return f"(!{self._print(expr.args[0])})"
+
+
+class MetalPrinter(CStylePrinter):
+    """Metal Shading Language: ``metal::`` math on float (safe math mode)."""
+
+    funcs = {"sqrt": "metal::sqrt", "rsqrt": "metal::rsqrt", "abs": "metal::fabs",
+             "exp": "metal::exp", "log": "metal::log", "sign": "metal::sign",
+             "maximum": "metal::fmax", "minimum": "metal::fmin", "pow": "metal::pow",
+             "square": "afg_sq"}
+
+
+class CudaPrinter(CStylePrinter):
+    """CUDA C++: the float (``f``-suffixed) math library."""
+
+    funcs = {"sqrt": "sqrtf", "rsqrt": "rsqrtf", "abs": "fabsf", "exp": "expf", "log": "logf",
+             "sign": "afg_sign", "maximum": "fmaxf", "minimum": "fminf", "pow": "powf",
+             "square": "afg_sq"}
+
+
+def metal_code(expr: sympy.Basic) -> str:
+    return MetalPrinter().doprint(expr)
+
+
+def cuda_code(expr: sympy.Basic) -> str:
+    return CudaPrinter().doprint(expr)

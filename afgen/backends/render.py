@@ -12,9 +12,19 @@ def environment() -> jinja2.Environment:
     if not TEMPLATE_DIR.is_dir():
         raise FileNotFoundError(f"afgen templates not found at {TEMPLATE_DIR}; install afgen "
                                 "from its repository (pip install -e .)")
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["pyliteral"] = python_string_literal
+    return env
+
+
+def python_string_literal(text: str) -> str:
+    """Kernel text as a readable triple-quoted Python literal (repr when it cannot be)."""
+    if '"""' in text or "\\" in text or text.endswith('"'):
+        return repr(text)
+    return '"""\\\n' + text + '"""'
+
 
 
 def render(template: str, **context: object) -> str:

@@ -8,7 +8,8 @@ Two views of the same specialisation:
   full-size arrays once, computing per-element values (recomputed, never stored) and
   the reductions whose operands are ready; *glue* computes the small values (scalars,
   batch, rows, cols) that the next pass needs, from the reductions of earlier passes.
-  Pass ``k`` may use glue ``0..k``; full-size outputs are written by the last pass.
+  Pass ``k`` may use glue ``0..k``; full-size outputs are written by the last pass, and
+  a final glue after it finishes small values that depend on the last pass's reductions.
 """
 from __future__ import annotations
 
@@ -259,7 +260,7 @@ def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
 
     small_reductions = [r for r in program.reductions if r.operand_shape is not ShapeClass.FULL]
     glue = []
-    for index in range(last + 1):
+    for index in range(last + 2):  # glue k runs before pass k; the last one after all passes
         values = {str(sym): expr for sym, expr in hoister.small_defs()
                   if levels[sym] == index}
         values.update({f"new_{k}": v for k, v in small_outputs.items()

@@ -46,8 +46,8 @@ struct afgen_thread_info {
 // Identity of the calling GPU thread.
 const afgen_thread_info* afgen_self(void);
 
-// Threadgroup / block barrier over every thread of the group that has not
-// returned yet.
+// Threadgroup / block barrier over every thread of the group (all must
+// reach it; a thread that returned first is reported as an error).
 void afgen_group_barrier(void);
 
 // Rendezvous of SIMD lanes that exchanges `size` bytes (<= AFGEN_SLOT_BYTES)
@@ -107,8 +107,11 @@ struct afgen_launch_arg {
 #include <sys/stat.h>
 #include <unistd.h>
 
-// Threadgroup (__shared__) variables live in this section; the linker
-// provides its bounds. Weak so kernels without shared memory still link.
+// Threadgroup (__shared__) variables live in this section: the executor
+// compiles the kernel unit with -fno-zero-initialized-in-bss, so its .bss
+// holds exactly the uninitialised statics, and renames .bss* to afgen_tg.
+// The linker provides the bounds; weak so kernels without shared memory
+// still link.
 extern "C" char __start_afgen_tg[] __attribute__((weak));
 extern "C" char __stop_afgen_tg[] __attribute__((weak));
 
@@ -189,18 +192,60 @@ static void report_deadlock() {
        barrier, first_barrier, lanes, first_lane);
 }
 
+static void complete_lanes(unsigned base, unsigned members);
+
+// Metal SIMD functions act on the *active* lanes. When nothing can run and
+// some lanes of a SIMD group wait at a collective while their other live
+// lanes wait elsewhere (a barrier), those lanes took a divergent branch:
+// complete the collective over the lanes that reached it, as the hardware
+// does. CUDA names its participants in the mask, so there is nothing to
+// infer there.
+static bool release_divergent_simd() {
+  if (g.cuda) return false;
+  for (unsigned base = 0; base < g.n; base += AFGEN_SIMD_WIDTH) {
+    unsigned members = 0;
+    for (unsigned l = 0; l < AFGEN_SIMD_WIDTH && base + l < g.n; ++l) {
+      if (g.workers[base + l].state == AT_LANES) members |= 1u << l;
+    }
+    if (members != 0) {
+      complete_lanes(base, members);
+      return true;
+    }
+  }
+  return false;
+}
+
+static Worker* next_or_deadlock() {
+  Worker* next = pick_next();
+  if (next == nullptr && release_divergent_simd()) next = pick_next();
+  if (next == nullptr) report_deadlock();
+  return next;
+}
+
 // Hands the CPU to the next runnable thread and parks `self` until it is
 // chosen again. Called with `self` no longer runnable or just unblocked.
 static void yield_from(Worker* self) {
-  Worker* next = pick_next();
-  if (next == nullptr) report_deadlock();
+  Worker* next = next_or_deadlock();
   if (next == self) return;
   sem_post(&next->go);
   sem_wait(&self->go);
 }
 
+// Every thread of the group must reach the barrier: one that returned first
+// means the barrier sits in divergent control flow, which is undefined on
+// GPUs (it hangs or silently misbehaves), so it is reported.
+static void check_barrier_divergence() {
+  if (g.at_barrier > 0 && g.done > 0) {
+    fail("threadgroup barrier reached by %u thread(s) after %u thread(s) of "
+         "the group returned without reaching it (barrier in divergent "
+         "control flow, e.g. after an early return)",
+         g.at_barrier, g.done);
+  }
+}
+
 static void try_release_barrier() {
-  if (g.at_barrier == 0 || g.at_barrier + g.done != g.n) return;
+  check_barrier_divergence();
+  if (g.at_barrier == 0 || g.at_barrier != g.n) return;
   for (unsigned i = 0; i < g.n; ++i) {
     if (g.workers[i].state == AT_BARRIER) g.workers[i].state = RUNNABLE;
   }
@@ -285,9 +330,7 @@ static void thread_finished(Worker* self) {
     sem_post(&g.main_sem);
     return;
   }
-  Worker* next = pick_next();
-  if (next == nullptr) report_deadlock();
-  sem_post(&next->go);
+  sem_post(&next_or_deadlock()->go);
 }
 
 static void* worker_main(void* arg) {

@@ -1,0 +1,134 @@
+"""The Python side of the fused GPU backends: glue on small arrays between kernel passes.
+
+For each specialisation one driver function (shared by Metal and CUDA, which take the
+same launch arguments) computes glue ``k`` with MLX ops on rows/cols/scalars, launches
+pass kernel ``k``, folds that pass's deterministic partial sums into reduction results,
+and finally writes the state. Full-size arrays are touched only by the kernels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from afgen.backends.functions import MLX
+from afgen.backends.kernels import (
+    COLS_PER_THREAD, DIALECTS, ROWS_PER_GROUP_FACTORED, THREADS, PassKernel, kernel_header,
+    pass_kernel,
+)
+from afgen.backends.printers import mlx_code
+from afgen.lower.plan import KernelPlan, Schedule
+from afgen.shapes import ReduceAxes, ShapeClass
+from afgen.spec.model import GRAD, PARAM, STEP, Spec
+
+SMALL_PACKERS = {ShapeClass.ROW: "_rows", ShapeClass.COL: "_cols", ShapeClass.BATCH: "_batches"}
+
+
+@dataclass(frozen=True)
+class DriverModel:
+    name: str
+    doc: str
+    lines: tuple[str, ...]
+    kernels: tuple[str, ...]
+
+
+def _full_dtypes(plan: KernelPlan) -> dict[str, str]:
+    types = {GRAD: "T", PARAM: "T", f"new_{PARAM}": "T"}
+    for name in plan.program.live_state:
+        types[name] = types[f"new_{name}"] = "S"
+    return types
+
+
+def plan_kernels(plan: KernelPlan, dialect: str, prefix: str) -> list[PassKernel]:
+    return [pass_kernel(plan, p, DIALECTS[dialect], _full_dtypes(plan), prefix)
+            for p in plan.passes]
+
+
+def _glue_lines(sched: Schedule) -> list[str]:
+    lines = []
+    for step in sched.steps:
+        code = mlx_code(step.expr)
+        if step.is_reduction:
+            code = MLX.reduce(step, code)
+        lines.append(f"{step.name} = {code}")
+    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results]
+    return lines
+
+
+def _finish_reduction(name: str, axes: ReduceAxes, mean: bool) -> str:
+    if axes is ReduceAxes.ALL:
+        total, count = f"mx.sum({name}_part)", "size"
+    elif axes is ReduceAxes.ROWWISE:
+        total, count = f"_row_total({name}_part, geo)", "geo.N"
+    else:
+        total, count = f"_col_total({name}_part, geo)", "geo.M"
+    return f"{name} = {total} / {count}" if mean else f"{name} = {total}"
+
+
+def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> DriverModel:
+    shapes = {str(k): v for k, v in plan.program.shapes.items()}
+    glue_atoms: set[str] = set()
+    for sched in plan.glue:
+        for step in sched.steps:
+            glue_atoms |= {str(s) for s in step.expr.free_symbols}
+        for _, expr in sched.results:
+            glue_atoms |= {str(s) for s in expr.free_symbols}
+    lines = [f"geo = _geometry(parameter.shape, {plan.factored}, {ROWS_PER_GROUP_FACTORED}, "
+             f"{THREADS * COLS_PER_THREAD})",
+             "size = max(parameter.size, 1)",
+             'sdt = mx.float32 if self.precision == "float32" else parameter.dtype',
+             "cdt = mx.float32"]
+    for name in [STEP, *spec.dynamic_names, *plan.program.live_state]:
+        needed = glue_atoms | {n for k in kernels for n in (*k.scalar_names, *k.batch_inputs,
+                                                            *k.row_inputs, *k.col_inputs)}
+        if name not in needed or shapes.get(name) is ShapeClass.FULL:
+            continue
+        if name == STEP:
+            code = MLX.load_step
+        elif name in plan.program.live_state:
+            code = MLX.load_state(name, shapes[name])
+        else:
+            code = MLX.load_hyper(spec, name)
+        lines.append(f"{name} = {code}")
+    full_sources = {GRAD: "gradient", PARAM: "parameter"}
+    full_sources.update({n: f'state["{n}"]' for n in plan.program.live_state})
+    for index, kernel in enumerate(kernels):
+        lines += _glue_lines(plan.glue[index])
+        inputs = [full_sources[n] for n in kernel.full_inputs]
+        for cls, names in ((ShapeClass.BATCH, kernel.batch_inputs),
+                           (ShapeClass.ROW, kernel.row_inputs), (ShapeClass.COL, kernel.col_inputs)):
+            inputs += [f"{SMALL_PACKERS[cls]}({n}, geo)" for n in names]
+        inputs += [f"_pack([{', '.join(kernel.scalar_names)}])", "geo.dims"]
+        outputs = []
+        for out in kernel.full_outputs:
+            like = "parameter" if out.name == f"new_{PARAM}" else \
+                f'state["{out.name.removeprefix("new_")}"]'
+            dtype = "parameter.dtype" if out.ctype == "T" else "sdt"
+            outputs.append(f"({like}.shape, {dtype})")
+        outputs += [f"((geo.B * geo.nrb * geo.ncc,), mx.float32)"] * len(kernel.all_reductions)
+        outputs += [f"((geo.B * geo.M * geo.ncc,), mx.float32)"] * len(kernel.row_reductions)
+        outputs += [f"((geo.B * geo.nrb * geo.N,), mx.float32)"] * len(kernel.col_reductions)
+        targets = ", ".join(kernel.output_names) + ("," if len(kernel.output_names) == 1 else "")
+        lines.append(f'{targets} = _launch(backend, "{kernel.name}", geo, '
+                     f"[{', '.join(inputs)}], [{', '.join(outputs)}], parameter.dtype, sdt)")
+        for red in (*kernel.all_reductions, *kernel.row_reductions, *kernel.col_reductions):
+            lines.append(_finish_reduction(red.name, red.axes, red.mean))
+    lines += _glue_lines(plan.glue[len(kernels)])
+    state_shapes = {s.name: s.shape for s in spec.state}
+    result = "parameter"
+    full_written = {o.name for k in kernels for o in k.full_outputs}
+    for name, _ in plan.flat.results:
+        key = name.removeprefix("new_")
+        if key == PARAM:
+            result = name if name in full_written else f'_collapse({name}, parameter, "full")'
+        elif name in full_written:
+            lines.append(f'state["{key}"] = {name}')
+        else:
+            lines.append(f'state["{key}"] = _collapse({name}, state["{key}"], '
+                         f'"{state_shapes[key].label}")')
+    lines.append(f"return {result}")
+    configs = "\n    ".join(c.label for c in plan.configs)
+    return DriverModel(f"_gpu_{plan.name}", f"Fused-kernel update for:\n    {configs}",
+                       tuple(lines), tuple(k.name for k in kernels))
+
+
+def headers() -> dict[str, str]:
+    return {name: kernel_header(d) for name, d in DIALECTS.items()}
