@@ -1094,7 +1094,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -beta_1
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
@@ -1109,13 +1109,15 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_f1_15cb3d959b", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = new_exp_avg
@@ -1138,7 +1140,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     weight_decay = self.weight_decay
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
@@ -1153,11 +1155,12 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_f1_15cb3d959b", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
@@ -1181,7 +1184,7 @@ def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -beta_1
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
@@ -1196,13 +1199,15 @@ def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_f1_15cb3d959b", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = new_exp_avg
@@ -1225,7 +1230,7 @@ def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     weight_decay = self.weight_decay
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
@@ -1240,11 +1245,12 @@ def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_f1_15cb3d959b", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
@@ -1269,7 +1275,7 @@ def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -beta_1
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
@@ -1284,13 +1290,15 @@ def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_f1_15cb3d959b", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     g2_1 = learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = new_exp_avg
@@ -1314,7 +1322,7 @@ def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     weight_decay = self.weight_decay
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_0e7c0ff7c6", geo, [gradient, parameter, _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
@@ -1329,11 +1337,12 @@ def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_6a7ceef1f6", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_f1_15cb3d959b", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     s3 = -(learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
@@ -1357,7 +1366,7 @@ def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -beta_1
     s3 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
     g1_0 = t ** decay_rate
@@ -1370,13 +1379,15 @@ def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = new_exp_avg
@@ -1399,7 +1410,7 @@ def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
     g1_0 = t ** decay_rate
@@ -1412,11 +1423,12 @@ def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
@@ -1440,7 +1452,7 @@ def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -beta_1
     s3 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
     g1_0 = t ** decay_rate
@@ -1453,13 +1465,15 @@ def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = new_exp_avg
@@ -1482,7 +1496,7 @@ def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
     g1_0 = t ** decay_rate
@@ -1495,11 +1509,12 @@ def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
@@ -1524,7 +1539,7 @@ def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -beta_1
     s3 = -(learning_rate * weight_decay)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
     g1_0 = t ** decay_rate
@@ -1537,13 +1552,15 @@ def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     g2_1 = learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_8e4a2d64fd", geo, [state["exp_avg"], gradient, parameter, _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = new_exp_avg
@@ -1567,7 +1584,7 @@ def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
     exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
     s2 = -(learning_rate * weight_decay)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_26cbd0c96d", geo, [gradient, _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
     g1_0 = t ** decay_rate
@@ -1580,11 +1597,12 @@ def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_bd1a11c538", geo, [gradient, _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     s3 = -(learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_54439186c7", geo, [gradient, parameter, _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [(parameter.shape, parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
@@ -1609,7 +1627,7 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     s0 = 1 - g0_0
     s1 = g0_0
     s2 = -beta_1
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
@@ -1617,7 +1635,10 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     s3 = -(g1_0 * weight_decay)
     s4 = -g1_1
     s5 = g1_1
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     state["exp_avg"] = new_exp_avg
     return new_param
@@ -1640,13 +1661,15 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
     s2 = -(g1_0 * weight_decay)
     s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
@@ -1670,7 +1693,7 @@ def _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     s0 = 1 - g0_0
     s1 = g0_0
     s2 = -beta_1
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
@@ -1678,7 +1701,10 @@ def _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     s3 = -(g1_0 * weight_decay)
     s4 = -g1_1
     s5 = g1_1
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     state["exp_avg"] = new_exp_avg
     return new_param
@@ -1701,13 +1727,15 @@ def _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
     s2 = -(g1_0 * weight_decay)
     s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
@@ -1732,7 +1760,7 @@ def _gpu_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     s0 = 1 - g0_0
     s1 = g0_0
     s2 = -beta_1
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = learning_rate * mx.maximum(eps2, mx.sqrt(red0))
@@ -1740,7 +1768,10 @@ def _gpu_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     s3 = -(g1_0 * weight_decay)
     s4 = -g1_1
     s5 = g1_1
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     state["exp_avg"] = new_exp_avg
     return new_param
@@ -1764,13 +1795,15 @@ def _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, p
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8acbfe8e6f", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = learning_rate * mx.maximum(eps2, mx.sqrt(red0))
     s2 = -(g1_0 * weight_decay)
     s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
@@ -1794,12 +1827,15 @@ def _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     s1 = g0_0
     s2 = -beta_1
     s3 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
-    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     g1_0 = (1 - beta_1) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     s4 = -g1_0
     s5 = g1_0
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     state["exp_avg"] = new_exp_avg
     return new_param
@@ -1822,10 +1858,12 @@ def _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self
     s0 = 1 - g0_0
     s1 = g0_0
     s2 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
-    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     s3 = -(mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
@@ -1849,12 +1887,15 @@ def _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self
     s1 = g0_0
     s2 = -beta_1
     s3 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
-    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     g1_0 = (1 - beta_1) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     s4 = -g1_0
     s5 = g1_0
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     state["exp_avg"] = new_exp_avg
     return new_param
@@ -1877,10 +1918,12 @@ def _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(se
     s0 = 1 - g0_0
     s1 = g0_0
     s2 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
-    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     s3 = -(mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
@@ -1905,12 +1948,15 @@ def _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, p
     s1 = g0_0
     s2 = -beta_1
     s3 = -(learning_rate * weight_decay)
-    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     g1_0 = learning_rate * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     s4 = -g1_0
     s5 = g1_0
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_dfb52e896b", geo, [state["exp_avg"], state["exp_avg_sq"], gradient, parameter, _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt), (state["exp_avg"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
+    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     state["exp_avg"] = new_exp_avg
     return new_param
@@ -1934,10 +1980,12 @@ def _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient,
     s0 = 1 - g0_0
     s1 = g0_0
     s2 = -(learning_rate * weight_decay)
-    red0_part, = _launch(backend, "afgen_adafactor_u0_7681ffd3c7", geo, [state["exp_avg_sq"], gradient, _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     s3 = -(learning_rate / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_bd04d7d081", geo, [state["exp_avg_sq"], gradient, parameter, _pack([eps1, s0, s1, s2, s3]), geo.dims], [(parameter.shape, parameter.dtype), (state["exp_avg_sq"].shape, sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param = new_param.reshape(parameter.shape)
+    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
@@ -1995,11 +2043,11 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
-        "afgen_adafactor_f0_0e7c0ff7c6": (
+        "afgen_adafactor_f0_683de1036f": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_f0_0e7c0ff7c6: pass 0, factored layout
+// afgen_adafactor_f0_683de1036f: pass 0, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2053,11 +2101,11 @@ for (uint r = 0; r < 32; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_f0_26cbd0c96d": (
+        "afgen_adafactor_f0_ba15b673b8": (
             ["grad_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_f0_26cbd0c96d: pass 0, factored layout
+// afgen_adafactor_f0_ba15b673b8: pass 0, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2102,11 +2150,11 @@ for (uint r = 0; r < 32; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_f1_6a7ceef1f6": (
+        "afgen_adafactor_f1_15cb3d959b": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red4_part"],
             """\
-// afgen_adafactor_f1_6a7ceef1f6: pass 1, factored layout
+// afgen_adafactor_f1_15cb3d959b: pass 1, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2142,11 +2190,11 @@ const uint group = simdgroup_index_in_threadgroup;
 }
 """,
         ),
-        "afgen_adafactor_f1_bd1a11c538": (
+        "afgen_adafactor_f1_e996196615": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red3_part"],
             """\
-// afgen_adafactor_f1_bd1a11c538: pass 1, factored layout
+// afgen_adafactor_f1_e996196615: pass 1, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2182,43 +2230,11 @@ const uint group = simdgroup_index_in_threadgroup;
 }
 """,
         ),
-        "afgen_adafactor_f2_54439186c7": (
-            ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_f2_54439186c7: pass 2, factored layout
-const uint b = threadgroup_position_in_grid.z;
-const uint rb = threadgroup_position_in_grid.y;
-const uint cc = threadgroup_position_in_grid.x;
-const uint lid = thread_position_in_threadgroup.x;
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-const float s2 = scalars[0];
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s4 = j_ok ? s4_in[b * N + j] : 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * M + m];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f2_8e4a2d64fd": (
+        "afgen_adafactor_f2_76aa73e6b6": (
             ["exp_avg_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
             ["new_param", "new_exp_avg"],
             """\
-// afgen_adafactor_f2_8e4a2d64fd: pass 2, factored layout
+// afgen_adafactor_f2_76aa73e6b6: pass 2, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2252,11 +2268,11 @@ for (uint jj = 0; jj < 4; ++jj) {
 }
 """,
         ),
-        "afgen_adafactor_u0_7681ffd3c7": (
-            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
-            ["red0_part"],
+        "afgen_adafactor_f2_f8ce2dab65": (
+            ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
+            ["new_param"],
             """\
-// afgen_adafactor_u0_7681ffd3c7: pass 0, unfactored layout
+// afgen_adafactor_f2_f8ce2dab65: pass 2, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2265,41 +2281,30 @@ const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
+const float s2 = scalars[0];
 for (uint jj = 0; jj < 4; ++jj) {
   const uint j = cc * 1024 + jj * 256 + lid;
   const bool j_ok = j < N;
-  for (uint r = 0; r < 1; ++r) {
-    const uint m = rb * 1 + r;
+  const float s4 = j_ok ? s4_in[b * N + j] : 0.0f;
+  for (uint r = 0; r < 32; ++r) {
+    const uint m = rb * 32 + r;
     if (!j_ok || m >= M) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float s3 = s3_in[b * M + m];
     const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad);
-    acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
-  }
-}
-threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
   }
 }
 """,
         ),
-        "afgen_adafactor_u0_8acbfe8e6f": (
+        "afgen_adafactor_u0_8fbd765a81": (
             ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_u0_8acbfe8e6f: pass 0, unfactored layout
+// afgen_adafactor_u0_8fbd765a81: pass 0, unfactored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2347,11 +2352,54 @@ const uint group = simdgroup_index_in_threadgroup;
 }
 """,
         ),
-        "afgen_adafactor_u1_bd04d7d081": (
+        "afgen_adafactor_u0_daf11d0c6a": (
+            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+            ["red0_part"],
+            """\
+// afgen_adafactor_u0_daf11d0c6a: pass 0, unfactored layout
+const uint b = threadgroup_position_in_grid.z;
+const uint rb = threadgroup_position_in_grid.y;
+const uint cc = threadgroup_position_in_grid.x;
+const uint lid = thread_position_in_threadgroup.x;
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+for (uint jj = 0; jj < 4; ++jj) {
+  const uint j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (uint r = 0; r < 1; ++r) {
+    const uint m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float x0_0 = afg_sq(grad);
+    acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+  }
+}
+threadgroup float afg_scratch[8];
+const uint lane = thread_index_in_simdgroup;
+const uint group = simdgroup_index_in_threadgroup;
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u1_54cfa2237d": (
             ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq"],
             """\
-// afgen_adafactor_u1_bd04d7d081: pass 1, unfactored layout
+// afgen_adafactor_u1_54cfa2237d: pass 1, unfactored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2384,11 +2432,11 @@ for (uint jj = 0; jj < 4; ++jj) {
 }
 """,
         ),
-        "afgen_adafactor_u1_dfb52e896b": (
+        "afgen_adafactor_u1_f28c50c6ce": (
             ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq", "new_exp_avg"],
             """\
-// afgen_adafactor_u1_dfb52e896b: pass 1, unfactored layout
+// afgen_adafactor_u1_f28c50c6ce: pass 1, unfactored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2429,60 +2477,11 @@ for (uint jj = 0; jj < 4; ++jj) {
         ),
     },
     "cuda": {
-        "afgen_adafactor_f0_941a811fc4": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_f0_941a811fc4: pass 0, factored layout
-const unsigned int b = blockIdx.z;
-const unsigned int rb = blockIdx.y;
-const unsigned int cc = blockIdx.x;
-const unsigned int lid = threadIdx.x;
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-const float eps1 = scalars[0];
-float acc_red0[32];
-for (unsigned int r = 0; r < 32; ++r) {
-  acc_red0[r] = 0.0f;
-}
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  float acc_red1 = 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = eps1 + afg_sq(grad);
-    acc_red0[r] += x0_0;
-    acc_red1 += x0_0;
-  }
-  if (j_ok) {
-    red1_part[(b * nrb + rb) * N + j] = acc_red1;
-  }
-}
-__shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
-for (unsigned int r = 0; r < 32; ++r) {
-  const float total = afg_block_sum(acc_red0[r], afg_scratch, lid, lane, group, 8);
-  const unsigned int m = rb * 32 + r;
-  if (lid == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f0_c811a37430": (
+        "afgen_adafactor_f0_683de1036f": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_f0_c811a37430: pass 0, factored layout
+// afgen_adafactor_f0_683de1036f: pass 0, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2536,11 +2535,11 @@ for (unsigned int r = 0; r < 32; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_f1_0a3f0c8a5d": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
+        "afgen_adafactor_f0_ba15b673b8": (
+            ["grad_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_f1_0a3f0c8a5d: pass 1, factored layout
+// afgen_adafactor_f0_ba15b673b8: pass 0, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2549,38 +2548,47 @@ const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
-float acc_red3 = 0.0f;
+const float eps1 = scalars[0];
+float acc_red0[32];
+for (unsigned int r = 0; r < 32; ++r) {
+  acc_red0[r] = 0.0f;
+}
 for (unsigned int jj = 0; jj < 4; ++jj) {
   const unsigned int j = cc * 1024 + jj * 256 + lid;
   const bool j_ok = j < N;
-  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
+  float acc_red1 = 0.0f;
   for (unsigned int r = 0; r < 32; ++r) {
     const unsigned int m = rb * 32 + r;
     if (!j_ok || m >= M) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s0 = s0_in[b * M + m];
     const float grad = afg_load(grad_in[idx]);
-    acc_red3 += afg_sq(grad) * s0 * s1;
+    const float x0_0 = eps1 + afg_sq(grad);
+    acc_red0[r] += x0_0;
+    acc_red1 += x0_0;
+  }
+  if (j_ok) {
+    red1_part[(b * nrb + rb) * N + j] = acc_red1;
   }
 }
 __shared__ float afg_scratch[8];
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int group = (threadIdx.x >> 5);
-{
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, group, 8);
-  if (lid == 0) {
-    red3_part[(b * nrb + rb) * ncc + cc] = total;
+for (unsigned int r = 0; r < 32; ++r) {
+  const float total = afg_block_sum(acc_red0[r], afg_scratch, lid, lane, group, 8);
+  const unsigned int m = rb * 32 + r;
+  if (lid == 0 && m < M) {
+    red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
 """,
         ),
-        "afgen_adafactor_f1_e621e1c13f": (
+        "afgen_adafactor_f1_15cb3d959b": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red4_part"],
             """\
-// afgen_adafactor_f1_e621e1c13f: pass 1, factored layout
+// afgen_adafactor_f1_15cb3d959b: pass 1, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2616,11 +2624,51 @@ const unsigned int group = (threadIdx.x >> 5);
 }
 """,
         ),
-        "afgen_adafactor_f2_643f76c439": (
+        "afgen_adafactor_f1_e996196615": (
+            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red3_part"],
+            """\
+// afgen_adafactor_f1_e996196615: pass 1, factored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+float acc_red3 = 0.0f;
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
+  for (unsigned int r = 0; r < 32; ++r) {
+    const unsigned int m = rb * 32 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s0 = s0_in[b * M + m];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red3 += afg_sq(grad) * s0 * s1;
+  }
+}
+__shared__ float afg_scratch[8];
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int group = (threadIdx.x >> 5);
+{
+  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, group, 8);
+  if (lid == 0) {
+    red3_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f2_76aa73e6b6": (
             ["exp_avg_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
             ["new_param", "new_exp_avg"],
             """\
-// afgen_adafactor_f2_643f76c439: pass 2, factored layout
+// afgen_adafactor_f2_76aa73e6b6: pass 2, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2654,11 +2702,11 @@ for (unsigned int jj = 0; jj < 4; ++jj) {
 }
 """,
         ),
-        "afgen_adafactor_f2_c8e8a8fcd1": (
+        "afgen_adafactor_f2_f8ce2dab65": (
             ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_f2_c8e8a8fcd1: pass 2, factored layout
+// afgen_adafactor_f2_f8ce2dab65: pass 2, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2686,11 +2734,11 @@ for (unsigned int jj = 0; jj < 4; ++jj) {
 }
 """,
         ),
-        "afgen_adafactor_u0_38c53d43b3": (
+        "afgen_adafactor_u0_8fbd765a81": (
             ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_u0_38c53d43b3: pass 0, unfactored layout
+// afgen_adafactor_u0_8fbd765a81: pass 0, unfactored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2738,11 +2786,11 @@ const unsigned int group = (threadIdx.x >> 5);
 }
 """,
         ),
-        "afgen_adafactor_u0_4ab5ef3e9f": (
+        "afgen_adafactor_u0_daf11d0c6a": (
             ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
             ["red0_part"],
             """\
-// afgen_adafactor_u0_4ab5ef3e9f: pass 0, unfactored layout
+// afgen_adafactor_u0_daf11d0c6a: pass 0, unfactored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2781,11 +2829,48 @@ const unsigned int group = (threadIdx.x >> 5);
 }
 """,
         ),
-        "afgen_adafactor_u1_d7ad9336fe": (
+        "afgen_adafactor_u1_54cfa2237d": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq"],
+            """\
+// afgen_adafactor_u1_54cfa2237d: pass 1, unfactored layout
+const unsigned int b = blockIdx.z;
+const unsigned int rb = blockIdx.y;
+const unsigned int cc = blockIdx.x;
+const unsigned int lid = threadIdx.x;
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+const float eps1 = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float s3 = scalars[4];
+for (unsigned int jj = 0; jj < 4; ++jj) {
+  const unsigned int j = cc * 1024 + jj * 256 + lid;
+  const bool j_ok = j < N;
+  for (unsigned int r = 0; r < 1; ++r) {
+    const unsigned int m = rb * 1 + r;
+    if (!j_ok || m >= M) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+    new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2 + param);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u1_f28c50c6ce": (
             ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq", "new_exp_avg"],
             """\
-// afgen_adafactor_u1_d7ad9336fe: pass 1, unfactored layout
+// afgen_adafactor_u1_f28c50c6ce: pass 1, unfactored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2820,43 +2905,6 @@ for (unsigned int jj = 0; jj < 4; ++jj) {
     new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
     new_exp_avg_sq[idx] = afg_store<S>(x1_0);
     new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
-  }
-}
-""",
-        ),
-        "afgen_adafactor_u1_eb7e429240": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq"],
-            """\
-// afgen_adafactor_u1_eb7e429240: pass 1, unfactored layout
-const unsigned int b = blockIdx.z;
-const unsigned int rb = blockIdx.y;
-const unsigned int cc = blockIdx.x;
-const unsigned int lid = threadIdx.x;
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (unsigned int r = 0; r < 1; ++r) {
-    const unsigned int m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-    new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2 + param);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
   }
 }
 """,

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from afgen.backends.functions import MLX
 from afgen.backends.kernels import (
-    COLS_PER_THREAD, DIALECTS, ROWS_PER_GROUP_FACTORED, THREADS, PassKernel, kernel_header,
+    COLS_PER_THREAD,
+    DIALECTS,
+    ROWS_PER_GROUP_FACTORED,
+    THREADS,
+    PassKernel,
+    kernel_header,
     pass_kernel,
 )
 from afgen.backends.printers import mlx_code
@@ -88,8 +93,10 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         else:
             code = MLX.load_hyper(spec, name)
         lines.append(f"{name} = {code}")
-    full_sources = {GRAD: "gradient", PARAM: "parameter"}
-    full_sources.update({n: f'state["{n}"]' for n in plan.program.live_state})
+    # Full-size arrays travel flat: a 0-D array would otherwise become a reference in
+    # MLX's kernel signature, not a buffer.
+    full_sources = {GRAD: "gradient.reshape(-1)", PARAM: "parameter.reshape(-1)"}
+    full_sources.update({n: f'state["{n}"].reshape(-1)' for n in plan.program.live_state})
     for index, kernel in enumerate(kernels):
         lines += _glue_lines(plan.glue[index])
         inputs = [full_sources[n] for n in kernel.full_inputs]
@@ -102,13 +109,17 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
             like = "parameter" if out.name == f"new_{PARAM}" else \
                 f'state["{out.name.removeprefix("new_")}"]'
             dtype = "parameter.dtype" if out.ctype == "T" else "sdt"
-            outputs.append(f"({like}.shape, {dtype})")
-        outputs += [f"((geo.B * geo.nrb * geo.ncc,), mx.float32)"] * len(kernel.all_reductions)
-        outputs += [f"((geo.B * geo.M * geo.ncc,), mx.float32)"] * len(kernel.row_reductions)
-        outputs += [f"((geo.B * geo.nrb * geo.N,), mx.float32)"] * len(kernel.col_reductions)
+            outputs.append(f"(({like}.size,), {dtype})")
+        outputs += ["((geo.B * geo.nrb * geo.ncc,), mx.float32)"] * len(kernel.all_reductions)
+        outputs += ["((geo.B * geo.M * geo.ncc,), mx.float32)"] * len(kernel.row_reductions)
+        outputs += ["((geo.B * geo.nrb * geo.N,), mx.float32)"] * len(kernel.col_reductions)
         targets = ", ".join(kernel.output_names) + ("," if len(kernel.output_names) == 1 else "")
         lines.append(f'{targets} = _launch(backend, "{kernel.name}", geo, '
                      f"[{', '.join(inputs)}], [{', '.join(outputs)}], parameter.dtype, sdt)")
+        for out in kernel.full_outputs:
+            like = "parameter" if out.name == f"new_{PARAM}" else \
+                f'state["{out.name.removeprefix("new_")}"]'
+            lines.append(f"{out.name} = {out.name}.reshape({like}.shape)")
         for red in (*kernel.all_reductions, *kernel.row_reductions, *kernel.col_reductions):
             lines.append(_finish_reduction(red.name, red.axes, red.mean))
     lines += _glue_lines(plan.glue[len(kernels)])

@@ -8,8 +8,8 @@ loads and stores convert from/to the array's dtype through ``afg_load``/``afg_st
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import sympy
 
@@ -146,11 +146,18 @@ def pass_kernel(plan: KernelPlan, pass_: Pass, dialect: KernelDialect, full_dtyp
         row_reductions=tuple(reductions[ReduceAxes.ROWWISE]),
         col_reductions=tuple(reductions[ReduceAxes.COLWISE]),
         full_outputs=outputs)
-    # The name follows the body: identical passes of different plans share one kernel.
-    digest = hashlib.sha256(render("pass_kernel.j2", k=kernel, d=dialect).encode()).hexdigest()
     kernel = replace(kernel, name=f"{prefix}_{'f' if plan.factored else 'u'}{pass_.index}_"
-                     f"{digest[:10]}")
+                     f"{pass_digest(plan, pass_)}")
     return replace(kernel, source=render("pass_kernel.j2", k=kernel, d=dialect))
+
+
+def pass_digest(plan: KernelPlan, pass_: Pass) -> str:
+    """Names follow the pass's content, the same in every dialect: identical passes of
+    different specialisations share one kernel."""
+    parts = [str(plan.factored), *pass_.reads, *pass_.small_inputs]
+    parts += [f"{s.name}:{s.kind}:{sympy.srepr(s.expr)}" for s in pass_.schedule.steps]
+    parts += [f"{n}={sympy.srepr(e)}" for n, e in pass_.schedule.results]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
 
 
 def kernel_header(dialect: KernelDialect) -> str:

@@ -1,0 +1,85 @@
+"""Run a generated module's fused kernels without a GPU.
+
+The generated module calls ``_KERNEL_RUNNER`` (when set) instead of building an
+``mx.fast.metal_kernel``/``cuda_kernel``. This runner hands the exact kernel body, header
+and launch arguments to the CPU executor, which rebuilds the source MLX would compile,
+runs every threadgroup with real threads under a shim, and returns MLX arrays. Everything
+else (the MLX glue between passes, dispatch, state handling) is the module's own code.
+"""
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def _to_mx(array: np.ndarray, dtype: object) -> object:
+    import mlx.core as mx
+
+    if dtype == mx.bfloat16:
+        return mx.array(np.asarray(array, np.uint16)).view(mx.bfloat16)
+    return mx.array(array).astype(dtype)
+
+
+class CpuKernelRunner:
+    """Callable installed as a module's ``_KERNEL_RUNNER``; counts launches per kernel."""
+
+    def __init__(self, nvcc: bool = False):
+        self.nvcc = nvcc
+        self.launches: dict[str, int] = {}
+        self.sources: dict[tuple, str] = {}
+        self.nvcc_checked: set[str] = set()
+
+    def full_source(self, backend: str, name: str, input_names: list[str],
+                    output_names: list[str], source: str, header: str, call: dict) -> str:
+        """The text MLX would compile; it depends only on dtypes, ranks and which inputs
+        are small enough for constant memory, so it is cached on those."""
+        from afgen.executor.cuda_source import cuda_full_source, nvcc_check
+        from afgen.executor.metal_source import metal_full_source
+
+        inputs = call["inputs"]
+        key = (backend, name, source, tuple((str(a.dtype), a.ndim, a.size < 8) for a in inputs),
+               tuple(str(d) for d in call["output_dtypes"]),
+               tuple((k, str(v)) for k, v in call["template"]))
+        if key not in self.sources:
+            if backend == "metal":
+                full = metal_full_source(name, input_names, output_names, source, header,
+                                         inputs, call["output_shapes"], call["output_dtypes"],
+                                         call["grid"], call["threadgroup"], call["template"])
+            else:
+                full = cuda_full_source(name, input_names, output_names, source, header,
+                                        inputs, call["output_dtypes"], call["template"])
+                if self.nvcc:
+                    nvcc_check(full)
+            self.sources[key] = full
+        return self.sources[key]
+
+    def __call__(self, backend: str, name: str, input_names: list[str],
+                 output_names: list[str], source: str, header: str, call: dict) -> list:
+        from afgen.executor import run_cuda, run_metal
+        from afgen.executor.cpu_run import canonical_dtype
+        from afgen.executor.metal_source import _to_numpy
+
+        self.launches[name] = self.launches.get(name, 0) + 1
+        full = self.full_source(backend, name, input_names, output_names, source, header, call)
+        outputs = {n: (tuple(s), canonical_dtype(d)) for n, s, d in
+                   zip(output_names, call["output_shapes"], call["output_dtypes"])}
+        bound = {n: _to_numpy(v) for n, v in zip(input_names, call["inputs"])}
+        run = run_metal if backend == "metal" else run_cuda
+        result = run(full, bound, outputs, call["grid"], call["threadgroup"])
+        return [_to_mx(result[n], d) for n, d in zip(output_names, call["output_dtypes"])]
+
+
+@contextlib.contextmanager
+def cpu_kernels(module: types.ModuleType, runner: CpuKernelRunner | None = None
+                ) -> Iterator[CpuKernelRunner]:
+    """Within the block, ``module``'s kernels run on the CPU executor."""
+    runner = runner or CpuKernelRunner()
+    previous = module._KERNEL_RUNNER
+    module._KERNEL_RUNNER = runner
+    try:
+        yield runner
+    finally:
+        module._KERNEL_RUNNER = previous
