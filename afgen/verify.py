@@ -44,6 +44,7 @@ class CaseResult:
     max_abs: float
     max_rel: float
     passed: bool
+    error: str = ""
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Report:
         for r in self.results:
             lines.append(f"{r.backend:<8} {r.case:<64} {r.dtype:<9} {r.steps:>5} "
                          f"{r.max_abs:>10.2e} {r.max_rel:>10.2e}  "
-                         f"{'pass' if r.passed else 'FAIL'}")
+                         f"{'pass' if r.passed else 'FAIL'}"
+                         + (f"  {r.error.splitlines()[0][:200]}" if r.error else ""))
         ok = sum(r.passed for r in self.results)
         lines.append(f"{ok} passed, {len(self.results) - ok} failed")
         return "\n".join(self.notes + lines)
@@ -136,6 +138,19 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
                       dtype, steps, worst_abs, worst_rel, ok)
 
 
+def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
+             shapes: list[tuple[int, ...]], steps: int, seed: int) -> CaseResult:
+    """A kernel that fails to compile or faults on the executor is a failed case."""
+    from afgen.executor import KernelError
+
+    try:
+        return verify_class(compiled, cls, plan, backend, dtype, shapes, steps, seed)
+    except KernelError as exc:
+        case = plan.config.restricted(plan.program.used_statics).label
+        return CaseResult(backend, case, dtype, steps, float("nan"), float("nan"), False,
+                          f"{type(exc).__name__}: {exc}")
+
+
 def device_available(backend: str) -> bool:
     import mlx.core as mx
 
@@ -186,6 +201,6 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
                     cases = [(d, KERNEL_SHAPES[plan.factored], min(steps, 2))
                              for d in dtypes or DTYPES]
                 for dtype, shapes, n in cases:
-                    report.results.append(verify_class(compiled, cls, plan, backend, dtype,
-                                                       shapes, n, seed + index))
+                    report.results.append(_checked(compiled, cls, plan, backend, dtype,
+                                                   shapes, n, seed + index))
     return report

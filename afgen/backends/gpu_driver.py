@@ -101,7 +101,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         lines += _glue_lines(plan.glue[index])
         inputs = [full_sources[n] for n in kernel.full_inputs]
         for cls, names in ((ShapeClass.BATCH, kernel.batch_inputs),
-                           (ShapeClass.ROW, kernel.row_inputs), (ShapeClass.COL, kernel.col_inputs)):
+                           (ShapeClass.ROW, kernel.row_inputs),
+                           (ShapeClass.COL, kernel.col_inputs)):
             inputs += [f"{SMALL_PACKERS[cls]}({n}, geo)" for n in names]
         inputs += [f"_pack([{', '.join(kernel.scalar_names)}])", "geo.dims"]
         outputs = []

@@ -1,0 +1,144 @@
+"""Fused Metal and CUDA kernels: verified by executing their exact text on the CPU."""
+import re
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
+from afgen.verify import KERNEL_SHAPES, verify_class
+
+
+def _plan(compiled, factored=True, beta_1=True, scale=True):
+    for plan in compiled.plans:
+        c = plan.config
+        if (c.factored == factored and c.get("has_beta_1") == beta_1 and c.get("relative_step")
+                and c.get("scale_parameter") == scale and not c.get("warmup_init")):
+            return plan
+    raise AssertionError("no such plan")
+
+
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "unfactored"])
+def test_fused_kernels_match_oracle(compiled, module, backend, dtype, factored):
+    """Batched 3-D, a 1 x 1030 row, odd sizes crossing the 32-row blocks and the
+    1024-column chunks, 0-D, every dtype (the full matrix runs in `afgen build`)."""
+    plan = _plan(compiled, factored)
+    with cpu_kernels(module):
+        result = verify_class(compiled, module.Adafactor, plan, backend, dtype,
+                              KERNEL_SHAPES[factored], 2, seed=3)
+    assert result.passed, result
+
+
+def test_at_most_three_launches_per_parameter(compiled, module):
+    params = {"w": mx.ones((40, 33)), "b": mx.ones((7,)), "c": mx.ones((2, 3, 5))}
+    with cpu_kernels(module) as runner:
+        opt = module.Adafactor(beta_1=0.9, backend="metal")
+        out = opt.apply_gradients({k: v * 0.5 for k, v in params.items()}, params)
+        mx.eval(out)
+    launches = sum(runner.launches.values())
+    assert launches == 3 + 2 + 3  # factored: 3 passes, unfactored: 2
+
+
+def test_non_contiguous_inputs(compiled, module):
+    rng = np.random.default_rng(0)
+    base = mx.array(rng.standard_normal((20, 36)).astype(np.float32))
+    grad = mx.array(rng.standard_normal((20, 36)).astype(np.float32))
+    params = {"w": base.T, "v": base[::2, 1]}
+    grads = {"w": grad.T, "v": grad[::2, 1]}
+    with cpu_kernels(module):
+        fused = module.Adafactor(backend="metal").apply_gradients(grads, params)
+    plain = module.Adafactor(backend="mlx").apply_gradients(grads, params)
+    for k in params:
+        np.testing.assert_allclose(np.array(fused[k]), np.array(plain[k]), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_picks_metal_when_available(module, monkeypatch):
+    monkeypatch.setattr(mx.metal, "is_available", lambda: True)
+    assert module.Adafactor().backend == "metal"
+    monkeypatch.setattr(mx.metal, "is_available", lambda: False)
+    assert module.Adafactor().backend in ("mlx", "cuda")
+
+
+def test_dynamic_scalars_do_not_change_kernel_source(compiled, module):
+    """New hyperparameter values or steps reuse the same kernel text: nothing recompiles."""
+    params = {"w": mx.ones((8, 8))}
+    with cpu_kernels(module) as runner:
+        for beta_1, wd in [(0.9, 0.0), (0.5, 0.1)]:
+            opt = module.Adafactor(beta_1=beta_1, weight_decay=wd, backend="metal")
+            for _ in range(2):
+                params = opt.apply_gradients({"w": mx.ones((8, 8))}, params)
+            mx.eval(params)
+    assert len(runner.sources) == 3  # one source per pass, reused for 4 steps and 2 configs
+
+
+# -- mutations: the verifier must catch broken kernels ------------------------------------
+
+MUTATIONS = {
+    "dropped barrier": ("header", r"threadgroup_barrier\(mem_flags::mem_threadgroup\);|"
+                                  r"__syncthreads\(\);", ""),
+    "simd width 16": ("body", r"const (?:uint|unsigned int) group = [^;]+;",
+                      "const unsigned int group = lid / 16;"),
+    "wrong index": ("body", r"\(b \* M \+ m\) \* N \+ j;", "(b * M + m) * M + j;"),
+    "off-by-one bound": ("body", r"m >= M\)", "m > M)"),
+    "wrong constant": ("body", r"acc_red0 = 0\.0f;", "acc_red0 = 1.0f;"),
+}
+
+
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_mutated_kernel_fails_verification(compiled, module, monkeypatch, backend, mutation):
+    where, pattern, replacement = MUTATIONS[mutation]
+    plan = _plan(compiled, factored=True)
+    if where == "header":
+        text, count = re.subn(pattern, replacement, module._HEADERS[backend], count=1)
+        monkeypatch.setitem(module._HEADERS, backend, text)
+    else:
+        table = dict(module._KERNELS[backend])
+        count = 0
+        for name, (ins, outs, source) in table.items():
+            if name.startswith("afgen_adafactor_f0"):
+                source, n = re.subn(pattern, replacement, source, count=1)
+                table[name] = (ins, outs, source)
+                count += n
+        monkeypatch.setitem(module._KERNELS, backend, table)
+    assert count, f"mutation '{mutation}' did not apply"
+    from afgen.executor import KernelError
+
+    with cpu_kernels(module, CpuKernelRunner()):
+        try:
+            result = verify_class(compiled, module.Adafactor, plan, backend, "float32",
+                                  [(2, 33, 40)], 1, seed=5)
+        except KernelError:
+            return  # the executor itself rejected the kernel (race, out-of-bounds access)
+    assert not result.passed, f"{mutation} went unnoticed: {result}"
+
+
+def test_every_cuda_kernel_compiles_with_nvcc(compiled, module):
+    from afgen.executor.cuda_source import cuda_full_source
+    from afgen.nvcc_batch import nvcc_check_all
+
+    sources = []
+    for dtype in (mx.float32, mx.float16, mx.bfloat16):
+        for name, (ins, outs, src) in module._KERNELS["cuda"].items():
+            inputs = [mx.zeros((9,), dtype) if n in ("grad_in", "param_in") else
+                      mx.zeros((9,), mx.uint32 if n == "dims" else mx.float32) for n in ins]
+            sources.append(cuda_full_source(name, ins, outs, src, module._HEADERS["cuda"], inputs,
+                                            [mx.float32] * len(outs),
+                                            [("T", dtype), ("S", mx.float32)]))
+    nvcc_check_all(sources)
+
+
+def test_nvcc_rejects_a_broken_kernel(module):
+    from afgen.executor import KernelCompileError
+    from afgen.executor.cuda_source import cuda_full_source
+    from afgen.nvcc_batch import nvcc_check_all
+
+    name, (ins, outs, src) = next(iter(module._KERNELS["cuda"].items()))
+    inputs = [mx.zeros((9,), mx.uint32 if n == "dims" else mx.float32) for n in ins]
+    bad = cuda_full_source(name, ins, outs, src.replace("afg_sq(", "afg_square("),
+                           module._HEADERS["cuda"], inputs, [mx.float32] * len(outs),
+                           [("T", mx.float32), ("S", mx.float32)])
+    with pytest.raises(KernelCompileError, match="afg_square"):
+        nvcc_check_all([bad])
