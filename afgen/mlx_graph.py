@@ -403,10 +403,16 @@ def mlx_adafactor_graph(
     The state layout comes from the optimizer's own ``init_single``, so factored and
     unfactored parameters and ``beta_1`` are handled as MLX handles them.
     """
-    import mlx.core as mx
     import mlx.optimizers as optim
 
-    opt = optim.Adafactor(**options)
+    return optimizer_graph(optim.Adafactor(**options), shape, dtype)
+
+
+def optimizer_graph(opt: Any, shape: Sequence[int], dtype: str = "float32") -> list[GraphNode]:
+    """The graph of one ``opt.apply_single`` (any ``mlx.optimizers.Optimizer``) on a
+    parameter of ``shape``, with the state layout from the optimizer's ``init_single``."""
+    import mlx.core as mx
+
     dt = getattr(mx, "bool_" if dtype == "bool" else dtype)
     g = mx.zeros(tuple(shape), dtype=dt)
     p = mx.zeros(tuple(shape), dtype=dt)
@@ -439,6 +445,7 @@ __all__ = [
     "Port",
     "Traffic",
     "dtype_size",
+    "optimizer_graph",
     "graph_traffic",
     "mlx_adafactor_graph",
     "mlx_adafactor_traffic",

@@ -71,6 +71,36 @@ def plan_text(plan: KernelPlan) -> list[str]:
     return lines
 
 
+REPORT_SHAPES = {True: (4096, 4096), False: (4096 * 4096,)}
+
+
+def traffic_report(compiled: Compiled, param_bytes: int = 4, state_bytes: int = 4) -> list[str]:
+    """Per specialisation: launches and bytes per parameter element of every pass, the
+    lower bound, and what the reference MLX optimizer's own graph moves."""
+    from afgen.traffic import lower_bound_bytes, plan_traffic, reference_traffic
+    from afgen.verify import hyper_for
+
+    dtype = {4: "float32", 2: "bfloat16"}[param_bytes]
+    lines = [f"memory traffic per parameter element ({dtype} parameters, "
+             f"{'float32' if state_bytes == 4 else dtype} state; fused backends):",
+             f"  {'specialisation':<62} {'launches':>8}  {'per pass read/write (B)':<26} "
+             f"{'total':>5} {'bound':>5}  reference MLX graph"]
+    for plan in compiled.plans:
+        passes = plan_traffic(plan, param_bytes, state_bytes)
+        total = sum(p.bytes_read + p.bytes_written for p in passes)
+        per_pass = " ".join(f"{p.bytes_read}/{p.bytes_written}" for p in passes)
+        shape = REPORT_SHAPES[plan.factored]
+        ref = reference_traffic(compiled.spec.reference, hyper_for(compiled, plan), shape, dtype)
+        ref_text = (f"{ref[1]:.1f} B in {ref[0]} launches at {'x'.join(map(str, shape))}"
+                    if ref else "n/a")
+        label = plan.config.restricted(plan.program.used_statics).label
+        lines.append(f"  {label:<62} {len(passes):>8}  {per_pass:<26} {total:>5} "
+                     f"{lower_bound_bytes(plan, param_bytes, state_bytes):>5}  {ref_text}")
+    lines.append("  (fused passes also move O(rows + cols) bytes of partial sums and factors; "
+                 "small glue between passes runs as MLX ops on those)")
+    return lines
+
+
 def show(compiled: Compiled) -> str:
     spec = compiled.spec
     out = [f"{spec.class_name} from {spec.path}: {spec.summary}",
@@ -82,4 +112,5 @@ def show(compiled: Compiled) -> str:
     out += ["", f"{len(compiled.plans)} distinct specialisation(s):"]
     for plan in compiled.plans:
         out += plan_text(plan)
+    out += [""] + traffic_report(compiled)
     return "\n".join(out)

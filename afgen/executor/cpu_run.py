@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import struct
 import subprocess
 import tempfile
@@ -48,6 +49,7 @@ KERNEL_FLAGS = [
     "-Wno-literal-suffix",
     "-Wno-unknown-pragmas",
     "-Werror=return-type",
+    "-ftrack-macro-expansion=0",
     "-fno-zero-initialized-in-bss",
 ]
 
@@ -312,7 +314,8 @@ def _template_arguments(code: str, name: str, kernel_pos: int) -> str:
 
 def parse_metal_signature(source_full: str) -> Signature:
     """Find the ``[[kernel]]`` function of a full Metal source."""
-    return _parse_signature("metal", source_full, r"\[\[\s*kernel\s*\]\]\s*void\s+(\w+)\s*\(")
+    pattern = r"(?:\[\[\s*kernel\s*\]\]|\bkernel)\s*void\s+(\w+)\s*\("
+    return _parse_signature("metal", source_full, pattern)
 
 
 def parse_cuda_signature(source_full: str) -> Signature:
@@ -472,7 +475,7 @@ def _bind_param(
     if target is not None:
         owner, kind = target
         return _meta_arg(p, kind, np.asarray(arrays[owner]), owner in strided, sig.api)
-    if p.attribute not in (None,) and not p.attribute.startswith("buffer"):
+    if p.attribute and not p.attribute.startswith("buffer"):
         raise KernelLaunchError(f"unsupported Metal attribute [[{p.attribute}]] on {p.name}")
     raise KernelLaunchError(f"no input or output supplied for kernel parameter {p.name!r}")
 
@@ -701,6 +704,7 @@ def _mark_threadgroup_storage(source: str) -> str:
 
 
 def _entry_point(sig: Signature) -> str:
+    """C entry the runtime calls per GPU thread; binds argv slots by position."""
     args, slot = [], 0
     for p in sig.params:
         if p.attribute in METAL_ATTRIBUTES:
@@ -716,12 +720,13 @@ def _entry_point(sig: Signature) -> str:
 
 
 def _unit(sig: Signature, source_full: str) -> tuple[str, str]:
+    """The translation unit g++ compiles: shim, exact kernel text, entry point.
+
+    ``#line`` keeps compiler messages in the kernel's own line numbers.
+    """
     if sig.api == "metal":
-        shim, kernel_file, body = (
-            "metal_shim.h",
-            "kernel.metal",
-            _mark_threadgroup_storage(source_full),
-        )
+        shim, kernel_file = "metal_shim.h", "kernel.metal"
+        body = _mark_threadgroup_storage(source_full)
     else:
         shim, kernel_file, body = "cuda_shim.h", "kernel.cu", source_full
     unit = (
@@ -745,10 +750,16 @@ def compile_kernel(api: str, source_full: str) -> tuple[Signature, Path]:
 
 
 def _start(exe: Path, blob: np.ndarray, workdir: Path, schedule: str) -> tuple:
+    """Start one run; each schedule gets its own CPU to stay on."""
     path = workdir / f"launch-{schedule}.bin"
     blob.tofile(path)
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[SCHEDULES.index(schedule) % len(cpus)]
     proc = subprocess.Popen(
-        [str(exe), str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [str(exe), str(path), str(cpu)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return proc, path
 
@@ -769,8 +780,6 @@ def _finish(proc: subprocess.Popen, schedule: str, timeout: float) -> None:
     if found:
         raise KernelRuntimeError(f"{found.group(1)} ({schedule} schedule)")
     if proc.returncode < 0:
-        import signal
-
         name = signal.Signals(-proc.returncode).name
         raise KernelRuntimeError(
             f"kernel crashed with {name} ({schedule} schedule): out-of-bounds access?"
@@ -823,6 +832,31 @@ def _compare_schedules(
         )
 
 
+def _run_schedules(
+    exe: Path,
+    api: str,
+    geo: _Geometry,
+    args: list[_Arg],
+    schedules: Sequence[str],
+    workdir: Path,
+    timeout: float,
+) -> list[dict[str, np.ndarray]]:
+    """Run one process per schedule in parallel; never leave one behind."""
+    running = []
+    try:
+        for schedule in schedules:
+            blob = _launch_blob(api, SCHEDULES.index(schedule), geo, args)
+            running.append((schedule, *_start(exe, blob, workdir, schedule)))
+        for schedule, proc, _ in running:
+            _finish(proc, schedule, timeout)
+    finally:
+        for _, proc, _ in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [_read_outputs(path, args) for _, _, path in running]
+
+
 def _run(
     api: str,
     source_full: str,
@@ -837,16 +871,8 @@ def _run(
     sig, exe = compile_kernel(api, source_full)
     args = _bind(sig, inputs, outputs, init_value)
     geo = _geometry(api, grid, threadgroup)
-    results = []
     with tempfile.TemporaryDirectory(prefix="afgen-run-") as tmp:
-        running = []
-        for schedule in schedules:
-            blob = _launch_blob(api, SCHEDULES.index(schedule), geo, args)
-            running.append((schedule, *_start(exe, blob, Path(tmp), schedule)))
-        for schedule, proc, _ in running:
-            _finish(proc, schedule, timeout)
-        for _, _, path in running:
-            results.append(_read_outputs(path, args))
+        results = _run_schedules(exe, api, geo, args, schedules, Path(tmp), timeout)
     for other in results[1:]:
         _compare_schedules(sig, results[0], other)
     return results[0]

@@ -17,6 +17,7 @@ would accept but CUDA would not.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -212,7 +213,9 @@ def _standin_include_dir() -> Path:
     path = root / "mlx/backend/cuda/device/utils.cuh"
     if not path.exists() or path.read_text() != UTILS_STANDIN:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(UTILS_STANDIN)
+        tmp = path.with_name(f".utils.{os.getpid()}.tmp")
+        tmp.write_text(UTILS_STANDIN)
+        os.replace(tmp, path)
     return root
 
 

@@ -62,11 +62,12 @@ def _capture_fd1(action: Callable[[], None]) -> str:
 
 def _extract_source(printed: str) -> str:
     """Cut the kernel text out of MLX's 'Generated source code' block."""
-    start = printed.find(_FENCE + "\n")
-    end = printed.rfind("\n" + _FENCE)
-    if "Generated source code for" not in printed or start < 0 or end <= start:
+    head = printed.find("Generated source code for")
+    start = printed.find(_FENCE + "\n", head) + len(_FENCE) + 1
+    end = printed.find("\n" + _FENCE + "\n", start - 1)
+    if head < 0 or start <= len(_FENCE) or end < start - 1:
         raise KernelLaunchError(f"MLX printed no kernel source; got {printed[:200]!r}")
-    return printed[start + len(_FENCE) + 1 : end]
+    return printed[start:end]
 
 
 def metal_full_source(

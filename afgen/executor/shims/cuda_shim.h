@@ -415,7 +415,7 @@ template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   unsigned me = afgen::lane();
   unsigned src = me ^ (unsigned)lane_mask;
-  bool own = src / width != me / width;
+  bool own = src / width > me / width;  // later segments are not readable
   return afgen::shfl(mask, v, src, own);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
@@ -475,7 +475,9 @@ inline T atomicCAS(T* p, T compare, T v) {
 }
 
 // ---------------------------------------------------------------------------
-// cooperative_groups subset: the block and 32-wide tiles.
+// cooperative_groups subset: grid, block and 32-wide tiles (what
+// <cooperative_groups.h> declares; cg::reduce needs a header MLX does not
+// include, so it is absent here too).
 namespace cooperative_groups {
 struct thread_block {
   void sync() const { afgen_group_barrier(); }
@@ -536,23 +538,6 @@ inline thread_block_tile<N> tiled_partition(const Parent&) {
   return thread_block_tile<N>();
 }
 
-template <class T>
-struct plus {
-  T operator()(T a, T b) const { return a + b; }
-};
-template <class T>
-struct greater {
-  T operator()(T a, T b) const { return a > b ? a : b; }
-};
-template <class T>
-struct less {
-  T operator()(T a, T b) const { return a < b ? a : b; }
-};
-template <unsigned N, class T, class Op>
-inline T reduce(const thread_block_tile<N>& tile, T v, Op op) {
-  for (unsigned d = N / 2; d > 0; d /= 2) v = op(v, tile.shfl_xor(v, d));
-  return v;
-}
 }  // namespace cooperative_groups
 
 // ---------------------------------------------------------------------------

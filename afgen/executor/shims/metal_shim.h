@@ -1101,3 +1101,6 @@ struct attr {
 };
 
 }  // namespace afgen
+
+// MSL has no double precision.
+#define double afgen_double_is_not_supported_in_msl

@@ -98,6 +98,7 @@ struct afgen_launch_arg {
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -448,6 +449,19 @@ static void** bind_args(const afgen_launch_header& h, char* base) {
   return argv;
 }
 
+// Static threadgroup memory is limited to 32 KiB on Apple GPUs and static
+// __shared__ memory to 48 KiB per block on NVIDIA GPUs.
+static void check_shared_memory_size() {
+  if (__start_afgen_tg == nullptr || __stop_afgen_tg == nullptr) return;
+  unsigned long bytes = __stop_afgen_tg - __start_afgen_tg;
+  unsigned long limit = g.cuda ? 48u * 1024u : 32u * 1024u;
+  if (bytes > limit) {
+    fail("kernel declares %lu bytes of threadgroup/shared memory; the limit "
+         "is %lu",
+         bytes, limit);
+  }
+}
+
 static char* map_launch_file(const char* path, size_t* length) {
   int fd = open(path, O_RDWR);
   if (fd < 0) fail("cannot open launch file %s", path);
@@ -502,12 +516,22 @@ extern "C" void afgen_fatal(const char* message) {
   afgen_rt::fail("%s", message);
 }
 
+// Only one GPU thread runs at a time, so keeping all of them on one CPU
+// turns every hand-off into a cheap same-core switch.
+static void pin_to_cpu(const char* cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(atoi(cpu), &set);
+  sched_setaffinity(0, sizeof(set), &set);
+}
+
 int main(int argc, char** argv) {
   using namespace afgen_rt;
-  if (argc != 2) {
-    fprintf(stderr, "usage: %s LAUNCH_FILE\n", argv[0]);
+  if (argc != 2 && argc != 3) {
+    fprintf(stderr, "usage: %s LAUNCH_FILE [CPU]\n", argv[0]);
     return 2;
   }
+  if (argc == 3) pin_to_cpu(argv[2]);
   size_t length = 0;
   char* base = map_launch_file(argv[1], &length);
   afgen_launch_header h;
@@ -518,6 +542,7 @@ int main(int argc, char** argv) {
   g.descending = h.schedule;
   g.cuda = h.api;
   g.argv = bind_args(h, base);
+  check_shared_memory_size();
   sem_init(&g.main_sem, 0, 0);
   run_grid(h);
   msync(base, length, MS_SYNC);
