@@ -96,11 +96,10 @@ def lower_bound_bytes(plan: KernelPlan, param_bytes: int = 4, state_bytes: int =
         for symbol in r.operand.free_symbols:
             if plan.program.shapes.get(symbol) is ShapeClass.FULL:
                 intervals.setdefault(str(symbol), []).append((start, end))
-    for name, expr in plan.flat.results:
-        if name in plan.passes[-1].writes:
-            for symbol in plan.program.outputs[name.removeprefix("new_")].free_symbols:
-                if plan.program.shapes.get(symbol) is ShapeClass.FULL:
-                    intervals.setdefault(str(symbol), []).append((last, last))
+    for name in plan.passes[-1].writes:
+        for symbol in plan.program.outputs[name.removeprefix("new_")].free_symbols:
+            if plan.program.shapes.get(symbol) is ShapeClass.FULL:
+                intervals.setdefault(str(symbol), []).append((last, last))
     total = sum(_bytes(n, param_bytes, state_bytes) for n in plan.passes[-1].writes)
     for name, spans in intervals.items():
         total += _point_cover(spans) * _bytes(name, param_bytes, state_bytes)

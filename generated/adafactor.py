@@ -1080,7 +1080,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     factored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
     factored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1128,7 +1128,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     factored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
     factored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1170,7 +1170,7 @@ def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     factored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
     factored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1218,7 +1218,7 @@ def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     factored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
     factored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1260,7 +1260,7 @@ def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     factored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
     factored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1309,7 +1309,7 @@ def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     factored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
     factored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1352,7 +1352,7 @@ def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     factored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
     factored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1398,7 +1398,7 @@ def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     factored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
     factored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1438,7 +1438,7 @@ def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     factored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
     factored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1484,7 +1484,7 @@ def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     factored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
     factored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1524,7 +1524,7 @@ def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     factored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
     factored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1571,7 +1571,7 @@ def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     factored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
     factored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, True, 32, 1024)
+    geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1612,7 +1612,7 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     unfactored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
     unfactored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1648,7 +1648,7 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     unfactored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
     unfactored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1678,7 +1678,7 @@ def _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     unfactored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
     unfactored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1714,7 +1714,7 @@ def _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self
     unfactored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
     unfactored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1744,7 +1744,7 @@ def _gpu_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     unfactored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
     unfactored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1781,7 +1781,7 @@ def _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, p
     unfactored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
     unfactored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1812,7 +1812,7 @@ def _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     unfactored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
     unfactored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1845,7 +1845,7 @@ def _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self
     unfactored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
     unfactored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1872,7 +1872,7 @@ def _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self
     unfactored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
     unfactored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1905,7 +1905,7 @@ def _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(se
     unfactored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
     unfactored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1932,7 +1932,7 @@ def _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, p
     unfactored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
     unfactored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1966,7 +1966,7 @@ def _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient,
     unfactored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
     unfactored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
-    geo = _geometry(parameter.shape, False, 32, 1024)
+    geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2052,23 +2052,26 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
 const float eps1 = scalars[0];
 float acc_red0 = 0.0f;
-float acc_red1[32];
-for (uint r = 0; r < 32; ++r) {
-  acc_red1[r] = 0.0f;
+float acc_red1[4];
+float acc_red2[8];
+for (uint c = 0; c < 8; ++c) {
+  acc_red2[c] = 0.0f;
 }
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  float acc_red2 = 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  acc_red1[r] = 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
@@ -2077,26 +2080,37 @@ for (uint jj = 0; jj < 4; ++jj) {
     const float x0_0 = eps1 + afg_sq(grad);
     acc_red0 += afg_sq(param);
     acc_red1[r] += x0_0;
-    acc_red2 += x0_0;
+    acc_red2[c] += x0_0;
+
   }
-  if (j_ok) {
-    red2_part[(b * nrb + rb) * N + j] = acc_red2;
+}
+for (uint r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red1[r]);
+  const uint m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+threadgroup float afg_cols_red2[2048];
+for (uint c = 0; c < 8; ++c) {
+  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+}
+threadgroup_barrier(mem_flags::mem_threadgroup);
+{
+  const uint j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (uint w = 0; w < 8; ++w) {
+      total += afg_cols_red2[w * 256 + lid];
+    }
+    red2_part[(b * nrb + rb) * N + j] = total;
   }
 }
 threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-for (uint r = 0; r < 32; ++r) {
-  const float total = afg_block_sum(acc_red1[r], afg_scratch, lid, lane, group, 8);
-  const uint m = rb * 32 + r;
-  if (lid == 0 && m < M) {
-    red1_part[(b * M + m) * ncc + cc] = total;
   }
 }
 """,
@@ -2110,42 +2124,55 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
 const float eps1 = scalars[0];
-float acc_red0[32];
-for (uint r = 0; r < 32; ++r) {
-  acc_red0[r] = 0.0f;
+float acc_red0[4];
+float acc_red1[8];
+for (uint c = 0; c < 8; ++c) {
+  acc_red1[c] = 0.0f;
 }
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  float acc_red1 = 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  acc_red0[r] = 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float x0_0 = eps1 + afg_sq(grad);
     acc_red0[r] += x0_0;
-    acc_red1 += x0_0;
-  }
-  if (j_ok) {
-    red1_part[(b * nrb + rb) * N + j] = acc_red1;
+    acc_red1[c] += x0_0;
+
   }
 }
-threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
-for (uint r = 0; r < 32; ++r) {
-  const float total = afg_block_sum(acc_red0[r], afg_scratch, lid, lane, group, 8);
-  const uint m = rb * 32 + r;
-  if (lid == 0 && m < M) {
+for (uint r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red0[r]);
+  const uint m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+threadgroup float afg_cols_red1[2048];
+for (uint c = 0; c < 8; ++c) {
+  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+}
+threadgroup_barrier(mem_flags::mem_threadgroup);
+{
+  const uint j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (uint w = 0; w < 8; ++w) {
+      total += afg_cols_red1[w * 256 + lid];
+    }
+    red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
 """,
@@ -2159,31 +2186,32 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
 float acc_red4 = 0.0f;
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s0 = s0_in[b * M + m];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     acc_red4 += afg_sq(grad) * s0 * s1;
+
   }
 }
 threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2199,31 +2227,32 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
 float acc_red3 = 0.0f;
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s0 = s0_in[b * M + m];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     acc_red3 += afg_sq(grad) * s0 * s1;
+
   }
 }
 threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2239,6 +2268,8 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2246,24 +2277,25 @@ const uint ncc = dims[4];
 const float beta_1 = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s5 = j_ok ? s5_in[b * N + j] : 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s4 = m_ok ? s4_in[b * M + m] : 0.0f;
+  const float s6 = m_ok ? s6_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s4 = s4_in[b * M + m];
-    const float s6 = s6_in[b * M + m];
+    const float s5 = s5_in[b * N + j];
     const float exp_avg = afg_load(exp_avg_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     const float x2_0 = grad * s5;
     new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x2_0);
     new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s6 * x2_0);
+
   }
 }
 """,
@@ -2277,25 +2309,28 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
 const float s2 = scalars[0];
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s4 = j_ok ? s4_in[b * N + j] : 0.0f;
-  for (uint r = 0; r < 32; ++r) {
-    const uint m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * M + m];
+    const float s4 = s4_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
+
   }
 }
 """,
@@ -2309,6 +2344,8 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2318,34 +2355,28 @@ const float s0 = scalars[1];
 const float s1 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (uint r = 0; r < 1; ++r) {
-    const uint m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad);
-    acc_red0 += afg_sq(param);
-    acc_red1 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x0_0 = afg_sq(grad);
+  acc_red0 += afg_sq(param);
+  acc_red1 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+
 }
 threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2361,6 +2392,8 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2369,26 +2402,20 @@ const float eps1 = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 float acc_red0 = 0.0f;
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (uint r = 0; r < 1; ++r) {
-    const uint m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad);
-    acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float x0_0 = afg_sq(grad);
+  acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+
 }
 threadgroup float afg_scratch[8];
-const uint lane = thread_index_in_simdgroup;
-const uint group = simdgroup_index_in_threadgroup;
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2404,6 +2431,8 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2413,22 +2442,18 @@ const float s0 = scalars[1];
 const float s1 = scalars[2];
 const float s2 = scalars[3];
 const float s3 = scalars[4];
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (uint r = 0; r < 1; ++r) {
-    const uint m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-    new_param[idx] = afg_store<T>(grad * s3 * metal::rsqrt(x1_0) + param * s2 + param);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+  new_param[idx] = afg_store<T>(grad * s3 * metal::rsqrt(x1_0) + param * s2 + param);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+
 }
 """,
         ),
@@ -2441,6 +2466,8 @@ const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
 const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2453,25 +2480,21 @@ const float s2 = scalars[4];
 const float s3 = scalars[5];
 const float s4 = scalars[6];
 const float s5 = scalars[7];
-for (uint jj = 0; jj < 4; ++jj) {
-  const uint j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (uint r = 0; r < 1; ++r) {
-    const uint m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-    const float x1_1 = grad * metal::rsqrt(x1_0);
-    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
-    new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+  const float x1_1 = grad * metal::rsqrt(x1_0);
+  new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+  new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
+
 }
 """,
         ),
@@ -2486,23 +2509,26 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 const float eps1 = scalars[0];
 float acc_red0 = 0.0f;
-float acc_red1[32];
-for (unsigned int r = 0; r < 32; ++r) {
-  acc_red1[r] = 0.0f;
+float acc_red1[4];
+float acc_red2[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red2[c] = 0.0f;
 }
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  float acc_red2 = 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  acc_red1[r] = 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
@@ -2511,26 +2537,37 @@ for (unsigned int jj = 0; jj < 4; ++jj) {
     const float x0_0 = eps1 + afg_sq(grad);
     acc_red0 += afg_sq(param);
     acc_red1[r] += x0_0;
-    acc_red2 += x0_0;
+    acc_red2[c] += x0_0;
+
   }
-  if (j_ok) {
-    red2_part[(b * nrb + rb) * N + j] = acc_red2;
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red1[r]);
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+__shared__ float afg_cols_red2[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+}
+__syncthreads();
+{
+  const unsigned int j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red2[w * 256 + lid];
+    }
+    red2_part[(b * nrb + rb) * N + j] = total;
   }
 }
 __shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-for (unsigned int r = 0; r < 32; ++r) {
-  const float total = afg_block_sum(acc_red1[r], afg_scratch, lid, lane, group, 8);
-  const unsigned int m = rb * 32 + r;
-  if (lid == 0 && m < M) {
-    red1_part[(b * M + m) * ncc + cc] = total;
   }
 }
 """,
@@ -2544,42 +2581,55 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 const float eps1 = scalars[0];
-float acc_red0[32];
-for (unsigned int r = 0; r < 32; ++r) {
-  acc_red0[r] = 0.0f;
+float acc_red0[4];
+float acc_red1[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red1[c] = 0.0f;
 }
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  float acc_red1 = 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  acc_red0[r] = 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float x0_0 = eps1 + afg_sq(grad);
     acc_red0[r] += x0_0;
-    acc_red1 += x0_0;
-  }
-  if (j_ok) {
-    red1_part[(b * nrb + rb) * N + j] = acc_red1;
+    acc_red1[c] += x0_0;
+
   }
 }
-__shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
-for (unsigned int r = 0; r < 32; ++r) {
-  const float total = afg_block_sum(acc_red0[r], afg_scratch, lid, lane, group, 8);
-  const unsigned int m = rb * 32 + r;
-  if (lid == 0 && m < M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red0[r]);
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+__shared__ float afg_cols_red1[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+}
+__syncthreads();
+{
+  const unsigned int j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red1[w * 256 + lid];
+    }
+    red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
 """,
@@ -2593,31 +2643,32 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 float acc_red4 = 0.0f;
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s0 = s0_in[b * M + m];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     acc_red4 += afg_sq(grad) * s0 * s1;
+
   }
 }
 __shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2633,31 +2684,32 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 float acc_red3 = 0.0f;
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s1 = j_ok ? s1_in[b * N + j] : 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s0 = s0_in[b * M + m];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     acc_red3 += afg_sq(grad) * s0 * s1;
+
   }
 }
 __shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2673,6 +2725,8 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2680,24 +2734,25 @@ const unsigned int ncc = dims[4];
 const float beta_1 = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s5 = j_ok ? s5_in[b * N + j] : 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s4 = m_ok ? s4_in[b * M + m] : 0.0f;
+  const float s6 = m_ok ? s6_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s4 = s4_in[b * M + m];
-    const float s6 = s6_in[b * M + m];
+    const float s5 = s5_in[b * N + j];
     const float exp_avg = afg_load(exp_avg_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     const float x2_0 = grad * s5;
     new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x2_0);
     new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s6 * x2_0);
+
   }
 }
 """,
@@ -2711,25 +2766,28 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 const float s2 = scalars[0];
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  const float s4 = j_ok ? s4_in[b * N + j] : 0.0f;
-  for (unsigned int r = 0; r < 32; ++r) {
-    const unsigned int m = rb * 32 + r;
-    if (!j_ok || m >= M) {
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * M + m];
+    const float s4 = s4_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
+
   }
 }
 """,
@@ -2743,6 +2801,8 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2752,34 +2812,28 @@ const float s0 = scalars[1];
 const float s1 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (unsigned int r = 0; r < 1; ++r) {
-    const unsigned int m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad);
-    acc_red0 += afg_sq(param);
-    acc_red1 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x0_0 = afg_sq(grad);
+  acc_red0 += afg_sq(param);
+  acc_red1 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+
 }
 __shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2795,6 +2849,8 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2803,26 +2859,20 @@ const float eps1 = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 float acc_red0 = 0.0f;
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (unsigned int r = 0; r < 1; ++r) {
-    const unsigned int m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad);
-    acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float x0_0 = afg_sq(grad);
+  acc_red0 += x0_0 / (exp_avg_sq * s0 + s1 * (eps1 + x0_0));
+
 }
 __shared__ float afg_scratch[8];
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int group = (threadIdx.x >> 5);
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, group, 8);
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
   if (lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
@@ -2838,6 +2888,8 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2847,22 +2899,18 @@ const float s0 = scalars[1];
 const float s1 = scalars[2];
 const float s2 = scalars[3];
 const float s3 = scalars[4];
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (unsigned int r = 0; r < 1; ++r) {
-    const unsigned int m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-    new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2 + param);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+  new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2 + param);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+
 }
 """,
         ),
@@ -2875,6 +2923,8 @@ const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
 const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2887,25 +2937,21 @@ const float s2 = scalars[4];
 const float s3 = scalars[5];
 const float s4 = scalars[6];
 const float s5 = scalars[7];
-for (unsigned int jj = 0; jj < 4; ++jj) {
-  const unsigned int j = cc * 1024 + jj * 256 + lid;
-  const bool j_ok = j < N;
-  for (unsigned int r = 0; r < 1; ++r) {
-    const unsigned int m = rb * 1 + r;
-    if (!j_ok || m >= M) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-    const float x1_1 = grad * rsqrtf(x1_0);
-    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_0);
-    new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
   }
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
+  const float x1_1 = grad * rsqrtf(x1_0);
+  new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+  new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
+
 }
 """,
         ),
@@ -2935,6 +2981,8 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
   threadgroup_barrier(mem_flags::mem_threadgroup);
   return total;
 }
+
+inline float afg_warp_sum(float v) { return simd_sum(v); }
 """,
     "cuda": """\
 // afgen kernel helpers (CUDA). Every kernel accumulates in float32.
@@ -2973,6 +3021,14 @@ __device__ __forceinline__ float afg_block_sum(float v, float* scratch, unsigned
   }
   __syncthreads();
   return total;
+}
+
+// Sum over the 32 lanes of a warp; the total is valid in lane 0.
+__device__ __forceinline__ float afg_warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
 }
 """,
 }

@@ -78,10 +78,10 @@ def test_dynamic_scalars_do_not_change_kernel_source(compiled, module):
 MUTATIONS = {
     "dropped barrier": ("header", r"threadgroup_barrier\(mem_flags::mem_threadgroup\);|"
                                   r"__syncthreads\(\);", ""),
-    "simd width 16": ("body", r"const (?:uint|unsigned int) group = [^;]+;",
-                      "const unsigned int group = lid / 16;"),
+    "simd width 16": ("body", r"const (?:uint|unsigned int) warp = [^;]+;",
+                      "const unsigned int warp = lid / 16;"),
     "wrong index": ("body", r"\(b \* M \+ m\) \* N \+ j;", "(b * M + m) * M + j;"),
-    "off-by-one bound": ("body", r"m >= M\)", "m > M)"),
+    "off-by-one bound": ("body", r"m_ok = m < M;", "m_ok = m <= M;"),
     "wrong constant": ("body", r"acc_red0 = 0\.0f;", "acc_red0 = 1.0f;"),
 }
 

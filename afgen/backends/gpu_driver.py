@@ -10,15 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from afgen.backends.functions import MLX
-from afgen.backends.kernels import (
-    COLS_PER_THREAD,
-    DIALECTS,
-    ROWS_PER_GROUP_FACTORED,
-    THREADS,
-    PassKernel,
-    kernel_header,
-    pass_kernel,
-)
+from afgen.backends.kernels import DIALECTS, PassKernel, kernel_header, pass_kernel, tile
 from afgen.backends.printers import mlx_code
 from afgen.lower.plan import KernelPlan, Schedule
 from afgen.shapes import ReduceAxes, ShapeClass
@@ -76,8 +68,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
             glue_atoms |= {str(s) for s in step.expr.free_symbols}
         for _, expr in sched.results:
             glue_atoms |= {str(s) for s in expr.free_symbols}
-    lines = [f"geo = _geometry(parameter.shape, {plan.factored}, {ROWS_PER_GROUP_FACTORED}, "
-             f"{THREADS * COLS_PER_THREAD})",
+    rows, cols = tile(plan.factored)
+    lines = [f"geo = _geometry(parameter.shape, {plan.factored}, {rows}, {cols})",
              "size = max(parameter.size, 1)",
              'sdt = mx.float32 if self.precision == "float32" else parameter.dtype',
              "cdt = mx.float32"]

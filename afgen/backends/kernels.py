@@ -18,9 +18,17 @@ from afgen.backends.render import render
 from afgen.lower.plan import KernelPlan, Pass
 from afgen.shapes import ReduceAxes, ShapeClass
 
-THREADS = 256
-COLS_PER_THREAD = 4
-ROWS_PER_GROUP_FACTORED = 32
+THREADS = 256  # 8 SIMD groups / warps of 32
+WARPS = THREADS // 32
+# Factored tile: 32 rows x 256 columns (each SIMD group 4 rows, each lane 8 columns).
+FACTORED_TILE = (32, THREADS)
+# Unfactored tile: one row of 1024 elements (4 per thread).
+FLAT_TILE = (1, 4 * THREADS)
+
+
+def tile(factored: bool) -> tuple[int, int]:
+    """(rows, cols) one threadgroup owns."""
+    return FACTORED_TILE if factored else FLAT_TILE
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class KernelDialect:
     lane: str
     simd_group: str
     shared: str
+    barrier: str
     header_template: str
 
 
@@ -43,13 +52,14 @@ METAL = KernelDialect(
     group_x="threadgroup_position_in_grid.x", group_y="threadgroup_position_in_grid.y",
     group_z="threadgroup_position_in_grid.z", lid="thread_position_in_threadgroup.x",
     lane="thread_index_in_simdgroup", simd_group="simdgroup_index_in_threadgroup",
-    shared="threadgroup float", header_template="kernel_header.metal.j2")
+    shared="threadgroup float", barrier="threadgroup_barrier(mem_flags::mem_threadgroup);",
+    header_template="kernel_header.metal.j2")
 
 CUDA = KernelDialect(
     name="cuda", printer=cuda_code, index="unsigned int",
     group_x="blockIdx.x", group_y="blockIdx.y", group_z="blockIdx.z", lid="threadIdx.x",
     lane="(threadIdx.x & 31u)", simd_group="(threadIdx.x >> 5)", shared="__shared__ float",
-    header_template="kernel_header.cuda.j2")
+    barrier="__syncthreads();", header_template="kernel_header.cuda.j2")
 
 DIALECTS = {"metal": METAL, "cuda": CUDA}
 
@@ -78,8 +88,8 @@ class PassKernel:
     summary: str
     factored: bool
     rows_per_group: int
+    cols_per_group: int
     threads: int
-    cols_per_thread: int
     scalar_names: tuple[str, ...]
     batch_inputs: tuple[str, ...]
     row_inputs: tuple[str, ...]
@@ -91,6 +101,18 @@ class PassKernel:
     col_reductions: tuple[KernelReduction, ...]
     full_outputs: tuple[KernelOutput, ...]
     source: str = ""
+
+    @property
+    def warps(self) -> int:
+        return self.threads // 32
+
+    @property
+    def rows_per_warp(self) -> int:
+        return self.rows_per_group // self.warps
+
+    @property
+    def cols_per_lane(self) -> int:
+        return self.cols_per_group // 32
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -134,8 +156,8 @@ def pass_kernel(plan: KernelPlan, pass_: Pass, dialect: KernelDialect, full_dtyp
         name="", dialect=dialect.name,
         summary=f"pass {pass_.index}, {'factored' if plan.factored else 'unfactored'} layout",
         factored=plan.factored,
-        rows_per_group=ROWS_PER_GROUP_FACTORED if plan.factored else 1,
-        threads=THREADS, cols_per_thread=COLS_PER_THREAD,
+        rows_per_group=tile(plan.factored)[0], cols_per_group=tile(plan.factored)[1],
+        threads=THREADS,
         scalar_names=tuple(classes[ShapeClass.SCALAR]),
         batch_inputs=tuple(classes[ShapeClass.BATCH]),
         row_inputs=tuple(classes[ShapeClass.ROW]),

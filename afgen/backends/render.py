@@ -16,6 +16,8 @@ def environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["pyliteral"] = python_string_literal
+    env.filters["dedent2"] = lambda text: "\n".join(
+        line[2:] if line.startswith("  ") else line for line in str(text).split("\n"))
     return env
 
 

@@ -1,0 +1,52 @@
+"""The plan report: per-pass traffic, its lower bound, and MLX's own graph for comparison."""
+from afgen.show import show, traffic_report
+from afgen.traffic import lower_bound_bytes, plan_traffic, reference_traffic
+from afgen.verify import hyper_for
+
+
+def _plan(compiled, factored, beta_1):
+    return next(p for p in compiled.plans if p.factored == factored
+                and p.config.get("has_beta_1") == beta_1 and p.config.get("scale_parameter"))
+
+
+def test_factored_fp32_moves_six_words_per_element(compiled):
+    plan = _plan(compiled, True, False)
+    passes = plan_traffic(plan)
+    assert [(p.bytes_read, p.bytes_written) for p in passes] == [(8, 0), (4, 0), (8, 4)]
+    assert sum(p.bytes_read + p.bytes_written for p in passes) == 24 == 6 * 4
+    assert lower_bound_bytes(plan) == 24
+
+
+def test_first_moment_adds_a_read_and_a_write(compiled):
+    plan = _plan(compiled, True, True)
+    assert sum(p.bytes_read + p.bytes_written for p in plan_traffic(plan)) == 32
+    assert lower_bound_bytes(plan) == 32
+
+
+def test_bf16_parameters_with_float32_state(compiled):
+    plan = _plan(compiled, True, True)
+    passes = plan_traffic(plan, param_bytes=2, state_bytes=4)
+    # pass 2 reads g, p (bf16) and the first moment (f32); writes p (bf16) and moment (f32)
+    assert (passes[2].bytes_read, passes[2].bytes_written) == (8, 6)
+
+
+def test_unfactored_plan_is_at_its_bound(compiled):
+    plan = _plan(compiled, False, False)
+    total = sum(p.bytes_read + p.bytes_written for p in plan_traffic(plan))
+    assert total == lower_bound_bytes(plan) == 32
+
+
+def test_reference_graph_moves_far_more(compiled):
+    plan = _plan(compiled, True, False)
+    launches, per_element = reference_traffic(compiled.spec.reference, hyper_for(compiled, plan),
+                                              (512, 512), "float32")
+    assert launches > 3 * len(plan.passes)
+    assert per_element > 3 * 24
+
+
+def test_show_prints_plan_and_report(compiled):
+    text = show(compiled)
+    assert "\\leftarrow" in text and "pass 2: reads" in text
+    report = "\n".join(traffic_report(compiled))
+    assert "factored scale_parameter relative_step !warmup_init !has_beta_1" in report
+    assert "8/0 4/0 8/4" in report
