@@ -30,9 +30,9 @@ TOLERANCES = {"float32": (1e-6, 1e-4), "float16": (2e-5, 2 ** -10),
               "bfloat16": (2e-5, 2 ** -7)}
 MLX_SHAPES = {True: [(5, 7), (1, 9), (8, 1), (3, 4, 6), (2, 1, 3, 5), (33, 17)],
               False: [(), (1,), (7,), (130,)]}
-# Fused kernels: sizes that cross row-block (32 rows) and column-chunk (1024) boundaries,
-# a batch, and a 0-D parameter.
-KERNEL_SHAPES = {True: [(2, 33, 40), (1, 1030)], False: [(1100,), ()]}
+# Fused kernels: sizes that cross row-block (32 rows) and column-chunk (256 factored,
+# 1024 unfactored) boundaries, 3-D and 4-D batches, a single row, and a 0-D parameter.
+KERNEL_SHAPES = {True: [(2, 33, 40), (2, 1, 3, 5), (1, 300)], False: [(1100,), ()]}
 
 
 @dataclass

@@ -61,8 +61,8 @@ def _median_ms(fn, sync, repeats: int, inner: int) -> float:
 
 
 def _tree(shapes: dict, dtype, seed: int) -> dict:
-    key = mx.random.key(seed)
-    return {k: mx.random.normal(s, key=mx.random.fold_in(key, i)).astype(dtype)
+    keys = mx.random.split(mx.random.key(seed), len(shapes))
+    return {k: mx.random.normal(s, key=keys[i]).astype(dtype)
             for i, (k, s) in enumerate(shapes.items())}
 
 

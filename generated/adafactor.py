@@ -12,7 +12,6 @@ from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import mlx.core as mx
 from mlx.optimizers import Optimizer
-from mlx.utils import tree_flatten
 
 AFGEN_VERSION = "0.1.0"
 SPEC_SHA256 = "bc4d2d69fff0d4879abb5e107e2befc60678e82ddb7fae2d24ff05188f8c7d41"
@@ -3188,52 +3187,47 @@ def _state_shapes(shape: tuple, factored: bool) -> dict:
     }
 
 
-def _path_name(path: str) -> str:
-    return path or "<root>"
-
-
-def _lookup(tree, path: str):
-    node = tree
-    for part in path.split(".") if path else []:
-        if isinstance(node, dict):
-            if part not in node:
-                return None
-            node = node[part]
-        elif isinstance(node, (list, tuple)):
-            index = int(part)
-            if index >= len(node):
-                return None
-            node = node[index]
-        else:
-            return None
-    return node
-
-
-def _validate(gradients, parameters, state, static_key) -> None:
-    """Check trees, shapes and dtypes before anything is changed."""
-    for path, gradient in tree_flatten(gradients):
-        name = _path_name(path)
-        if not isinstance(gradient, mx.array):
-            raise ValueError(f"gradient for parameter '{name}' is not an mx.array")
-        parameter = _lookup(parameters, path)
-        if not isinstance(parameter, mx.array):
-            raise ValueError(f"gradient for '{name}' has no matching parameter")
-        if gradient.shape != parameter.shape:
-            raise ValueError(f"gradient for parameter '{name}' has shape {tuple(gradient.shape)}"
-                             f" but the parameter has shape {tuple(parameter.shape)}")
-        _check_dtype(gradient, f"gradient for parameter '{name}'")
-        _check_dtype(parameter, f"parameter '{name}'")
-        if state is None:
-            continue
-        slot = _lookup(state, path)
-        if not isinstance(slot, dict) or not slot:
-            continue
-        factored = static_key(gradient.ndim)[-1]
-        for key, expected in _state_shapes(tuple(parameter.shape), factored).items():
-            if key in slot and tuple(slot[key].shape) != tuple(expected):
-                raise ValueError(f"parameter '{name}' has shape {tuple(parameter.shape)} but its "
-                                 f"state '{key}' has shape {tuple(slot[key].shape)} "
-                                 f"(expected {tuple(expected)})")
+def _validate(gradients, parameters, state, static_key, path="") -> None:
+    """Check trees, shapes and dtypes before anything is changed (walks the gradient tree
+    with the parameters and state beside it, so keys may contain dots)."""
+    name = path or "<root>"
+    if isinstance(gradients, dict):
+        if not isinstance(parameters, dict):
+            raise ValueError(f"gradients at '{name}' are a dict but the parameters are not")
+        for key, gradient in gradients.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in parameters:
+                raise ValueError(f"gradient for '{sub}' has no matching parameter")
+            slot = state.get(key) if isinstance(state, dict) else None
+            _validate(gradient, parameters[key], slot, static_key, sub)
+        return
+    if isinstance(gradients, (list, tuple)):
+        if not isinstance(parameters, (list, tuple)) or len(parameters) < len(gradients):
+            raise ValueError(f"gradients at '{name}' are a list of {len(gradients)} but the "
+                             "parameters do not match")
+        for index, gradient in enumerate(gradients):
+            slot = state[index] if isinstance(state, (list, tuple)) and index < len(state) \
+                else None
+            _validate(gradient, parameters[index], slot, static_key, f"{path}.{index}" if path
+                      else str(index))
+        return
+    if not isinstance(gradients, mx.array):
+        raise ValueError(f"gradient for parameter '{name}' is not an mx.array")
+    if not isinstance(parameters, mx.array):
+        raise ValueError(f"gradient for '{name}' has no matching parameter")
+    if gradients.shape != parameters.shape:
+        raise ValueError(f"gradient for parameter '{name}' has shape {tuple(gradients.shape)}"
+                         f" but the parameter has shape {tuple(parameters.shape)}")
+    _check_dtype(gradients, f"gradient for parameter '{name}'")
+    _check_dtype(parameters, f"parameter '{name}'")
+    if not isinstance(state, dict) or not state:
+        return
+    factored = static_key(gradients.ndim)[-1]
+    for key, expected in _state_shapes(tuple(parameters.shape), factored).items():
+        if key in state and expected is not None and tuple(state[key].shape) != tuple(expected):
+            raise ValueError(f"parameter '{name}' has shape {tuple(parameters.shape)} but its "
+                             f"state '{key}' has shape {tuple(state[key].shape)} "
+                             f"(expected {tuple(expected)})")
 
 
 def _copy_containers(tree):

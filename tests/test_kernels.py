@@ -54,11 +54,16 @@ def test_non_contiguous_inputs(compiled, module):
         np.testing.assert_allclose(np.array(fused[k]), np.array(plain[k]), rtol=1e-5, atol=1e-6)
 
 
-def test_auto_picks_metal_when_available(module, monkeypatch):
+def test_auto_picks_the_device_mlx_has(module, monkeypatch):
     monkeypatch.setattr(mx.metal, "is_available", lambda: True)
     assert module.Adafactor().backend == "metal"
     monkeypatch.setattr(mx.metal, "is_available", lambda: False)
-    assert module.Adafactor().backend in ("mlx", "cuda")
+    monkeypatch.setattr(mx.cuda, "is_available", lambda: True)
+    assert module.Adafactor().backend == "cuda"
+    monkeypatch.setattr(mx.cuda, "is_available", lambda: False)
+    assert module.Adafactor().backend == "mlx"
+    with pytest.raises(ValueError, match="backend 'cuda' is not available"):
+        module.Adafactor(backend="cuda")
 
 
 def test_dynamic_scalars_do_not_change_kernel_source(compiled, module):

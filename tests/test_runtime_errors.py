@@ -94,3 +94,13 @@ def test_failure_midway_commits_nothing(module, monkeypatch):
 def test_bad_constructor_arguments(module, kwargs, message):
     with pytest.raises(ValueError, match=message):
         module.Adafactor(**kwargs)
+
+
+def test_keys_with_dots_and_lists(module):
+    params = {"l0.qkv": mx.ones((4, 3)), "blocks": [mx.ones((2,)), {"w": mx.ones((2, 2))}]}
+    opt = module.Adafactor()
+    out = opt.apply_gradients(params, params)
+    mx.eval(out)
+    assert set(opt.state["l0.qkv"]) == {"exp_avg_sq_row", "exp_avg_sq_col"}
+    with pytest.raises(ValueError, match=r"'blocks.1.w' has shape \(3, 2\)"):
+        opt.apply_gradients({"blocks": [mx.ones((2,)), {"w": mx.ones((3, 2))}]}, params)
