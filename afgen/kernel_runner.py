@@ -26,17 +26,19 @@ def _to_mx(array: np.ndarray, dtype: object) -> object:
 class CpuKernelRunner:
     """Callable installed as a module's ``_KERNEL_RUNNER``; counts launches per kernel."""
 
-    def __init__(self, nvcc: bool = False):
-        self.nvcc = nvcc
+    def __init__(self) -> None:
         self.launches: dict[str, int] = {}
         self.sources: dict[tuple, str] = {}
-        self.nvcc_checked: set[str] = set()
+
+    def sources_for(self, backend: str) -> list[str]:
+        """Every distinct full source this runner has executed for ``backend``."""
+        return [text for key, text in self.sources.items() if key[0] == backend]
 
     def full_source(self, backend: str, name: str, input_names: list[str],
                     output_names: list[str], source: str, header: str, call: dict) -> str:
         """The text MLX would compile; it depends only on dtypes, ranks and which inputs
         are small enough for constant memory, so it is cached on those."""
-        from afgen.executor.cuda_source import cuda_full_source, nvcc_check
+        from afgen.executor.cuda_source import cuda_full_source
         from afgen.executor.metal_source import metal_full_source
 
         inputs = call["inputs"]
@@ -51,8 +53,6 @@ class CpuKernelRunner:
             else:
                 full = cuda_full_source(name, input_names, output_names, source, header,
                                         inputs, call["output_dtypes"], call["template"])
-                if self.nvcc:
-                    nvcc_check(full)
             self.sources[key] = full
         return self.sources[key]
 

@@ -161,25 +161,35 @@ def device_available(backend: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
 def _backend_context(module: object, backend: str, report: Report):
-    """Real device when MLX has it, else the CPU executor (noted in the report)."""
-    from afgen.kernel_runner import cpu_kernels
+    """Real device when MLX has it, else the CPU executor (noted in the report); on the
+    executor, every CUDA source that ran is also compiled by nvcc, in one batch."""
+    from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
 
     if backend == "mlx" or device_available(backend):
         if backend != "mlx":
             report.notes.append(f"{backend}: running the kernels on the {backend} device")
-        return contextlib.nullcontext()
+        yield
+        return
     if not shutil.which("g++"):
         raise RuntimeError(f"{backend}: no device and no g++ to execute the kernel text")
-    note = (f"{backend}: no {backend} device here; executing the exact kernel text on the "
-            "CPU executor (g++ shim, one thread per GPU thread)")
-    nvcc = backend == "cuda" and shutil.which("nvcc") is not None
-    if nvcc:
-        note += "; CUDA text also compiled with nvcc -arch=sm_90"
-    report.notes.append(note)
-    from afgen.kernel_runner import CpuKernelRunner
+    report.notes.append(f"{backend}: no {backend} device here; executing the exact kernel "
+                        "text on the CPU executor (g++ shim, one thread per GPU thread)")
+    with cpu_kernels(module, CpuKernelRunner()) as runner:
+        yield
+    if backend == "cuda" and shutil.which("nvcc"):
+        from afgen.executor import KernelError
+        from afgen.nvcc_batch import nvcc_check_all
 
-    return cpu_kernels(module, CpuKernelRunner(nvcc=nvcc))
+        sources = runner.sources_for("cuda")
+        try:
+            nvcc_check_all(sources)
+            report.notes.append(f"cuda: nvcc -arch=sm_90 compiled all {len(sources)} kernel "
+                                "sources that ran")
+        except KernelError as exc:
+            report.results.append(CaseResult("cuda", "nvcc -arch=sm_90 (all kernels)", "-", 0,
+                                             float("nan"), float("nan"), False, str(exc)))
 
 
 def verify(compiled: Compiled, steps: int = 25, seed: int = 0,

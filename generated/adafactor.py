@@ -25,16 +25,7 @@ class Adafactor(Optimizer):
     r"""Adafactor with factored second moments, as mlx.optimizers.Adafactor computes it.
 
     Args:
-        learning_rate (float or callable, optional): The learning rate (float or schedule); only used when relative_step is False. Default: ``None``.
-        eps (tuple(float, float)): eps1 is added to the squared gradient, eps2 bounds the parameter scale from below. Default: ``(1e-30, 0.001)``.
-        clip_threshold (float): Clips the unscaled update so that its RMS is at most this. Default: ``1.0``.
-        decay_rate (float): Exponent of the second-moment decay, beta2_t = 1 - t ** decay_rate. Default: ``-0.8``.
-        beta_1 (float, optional): If set, a first moment of the (scaled, clipped) update is kept and applied. Default: ``None``.
-        weight_decay (float): Decoupled weight decay, scaled by the step size. Default: ``0.0``.
-        scale_parameter (bool): Scale the step size by max(eps2, RMS(param)). Default: ``True``.
-        relative_step (bool): Use the relative step size min(1e-2, 1/sqrt(t)) instead of learning_rate. Default: ``True``.
-        warmup_init (bool): With relative_step, warm up as min(1e-6 * t, 1/sqrt(t)). Default: ``False``.
-        backend (str): ``"mlx"`` (MLX ops, any device), ``"metal"`` (fused Metal kernels),
+        learning_rate (float or callable, optional): The learning rate (float or schedule); only used when relative_step is False. Default: ``None``.        eps (tuple(float, float)): eps1 is added to the squared gradient, eps2 bounds the parameter scale from below. Default: ``(1e-30, 0.001)``.        clip_threshold (float): Clips the unscaled update so that its RMS is at most this. Default: ``1.0``.        decay_rate (float): Exponent of the second-moment decay, beta2_t = 1 - t ** decay_rate. Default: ``-0.8``.        beta_1 (float, optional): If set, a first moment of the (scaled, clipped) update is kept and applied. Default: ``None``.        weight_decay (float): Decoupled weight decay, scaled by the step size. Default: ``0.0``.        scale_parameter (bool): Scale the step size by max(eps2, RMS(param)). Default: ``True``.        relative_step (bool): Use the relative step size min(1e-2, 1/sqrt(t)) instead of learning_rate. Default: ``True``.        warmup_init (bool): With relative_step, warm up as min(1e-6 * t, 1/sqrt(t)). Default: ``False``.        backend (str): ``"mlx"`` (MLX ops, any device), ``"metal"`` (fused Metal kernels),
             ``"cuda"`` (fused CUDA kernels) or ``"auto"``: Metal when
             ``mx.metal.is_available()``, CUDA when ``mx.cuda.is_available()``, else MLX ops.
             Default: ``"auto"``.

@@ -59,7 +59,9 @@ def _condition_code(condition: sympy.Basic, spec: Spec) -> str:
 
 def _hyper_view(h: Hyperparameter) -> HyperView:
     lines: list[str] = []
-    if h.kind == "schedule":
+    if h.kind == "schedule" and h.required:
+        lines.append(f'self._maybe_schedule("{h.name}", {h.name})')
+    elif h.kind == "schedule":
         lines += [f"if {h.name} is not None:",
                   f'    self._maybe_schedule("{h.name}", {h.name})']
     else:
@@ -79,6 +81,8 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
         lines.append(f"self.{h.name} = {h.name}")
     default = h.default
     default_repr = repr(tuple(default)) if isinstance(default, tuple) else repr(default)
+    if h.required:
+        default_repr = ""
     doc = h.doc if h.doc.endswith(".") or not h.doc else h.doc + "."
     return HyperView(h.name, ANNOTATIONS[h.kind], TYPE_DOCS[h.kind], default_repr, doc,
                      tuple(lines))

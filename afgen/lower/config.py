@@ -53,8 +53,11 @@ def requirement_holds(spec: Spec, config: StaticConfig) -> bool:
 def all_configs(spec: Spec) -> list[StaticConfig]:
     """Every assignment of the static predicates that satisfies ``requires``, both layouts."""
     names = spec.static_names
+    ndim = sympy.Symbol("ndim", integer=True)
+    layouts = [f for f in (True, False)
+               if any(bool(spec.factored_when.subs(ndim, n)) == f for n in range(9))]
     out = []
-    for factored in (True, False):
+    for factored in layouts:
         for bits in itertools.product((True, False), repeat=len(names)):
             config = StaticConfig(tuple(zip(names, bits)), factored)
             if requirement_holds(spec, config):

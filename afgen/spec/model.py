@@ -31,6 +31,7 @@ class Hyperparameter:
     check: sympy.Basic | None = None
     check_text: str = ""
     example: float | None = None
+    required: bool = False
 
     @property
     def is_static(self) -> bool:
@@ -38,7 +39,8 @@ class Hyperparameter:
 
     @property
     def is_optional(self) -> bool:
-        return self.kind in ("optional_float", "schedule")
+        """May be None at run time (so ``has(name)`` is a static predicate)."""
+        return self.kind in ("optional_float", "schedule") and not self.required
 
     @property
     def value_names(self) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from afgen.spec.model import (
 from afgen.spec.yamlnodes import Node, parse_yaml
 
 TOP_KEYS = {"optimizer": True, "summary": False, "reference": False, "hyperparameters": True,
-            "requires": False, "layout": True, "state": True, "update": True}
+            "requires": False, "layout": False, "state": True, "update": True}
 HYPER_KEYS = {"type", "default", "doc", "names", "check", "example"}
 STATE_KEYS = {"shape", "when", "init", "doc"}
 IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -187,7 +187,8 @@ class _SpecBuilder:
         hypers = self._attach_checks(top["hyperparameters"], hypers, numbers, optional)
         static_scope = _Scope(static, optional)
         requires = self._requires(top.get("requires"), static_scope)
-        factored_when, factored_text = self._layout(top["layout"])
+        factored_when, factored_text = (self._layout(top["layout"]) if "layout" in top
+                                        else (sympy.false, "never"))
         state = self._state(top["state"], static_scope, {h.name for h in hypers} |
                             {n for h in hypers for n in h.value_names})
         names: dict[str, Typed] = {**static, **numbers,
@@ -231,7 +232,13 @@ class _SpecBuilder:
                 components = self._pair_names(spec, name)
             elif "names" in spec.value:
                 raise SpecError(spec.key_locs["names"], "'names' is only for type 'pair'")
-            default = self._default(spec, name, kind)
+            required = "default" not in spec.value
+            if required and kind in ("bool", "optional_float"):
+                raise SpecError(spec.loc, f"hyperparameter '{name}' needs a 'default'")
+            if required and hypers and not hypers[-1].required:
+                raise SpecError(spec.loc, f"required hyperparameter '{name}' (no 'default') "
+                                "must come before those with defaults")
+            default = None if required else self._default(spec, name, kind)
             doc = _expect_str(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
             example = self._example(spec, name, kind)
             for n in (name, *components):
@@ -239,7 +246,7 @@ class _SpecBuilder:
                     raise SpecError(key_loc, f"name '{n}' is defined twice")
                 seen.add(n)
             hypers.append(Hyperparameter(name, kind, default, doc, key_loc, components,
-                                         example=example))
+                                         example=example, required=required))
         return hypers
 
     def _example(self, spec: Node, name: str, kind: str) -> object:
@@ -275,8 +282,6 @@ class _SpecBuilder:
         return tuple(out)
 
     def _default(self, spec: Node, name: str, kind: str) -> object:
-        if "default" not in spec.value:
-            raise SpecError(spec.loc, f"hyperparameter '{name}' needs a 'default'")
         node = spec.value["default"]
         if kind == "bool":
             if not isinstance(node.value, bool):
