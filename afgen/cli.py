@@ -16,6 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="generated", help="output directory")
     build.add_argument("--steps", type=int, default=25)
     build.add_argument("--no-verify", action="store_true")
+    build.add_argument("--backend", action="append",
+                       help="verify only these backend(s): mlx, metal, cuda (default: all)")
     verify = sub.add_parser("verify", help="compare every backend with the float64 oracle")
     verify.add_argument("spec")
     verify.add_argument("--steps", type=int, default=25)
@@ -23,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--backend", action="append", help="backend(s) to verify")
     show = sub.add_parser("show", help="print the lowered plan")
     show.add_argument("spec")
+    new = sub.add_parser("new", help="start a variant spec from an existing one")
+    new.add_argument("name", help="class name of the variant, e.g. MyAdafactor")
+    new.add_argument("--from", dest="source", required=True, help="spec to copy")
+    new.add_argument("--out", help="output file (default: <snake_case name>.yaml)")
     return parser
 
 
@@ -39,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from afgen.build import compile_path, write_module
 
     try:
+        if args.command == "new":
+            from afgen.new import new_variant
+
+            print(f"wrote {new_variant(args.name, args.source, args.out)}")
+            return 0
         compiled = compile_path(args.spec)
         if args.command == "show":
             from afgen.show import show
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             target = write_module(compiled, Path(args.out))
             print(f"wrote {target}")
-            return 0 if args.no_verify else _verify(compiled, args.steps)
+            return 0 if args.no_verify else _verify(compiled, args.steps, 0, args.backend)
         return _verify(compiled, args.steps, args.seed, args.backend)
     except SpecError as exc:
         print(f"{exc}", file=sys.stderr)

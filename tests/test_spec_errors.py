@@ -118,3 +118,14 @@ def test_cli_reports_file_line_col_and_exits_2(tmp_path, capsys):
 def test_missing_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="cannot read spec"):
         compile_path(tmp_path / "nope.yaml")
+
+
+def test_afgen_new_copies_a_spec_under_a_new_name(tmp_path):
+    from afgen.spec import load_spec
+
+    out = tmp_path / "variant.yaml"
+    assert main(["new", "MyVariant", "--from", "specs/adafactor.yaml", "--out", str(out)]) == 0
+    spec = load_spec(out)
+    assert spec.class_name == "MyVariant" and spec.reference == ""
+    assert main(["new", "MyVariant", "--from", "specs/adafactor.yaml", "--out", str(out)]) == 2
+    assert main(["new", "lower_case", "--from", "specs/adafactor.yaml"]) == 2

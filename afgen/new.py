@@ -1,0 +1,34 @@
+"""``afgen new``: start a spec variant from an existing spec."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from afgen.errors import Loc, SpecError
+from afgen.spec import parse_spec_text
+from afgen.spec.parse import CLASS_NAME
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def new_variant(name: str, source: str | Path, out: str | Path | None = None) -> Path:
+    """Copy ``source`` to ``out`` (default ``<snake_case(name)>.yaml``) as optimizer
+    ``name``. A variant is no longer the reference optimizer, so ``reference:`` goes."""
+    if not CLASS_NAME.match(name):
+        raise SpecError(None, f"'{name}' is not a class name (like MyAdafactor)")
+    source = Path(source)
+    text = source.read_text(encoding="utf-8")
+    parse_spec_text(text, str(source))
+    target = Path(out) if out else Path(f"{snake_case(name)}.yaml")
+    if target.exists():
+        raise SpecError(Loc(str(target), 1, 1), "refusing to overwrite an existing file")
+    text, count = re.subn(r"(?m)^optimizer:.*$", f"optimizer: {name}", text, count=1)
+    if count != 1:
+        raise SpecError(Loc(str(source), 1, 1), "the spec has no 'optimizer:' line")
+    text = re.sub(r"(?m)^reference:.*\n", "", text)
+    text = f"# {name}: a variant of {source.as_posix()} (started with afgen new).\n" + text
+    parse_spec_text(text, str(target))
+    target.write_text(text, encoding="utf-8")
+    return target
