@@ -61,6 +61,9 @@ class Oracle:
                 values[h.name] = bool(self.hyper[h.name])
             elif h.is_optional:
                 values[f"has_{h.name}"] = self.hyper[h.name] is not None
+            for component in h.optional_components:
+                index = h.component_names.index(component)
+                values[f"has_{component}"] = self.hyper[h.name][index] is not None
         return values
 
     def config_for(self, ndim: int) -> StaticConfig:
@@ -77,7 +80,8 @@ class Oracle:
             if h.is_static or value is None:
                 continue
             if h.kind == "pair":
-                out.update({n: float(v) for n, v in zip(h.component_names, value)})
+                out.update({n: float(v) for n, v in zip(h.component_names, value)
+                            if v is not None})
             elif callable(value):
                 out[h.name] = float(np.asarray(value(self.step_count)))
             else:
@@ -91,10 +95,12 @@ class Oracle:
         self.state[name] = {s.name: np.full(_STATE_SHAPES[s.shape](shape), s.init, np.float64)
                             for s in self.spec.state if s.name in plan.program.live_state}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]
-             ) -> dict[str, np.ndarray]:
-        """One optimizer step over every parameter; returns the new parameters."""
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+             dtype_eps: float = float(np.finfo(np.float32).eps)) -> dict[str, np.ndarray]:
+        """One optimizer step over every parameter; returns the new parameters.
+        ``dtype_eps`` is the machine epsilon of the parameters' own dtype."""
         hp = self._dynamic()  # schedules read the count before the increment, as MLX does
+        hp["dtype_eps"] = dtype_eps
         self.step_count += 1
         out = {}
         for name, grad in grads.items():

@@ -81,6 +81,11 @@ def hyper_for(compiled: Compiled, plan: KernelPlan) -> dict[str, object]:
             enabled = config.get(f"has_{h.name}")
             value = h.example if h.example is not None else (0.01 if h.kind == "schedule" else 0.5)
             hyper[h.name] = value if enabled else None
+        elif h.optional_components:
+            enabled = [config.get(f"has_{c}") if c in h.optional_components else True
+                       for c in h.component_names]
+            example = h.example or tuple(1e-30 if v is None else v for v in h.default)
+            hyper[h.name] = tuple(e if on else None for e, on in zip(example, enabled))
         elif h.example is not None:
             hyper[h.name] = h.example
     return hyper
@@ -126,7 +131,8 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
             oracle.state = {k: {s: _as_f64(v) for s, v in optimizer.state[k].items()}
                             for k in params}
         want = oracle.step({k: _as_f64(v) for k, v in params.items()},
-                           {k: _as_f64(v) for k, v in grads.items()})
+                           {k: _as_f64(v) for k, v in grads.items()},
+                           float(mx.finfo(mx_dtype).eps))
         params = optimizer.apply_gradients(grads, params)
         pairs = [(_as_f64(params[k]), want[k]) for k in want]
         for name, slot in oracle.state.items():

@@ -16,7 +16,7 @@ import sympy
 from afgen.backends.printers import mlx_code, numpy_code
 from afgen.lower.plan import KernelPlan, Step
 from afgen.shapes import ReduceAxes, ShapeClass
-from afgen.spec.model import GRAD, PARAM, STEP, Spec
+from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Dialect:
     reduce: Callable[[Step, str], str]
     store_state: Callable[[str, str, ShapeClass], str]
     result: Callable[[str], str]
+    load_dtype_eps: str
     scalar: Callable[[str], str] = lambda code: code
 
 
@@ -80,6 +81,7 @@ MLX = Dialect(
     reduce=_reduce("mx"),
     store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
     result=lambda code: f'_collapse({code}, parameter, "full")',
+    load_dtype_eps="mx.finfo(parameter.dtype).eps",
     scalar=lambda code: f"_scalar({code}, cdt)",
 )
 
@@ -93,6 +95,7 @@ NUMPY = Dialect(
     reduce=_reduce("np"),
     store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
     result=lambda code: f'_collapse({code}, param_in, "full")',
+    load_dtype_eps='hp["dtype_eps"]',
 )
 
 
@@ -107,7 +110,7 @@ def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) 
     defined = {str(s.name) for s in flat.steps}
     shapes = {str(k): v for k, v in plan.program.shapes.items()}
     loads = []
-    for name in [GRAD, PARAM, STEP, *spec.dynamic_names, *plan.program.live_state]:
+    for name in [GRAD, PARAM, STEP, DTYPE_EPS, *spec.dynamic_names, *plan.program.live_state]:
         if name not in used or name in defined:
             continue
         if name == GRAD:
@@ -116,6 +119,8 @@ def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) 
             code = dialect.load_param
         elif name == STEP:
             code = dialect.load_step
+        elif name == DTYPE_EPS:
+            code = dialect.load_dtype_eps
         elif name in plan.program.live_state:
             code = dialect.load_state(name, shapes[name])
         else:

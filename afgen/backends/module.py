@@ -49,6 +49,10 @@ def _static_code(spec: Spec) -> dict[sympy.Symbol, sympy.Symbol]:
             out[h.has_symbol] = sympy.Symbol(f'"{h.name}" in self.state')
         elif h.is_optional:
             out[h.has_symbol] = sympy.Symbol(f"self.{h.name} is not None")
+        for component in h.optional_components:
+            index = h.component_names.index(component)
+            out[sympy.Symbol(f"has_{component}")] = sympy.Symbol(
+                f"self.{h.name}[{index}] is not None")
     out[sympy.Symbol(FACTORED)] = sympy.Symbol("factored")
     return out
 
@@ -75,6 +79,10 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
                 lines.append(f"{', '.join(h.component_names)} = {h.name}")
             if h.kind == "optional_float":
                 test = f"{h.name} is not None and {test}"
+            checked = {str(s) for s in h.check.free_symbols}
+            for component in h.optional_components:
+                if component in checked:
+                    test = f"{component} is not None and {test}"
             lines += [f"if {test}:",
                       f'    raise ValueError(f"{h.name} must satisfy {h.check_text}, got '
                       f'{{{h.name}!r}}")']

@@ -17,7 +17,9 @@ from afgen.errors import SpecError
 from afgen.lower.config import StaticConfig
 from afgen.shapes import ReduceAxes, ShapeClass, join_multiplicative
 from afgen.spec.expressions import reduction_of
-from afgen.spec.model import FACTORED, GRAD, PARAM, STEP, Branch, Equation, Spec, Statement
+from afgen.spec.model import (
+    DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Equation, Spec, Statement,
+)
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,13 @@ class _Specialiser:
         atom(GRAD, ShapeClass.FULL)
         atom(PARAM, ShapeClass.FULL)
         atom(STEP, ShapeClass.SCALAR)
+        atom(DTYPE_EPS, ShapeClass.SCALAR)
         for name in self.spec.dynamic_names:
             atom(name, ShapeClass.SCALAR)
         for state in self.spec.state:
             if state.name in self.live_state:
                 atom(state.name, state.shape)
-        self.optional_values = {h.name: h for h in self.spec.hyperparameters if h.is_optional}
+        self.optional_values = self.spec.optional_names()
 
     def run(self) -> Program:
         self._walk(self.spec.update)

@@ -13,6 +13,8 @@ HYPER_KINDS = ("float", "bool", "optional_float", "schedule", "pair")
 
 # Names every update can read: the gradient, the parameter and the 1-based step.
 GRAD, PARAM, STEP = "grad", "param", "t"
+# Machine epsilon of the parameter's dtype (torch's default for its eps1).
+DTYPE_EPS = "dtype_eps"
 FACTORED = "factored"
 
 
@@ -30,7 +32,7 @@ class Hyperparameter:
     component_names: tuple[str, ...] = ()
     check: sympy.Basic | None = None
     check_text: str = ""
-    example: float | None = None
+    example: float | tuple[float, float] | None = None
     required: bool = False
 
     @property
@@ -41,6 +43,13 @@ class Hyperparameter:
     def is_optional(self) -> bool:
         """May be None at run time (so ``has(name)`` is a static predicate)."""
         return self.kind in ("optional_float", "schedule") and not self.required
+
+    @property
+    def optional_components(self) -> tuple[str, ...]:
+        """Components of a pair whose default is None: each may be None at run time."""
+        if self.kind != "pair" or self.default is None:
+            return ()
+        return tuple(n for n, v in zip(self.component_names, self.default) if v is None)
 
     @property
     def value_names(self) -> tuple[str, ...]:
@@ -119,7 +128,14 @@ class Spec:
         """Every static predicate a configuration fixes, in a stable order."""
         names = [h.name for h in self.hyperparameters if h.is_static]
         names += [f"has_{h.name}" for h in self.hyperparameters if h.is_optional]
+        names += [f"has_{c}" for h in self.hyperparameters for c in h.optional_components]
         return tuple(names)
+
+    def optional_names(self) -> dict[str, str]:
+        """Expression name -> hyperparameter for every value that may be None."""
+        out = {h.name: h.name for h in self.hyperparameters if h.is_optional}
+        out.update({c: h.name for h in self.hyperparameters for c in h.optional_components})
+        return out
 
     @property
     def dynamic_names(self) -> tuple[str, ...]:

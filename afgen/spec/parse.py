@@ -26,6 +26,7 @@ from afgen.spec.model import (
     HYPER_KINDS,
     PARAM,
     STEP,
+    DTYPE_EPS,
     Branch,
     Equation,
     Hyperparameter,
@@ -42,7 +43,8 @@ HYPER_KEYS = {"type", "default", "doc", "names", "check", "example"}
 STATE_KEYS = {"shape", "when", "init", "doc"}
 IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
-RESERVED = {GRAD, PARAM, STEP, FACTORED, "ndim", "has", "self", "mx", "state", "gradient",
+RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, "ndim", "has", "self", "mx", "state",
+            "gradient",
             "parameter"}
 MAX_STATEMENTS = 500
 # Names the lowering gives to temporaries, reductions, hoisted values and outputs.
@@ -180,6 +182,8 @@ class _SpecBuilder:
                             f"'Adafactor', got '{class_name}'")
         hypers = self._hyperparameters(top["hyperparameters"])
         optional = {h.name: h.has_symbol for h in hypers if h.is_optional}
+        optional.update({c: sympy.Symbol(f"has_{c}") for h in hypers
+                         for c in h.optional_components})
         static = {h.name: Typed(sympy.Symbol(h.name), STATIC_BOOL) for h in hypers if h.is_static}
         static[FACTORED] = Typed(sympy.Symbol(FACTORED), STATIC_BOOL)
         numbers = {n: Typed(sympy.Symbol(n, real=True), NUM)
@@ -195,10 +199,11 @@ class _SpecBuilder:
                                    GRAD: Typed(sympy.Symbol(GRAD, real=True), NUM, ShapeClass.FULL),
                                    PARAM: Typed(sympy.Symbol(PARAM, real=True), NUM,
                                                 ShapeClass.FULL),
-                                   STEP: Typed(sympy.Symbol(STEP, real=True), NUM)}
+                                   STEP: Typed(sympy.Symbol(STEP, real=True), NUM),
+                                   DTYPE_EPS: Typed(sympy.Symbol(DTYPE_EPS, real=True), NUM)}
         for s in state:
             names[s.name] = Typed(sympy.Symbol(s.name, real=True), NUM, s.shape)
-        protected = set(static) | set(numbers) | {GRAD, STEP}
+        protected = set(static) | set(numbers) | {GRAD, STEP, DTYPE_EPS}
         update_node = top["update"]
         scope = _Scope(names, optional, _assigned_lines(update_node, {}))
         statements, _ = self._statements(update_node, scope, protected,
@@ -255,8 +260,13 @@ class _SpecBuilder:
         if "example" not in spec.value:
             return None
         node = spec.value["example"]
-        if kind in ("bool", "pair"):
-            raise SpecError(node.loc, f"'example' is for numeric hyperparameters, not {kind}")
+        if kind == "bool":
+            raise SpecError(node.loc, "'example' is for numeric hyperparameters, not bool")
+        if kind == "pair":
+            items = _expect_list(node, f"the example of pair '{name}'")
+            if len(items) != 2:
+                raise SpecError(node.loc, f"the example of pair '{name}' needs 2 numbers")
+            return tuple(_number(i, f"the example of '{name}'") for i in items)
         return _number(node, f"the example of '{name}'")
 
     def _identifier(self, name: str, loc: Loc, what: str) -> None:
@@ -294,7 +304,8 @@ class _SpecBuilder:
             items = _expect_list(node, f"the default of pair '{name}'")
             if len(items) != 2:
                 raise SpecError(node.loc, f"the default of pair '{name}' needs 2 numbers")
-            return tuple(_number(i, f"the default of '{name}'") for i in items)
+            return tuple(None if i.value is None else _number(i, f"the default of '{name}'")
+                         for i in items)
         return _number(node, f"the default of '{name}'")
 
     def _attach_checks(self, node: Node, hypers: list[Hyperparameter],
