@@ -18,7 +18,15 @@ from afgen.lower.config import StaticConfig
 from afgen.shapes import ReduceAxes, ShapeClass, join_multiplicative
 from afgen.spec.expressions import reduction_of
 from afgen.spec.model import (
-    DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Equation, Spec, Statement,
+    DTYPE_EPS,
+    FACTORED,
+    GRAD,
+    PARAM,
+    STEP,
+    Branch,
+    Equation,
+    Spec,
+    Statement,
 )
 
 

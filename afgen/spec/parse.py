@@ -21,12 +21,12 @@ from afgen.spec.expressions import (
     parse_expression,
 )
 from afgen.spec.model import (
+    DTYPE_EPS,
     FACTORED,
     GRAD,
     HYPER_KINDS,
     PARAM,
     STEP,
-    DTYPE_EPS,
     Branch,
     Equation,
     Hyperparameter,
