@@ -99,6 +99,27 @@ NUMPY = Dialect(
 )
 
 
+def atom_loads(spec: Spec, plan: KernelPlan, dialect: Dialect, needed: set[str]
+               ) -> list[tuple[str, str]]:
+    """``(name, code)`` reading each needed atom (inputs, step, hyperparameters, state)
+    into the form the function body expects, in a stable order."""
+    shapes = {str(k): v for k, v in plan.program.shapes.items()}
+    fixed = {GRAD: dialect.load_grad, PARAM: dialect.load_param, STEP: dialect.load_step,
+             DTYPE_EPS: dialect.load_dtype_eps}
+    loads = []
+    for name in [*fixed, *spec.dynamic_names, *plan.program.live_state]:
+        if name not in needed:
+            continue
+        if name in fixed:
+            code = fixed[name]
+        elif name in plan.program.live_state:
+            code = dialect.load_state(name, shapes[name])
+        else:
+            code = dialect.load_hyper(spec, name)
+        loads.append((name, code))
+    return loads
+
+
 def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) -> FunctionModel:
     """Lay out ``plan.flat`` as a function body in ``dialect``."""
     flat = plan.flat
@@ -108,24 +129,7 @@ def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) 
     for _, expr in flat.results:
         used |= {str(s) for s in expr.free_symbols}
     defined = {str(s.name) for s in flat.steps}
-    shapes = {str(k): v for k, v in plan.program.shapes.items()}
-    loads = []
-    for name in [GRAD, PARAM, STEP, DTYPE_EPS, *spec.dynamic_names, *plan.program.live_state]:
-        if name not in used or name in defined:
-            continue
-        if name == GRAD:
-            code = dialect.load_grad
-        elif name == PARAM:
-            code = dialect.load_param
-        elif name == STEP:
-            code = dialect.load_step
-        elif name == DTYPE_EPS:
-            code = dialect.load_dtype_eps
-        elif name in plan.program.live_state:
-            code = dialect.load_state(name, shapes[name])
-        else:
-            code = dialect.load_hyper(spec, name)
-        loads.append((name, code))
+    loads = atom_loads(spec, plan, dialect, used - defined)
     body = []
     for step in flat.steps:
         code = dialect.printer(step.expr)

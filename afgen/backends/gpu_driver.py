@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from afgen.backends.functions import MLX
+from afgen.backends.functions import MLX, atom_loads
 from afgen.backends.kernels import DIALECTS, PassKernel, kernel_header, pass_kernel, tile
 from afgen.backends.printers import mlx_code
 from afgen.lower.plan import KernelPlan, Schedule
 from afgen.shapes import ReduceAxes, ShapeClass
-from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
+from afgen.spec.model import GRAD, PARAM, Spec
 
 SMALL_PACKERS = {ShapeClass.ROW: "_rows", ShapeClass.COL: "_cols", ShapeClass.BATCH: "_batches"}
 
@@ -73,20 +73,11 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
              "size = max(parameter.size, 1)",
              'sdt = mx.float32 if self.precision == "float32" else parameter.dtype',
              "cdt = mx.float32"]
-    for name in [STEP, DTYPE_EPS, *spec.dynamic_names, *plan.program.live_state]:
-        needed = glue_atoms | {n for k in kernels for n in (*k.scalar_names, *k.batch_inputs,
-                                                            *k.row_inputs, *k.col_inputs)}
-        if name not in needed or shapes.get(name) is ShapeClass.FULL:
-            continue
-        if name == STEP:
-            code = MLX.load_step
-        elif name == DTYPE_EPS:
-            code = MLX.load_dtype_eps
-        elif name in plan.program.live_state:
-            code = MLX.load_state(name, shapes[name])
-        else:
-            code = MLX.load_hyper(spec, name)
-        lines.append(f"{name} = {code}")
+    # Small atoms the glue and the kernels' small inputs need; full ones go to kernels.
+    needed = glue_atoms | {n for k in kernels for n in (*k.scalar_names, *k.batch_inputs,
+                                                        *k.row_inputs, *k.col_inputs)}
+    needed = {n for n in needed if shapes.get(n) is not ShapeClass.FULL}
+    lines += [f"{name} = {code}" for name, code in atom_loads(spec, plan, MLX, needed)]
     # Full-size arrays travel flat: a 0-D array would otherwise become a reference in
     # MLX's kernel signature, not a buffer.
     full_sources = {GRAD: "gradient.reshape(-1)", PARAM: "parameter.reshape(-1)"}
