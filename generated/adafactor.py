@@ -146,8 +146,8 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     factored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
@@ -155,9 +155,9 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -171,9 +171,9 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     x5 = exp_avg_sq_col * x3 + red2 * x2
     h1 = 1 / x5
     red4 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-beta_1, cdt)
     x6 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x7 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     h4 = -x7
     h5 = mx.rsqrt(x5)
@@ -182,7 +182,7 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x8 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state):
@@ -191,16 +191,16 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     factored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -215,12 +215,12 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     h1 = 1 / x5
     red4 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
     h3 = -(x6 * mx.rsqrt(x4 / red3) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
     h4 = mx.rsqrt(x5)
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return _collapse(grad * h3 * h4 + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * h4 + h2 * param, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state):
@@ -229,8 +229,8 @@ def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     factored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
@@ -238,9 +238,9 @@ def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -254,9 +254,9 @@ def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     x5 = exp_avg_sq_col * x3 + red2 * x2
     h1 = 1 / x5
     red4 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-beta_1, cdt)
     x6 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x7 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     h4 = -x7
     h5 = mx.rsqrt(x5)
@@ -265,7 +265,7 @@ def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x8 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -274,16 +274,16 @@ def _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     factored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -298,12 +298,12 @@ def _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     h1 = 1 / x5
     red4 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
     h3 = -(x6 * mx.rsqrt(x4 / red3) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
     h4 = mx.rsqrt(x5)
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return _collapse(grad * h3 * h4 + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * h4 + h2 * param, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state):
@@ -312,8 +312,8 @@ def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     factored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
@@ -322,9 +322,9 @@ def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -338,9 +338,9 @@ def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     x5 = exp_avg_sq_col * x3 + red2 * x2
     h1 = 1 / x5
     red4 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-beta_1, cdt)
     x6 = _scalar(learning_rate * mx.maximum(eps2, mx.sqrt(red0)), cdt)
-    h3 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x7 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     h4 = -x7
     h5 = mx.rsqrt(x5)
@@ -349,7 +349,7 @@ def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x8 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -358,8 +358,8 @@ def _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     factored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
@@ -367,8 +367,8 @@ def _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -383,12 +383,12 @@ def _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     h1 = 1 / x5
     red4 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(learning_rate * mx.maximum(eps2, mx.sqrt(red0)), cdt)
-    h2 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
     h3 = -(x6 * mx.rsqrt(x4 / red3) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
     h4 = mx.rsqrt(x5)
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return _collapse(grad * h3 * h4 + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * h4 + h2 * param, parameter, "full")
 
 
 def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
@@ -397,17 +397,17 @@ def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     factored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x0 = mx.square(grad)
     x1 = eps1 + x0
     red0 = mx.mean(x1, axis=-1, keepdims=True)
@@ -420,9 +420,9 @@ def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     x5 = exp_avg_sq_col * x3 + red1 * x2
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-beta_1, cdt)
     x6 = _scalar(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x7 = x6 * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     h4 = -x7
     h5 = mx.rsqrt(x5)
@@ -431,7 +431,7 @@ def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x8 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
 
 
 def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
@@ -440,15 +440,15 @@ def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     factored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     x0 = mx.square(grad)
     x1 = eps1 + x0
     red0 = mx.mean(x1, axis=-1, keepdims=True)
@@ -462,12 +462,12 @@ def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
     h3 = -(x6 * mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
     h4 = mx.rsqrt(x5)
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return _collapse(grad * h3 * h4 + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * h4 + h2 * param, parameter, "full")
 
 
 def _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state):
@@ -476,17 +476,17 @@ def _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     factored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x0 = mx.square(grad)
     x1 = eps1 + x0
     red0 = mx.mean(x1, axis=-1, keepdims=True)
@@ -499,9 +499,9 @@ def _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     x5 = exp_avg_sq_col * x3 + red1 * x2
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-beta_1, cdt)
     x6 = _scalar(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x7 = x6 * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     h4 = -x7
     h5 = mx.rsqrt(x5)
@@ -510,7 +510,7 @@ def _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x8 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
 
 
 def _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -519,15 +519,15 @@ def _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     factored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     x0 = mx.square(grad)
     x1 = eps1 + x0
     red0 = mx.mean(x1, axis=-1, keepdims=True)
@@ -541,12 +541,12 @@ def _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x6), cdt)
+    h2 = _scalar(1 - weight_decay * x6, cdt)
     h3 = -(x6 * mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
     h4 = mx.rsqrt(x5)
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return _collapse(grad * h3 * h4 + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * h4 + h2 * param, parameter, "full")
 
 
 def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state):
@@ -555,8 +555,8 @@ def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     factored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
@@ -564,9 +564,9 @@ def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x0 = mx.square(grad)
     x1 = eps1 + x0
     red0 = mx.mean(x1, axis=-1, keepdims=True)
@@ -579,8 +579,8 @@ def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     x5 = exp_avg_sq_col * x3 + red1 * x2
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-beta_1, cdt)
-    h3 = _scalar(-(learning_rate * weight_decay), cdt)
+    h2 = _scalar(1 - learning_rate * weight_decay, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x6 = learning_rate * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     h4 = -x6
     h5 = mx.rsqrt(x5)
@@ -589,7 +589,7 @@ def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x7, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x7 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x7, parameter, "full")
 
 
 def _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -598,16 +598,16 @@ def _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     factored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     x0 = mx.square(grad)
     x1 = eps1 + x0
     red0 = mx.mean(x1, axis=-1, keepdims=True)
@@ -620,12 +620,12 @@ def _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     x5 = exp_avg_sq_col * x3 + red1 * x2
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(-(learning_rate * weight_decay), cdt)
+    h2 = _scalar(1 - learning_rate * weight_decay, cdt)
     h3 = -(learning_rate * mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
     h4 = mx.rsqrt(x5)
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return _collapse(grad * h3 * h4 + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * h4 + h2 * param, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state):
@@ -634,8 +634,8 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     unfactored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
@@ -643,8 +643,8 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -652,16 +652,16 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red1 = mx.mean(x0 / x1)
-    h2 = _scalar(-beta_1, cdt)
     x3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
     h4 = _scalar(-x4, cdt)
     x5 = grad * mx.rsqrt(x1)
     h5 = _scalar(x4, cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x5 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state):
@@ -670,15 +670,15 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     unfactored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -687,10 +687,10 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red1 = mx.mean(x0 / x1)
     x3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
     h3 = _scalar(-(x3 / mx.maximum(1, mx.sqrt(red1) / clip_threshold)), cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state):
@@ -699,8 +699,8 @@ def _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     unfactored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
@@ -708,8 +708,8 @@ def _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -717,16 +717,16 @@ def _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red1 = mx.mean(x0 / x1)
-    h2 = _scalar(-beta_1, cdt)
     x3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
     h4 = _scalar(-x4, cdt)
     x5 = grad * mx.rsqrt(x1)
     h5 = _scalar(x4, cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x5 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -735,15 +735,15 @@ def _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self
     unfactored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -752,10 +752,10 @@ def _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red1 = mx.mean(x0 / x1)
     x3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
     h3 = _scalar(-(x3 / mx.maximum(1, mx.sqrt(red1) / clip_threshold)), cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state):
@@ -764,8 +764,8 @@ def _mlx_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     unfactored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
@@ -774,8 +774,8 @@ def _mlx_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -783,16 +783,16 @@ def _mlx_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red1 = mx.mean(x0 / x1)
-    h2 = _scalar(-beta_1, cdt)
     x3 = _scalar(learning_rate * mx.maximum(eps2, mx.sqrt(red0)), cdt)
-    h3 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
     h4 = _scalar(-x4, cdt)
     x5 = grad * mx.rsqrt(x1)
     h5 = _scalar(x4, cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x5 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -801,8 +801,8 @@ def _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, p
     unfactored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
@@ -810,7 +810,7 @@ def _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, p
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -819,10 +819,10 @@ def _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, p
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red1 = mx.mean(x0 / x1)
     x3 = _scalar(learning_rate * mx.maximum(eps2, mx.sqrt(red0)), cdt)
-    h2 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
     h3 = _scalar(-(x3 / mx.maximum(1, mx.sqrt(red1) / clip_threshold)), cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter, "full")
 
 
 def _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
@@ -831,32 +831,32 @@ def _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     unfactored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
     h0 = _scalar(1 - x2, cdt)
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
-    h2 = _scalar(-beta_1, cdt)
     x3 = _scalar(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
     h4 = _scalar(-x4, cdt)
     x5 = grad * mx.rsqrt(x1)
     h5 = _scalar(x4, cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x5 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
 
 
 def _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
@@ -865,14 +865,14 @@ def _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self
     unfactored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
     h0 = _scalar(1 - x2, cdt)
@@ -880,10 +880,10 @@ def _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
     x3 = _scalar(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
     h3 = _scalar(-(x3 / mx.maximum(1, mx.sqrt(red0) / clip_threshold)), cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter, "full")
 
 
 def _mlx_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state):
@@ -892,32 +892,32 @@ def _mlx_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self
     unfactored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
     h0 = _scalar(1 - x2, cdt)
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
-    h2 = _scalar(-beta_1, cdt)
     x3 = _scalar(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h3 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
     h4 = _scalar(-x4, cdt)
     x5 = grad * mx.rsqrt(x1)
     h5 = _scalar(x4, cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x5 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
 
 
 def _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -926,14 +926,14 @@ def _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(se
     unfactored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
     h0 = _scalar(1 - x2, cdt)
@@ -941,10 +941,10 @@ def _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(se
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
     x3 = _scalar(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = _scalar(-(weight_decay * x3), cdt)
+    h2 = _scalar(1 - weight_decay * x3, cdt)
     h3 = _scalar(-(x3 / mx.maximum(1, mx.sqrt(red0) / clip_threshold)), cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter, "full")
 
 
 def _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state):
@@ -953,8 +953,8 @@ def _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, p
     unfactored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
@@ -962,23 +962,23 @@ def _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, p
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
-    exp_avg = _expand(state["exp_avg"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
+    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
     h0 = _scalar(1 - x2, cdt)
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
-    h2 = _scalar(-beta_1, cdt)
-    h3 = _scalar(-(learning_rate * weight_decay), cdt)
+    h2 = _scalar(1 - learning_rate * weight_decay, cdt)
+    h3 = _scalar(-beta_1, cdt)
     x3 = _scalar(learning_rate * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
     h4 = _scalar(-x3, cdt)
     x4 = grad * mx.rsqrt(x1)
     h5 = _scalar(x3, cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
     state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x4, state["exp_avg"], "full")
-    return _collapse(exp_avg * h2 + h3 * param + h4 * x4 + param, parameter, "full")
+    return _collapse(exp_avg * h3 + h2 * param + h4 * x4, parameter, "full")
 
 
 def _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -987,25 +987,25 @@ def _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient,
     unfactored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq = _expand(state["exp_avg_sq"], "full").astype(cdt)
+    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
     h0 = _scalar(1 - x2, cdt)
     h1 = _scalar(x2, cdt)
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
-    h2 = _scalar(-(learning_rate * weight_decay), cdt)
+    h2 = _scalar(1 - learning_rate * weight_decay, cdt)
     h3 = _scalar(-(learning_rate / mx.maximum(1, mx.sqrt(red0) / clip_threshold)), cdt)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param + param, parameter, "full")
+    return _collapse(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter, "full")
 
 
 _SPECIALISED = {
@@ -1081,9 +1081,9 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -beta_1
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s3 = -beta_1
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
@@ -1095,7 +1095,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
     s0 = red3 / g1_2
     s1 = 1 / g1_3
-    s3 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
@@ -1105,7 +1105,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_9a9faf3177", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -1128,8 +1128,8 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
@@ -1141,7 +1141,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
     s0 = red3 / g1_2
     s1 = 1 / g1_3
-    s2 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
@@ -1149,7 +1149,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -1171,9 +1171,9 @@ def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -beta_1
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s3 = -beta_1
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
@@ -1185,7 +1185,7 @@ def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
     s0 = red3 / g1_2
     s1 = 1 / g1_3
-    s3 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
@@ -1195,7 +1195,7 @@ def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_9a9faf3177", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -1218,8 +1218,8 @@ def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
@@ -1231,7 +1231,7 @@ def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
     s0 = red3 / g1_2
     s1 = 1 / g1_3
-    s2 = -(weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
@@ -1239,7 +1239,7 @@ def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -1262,9 +1262,9 @@ def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -beta_1
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s3 = -beta_1
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
@@ -1276,7 +1276,7 @@ def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
     s0 = red3 / g1_2
     s1 = 1 / g1_3
-    s3 = -(learning_rate * weight_decay * mx.maximum(eps2, mx.sqrt(red0)))
+    s2 = 1 - learning_rate * weight_decay * mx.maximum(eps2, mx.sqrt(red0))
     s5 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
@@ -1286,7 +1286,7 @@ def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     g2_1 = learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * (1 - beta_1) * mx.maximum(eps2, mx.sqrt(red0)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_9a9faf3177", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -1310,8 +1310,8 @@ def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_683de1036f", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
@@ -1323,7 +1323,7 @@ def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     g1_3 = exp_avg_sq_col * g1_1 + g1_0 * red2
     s0 = red3 / g1_2
     s1 = 1 / g1_3
-    s2 = -(learning_rate * weight_decay * mx.maximum(eps2, mx.sqrt(red0)))
+    s2 = 1 - learning_rate * weight_decay * mx.maximum(eps2, mx.sqrt(red0))
     s4 = mx.rsqrt(g1_3)
     new_exp_avg_sq_row = g1_2
     new_exp_avg_sq_col = g1_3
@@ -1331,7 +1331,7 @@ def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradien
     red4 = mx.sum(red4_part) / size
     g2_0 = t ** decay_rate
     s3 = -(learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red1) / red3) * mx.maximum(eps2, mx.sqrt(red0)) / mx.maximum(1, mx.sqrt(red4) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -1352,10 +1352,10 @@ def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -beta_1
-    s3 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s2 = 1 - weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    s3 = -beta_1
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
@@ -1375,7 +1375,7 @@ def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_9a9faf3177", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -1397,9 +1397,9 @@ def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s2 = 1 - weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t))
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
@@ -1417,7 +1417,7 @@ def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -1438,10 +1438,10 @@ def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -beta_1
-    s3 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s2 = 1 - weight_decay * mx.minimum(0.01, mx.rsqrt(t))
+    s3 = -beta_1
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
@@ -1461,7 +1461,7 @@ def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     g2_1 = mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_9a9faf3177", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -1483,9 +1483,9 @@ def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s2 = 1 - weight_decay * mx.minimum(0.01, mx.rsqrt(t))
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
@@ -1503,7 +1503,7 @@ def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     s3 = -(mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -1525,10 +1525,10 @@ def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -beta_1
-    s3 = -(learning_rate * weight_decay)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s2 = 1 - learning_rate * weight_decay
+    s3 = -beta_1
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
@@ -1548,7 +1548,7 @@ def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     g2_1 = learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     s4 = -g2_1
     s6 = g2_1
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_76aa73e6b6", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_9a9faf3177", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([beta_1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -1571,9 +1571,9 @@ def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
-    exp_avg_sq_row = _expand(state["exp_avg_sq_row"], "row").astype(cdt)
-    exp_avg_sq_col = _expand(state["exp_avg_sq_col"], "col").astype(cdt)
-    s2 = -(learning_rate * weight_decay)
+    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+    s2 = 1 - learning_rate * weight_decay
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_ba15b673b8", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
@@ -1591,7 +1591,7 @@ def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradi
     red3 = mx.sum(red3_part) / size
     g2_0 = t ** decay_rate
     s3 = -(learning_rate * mx.rsqrt((exp_avg_sq_row * (1 - g2_0) + g2_0 * red0) / red2) / mx.maximum(1, mx.sqrt(red3) / clip_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_f2_f8ce2dab65", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -1616,16 +1616,16 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -beta_1
+    s3 = -beta_1
     red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
     g1_1 = g1_0 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    s3 = -(g1_0 * weight_decay)
+    s2 = 1 - g1_0 * weight_decay
     s4 = -g1_1
     s5 = g1_1
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_c4f1a2db00", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -1655,9 +1655,9 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
-    s2 = -(g1_0 * weight_decay)
+    s2 = 1 - g1_0 * weight_decay
     s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_58f428e3fb", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -1682,16 +1682,16 @@ def _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -beta_1
+    s3 = -beta_1
     red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
     g1_1 = g1_0 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    s3 = -(g1_0 * weight_decay)
+    s2 = 1 - g1_0 * weight_decay
     s4 = -g1_1
     s5 = g1_1
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_c4f1a2db00", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -1721,9 +1721,9 @@ def _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
-    s2 = -(g1_0 * weight_decay)
+    s2 = 1 - g1_0 * weight_decay
     s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_58f428e3fb", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -1749,16 +1749,16 @@ def _gpu_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -beta_1
+    s3 = -beta_1
     red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_8fbd765a81", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = learning_rate * mx.maximum(eps2, mx.sqrt(red0))
     g1_1 = g1_0 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    s3 = -(g1_0 * weight_decay)
+    s2 = 1 - g1_0 * weight_decay
     s4 = -g1_1
     s5 = g1_1
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_c4f1a2db00", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -1789,9 +1789,9 @@ def _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, p
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
     g1_0 = learning_rate * mx.maximum(eps2, mx.sqrt(red0))
-    s2 = -(g1_0 * weight_decay)
+    s2 = 1 - g1_0 * weight_decay
     s3 = -(g1_0 / mx.maximum(1, mx.sqrt(red1) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_58f428e3fb", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -1815,14 +1815,14 @@ def _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -beta_1
-    s3 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    s3 = -beta_1
     red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     g1_0 = (1 - beta_1) * mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     s4 = -g1_0
     s5 = g1_0
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_c4f1a2db00", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -1847,11 +1847,11 @@ def _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -(weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.minimum(1e-06 * t, mx.rsqrt(t))
     red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     s3 = -(mx.minimum(1e-06 * t, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_58f428e3fb", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -1875,14 +1875,14 @@ def _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -beta_1
-    s3 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.minimum(0.01, mx.rsqrt(t))
+    s3 = -beta_1
     red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     g1_0 = (1 - beta_1) * mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     s4 = -g1_0
     s5 = g1_0
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_c4f1a2db00", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -1907,11 +1907,11 @@ def _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(se
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -(weight_decay * mx.minimum(0.01, mx.rsqrt(t)))
+    s2 = 1 - weight_decay * mx.minimum(0.01, mx.rsqrt(t))
     red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     s3 = -(mx.minimum(0.01, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_58f428e3fb", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -1936,14 +1936,14 @@ def _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, p
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -beta_1
-    s3 = -(learning_rate * weight_decay)
+    s2 = 1 - learning_rate * weight_decay
+    s3 = -beta_1
     red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     g1_0 = learning_rate * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     s4 = -g1_0
     s5 = g1_0
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_f28c50c6ce", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_c4f1a2db00", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -1969,11 +1969,11 @@ def _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient,
     g0_0 = t ** decay_rate
     s0 = 1 - g0_0
     s1 = g0_0
-    s2 = -(learning_rate * weight_decay)
+    s2 = 1 - learning_rate * weight_decay
     red0_part, = _launch(backend, "afgen_adafactor_u0_daf11d0c6a", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     s3 = -(learning_rate / mx.maximum(1, mx.sqrt(red0) / clip_threshold))
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_54cfa2237d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_58f428e3fb", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -2249,11 +2249,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_f2_76aa73e6b6": (
+        "afgen_adafactor_f2_9a9faf3177": (
             ["exp_avg_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
             ["new_param", "new_exp_avg"],
             """\
-// afgen_adafactor_f2_76aa73e6b6: pass 2, factored layout
+// afgen_adafactor_f2_9a9faf3177: pass 2, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2283,18 +2283,18 @@ for (uint r = 0; r < 4; ++r) {
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     const float x2_0 = grad * s5;
-    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x2_0);
+    new_param[idx] = afg_store<T>(exp_avg * s3 + param * s2 + s4 * x2_0);
     new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s6 * x2_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_f2_f8ce2dab65": (
+        "afgen_adafactor_f2_e5d1e7d082": (
             ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_f2_f8ce2dab65: pass 2, factored layout
+// afgen_adafactor_f2_e5d1e7d082: pass 2, factored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2319,7 +2319,7 @@ for (uint r = 0; r < 4; ++r) {
     const float s4 = s4_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
+    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2);
 
   }
 }
@@ -2412,11 +2412,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_u1_54cfa2237d": (
+        "afgen_adafactor_u1_58f428e3fb": (
             ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq"],
             """\
-// afgen_adafactor_u1_54cfa2237d: pass 1, unfactored layout
+// afgen_adafactor_u1_58f428e3fb: pass 1, unfactored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2441,17 +2441,17 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-  new_param[idx] = afg_store<T>(grad * s3 * metal::rsqrt(x1_0) + param * s2 + param);
+  new_param[idx] = afg_store<T>(grad * s3 * metal::rsqrt(x1_0) + param * s2);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_u1_f28c50c6ce": (
+        "afgen_adafactor_u1_c4f1a2db00": (
             ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq", "new_exp_avg"],
             """\
-// afgen_adafactor_u1_f28c50c6ce: pass 1, unfactored layout
+// afgen_adafactor_u1_c4f1a2db00: pass 1, unfactored layout
 const uint b = threadgroup_position_in_grid.z;
 const uint rb = threadgroup_position_in_grid.y;
 const uint cc = threadgroup_position_in_grid.x;
@@ -2481,7 +2481,7 @@ for (uint c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
   const float x1_1 = grad * metal::rsqrt(x1_0);
-  new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
+  new_param[idx] = afg_store<T>(exp_avg * s3 + param * s2 + s4 * x1_1);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
   new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
 
@@ -2706,11 +2706,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_f2_76aa73e6b6": (
+        "afgen_adafactor_f2_9a9faf3177": (
             ["exp_avg_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
             ["new_param", "new_exp_avg"],
             """\
-// afgen_adafactor_f2_76aa73e6b6: pass 2, factored layout
+// afgen_adafactor_f2_9a9faf3177: pass 2, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2740,18 +2740,18 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     const float x2_0 = grad * s5;
-    new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x2_0);
+    new_param[idx] = afg_store<T>(exp_avg * s3 + param * s2 + s4 * x2_0);
     new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s6 * x2_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_f2_f8ce2dab65": (
+        "afgen_adafactor_f2_e5d1e7d082": (
             ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_f2_f8ce2dab65: pass 2, factored layout
+// afgen_adafactor_f2_e5d1e7d082: pass 2, factored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2776,7 +2776,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float s4 = s4_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2 + param);
+    new_param[idx] = afg_store<T>(grad * s3 * s4 + param * s2);
 
   }
 }
@@ -2869,11 +2869,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_u1_54cfa2237d": (
+        "afgen_adafactor_u1_58f428e3fb": (
             ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq"],
             """\
-// afgen_adafactor_u1_54cfa2237d: pass 1, unfactored layout
+// afgen_adafactor_u1_58f428e3fb: pass 1, unfactored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2898,17 +2898,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
-  new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2 + param);
+  new_param[idx] = afg_store<T>(grad * s3 * rsqrtf(x1_0) + param * s2);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_u1_f28c50c6ce": (
+        "afgen_adafactor_u1_c4f1a2db00": (
             ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq", "new_exp_avg"],
             """\
-// afgen_adafactor_u1_f28c50c6ce: pass 1, unfactored layout
+// afgen_adafactor_u1_c4f1a2db00: pass 1, unfactored layout
 const unsigned int b = blockIdx.z;
 const unsigned int rb = blockIdx.y;
 const unsigned int cc = blockIdx.x;
@@ -2938,7 +2938,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float x1_0 = exp_avg_sq * s0 + s1 * (eps1 + afg_sq(grad));
   const float x1_1 = grad * rsqrtf(x1_0);
-  new_param[idx] = afg_store<T>(exp_avg * s2 + param * s3 + param + s4 * x1_1);
+  new_param[idx] = afg_store<T>(exp_avg * s3 + param * s2 + s4 * x1_1);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
   new_exp_avg[idx] = afg_store<S>(beta_1 * exp_avg + s5 * x1_1);
 
@@ -3159,7 +3159,14 @@ def _collapse(value, like, shape_class: str):
     value = mx.array(value) if not isinstance(value, mx.array) else value
     if tuple(value.shape) != layout:
         value = mx.broadcast_to(value, layout)
-    return value.reshape(shape).astype(like.dtype)
+    if tuple(value.shape) != shape:
+        value = value.reshape(shape)
+    return _as(value, like.dtype)
+
+
+def _as(value, dtype):
+    """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
 def _scalar(value, dtype):

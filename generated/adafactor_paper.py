@@ -124,16 +124,16 @@ def _mlx_factored(self, gradient, parameter, state):
     factored
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     max_step = self.max_step
-    row_sums = _expand(state["row_sums"], "row").astype(cdt)
-    col_sums = _expand(state["col_sums"], "col").astype(cdt)
+    row_sums = _as(_expand(state["row_sums"], "row"), cdt)
+    col_sums = _as(_expand(state["col_sums"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x1 = eps1 + x0
@@ -160,15 +160,15 @@ def _mlx_flat(self, gradient, parameter, state):
     unfactored
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     max_step = self.max_step
-    second_moment = _expand(state["second_moment"], "full").astype(cdt)
+    second_moment = _as(_expand(state["second_moment"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     x2 = _scalar(t ** decay_rate, cdt)
@@ -206,8 +206,8 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     max_step = self.max_step
-    row_sums = _expand(state["row_sums"], "row").astype(cdt)
-    col_sums = _expand(state["col_sums"], "col").astype(cdt)
+    row_sums = _as(_expand(state["row_sums"], "row"), cdt)
+    col_sums = _as(_expand(state["col_sums"], "col"), cdt)
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_paper_f0_b710b8a3bc", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo)
@@ -943,7 +943,14 @@ def _collapse(value, like, shape_class: str):
     value = mx.array(value) if not isinstance(value, mx.array) else value
     if tuple(value.shape) != layout:
         value = mx.broadcast_to(value, layout)
-    return value.reshape(shape).astype(like.dtype)
+    if tuple(value.shape) != shape:
+        value = value.reshape(shape)
+    return _as(value, like.dtype)
+
+
+def _as(value, dtype):
+    """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
 def _scalar(value, dtype):

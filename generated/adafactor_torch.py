@@ -134,8 +134,8 @@ def _mlx_factored__maximize__has_eps1(self, gradient, parameter, state):
     factored maximize has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     lr = self.lr
     beta2_decay = self.beta2_decay
@@ -143,8 +143,8 @@ def _mlx_factored__maximize__has_eps1(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     red1 = mx.mean(x0, axis=-1, keepdims=True)
@@ -170,8 +170,8 @@ def _mlx_factored__maximize__no_has_eps1(self, gradient, parameter, state):
     factored maximize !has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
@@ -179,8 +179,8 @@ def _mlx_factored__maximize__no_has_eps1(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     red1 = mx.mean(x0, axis=-1, keepdims=True)
@@ -206,8 +206,8 @@ def _mlx_factored__has_eps1__no_maximize(self, gradient, parameter, state):
     factored !maximize has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     lr = self.lr
     beta2_decay = self.beta2_decay
@@ -215,8 +215,8 @@ def _mlx_factored__has_eps1__no_maximize(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     red1 = mx.mean(x0, axis=-1, keepdims=True)
@@ -242,8 +242,8 @@ def _mlx_factored__no_maximize_no_has_eps1(self, gradient, parameter, state):
     factored !maximize !has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
@@ -251,8 +251,8 @@ def _mlx_factored__no_maximize_no_has_eps1(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     red1 = mx.mean(x0, axis=-1, keepdims=True)
@@ -278,8 +278,8 @@ def _mlx_flat__maximize__has_eps1(self, gradient, parameter, state):
     unfactored maximize has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     lr = self.lr
     beta2_decay = self.beta2_decay
@@ -287,7 +287,7 @@ def _mlx_flat__maximize__has_eps1(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    variance = _expand(state["variance"], "full").astype(cdt)
+    variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     h0 = _scalar(mx.square(eps1), cdt)
@@ -306,8 +306,8 @@ def _mlx_flat__maximize__no_has_eps1(self, gradient, parameter, state):
     unfactored maximize !has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
@@ -315,7 +315,7 @@ def _mlx_flat__maximize__no_has_eps1(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    variance = _expand(state["variance"], "full").astype(cdt)
+    variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     h0 = _scalar(mx.square(dtype_eps), cdt)
@@ -334,8 +334,8 @@ def _mlx_flat__has_eps1__no_maximize(self, gradient, parameter, state):
     unfactored !maximize has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     lr = self.lr
     beta2_decay = self.beta2_decay
@@ -343,7 +343,7 @@ def _mlx_flat__has_eps1__no_maximize(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    variance = _expand(state["variance"], "full").astype(cdt)
+    variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     h0 = _scalar(mx.square(eps1), cdt)
@@ -362,8 +362,8 @@ def _mlx_flat__no_maximize_no_has_eps1(self, gradient, parameter, state):
     unfactored !maximize !has_eps1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
@@ -371,7 +371,7 @@ def _mlx_flat__no_maximize_no_has_eps1(self, gradient, parameter, state):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    variance = _expand(state["variance"], "full").astype(cdt)
+    variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x0 = mx.square(grad)
     h0 = _scalar(mx.square(dtype_eps), cdt)
@@ -417,8 +417,8 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     s0 = mx.square(eps1)
     s3 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
@@ -457,8 +457,8 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     s0 = mx.square(dtype_eps)
     s3 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
@@ -497,8 +497,8 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     s0 = mx.square(eps1)
     s3 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
@@ -537,8 +537,8 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    row_var = _expand(state["row_var"], "row").astype(cdt)
-    col_var = _expand(state["col_var"], "col").astype(cdt)
+    row_var = _as(_expand(state["row_var"], "row"), cdt)
+    col_var = _as(_expand(state["col_var"], "col"), cdt)
     s0 = mx.square(dtype_eps)
     s3 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
@@ -1366,7 +1366,14 @@ def _collapse(value, like, shape_class: str):
     value = mx.array(value) if not isinstance(value, mx.array) else value
     if tuple(value.shape) != layout:
         value = mx.broadcast_to(value, layout)
-    return value.reshape(shape).astype(like.dtype)
+    if tuple(value.shape) != shape:
+        value = value.reshape(shape)
+    return _as(value, like.dtype)
+
+
+def _as(value, dtype):
+    """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
 def _scalar(value, dtype):

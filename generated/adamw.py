@@ -126,16 +126,16 @@ def _mlx_flat__bias_correction(self, gradient, parameter, state):
     unfactored bias_correction
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
     learning_rate = self.learning_rate.astype(mx.float32)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
     weight_decay = self.weight_decay
-    m = _expand(state["m"], "full").astype(cdt)
-    v = _expand(state["v"], "full").astype(cdt)
+    m = _as(_expand(state["m"], "full"), cdt)
+    v = _as(_expand(state["v"], "full"), cdt)
     h0 = _scalar(1 - learning_rate * weight_decay, cdt)
     h2 = _scalar(mx.rsqrt(1 - beta2 ** t), cdt)
     h4 = _scalar(-(learning_rate / (1 - beta1 ** t)), cdt)
@@ -153,15 +153,15 @@ def _mlx_flat__no_bias_correction(self, gradient, parameter, state):
     unfactored !bias_correction
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = gradient.astype(cdt)
-    param = parameter.astype(cdt)
+    grad = _as(gradient, cdt)
+    param = _as(parameter, cdt)
     learning_rate = self.learning_rate.astype(mx.float32)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
     weight_decay = self.weight_decay
-    m = _expand(state["m"], "full").astype(cdt)
-    v = _expand(state["v"], "full").astype(cdt)
+    m = _as(_expand(state["m"], "full"), cdt)
+    v = _as(_expand(state["v"], "full"), cdt)
     h0 = _scalar(1 - learning_rate * weight_decay, cdt)
     h3 = _scalar(-learning_rate, cdt)
     h1 = _scalar(1 - beta2, cdt)
@@ -622,7 +622,14 @@ def _collapse(value, like, shape_class: str):
     value = mx.array(value) if not isinstance(value, mx.array) else value
     if tuple(value.shape) != layout:
         value = mx.broadcast_to(value, layout)
-    return value.reshape(shape).astype(like.dtype)
+    if tuple(value.shape) != shape:
+        value = value.reshape(shape)
+    return _as(value, like.dtype)
+
+
+def _as(value, dtype):
+    """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
 def _scalar(value, dtype):

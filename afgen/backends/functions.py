@@ -71,10 +71,10 @@ def _hyper_source(spec: Spec, name: str, owner: str) -> str:
 
 MLX = Dialect(
     printer=mlx_code,
-    load_grad="gradient.astype(cdt)",
-    load_param="parameter.astype(cdt)",
+    load_grad="_as(gradient, cdt)",
+    load_param="_as(parameter, cdt)",
     load_step="self.step.astype(mx.float32)",
-    load_state=lambda key, shape: f'_expand(state["{key}"], "{shape.label}").astype(cdt)',
+    load_state=lambda key, shape: f'_as(_expand(state["{key}"], "{shape.label}"), cdt)',
     load_hyper=lambda spec, name: (
         "self.learning_rate.astype(mx.float32)" if name == "learning_rate" and
         spec.hyper(name).kind == "schedule" else _hyper_source(spec, name, "self")),

@@ -178,6 +178,8 @@ class _Hoister:
         return [(symbol, expr) for expr, symbol in self.defs.items()]
 
     def hoist(self, expr: sympy.Expr) -> sympy.Expr:
+        if isinstance(expr, sympy.Add):
+            expr = self._collect_full(expr)
         shape = shape_of(expr, self.shapes)
         if shape.is_small:
             return self._name(expr)
@@ -186,6 +188,12 @@ class _Hoister:
         if isinstance(expr, (sympy.Mul, sympy.Add)):
             return self._hoist_assoc(expr)
         return expr.func(*[self.hoist(a) for a in expr.args])
+
+    def _collect_full(self, expr: sympy.Add) -> sympy.Expr:
+        """``p + p*a - p*b`` -> ``p*(1 + a - b)``: one full-size product instead of three."""
+        full_atoms = sorted((s for s in expr.free_symbols
+                             if self.shapes.get(s) is ShapeClass.FULL), key=str)
+        return sympy.collect(expr, full_atoms) if full_atoms else expr
 
     def _hoist_assoc(self, expr: sympy.Expr) -> sympy.Expr:
         """Group the small operands of a sum/product (cols apart from the rest, since a
