@@ -173,16 +173,13 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     red4 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x6, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x7 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    h4 = -x7
-    h5 = mx.rsqrt(x5)
-    x8 = grad * h5
-    h6 = x7
+    h3 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    h4 = mx.rsqrt(x5)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * h4
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state):
@@ -256,16 +253,13 @@ def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(se
     red4 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x6, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x7 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    h4 = -x7
-    h5 = mx.rsqrt(x5)
-    x8 = grad * h5
-    h6 = x7
+    h3 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    h4 = mx.rsqrt(x5)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * h4
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -340,16 +334,13 @@ def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient,
     red4 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(learning_rate * mx.maximum(eps2, mx.sqrt(red0)), cdt)
     h2 = _scalar(1 - weight_decay * x6, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x7 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    h4 = -x7
-    h5 = mx.rsqrt(x5)
-    x8 = grad * h5
-    h6 = x7
+    h3 = x6 * mx.rsqrt(x4 / red3) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    h4 = mx.rsqrt(x5)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * h4
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -422,16 +413,13 @@ def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     red3 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x6, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x7 = x6 * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    h4 = -x7
-    h5 = mx.rsqrt(x5)
-    x8 = grad * h5
-    h6 = x7
+    h3 = x6 * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    h4 = mx.rsqrt(x5)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * h4
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
@@ -501,16 +489,13 @@ def _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(
     red3 = mx.mean(h0 * h1 * x0)
     x6 = _scalar(mx.minimum(0.01, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x6, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x7 = x6 * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    h4 = -x7
-    h5 = mx.rsqrt(x5)
-    x8 = grad * h5
-    h6 = x7
+    h3 = x6 * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    h4 = mx.rsqrt(x5)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * h4
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x8, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x8, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -580,16 +565,13 @@ def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradien
     h1 = 1 / x5
     red3 = mx.mean(h0 * h1 * x0)
     h2 = _scalar(1 - learning_rate * weight_decay, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x6 = learning_rate * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    h4 = -x6
-    h5 = mx.rsqrt(x5)
-    x7 = grad * h5
-    h6 = x6
+    h3 = learning_rate * mx.rsqrt(x4 / red2) * (1 - beta_1) / mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    h4 = mx.rsqrt(x5)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * h4
     state["exp_avg_sq_row"] = _collapse(x4, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h6 * x7, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x7, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -654,14 +636,11 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     red1 = mx.mean(x0 / x1)
     x3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x3, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
-    h4 = _scalar(-x4, cdt)
-    x5 = grad * mx.rsqrt(x1)
-    h5 = _scalar(x4, cdt)
+    h3 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * mx.rsqrt(x1)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state):
@@ -719,14 +698,11 @@ def _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, 
     red1 = mx.mean(x0 / x1)
     x3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x3, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
-    h4 = _scalar(-x4, cdt)
-    x5 = grad * mx.rsqrt(x1)
-    h5 = _scalar(x4, cdt)
+    h3 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * mx.rsqrt(x1)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -785,14 +761,11 @@ def _mlx_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, par
     red1 = mx.mean(x0 / x1)
     x3 = _scalar(learning_rate * mx.maximum(eps2, mx.sqrt(red0)), cdt)
     h2 = _scalar(1 - weight_decay * x3, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
-    h4 = _scalar(-x4, cdt)
-    x5 = grad * mx.rsqrt(x1)
-    h5 = _scalar(x4, cdt)
+    h3 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red1) / clip_threshold), cdt)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * mx.rsqrt(x1)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state):
@@ -849,14 +822,11 @@ def _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     red0 = mx.mean(x0 / x1)
     x3 = _scalar(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x3, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
-    h4 = _scalar(-x4, cdt)
-    x5 = grad * mx.rsqrt(x1)
-    h5 = _scalar(x4, cdt)
+    h3 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * mx.rsqrt(x1)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
@@ -910,14 +880,11 @@ def _mlx_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self
     red0 = mx.mean(x0 / x1)
     x3 = _scalar(mx.minimum(0.01, mx.rsqrt(t)), cdt)
     h2 = _scalar(1 - weight_decay * x3, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x4 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
-    h4 = _scalar(-x4, cdt)
-    x5 = grad * mx.rsqrt(x1)
-    h5 = _scalar(x4, cdt)
+    h3 = _scalar(x3 * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * mx.rsqrt(x1)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x5, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x5, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
@@ -971,14 +938,11 @@ def _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, p
     x1 = exp_avg_sq * h0 + h1 * (eps1 + x0)
     red0 = mx.mean(x0 / x1)
     h2 = _scalar(1 - learning_rate * weight_decay, cdt)
-    h3 = _scalar(-beta_1, cdt)
-    x3 = _scalar(learning_rate * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
-    h4 = _scalar(-x3, cdt)
-    x4 = grad * mx.rsqrt(x1)
-    h5 = _scalar(x3, cdt)
+    h3 = _scalar(learning_rate * (1 - beta_1) / mx.maximum(1, mx.sqrt(red0) / clip_threshold), cdt)
+    new_exp_avg = beta_1 * exp_avg + grad * h3 * mx.rsqrt(x1)
     state["exp_avg_sq"] = _collapse(x1, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(beta_1 * exp_avg + h5 * x4, state["exp_avg"], "full")
-    return _collapse(exp_avg * h3 + h2 * param + h4 * x4, parameter, "full")
+    state["exp_avg"] = _collapse(new_exp_avg, state["exp_avg"], "full")
+    return _collapse(h2 * param - new_exp_avg, parameter, "full")
 
 
 def _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state):

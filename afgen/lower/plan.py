@@ -20,6 +20,7 @@ import sympy
 from afgen.lower.config import StaticConfig
 from afgen.lower.specialise import Program, Reduction, shape_of
 from afgen.shapes import ReduceAxes, ShapeClass
+from afgen.spec.model import PARAM
 
 
 @dataclass(frozen=True)
@@ -222,18 +223,43 @@ class _Hoister:
         return self.defs[expr]
 
 
+def _reuse_outputs(outputs: dict[str, sympy.Expr], shapes: dict[sympy.Symbol, ShapeClass]
+                   ) -> tuple[dict[str, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
+    """Write the new parameter in terms of a new full-size state when that is cheaper
+    (``p - m_new`` instead of ``p - beta*m - (1-beta)*u``): SymPy distributes sums, which
+    hides the reuse from CSE. The reused state becomes a named definition."""
+    out, defs = dict(outputs), []
+    if PARAM not in out:
+        return out, defs
+    for other, other_expr in outputs.items():
+        if other == PARAM or shape_of(other_expr, shapes) is not ShapeClass.FULL:
+            continue
+        symbol = sympy.Symbol(f"new_{other}", real=True)
+        for sign in (1, -1):
+            rest = sympy.expand(out[PARAM] - sign * other_expr)
+            if sympy.count_ops(rest) < sympy.count_ops(sympy.expand(out[PARAM])):
+                shapes[symbol] = ShapeClass.FULL
+                out[PARAM] = rest + sign * symbol
+                out[other] = symbol
+                defs.append((symbol, other_expr))
+                break
+    return out, defs
+
+
 def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
                    shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int]
                    ) -> Schedule:
     """Whole-update schedule for eager backends. Small factors are hoisted so that each
     full-size array operation is one multiply by a combined small value, not a chain."""
+    changed, reused = _reuse_outputs(changed, shapes)
     hoister = _Hoister(shapes, levels, "h")
     reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand)
                             if r.operand_shape is ShapeClass.FULL else r.operand,
                             r.operand_shape, r.shape) for r in program.reductions]
     results = {f"new_{k}": hoister.hoist(v) if shape_of(v, shapes) is ShapeClass.FULL else v
                for k, v in changed.items()}
-    return schedule(results, reductions, shapes, "x", hoister.small_defs())
+    reused = [(symbol, hoister.hoist(expr)) for symbol, expr in reused]
+    return schedule(results, reductions, shapes, "x", hoister.small_defs() + reused)
 
 
 def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
