@@ -59,14 +59,13 @@ class CpuKernelRunner:
     def __call__(self, backend: str, name: str, input_names: list[str],
                  output_names: list[str], source: str, header: str, call: dict) -> list:
         from afgen.executor import run_cuda, run_metal
-        from afgen.executor.cpu_run import canonical_dtype
-        from afgen.executor.metal_source import _to_numpy as to_numpy
+        from afgen.executor.cpu_run import as_numpy_input, canonical_dtype
 
         self.launches[name] = self.launches.get(name, 0) + 1
         full = self.full_source(backend, name, input_names, output_names, source, header, call)
         outputs = {n: (tuple(s), canonical_dtype(d)) for n, s, d in
                    zip(output_names, call["output_shapes"], call["output_dtypes"])}
-        bound = {n: to_numpy(v) for n, v in zip(input_names, call["inputs"])}
+        bound = {n: as_numpy_input(v) for n, v in zip(input_names, call["inputs"])}
         run = run_metal if backend == "metal" else run_cuda
         result = run(full, bound, outputs, call["grid"], call["threadgroup"])
         return [_to_mx(result[n], d) for n, d in zip(output_names, call["output_dtypes"])]

@@ -16,7 +16,6 @@ from afgen.backends.render import render
 from afgen.compiler import Compiled
 from afgen.lower.config import StaticConfig
 from afgen.shapes import ShapeClass
-from afgen.spec.model import FACTORED
 
 _STATE_SHAPES: dict[ShapeClass, Callable[[tuple], tuple]] = {
     ShapeClass.FULL: lambda s: s,
@@ -114,4 +113,4 @@ class Oracle:
         return out
 
 
-__all__ = ["FACTORED", "Oracle", "render_oracle"]
+__all__ = ["Oracle", "render_oracle"]

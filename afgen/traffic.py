@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from afgen.lower.plan import KernelPlan, Pass, _level, reduction_levels
+from afgen.lower.plan import KernelPlan, _level, reduction_levels
 from afgen.shapes import ShapeClass
 from afgen.spec.model import GRAD, PARAM
 
@@ -134,4 +134,4 @@ def reference_traffic(reference: str, hyper: dict, shape: tuple[int, ...], dtype
     return traffic.launches, traffic.bytes_total / size
 
 
-__all__ = ["Pass", "PassTraffic", "lower_bound_bytes", "plan_traffic", "reference_traffic"]
+__all__ = ["PassTraffic", "lower_bound_bytes", "plan_traffic", "reference_traffic"]

@@ -186,6 +186,20 @@ def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
     return (b.astype(np.uint32) << 16).view(np.float32)
 
 
+def as_numpy_input(value: Any) -> Any:
+    """numpy form of a kernel input (mlx bfloat16 becomes uint16 bit patterns, numpy has no
+    bfloat16); Python scalars pass through unchanged."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    import mlx.core as mx
+
+    if isinstance(value, mx.array):
+        if value.dtype == mx.bfloat16:
+            value = value.view(mx.uint16)
+        return np.array(value)
+    return np.asarray(value)
+
+
 def _cast_value(value: float, dtype: str) -> np.ndarray:
     if dtype == BFLOAT16:
         return to_bf16_bits(np.float32(value))

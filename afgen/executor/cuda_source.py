@@ -31,6 +31,7 @@ import numpy as np
 from afgen.executor.cpu_run import (
     KernelCompileError,
     KernelLaunchError,
+    as_numpy_input,
     cache_dir,
     canonical_dtype,
     run_cuda,
@@ -252,17 +253,6 @@ def nvcc_check(source: str) -> None:
     marker.touch()
 
 
-def _to_numpy(value: Any) -> Any:
-    """numpy form of an input; mlx bfloat16 becomes uint16 bit patterns."""
-    if isinstance(value, (bool, int, float, np.ndarray)):
-        return value
-    import mlx.core as mx
-
-    if isinstance(value, mx.array) and value.dtype == mx.bfloat16:
-        value = value.view(mx.uint16)
-    return np.array(value)
-
-
 def run_cuda_kernel(
     name: str,
     input_names: Sequence[str],
@@ -292,5 +282,5 @@ def run_cuda_kernel(
         n: (tuple(s), canonical_dtype(d))
         for n, s, d in zip(output_names, output_shapes, output_dtypes)
     }
-    bound = {n: _to_numpy(v) for n, v in zip(input_names, values)}
+    bound = {n: as_numpy_input(v) for n, v in zip(input_names, values)}
     return run_cuda(full, bound, outputs, grid, threadgroup, init_value, **run_options)

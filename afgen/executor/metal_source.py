@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from afgen.executor.cpu_run import KernelLaunchError, canonical_dtype, run_metal
+from afgen.executor.cpu_run import (
+    KernelLaunchError,
+    as_numpy_input,
+    canonical_dtype,
+    run_metal,
+)
 
 _FENCE = "```"
 
@@ -122,17 +127,6 @@ def metal_full_source(
     return _extract_source(printed)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """numpy view of an input; mlx bfloat16 becomes uint16 bit patterns."""
-    import mlx.core as mx
-
-    if isinstance(value, mx.array):
-        if value.dtype == mx.bfloat16:
-            value = value.view(mx.uint16)
-        return np.array(value)
-    return np.asarray(value) if not isinstance(value, (bool, int, float)) else value
-
-
 def run_metal_kernel(
     name: str,
     input_names: Sequence[str],
@@ -164,5 +158,5 @@ def run_metal_kernel(
         n: (tuple(s), canonical_dtype(d))
         for n, s, d in zip(output_names, output_shapes, output_dtypes)
     }
-    bound = {n: _to_numpy(v) for n, v in zip(input_names, values)}
+    bound = {n: as_numpy_input(v) for n, v in zip(input_names, values)}
     return run_metal(full, bound, outputs, grid, threadgroup, init_value, **run_options)

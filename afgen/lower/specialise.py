@@ -19,7 +19,6 @@ from afgen.shapes import ReduceAxes, ShapeClass, join_multiplicative
 from afgen.spec.expressions import reduction_of
 from afgen.spec.model import (
     DTYPE_EPS,
-    FACTORED,
     GRAD,
     PARAM,
     STEP,
@@ -200,4 +199,4 @@ def distinct_programs(spec: Spec, configs: list[StaticConfig]) -> list[tuple[lis
     return list(groups.values())
 
 
-__all__ = ["FACTORED", "Program", "Reduction", "distinct_programs", "shape_of", "specialise"]
+__all__ = ["Program", "Reduction", "distinct_programs", "shape_of", "specialise"]
