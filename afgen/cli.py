@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from afgen.errors import SpecError
+from afgen.errors import SpecError, one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        print(f"afgen: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # bad arguments, an unwritable output path
+        print(one_line(f"afgen: {exc}"), file=sys.stderr)
         return 2
 
 

@@ -22,10 +22,17 @@ class Loc:
         return f"{self.path}:{self.line}:{self.col}"
 
 
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x1b``): an error
+    quotes spec text (keys, YAML's own messages), and it must stay one line on a terminal
+    (no control sequences) for ``path:line:col: message`` to hold."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class SpecError(Exception):
     """A problem with a spec, reported at the place in the file that causes it."""
 
     def __init__(self, loc: Loc | None, message: str):
         self.loc = loc
         self.message = message
-        super().__init__(f"{loc}: {message}" if loc else message)
+        super().__init__(one_line(f"{loc}: {message}" if loc else message))

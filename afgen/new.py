@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from afgen.errors import Loc, SpecError
+from afgen.errors import Loc, SpecError, one_line
 from afgen.spec import parse_spec_text
 from afgen.spec.parse import CLASS_NAME
 
@@ -19,16 +19,22 @@ def new_variant(name: str, source: str | Path, out: str | Path | None = None) ->
     if not CLASS_NAME.match(name):
         raise SpecError(None, f"'{name}' is not a class name (like MyAdafactor)")
     source = Path(source)
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(Loc(str(source), 1, 1), f"cannot read spec: {exc}") from None
     parse_spec_text(text, str(source))
     target = Path(out) if out else Path(f"{snake_case(name)}.yaml")
-    if target.exists():
-        raise SpecError(Loc(str(target), 1, 1), "refusing to overwrite an existing file")
+    if target.exists() or target.is_symlink():  # a dangling symlink would write elsewhere
+        raise SpecError(Loc(str(target), 1, 1), "refusing to overwrite an existing file "
+                        "or symlink")
     text, count = re.subn(r"(?m)^optimizer:.*$", f"optimizer: {name}", text, count=1)
     if count != 1:
         raise SpecError(Loc(str(source), 1, 1), "the spec has no 'optimizer:' line")
     text = re.sub(r"(?m)^reference:.*\n", "", text)
-    text = f"# {name}: a variant of {source.as_posix()} (started with afgen new).\n" + text
+    origin = one_line(source.as_posix())
+    text = f"# {name}: a variant of {origin} (started with afgen new).\n" + text
     parse_spec_text(text, str(target))
-    target.write_text(text, encoding="utf-8")
+    with target.open("x", encoding="utf-8") as handle:  # never through a symlink made since
+        handle.write(text)
     return target

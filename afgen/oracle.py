@@ -14,16 +14,8 @@ import numpy as np
 from afgen.backends.functions import NUMPY, function_model
 from afgen.backends.render import render
 from afgen.compiler import Compiled
-from afgen.lower.config import StaticConfig
+from afgen.lower.config import StaticConfig, factor_axes, view_permutation
 from afgen.shapes import ShapeClass
-
-_STATE_SHAPES: dict[ShapeClass, Callable[[tuple], tuple]] = {
-    ShapeClass.FULL: lambda s: s,
-    ShapeClass.ROW: lambda s: s[:-1],
-    ShapeClass.COL: lambda s: s[:-2] + s[-1:],
-    ShapeClass.BATCH: lambda s: s[:-2],
-    ShapeClass.SCALAR: lambda s: (),
-}
 
 
 def render_oracle(compiled: Compiled) -> str:
@@ -51,6 +43,7 @@ class Oracle:
             raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
         self.hyper.update(hyper)
         self.step_count = 0
+        self._classes = {s.name: s.shape.label for s in self.spec.state}
         self.state: dict[str, dict[str, np.ndarray]] = {}
 
     def _static_values(self) -> dict[str, bool]:
@@ -65,12 +58,13 @@ class Oracle:
                 values[f"has_{component}"] = self.hyper[h.name][index] is not None
         return values
 
-    def config_for(self, ndim: int) -> StaticConfig:
-        import sympy
-
-        factored = bool(self.spec.factored_when.subs(sympy.Symbol("ndim", integer=True), ndim))
+    def layout(self, shape: tuple[int, ...]) -> tuple[StaticConfig, tuple[int, int] | None]:
+        """The configuration for a parameter of ``shape`` and the axes it is factored over."""
+        axes = factor_axes(self.spec, shape, self.hyper)
         values = self._static_values()
-        return StaticConfig(tuple((n, values[n]) for n in self.spec.static_names), factored)
+        config = StaticConfig(tuple((n, values[n]) for n in self.spec.static_names),
+                              axes is not None)
+        return config, axes
 
     def _dynamic(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -88,10 +82,10 @@ class Oracle:
         return out
 
     def init_state(self, name: str, param: np.ndarray) -> None:
-        config = self.config_for(param.ndim)
+        config, axes = self.layout(tuple(param.shape))
         plan = self.compiled.plan_for[config]
-        shape = tuple(param.shape)
-        self.state[name] = {s.name: np.full(_STATE_SHAPES[s.shape](shape), s.init, np.float64)
+        self.state[name] = {s.name: np.full(_state_shape(s.shape, param.shape, axes), s.init,
+                                            np.float64)
                             for s in self.spec.state if s.name in plan.program.live_state}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
@@ -106,11 +100,45 @@ class Oracle:
             param = np.asarray(params[name], np.float64)
             if name not in self.state:
                 self.init_state(name, param)
-            plan = self.compiled.plan_for[self.config_for(param.ndim)]
-            function = self.module.FUNCTIONS[f"_np_{plan.name}"]
-            out[name] = function(np.asarray(grad, np.float64), param, float(self.step_count), hp,
-                                 self.state[name])
+            if param.size == 0:  # the generated optimizer keeps empty parameters as they are
+                out[name] = param
+                continue
+            config, axes = self.layout(tuple(param.shape))
+            function = self.module.FUNCTIONS[f"_np_{self.compiled.plan_for[config].name}"]
+            out[name] = _reoriented(
+                lambda g, p, s, f=function: f(g, p, float(self.step_count), hp, s),
+                axes, np.asarray(grad, np.float64), param, self.state[name], self._classes)
         return out
+
+
+def _state_shape(shape_class: ShapeClass, shape: tuple[int, ...],
+                 axes: tuple[int, int] | None) -> tuple[int, ...]:
+    """A state tensor is the parameter's shape without the axes it reduces."""
+    dropped = {ShapeClass.FULL: (), ShapeClass.SCALAR: tuple(range(len(shape)))}.get(
+        shape_class)
+    if dropped is None:
+        row, col = axes  # row/col/batch state exists only for factored parameters
+        dropped = {ShapeClass.ROW: (col,), ShapeClass.COL: (row,),
+                   ShapeClass.BATCH: (row, col)}[shape_class]
+    return tuple(size for axis, size in enumerate(shape) if axis not in dropped)
+
+
+def _reoriented(update: Callable, axes: tuple[int, int] | None, grad: np.ndarray,
+                param: np.ndarray, state: dict[str, np.ndarray],
+                classes: dict[str, str]) -> np.ndarray:
+    """Run the update (written for the factored axes last) on transposed views, then
+    transpose the parameter and state back."""
+    ndim = grad.ndim
+    if axes is None or tuple(axes) == (ndim - 2, ndim - 1):
+        return update(grad, param, state)
+    full = view_permutation(axes, ndim, "full")
+    view = {k: v if classes[k] == "scalar" else
+            np.transpose(v, view_permutation(axes, ndim, classes[k])) for k, v in state.items()}
+    new = update(np.transpose(grad, full), np.transpose(param, full), view)
+    for key, value in view.items():
+        state[key] = value if classes[key] == "scalar" else np.transpose(
+            value, np.argsort(view_permutation(axes, ndim, classes[key])))
+    return np.transpose(new, np.argsort(full))
 
 
 __all__ = ["Oracle", "render_oracle"]

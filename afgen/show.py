@@ -1,11 +1,14 @@
 """``afgen show``: the lowered plan of every specialisation, in words and LaTeX."""
 from __future__ import annotations
 
+import math
+
 import sympy
 from sympy.printing.latex import greek_letters_set
 
 from afgen.compiler import Compiled
 from afgen.lower.plan import KernelPlan, Schedule
+from afgen.shapes import ShapeClass
 from afgen.spec.model import Branch, Statement
 
 
@@ -101,6 +104,47 @@ def traffic_report(compiled: Compiled, param_bytes: int = 4, state_bytes: int = 
     return lines
 
 
+MEMORY_SHAPES = {True: [(4096, 4096), (4096, 11008)], False: [(4096,)]}
+ADAM_FULL_TENSORS = 2  # Adam/AdamW keep m and v, each the parameter's size
+
+
+def _state_elements(shape_class: ShapeClass, shape: tuple[int, ...]) -> int:
+    """Elements of one state tensor of this class for a parameter of ``shape``: row and
+    col states hold one value per row or col of every matrix in the batch."""
+    if shape_class is ShapeClass.FULL:
+        return math.prod(shape)
+    if shape_class is ShapeClass.SCALAR:
+        return 1
+    batch = math.prod(shape[:-2])
+    return {ShapeClass.ROW: batch * shape[-2], ShapeClass.COL: batch * shape[-1],
+            ShapeClass.BATCH: batch}[shape_class]
+
+
+def state_memory_report(compiled: Compiled, state_bytes: int = 4) -> list[str]:
+    """Optimizer-state bytes per parameter element for every distinct set of state
+    tensors, next to Adam's (the memory a factored second moment saves is the point)."""
+    adam = ADAM_FULL_TENSORS * state_bytes
+    lines = [f"optimizer state per parameter element ({state_bytes}-byte state; Adam keeps "
+             f"{ADAM_FULL_TENSORS} full tensors = {adam} B):"]
+    classes = {s.name: s.shape for s in compiled.spec.state}
+    seen = set()
+    for plan in compiled.plans:
+        live = tuple(name for name in classes if name in plan.program.live_state)
+        if (plan.factored, live) in seen:
+            continue
+        seen.add((plan.factored, live))
+        layout = "factored" if plan.factored else "unfactored"
+        for shape in MEMORY_SHAPES[plan.factored]:
+            count = sum(_state_elements(classes[name], shape) for name in live)
+            per = count * state_bytes / math.prod(shape)
+            lines.append(f"  {layout + ': ' + (' + '.join(live) or 'no state'):<52} "
+                         f"{'x'.join(map(str, shape)):>10}  {per:8.4f} B  "
+                         f"({per / adam:.4f}x Adam)")
+    lines.append("  (precision=\"param\" keeps bf16/fp16 state for bf16/fp16 parameters, "
+                 "which halves each figure; Adam's too)")
+    return lines
+
+
 def show(compiled: Compiled) -> str:
     spec = compiled.spec
     out = [f"{spec.class_name} from {spec.path}: {spec.summary}",
@@ -112,5 +156,6 @@ def show(compiled: Compiled) -> str:
     out += ["", f"{len(compiled.plans)} distinct specialisation(s):"]
     for plan in compiled.plans:
         out += plan_text(plan)
+    out += [""] + state_memory_report(compiled)
     out += [""] + traffic_report(compiled)
     return "\n".join(out)

@@ -17,6 +17,7 @@ AFGEN_VERSION = "0.1.0"
 SPEC_SHA256 = "2b229dc88d72e494290918ab58fe2973e858d9ae6e41cc9bdf99fba878f7bbe5"
 BACKENDS = ["auto", "mlx", "metal", "cuda"]
 PRECISIONS = ("float32", "param")
+NONFINITE = ("propagate", "skip", "raise")
 THREADS = 256
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
@@ -31,7 +32,24 @@ class AdamW(Optimizer):
             Default: ``"auto"``.
         precision (str): ``"float32"`` keeps state and math in float32 for every parameter
             dtype; ``"param"`` keeps them in the parameter's dtype as MLX does.
-            Default: ``"float32"``.
+            With ``backend="mlx"``, ``"param"`` runs mlx.optimizers.AdamW's own update,
+            bit for bit. Default: ``"float32"``.
+        nonfinite (str): what a step does when any gradient in the tree has a NaN or
+            +-Inf. ``"propagate"`` updates anyway, as MLX does (the NaN reaches the
+            parameters and state). ``"skip"`` leaves the parameters and every state tensor,
+            ``step`` included, exactly as they were and adds one to
+            ``state["skipped_steps"]``; it needs no host sync, so it works inside
+            ``mx.compile``. ``"raise"`` raises a ``ValueError`` naming the parameter and
+            changes nothing; it reads a flag on the host (a sync), so it is for eager
+            steps and raises a ``ValueError`` saying so inside ``mx.compile``.
+            Default: ``"propagate"``.
+        stochastic_rounding (bool): write bfloat16 parameters with stochastic rounding
+            (round up with probability equal to the remainder's share of the gap), so
+            updates smaller than half a bfloat16 step survive on average instead of being
+            rounded away. Needs ``precision="float32"``; other dtypes are unaffected.
+            Default: ``False``.
+        seed (int): seed of the rounding noise; the same seed, tree and steps give the
+            same bits. Default: ``0``.
     """
 
     def __init__(
@@ -44,6 +62,9 @@ class AdamW(Optimizer):
         *,
         backend: str = "auto",
         precision: str = "float32",
+        nonfinite: str = "propagate",
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         self._maybe_schedule("learning_rate", learning_rate)
@@ -63,24 +84,90 @@ class AdamW(Optimizer):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        if nonfinite == "skip":
+            self.state["skipped_steps"] = mx.array(0, mx.uint64)
+        if stochastic_rounding and precision != "float32":
+            raise ValueError("stochastic_rounding needs precision='float32' (it rounds the "
+                             "float32 result when writing a bfloat16 parameter)")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.seed = seed
+        self._rounding_salt = 0
         self.backend = _resolve_backend(backend)
+        self._reference = None
         self._check_requirements()
+
+    def _reference_update(self, gradient, parameter, state):
+        """precision="param" with MLX ops runs mlx.optimizers.AdamW's own update on this
+        optimizer's state: MLX rounds every intermediate to the parameter's dtype, and only
+        its exact sequence of ops reproduces those roundings bit for bit."""
+        if self._reference is None:
+            from mlx.optimizers import AdamW as reference
+
+            self._reference = reference(
+                learning_rate=self.state.get("learning_rate"),
+                betas=self.betas,
+                eps=self.eps,
+                weight_decay=self.weight_decay,
+                bias_correction=self.bias_correction,
+            )
+        self._reference.state = self.state  # step and schedules are read from here
+        return self._reference.apply_single(gradient, parameter, state)
+
+    def _rounding_key(self, parameter: mx.array):
+        """The key of this parameter's rounding noise at this step: a uint32 array, never
+        0, or None when writes round to nearest. It mixes the seed, the parameter's place
+        in the tree and the step, so no two writes share noise."""
+        if not self.stochastic_rounding or parameter.dtype != mx.bfloat16:
+            return None
+        self._rounding_salt += 1
+        base = _mix32(mx.array(self.seed, dtype=mx.uint32) ^
+                      (mx.array(self._rounding_salt, dtype=mx.uint32) * 0x85EBCA6B))
+        step = mx.array(self.step).astype(mx.uint32)
+        return _mix32((step * 0x9E3779B9) ^ base) | 1
+
+    def _write_parameter(self, value, parameter: mx.array):
+        """The new parameter in its own dtype: stochastically rounded if asked for."""
+        key = self._rounding_key(parameter)
+        if key is None:
+            return _collapse(value, parameter, "full")
+        full = mx.broadcast_to(_as(mx.array(value), mx.float32), parameter.shape)
+        return _stochastic_bfloat16(full, key)
+
+    def _kernel_rounding_key(self, parameter: mx.array):
+        """The rounding key as the float32 whose bits it is (kernels take one packed
+        float32 array of scalars); 0.0 means round to nearest."""
+        key = self._rounding_key(parameter)
+        return mx.array(0.0) if key is None else key.view(mx.float32)
 
     def _check_requirements(self):
         return None
 
-    def _static_key(self, ndim: int) -> tuple:
+    def _factor_axes(self, shape: tuple) -> Optional[Tuple[int, int]]:
+        """The (row, col) axes a parameter of this shape is factored over, or None."""
+        if len(shape) < 2:
+            return None
+        row_axis, col_axis = len(shape) - 2, len(shape) - 1
+        ndim, rows, cols = len(shape), shape[row_axis], shape[col_axis]
+        return (row_axis, col_axis) if False else None
+
+    def _static_key(self, factored: bool) -> tuple:
         return (
             bool(self.bias_correction),
-            False,
+            factored,
         )
 
     def init_single(self, parameter: mx.array, state: dict):
         """Initialize optimizer state"""
         _check_dtype(parameter, "parameter")
         sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-        factored = False
-        shape = parameter.shape
+        shape = tuple(parameter.shape)
+        axes = self._factor_axes(shape)
+        factored = axes is not None
         if True:
             state["m"] = mx.full(shape, 0.0, dtype=sdt)
         if True:
@@ -88,22 +175,33 @@ class AdamW(Optimizer):
 
     def apply_gradients(self, gradients: dict, parameters: dict):
         """Validate every gradient against its parameter and state first, then update;
-        a bad tree raises ValueError naming the parameter and changes nothing."""
-        _validate(gradients, parameters, self.state if self._initialized else None,
-                  self._static_key)
+        a bad tree raises ValueError naming the parameter and changes nothing. Non-finite
+        gradients are handled as ``nonfinite`` says; zero-size parameters are kept as is."""
+        _validate(gradients, parameters, self.state, self._factor_axes)
+        if not self._initialized:  # first step, or a state assigned (e.g. a checkpoint)
+            _check_assigned_state(self, gradients)
+        finite = _finite_flag(gradients, self.nonfinite)
         if not self._initialized:
             self.init(gradients)
+        before = _copy_containers(self.state) if finite is not None else None
         for param, scheduler in self._schedulers.items():
             self.state[param] = scheduler(self.step)
         self.state["step"] = self.step + 1
         staged = _copy_containers(self.state)
-        updated = _tree_map_paths(self.apply_single, gradients, parameters, staged)
+        self._rounding_salt = 0  # each parameter of the tree draws its own rounding noise
+        updated = _tree_map_paths(lambda g, p, s: _update_or_keep(self, g, p, s), gradients,
+                                  parameters, staged)
+        if finite is not None:
+            updated, staged = _keep_unless_finite(finite, updated, parameters, staged, before)
         _merge_into(self.state, staged)
         return updated
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         """Performs the AdamW parameter and state update."""
-        key = self._static_key(gradient.ndim)
+        if self.precision == "param" and self.backend == "mlx":
+            return self._reference_update(gradient, parameter, state)
+        axes = self._factor_axes(tuple(gradient.shape))
+        key = self._static_key(axes is not None)
         if self.backend == "mlx":
             function = _SPECIALISED.get(key)
             if function is not None:
@@ -129,7 +227,7 @@ def _mlx_flat__bias_correction(self, gradient, parameter, state):
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.learning_rate.astype(mx.float32)
+    learning_rate = self.state["learning_rate"].astype(mx.float32)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
@@ -145,7 +243,7 @@ def _mlx_flat__bias_correction(self, gradient, parameter, state):
     x1 = beta1 * m + grad * h3
     state["m"] = _collapse(x1, state["m"], "full")
     state["v"] = _collapse(x0, state["v"], "full")
-    return _collapse(h0 * param + h4 * x1 / (eps + h2 * mx.sqrt(x0)), parameter, "full")
+    return self._write_parameter(h0 * param + h4 * x1 / (eps + h2 * mx.sqrt(x0)), parameter)
 
 
 def _mlx_flat__no_bias_correction(self, gradient, parameter, state):
@@ -155,7 +253,7 @@ def _mlx_flat__no_bias_correction(self, gradient, parameter, state):
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
-    learning_rate = self.learning_rate.astype(mx.float32)
+    learning_rate = self.state["learning_rate"].astype(mx.float32)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
@@ -170,7 +268,7 @@ def _mlx_flat__no_bias_correction(self, gradient, parameter, state):
     x1 = beta1 * m + grad * h2
     state["m"] = _collapse(x1, state["m"], "full")
     state["v"] = _collapse(x0, state["v"], "full")
-    return _collapse(h0 * param + h3 * x1 / (eps + mx.sqrt(x0)), parameter, "full")
+    return self._write_parameter(h0 * param + h3 * x1 / (eps + mx.sqrt(x0)), parameter)
 
 
 _SPECIALISED = {
@@ -193,7 +291,7 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.learning_rate.astype(mx.float32)
+    learning_rate = self.state["learning_rate"].astype(mx.float32)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
@@ -203,7 +301,7 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
     s2 = mx.rsqrt(1 - beta2 ** t)
     s3 = 1 - beta1
     s4 = -(learning_rate / (1 - beta1 ** t))
-    new_param, new_m, new_v = _launch(backend, "afgen_adamw_u0_a66a42080c", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([beta1, beta2, eps, s0, s1, s2, s3, s4]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_m, new_v = _launch(backend, "afgen_adamw_u0_a66a42080c", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([beta1, beta2, eps, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -219,7 +317,7 @@ def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend):
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    learning_rate = self.learning_rate.astype(mx.float32)
+    learning_rate = self.state["learning_rate"].astype(mx.float32)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
@@ -228,7 +326,7 @@ def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend):
     s1 = 1 - beta2
     s2 = 1 - beta1
     s3 = -learning_rate
-    new_param, new_m, new_v = _launch(backend, "afgen_adamw_u0_e2e87b30c0", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([beta1, beta2, eps, s0, s1, s2, s3]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_m, new_v = _launch(backend, "afgen_adamw_u0_e2e87b30c0", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([beta1, beta2, eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -249,16 +347,19 @@ _KERNELS = {
             ["new_param", "new_m", "new_v"],
             """\
 // afgen_adamw_u0_a66a42080c: pass 0, unfactored layout
-const uint b = threadgroup_position_in_grid.z;
-const uint rb = threadgroup_position_in_grid.y;
-const uint cc = threadgroup_position_in_grid.x;
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
 const float eps = scalars[2];
@@ -267,6 +368,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const float s3 = scalars[6];
 const float s4 = scalars[7];
+const uint afg_key = afg_bits(scalars[8]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -278,7 +380,7 @@ for (uint c = 0; c < 4; ++c) {
   const float v = afg_load(v_in[idx]);
   const float x0_0 = beta2 * v + afg_sq(grad) * s1;
   const float x0_1 = beta1 * m + grad * s3;
-  new_param[idx] = afg_store<T>(param * s0 + s4 * x0_1 / (eps + s2 * metal::sqrt(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param * s0 + s4 * x0_1 / (eps + s2 * metal::sqrt(x0_0)), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_1);
   new_v[idx] = afg_store<S>(x0_0);
 
@@ -290,16 +392,19 @@ for (uint c = 0; c < 4; ++c) {
             ["new_param", "new_m", "new_v"],
             """\
 // afgen_adamw_u0_e2e87b30c0: pass 0, unfactored layout
-const uint b = threadgroup_position_in_grid.z;
-const uint rb = threadgroup_position_in_grid.y;
-const uint cc = threadgroup_position_in_grid.x;
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
 const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
 const float eps = scalars[2];
@@ -307,6 +412,7 @@ const float s0 = scalars[3];
 const float s1 = scalars[4];
 const float s2 = scalars[5];
 const float s3 = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -318,7 +424,7 @@ for (uint c = 0; c < 4; ++c) {
   const float v = afg_load(v_in[idx]);
   const float x0_0 = beta2 * v + afg_sq(grad) * s1;
   const float x0_1 = beta1 * m + grad * s2;
-  new_param[idx] = afg_store<T>(param * s0 + s3 * x0_1 / (eps + metal::sqrt(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param * s0 + s3 * x0_1 / (eps + metal::sqrt(x0_0)), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_1);
   new_v[idx] = afg_store<S>(x0_0);
 
@@ -332,16 +438,19 @@ for (uint c = 0; c < 4; ++c) {
             ["new_param", "new_m", "new_v"],
             """\
 // afgen_adamw_u0_a66a42080c: pass 0, unfactored layout
-const unsigned int b = blockIdx.z;
-const unsigned int rb = blockIdx.y;
-const unsigned int cc = blockIdx.x;
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
 const float eps = scalars[2];
@@ -350,6 +459,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const float s3 = scalars[6];
 const float s4 = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -361,7 +471,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float v = afg_load(v_in[idx]);
   const float x0_0 = beta2 * v + afg_sq(grad) * s1;
   const float x0_1 = beta1 * m + grad * s3;
-  new_param[idx] = afg_store<T>(param * s0 + s4 * x0_1 / (eps + s2 * sqrtf(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param * s0 + s4 * x0_1 / (eps + s2 * sqrtf(x0_0)), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_1);
   new_v[idx] = afg_store<S>(x0_0);
 
@@ -373,16 +483,19 @@ for (unsigned int c = 0; c < 4; ++c) {
             ["new_param", "new_m", "new_v"],
             """\
 // afgen_adamw_u0_e2e87b30c0: pass 0, unfactored layout
-const unsigned int b = blockIdx.z;
-const unsigned int rb = blockIdx.y;
-const unsigned int cc = blockIdx.x;
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
 const float eps = scalars[2];
@@ -390,6 +503,7 @@ const float s0 = scalars[3];
 const float s1 = scalars[4];
 const float s2 = scalars[5];
 const float s3 = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -401,7 +515,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float v = afg_load(v_in[idx]);
   const float x0_0 = beta2 * v + afg_sq(grad) * s1;
   const float x0_1 = beta1 * m + grad * s2;
-  new_param[idx] = afg_store<T>(param * s0 + s3 * x0_1 / (eps + sqrtf(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param * s0 + s3 * x0_1 / (eps + sqrtf(x0_0)), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_1);
   new_v[idx] = afg_store<S>(x0_0);
 
@@ -417,6 +531,27 @@ _HEADERS = {
 inline float afg_sq(float x) { return x * x; }
 template <typename T> inline float afg_load(T x) { return static_cast<float>(x); }
 template <typename T> inline T afg_store(float x) { return static_cast<T>(x); }
+
+// Stochastic rounding of bfloat16 parameter writes (key 0: round to nearest). The noise
+// is lowbias32(index ^ key), the same function the MLX-ops path computes.
+inline uint afg_bits(float x) { return as_type<uint>(x); }
+inline uint afg_mix32(uint x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
+}
+template <typename T> inline T afg_store_rounded(float x, uint idx, uint key) {
+  return afg_store<T>(x);
+}
+template <> inline bfloat16_t afg_store_rounded<bfloat16_t>(float x, uint idx, uint key) {
+  if (key == 0u || isnan(x)) {
+    return static_cast<bfloat16_t>(x);
+  }
+  const uint bits = (as_type<uint>(x) + (afg_mix32(idx ^ key) & 0xffffu)) & 0xffff0000u;
+  return static_cast<bfloat16_t>(as_type<float>(bits));
+}
 
 // Sum over the threadgroup: SIMD-group sums, then one SIMD group sums the partials.
 // Every thread must call it (it contains barriers); the total is valid in thread 0.
@@ -451,6 +586,31 @@ template <> __device__ __forceinline__ __half afg_store<__half>(float x) {
 }
 template <> __device__ __forceinline__ __nv_bfloat16 afg_store<__nv_bfloat16>(float x) {
   return __float2bfloat16(x);
+}
+
+// Stochastic rounding of bfloat16 parameter writes (key 0: round to nearest). The noise
+// is lowbias32(index ^ key), the same function the MLX-ops path computes.
+__device__ __forceinline__ unsigned afg_bits(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ unsigned afg_mix32(unsigned x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
+}
+template <typename T>
+__device__ __forceinline__ T afg_store_rounded(float x, unsigned idx, unsigned key) {
+  return afg_store<T>(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 afg_store_rounded<__nv_bfloat16>(float x,
+                                                                           unsigned idx,
+                                                                           unsigned key) {
+  if (key == 0u || isnan(x)) {
+    return __float2bfloat16(x);
+  }
+  const unsigned bits = (__float_as_uint(x) + (afg_mix32(idx ^ key) & 0xffffu)) & 0xffff0000u;
+  return __float2bfloat16(__uint_as_float(bits));
 }
 
 // Sum over the block: warp shuffles, then warp 0 sums the per-warp partials.
@@ -513,7 +673,7 @@ def _geometry(shape, factored, rows_per_group, cols_per_group):
     nrb = -(-M // rows_per_group)
     ncc = -(-N // cols_per_group)
     dims = mx.array([B, M, N, nrb, ncc], dtype=mx.uint32)
-    return _Geometry(shape, B, M, N, nrb, ncc, dims, (ncc * THREADS, nrb, B))
+    return _Geometry(shape, B, M, N, nrb, ncc, dims, (B * nrb * ncc * THREADS, 1, 1))
 
 
 def _rows(value, geo):
@@ -639,14 +799,15 @@ def _scalar(value, dtype):
     return value
 
 
-def _state_shapes(shape: tuple, factored: bool) -> dict:
+def _state_shapes(shape: tuple, axes: Optional[Tuple[int, int]]) -> dict:
+    factored = axes is not None
     return {
         "m": shape,
         "v": shape,
     }
 
 
-def _validate(gradients, parameters, state, static_key, path="") -> None:
+def _validate(gradients, parameters, state, factor_axes, path="") -> None:
     """Check trees, shapes and dtypes before anything is changed (walks the gradient tree
     with the parameters and state beside it, so keys may contain dots)."""
     name = path or "<root>"
@@ -658,7 +819,7 @@ def _validate(gradients, parameters, state, static_key, path="") -> None:
             if key not in parameters:
                 raise ValueError(f"gradient for '{sub}' has no matching parameter")
             slot = state.get(key) if isinstance(state, dict) else None
-            _validate(gradient, parameters[key], slot, static_key, sub)
+            _validate(gradient, parameters[key], slot, factor_axes, sub)
         return
     if isinstance(gradients, (list, tuple)):
         if not isinstance(parameters, (list, tuple)) or len(parameters) < len(gradients):
@@ -667,7 +828,7 @@ def _validate(gradients, parameters, state, static_key, path="") -> None:
         for index, gradient in enumerate(gradients):
             slot = state[index] if isinstance(state, (list, tuple)) and index < len(state) \
                 else None
-            _validate(gradient, parameters[index], slot, static_key, f"{path}.{index}" if path
+            _validate(gradient, parameters[index], slot, factor_axes, f"{path}.{index}" if path
                       else str(index))
         return
     if not isinstance(gradients, mx.array):
@@ -681,12 +842,32 @@ def _validate(gradients, parameters, state, static_key, path="") -> None:
     _check_dtype(parameters, f"parameter '{name}'")
     if not isinstance(state, dict) or not state:
         return
-    factored = static_key(gradients.ndim)[-1]
-    for key, expected in _state_shapes(tuple(parameters.shape), factored).items():
+    shape = tuple(parameters.shape)
+    for key, expected in _state_shapes(shape, factor_axes(shape)).items():
         if key in state and expected is not None and tuple(state[key].shape) != tuple(expected):
             raise ValueError(f"parameter '{name}' has shape {tuple(parameters.shape)} but its "
                              f"state '{key}' has shape {tuple(state[key].shape)} "
                              f"(expected {tuple(expected)})")
+
+
+def _mix32(x):
+    """A 32-bit integer hash (lowbias32): consecutive inputs give unrelated outputs. The
+    kernels compute the same function, so every backend draws the same noise."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+def _stochastic_bfloat16(value, key):
+    """float32 -> bfloat16, rounding up with probability (remainder / gap): add 16 random
+    bits below the kept ones, then truncate. Unbiased: E[result] = value."""
+    index = mx.arange(value.size, dtype=mx.uint32).reshape(value.shape)
+    noise = _mix32(index ^ key) & 0xFFFF
+    bits = (value.view(mx.uint32) + noise) & 0xFFFF0000
+    rounded = bits.view(mx.float32).astype(mx.bfloat16)  # exact: the low bits are zero
+    return mx.where(mx.isnan(value), value.astype(mx.bfloat16), rounded)
 
 
 def _copy_containers(tree):
@@ -715,3 +896,117 @@ def _tree_map_paths(fn, gradients, parameters, state):
         out = [_tree_map_paths(fn, g, parameters[i], state[i]) for i, g in enumerate(gradients)]
         return type(gradients)(out)
     return fn(gradients, parameters, state)
+
+
+# ---------------------------------------------------------------------------------------
+# Assigned state, zero-size parameters and non-finite gradients
+# ---------------------------------------------------------------------------------------
+def _check_assigned_state(optimizer, gradients) -> None:
+    """A state assigned from a checkpoint is checked before anything changes: a missing
+    ``step`` or state tensor (say, saved without ``beta_1``) would otherwise surface as a
+    KeyError halfway through the step. A plain-number ``step`` (a JSON checkpoint) becomes
+    the uint64 array MLX keeps."""
+    state = optimizer.state
+    if "step" not in state:
+        raise ValueError("optimizer state has no 'step'; assign the whole saved state")
+    if not isinstance(state["step"], mx.array):
+        state["step"] = mx.array(state["step"], mx.uint64)
+    for name, gradient, slot in _paired_leaves(gradients, state):
+        if not isinstance(slot, dict) or not slot:
+            continue  # not initialised yet: init() creates it
+        expected = {}
+        optimizer.init_single(gradient, expected)  # lazy arrays, never evaluated
+        missing = sorted(set(expected) - set(slot))
+        if missing:
+            raise ValueError(f"parameter '{name}' has optimizer state without {missing} "
+                             f"(it has {sorted(slot)}); was it saved with other options?")
+
+
+def _paired_leaves(gradients, state, path=""):
+    """(dotted path, gradient, state slot or None) for every gradient, named as
+    ``_validate`` names them."""
+    if isinstance(gradients, dict):
+        items = gradients.items()
+    elif isinstance(gradients, (list, tuple)):
+        items = enumerate(gradients)
+    else:
+        yield path or "<root>", gradients, state
+        return
+    for key, value in items:
+        yield from _paired_leaves(value, _slot(state, key), f"{path}.{key}" if path else str(key))
+
+
+def _slot(state, key):
+    if isinstance(state, dict):
+        return state.get(key)
+    if isinstance(state, (list, tuple)) and isinstance(key, int) and key < len(state):
+        return state[key]
+    return None
+
+
+def _update_or_keep(optimizer, gradient, parameter, state):
+    """A zero-size parameter has nothing to update: keep it and its initialised state.
+    Running the update would launch empty kernel grids and, as in MLX's own optimizer,
+    fill the non-empty factored state of an empty matrix with NaN (a mean over an empty
+    axis)."""
+    if gradient.size == 0:
+        return parameter
+    return optimizer.apply_single(gradient, parameter, state)
+
+
+def _finite_flag(gradients, mode):
+    """None when nothing is to be selected afterwards ("propagate", MLX's behaviour, costs
+    nothing; "raise" has already checked). For "skip", a 0-D bool array, true when every
+    gradient is finite: it stays on the device (no host sync), so mx.compile can trace it."""
+    if mode == "propagate":
+        return None
+    leaves = [(name, g) for name, g, _ in _paired_leaves(gradients, None)]
+    if not leaves:
+        return None
+    flags = mx.stack([mx.all(mx.isfinite(g)) for _, g in leaves])
+    if mode == "raise":
+        _raise_if_nonfinite(leaves, flags)
+        return None
+    return mx.all(flags)
+
+
+def _raise_if_nonfinite(leaves, flags) -> None:
+    """nonfinite="raise": read the flags on the host and name the first bad gradient. The
+    read is a sync, which mx.compile (and vmap) refuse with a generic message, so that case
+    is re-raised with the way out."""
+    try:
+        finite = flags.tolist()
+    except ValueError as exc:
+        raise ValueError("nonfinite='raise' reads the gradients' finiteness on the host (a "
+                         "sync), which mx.compile and other function transformations do "
+                         "not allow; use nonfinite='skip' inside compiled steps") from exc
+    for (name, gradient), ok in zip(leaves, finite):
+        if not ok:
+            kind = "NaN" if mx.any(mx.isnan(gradient)).item() else "Inf"
+            raise ValueError(f"gradient for parameter '{name}' is not finite (it contains "
+                             f"{kind}); nonfinite='raise' left the parameters and the "
+                             "optimizer state unchanged")
+
+
+def _keep_unless_finite(finite, updated, parameters, staged, before):
+    """nonfinite="skip": every new parameter and state value where all gradients were
+    finite, else the old one bit for bit (``step`` included), and one more skipped step.
+    mx.where instead of a Python branch, so no host sync is needed."""
+    kept = _select(finite, updated, parameters)
+    staged = _select(finite, staged, before)
+    count = before.get("skipped_steps", mx.array(0, mx.uint64))
+    staged["skipped_steps"] = count + mx.logical_not(finite).astype(count.dtype)
+    return kept, staged
+
+
+def _select(flag, new, old):
+    """``new`` where ``flag`` else ``old``, leaf by leaf over ``new``'s tree (``old`` may
+    hold more); leaves that did not change are passed through without a graph node."""
+    if isinstance(new, dict):
+        return {k: _select(flag, v, old[k]) if k in old else v for k, v in new.items()}
+    if isinstance(new, (list, tuple)):
+        out = [_select(flag, v, old[i]) if i < len(old) else v for i, v in enumerate(new)]
+        return type(new)(out)
+    if new is old or not isinstance(new, mx.array) or not isinstance(old, mx.array):
+        return new
+    return mx.where(flag, new, old)

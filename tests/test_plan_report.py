@@ -50,3 +50,19 @@ def test_show_prints_plan_and_report(compiled):
     report = "\n".join(traffic_report(compiled))
     assert "factored scale_parameter relative_step !warmup_init !has_beta_1" in report
     assert "8/0 4/0 8/4" in report
+
+
+def test_show_reports_state_bytes_per_parameter_against_adam(compiled):
+    """Row + col state of a 4096x4096 matrix is (4096 + 4096) float32 values: 8192 * 4 /
+    4096**2 B per element; a first moment adds a full tensor (4 B); Adam keeps 8 B."""
+    from afgen.show import state_memory_report
+
+    lines = state_memory_report(compiled)
+    assert "Adam keeps 2 full tensors = 8 B" in lines[0]
+    factored = [ln for ln in lines if ln.strip().startswith("factored:") and "4096x4096" in ln]
+    second_moment = (4096 + 4096) * 4 / 4096 ** 2
+    assert any("+ exp_avg " not in ln and f"{second_moment:8.4f} B" in ln for ln in factored)
+    assert any("+ exp_avg " in ln and f"{4 + second_moment:8.4f} B" in ln for ln in factored)
+    unfactored = [ln for ln in lines if "unfactored: exp_avg_sq + exp_avg" in ln]
+    assert unfactored and "8.0000 B  (1.0000x Adam)" in unfactored[0]
+    assert "optimizer state per parameter element" in show(compiled)

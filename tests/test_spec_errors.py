@@ -95,6 +95,14 @@ DOC_CASES = [
                          "  lr: {type: float, default: 0.1}\n  lr: {type: float, default: 1}"),
      r"duplicate key 'lr'", 4),
     (lambda t: t.replace("update:", "update: [\n"), r"invalid YAML", 14),
+    (lambda t: t.replace("layout:\n", "layout:\n  axes: diagonal\n"),
+     r"'layout.axes' must be one of last, largest", 7),
+    (lambda t: t.replace("ndim >= 2", "ndim >= 2 and rows >= lr"), r"unknown name 'lr'", 7),
+    (lambda t: t.replace("ndim >= 2", "ndim >= 2 and rows >= n").replace(
+        "  lr: {type: float, default: 0.1}",
+        "  lr: {type: float, default: 0.1}\n  n: {type: int, default: 2.5}"),
+     r"the default of int 'n' must be an integer, got", 4),
+    (lambda t: t.replace("  lr:", "  rows:"), r"reserved", 3),
 ]
 
 

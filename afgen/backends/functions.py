@@ -75,12 +75,12 @@ MLX = Dialect(
     load_param="_as(parameter, cdt)",
     load_step="self.step.astype(mx.float32)",
     load_state=lambda key, shape: f'_as(_expand(state["{key}"], "{shape.label}"), cdt)',
-    load_hyper=lambda spec, name: (
-        "self.learning_rate.astype(mx.float32)" if name == "learning_rate" and
-        spec.hyper(name).kind == "schedule" else _hyper_source(spec, name, "self")),
+    load_hyper=lambda spec, name: (  # MLX keeps schedule values in the state, as arrays
+        f'self.state["{name}"].astype(mx.float32)' if name in spec.schedule_names
+        else _hyper_source(spec, name, "self")),
     reduce=_reduce("mx"),
     store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
-    result=lambda code: f'_collapse({code}, parameter, "full")',
+    result=lambda code: f"self._write_parameter({code}, parameter)",
     load_dtype_eps="mx.finfo(parameter.dtype).eps",
     scalar=lambda code: f"_scalar({code}, cdt)",
 )

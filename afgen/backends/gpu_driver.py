@@ -89,7 +89,10 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
                            (ShapeClass.ROW, kernel.row_inputs),
                            (ShapeClass.COL, kernel.col_inputs)):
             inputs += [f"{SMALL_PACKERS[cls]}({n}, geo)" for n in names]
-        inputs += [f"_pack([{', '.join(kernel.scalar_names)}])", "geo.dims"]
+        scalars = list(kernel.scalar_names)
+        if kernel.rounding_key_index is not None:
+            scalars.append("self._kernel_rounding_key(parameter)")
+        inputs += [f"_pack([{', '.join(scalars)}])", "geo.dims"]
         outputs = []
         for out in kernel.full_outputs:
             like = "parameter" if out.name == f"new_{PARAM}" else \
@@ -99,6 +102,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         outputs += ["((geo.B * geo.nrb * geo.ncc,), mx.float32)"] * len(kernel.all_reductions)
         outputs += ["((geo.B * geo.M * geo.ncc,), mx.float32)"] * len(kernel.row_reductions)
         outputs += ["((geo.B * geo.nrb * geo.N,), mx.float32)"] * len(kernel.col_reductions)
+        if not kernel.output_names:  # an update that changes nothing here: no launch
+            continue
         targets = ", ".join(kernel.output_names) + ("," if len(kernel.output_names) == 1 else "")
         lines.append(f'{targets} = _launch(backend, "{kernel.name}", geo, '
                      f"[{', '.join(inputs)}], [{', '.join(outputs)}], parameter.dtype, sdt)")
@@ -115,7 +120,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
     for name, _ in plan.flat.results:
         key = name.removeprefix("new_")
         if key == PARAM:
-            result = name if name in full_written else f'_collapse({name}, parameter, "full")'
+            result = name if name in full_written else \
+                f"self._write_parameter({name}, parameter)"
         elif name in full_written:
             lines.append(f'state["{key}"] = {name}')
         else:

@@ -17,6 +17,7 @@ from afgen.backends.printers import cuda_code, metal_code
 from afgen.backends.render import render
 from afgen.lower.plan import KernelPlan, Pass
 from afgen.shapes import ReduceAxes, ShapeClass
+from afgen.spec.model import PARAM
 
 THREADS = 256  # 8 SIMD groups / warps of 32
 WARPS = THREADS // 32
@@ -36,9 +37,7 @@ class KernelDialect:
     name: str
     printer: Callable[[sympy.Basic], str]
     index: str
-    group_x: str
-    group_y: str
-    group_z: str
+    group_index: str
     lid: str
     lane: str
     simd_group: str
@@ -49,15 +48,14 @@ class KernelDialect:
 
 METAL = KernelDialect(
     name="metal", printer=metal_code, index="uint",
-    group_x="threadgroup_position_in_grid.x", group_y="threadgroup_position_in_grid.y",
-    group_z="threadgroup_position_in_grid.z", lid="thread_position_in_threadgroup.x",
+    group_index="threadgroup_position_in_grid.x", lid="thread_position_in_threadgroup.x",
     lane="thread_index_in_simdgroup", simd_group="simdgroup_index_in_threadgroup",
     shared="threadgroup float", barrier="threadgroup_barrier(mem_flags::mem_threadgroup);",
     header_template="kernel_header.metal.j2")
 
 CUDA = KernelDialect(
     name="cuda", printer=cuda_code, index="unsigned int",
-    group_x="blockIdx.x", group_y="blockIdx.y", group_z="blockIdx.z", lid="threadIdx.x",
+    group_index="blockIdx.x", lid="threadIdx.x",
     lane="(threadIdx.x & 31u)", simd_group="(threadIdx.x >> 5)", shared="__shared__ float",
     barrier="__syncthreads();", header_template="kernel_header.cuda.j2")
 
@@ -101,6 +99,14 @@ class PassKernel:
     col_reductions: tuple[KernelReduction, ...]
     full_outputs: tuple[KernelOutput, ...]
     source: str = ""
+
+    @property
+    def rounding_key_index(self) -> int | None:
+        """Where the parameter's rounding key sits in the packed scalars (after the
+        spec's own), if this pass writes the parameter."""
+        if any(o.name == f"new_{PARAM}" for o in self.full_outputs):
+            return len(self.scalar_names)
+        return None
 
     @property
     def warps(self) -> int:

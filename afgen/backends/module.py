@@ -17,16 +17,23 @@ from afgen.spec.model import FACTORED, Hyperparameter, Spec
 
 ANNOTATIONS = {
     "float": "float",
+    "int": "int",
     "bool": "bool",
     "optional_float": "Optional[float]",
     "schedule": "Union[float, Callable[[mx.array], mx.array], None]",
     "pair": "Tuple[float, float]",
 }
-TYPE_DOCS = {"float": "float", "bool": "bool", "optional_float": "float, optional",
+TYPE_DOCS = {"float": "float", "int": "int", "bool": "bool", "optional_float": "float, optional",
              "schedule": "float or callable, optional", "pair": "tuple(float, float)"}
 SHAPE_CODE = {ShapeClass.FULL: "shape", ShapeClass.ROW: "shape[:-1]",
               ShapeClass.COL: "shape[:-2] + shape[-1:]", ShapeClass.BATCH: "shape[:-2]",
               ShapeClass.SCALAR: "()"}
+# The same shapes when the factored axes may be any two (``layout.axes: largest``): a row
+# state drops the col axis, a col state the row axis, wherever they are.
+SHAPE_CODE_ANY_AXES = {ShapeClass.FULL: "shape", ShapeClass.ROW: "_without(shape, axes[1])",
+                       ShapeClass.COL: "_without(shape, axes[0])",
+                       ShapeClass.BATCH: "_without(shape, *axes)", ShapeClass.SCALAR: "()"}
+AXES_CODE = {"last": "len(shape) - 2, len(shape) - 1", "largest": "_largest_two(shape)"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class HyperView:
     default_repr: str
     doc: str
     init_lines: tuple[str, ...]
+    reference_value: str
 
 
 def _static_code(spec: Spec) -> dict[sympy.Symbol, sympy.Symbol]:
@@ -73,6 +81,9 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
             lines += [f"if len(tuple({h.name})) != 2:",
                       f'    raise ValueError(f"{h.name} must be a pair of floats, '
                       f'got {{{h.name}!r}}")']
+        if h.kind == "int":
+            lines += [f"if not isinstance({h.name}, int) or isinstance({h.name}, bool):",
+                      f'    raise ValueError(f"{h.name} must be an int, got {{{h.name}!r}}")']
         if h.check is not None:
             test = f"not ({python_code(h.check)})"
             if h.kind == "pair":
@@ -92,8 +103,10 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
     if h.required:
         default_repr = ""
     doc = h.doc if h.doc.endswith(".") or not h.doc else h.doc + "."
+    reference_value = (f'self.state.get("{h.name}")' if h.kind == "schedule"
+                       else f"self.{h.name}")
     return HyperView(h.name, ANNOTATIONS[h.kind], TYPE_DOCS[h.kind], default_repr, doc,
-                     tuple(lines))
+                     tuple(lines), reference_value)
 
 
 def _key_lines(spec: Spec) -> list[str]:
@@ -102,10 +115,25 @@ def _key_lines(spec: Spec) -> list[str]:
     for name in spec.static_names:
         code = str(static[sympy.Symbol(name)])
         lines.append(f"bool({code})" if code.startswith("self.") and " " not in code else code)
-    ndim_form = spec.factored_when.xreplace({sympy.Symbol("ndim", integer=True):
-                                             sympy.Symbol("ndim")})
-    lines.append(python_code(ndim_form))
+    lines.append("factored")
     return lines
+
+
+def _reference(spec: Spec) -> dict[str, str]:
+    """The MLX optimizer class a drop-in spec names (``reference: mlx.optimizers.X``):
+    precision="param" delegates to it for bit-compatibility."""
+    module, _, name = spec.reference.rpartition(".")
+    if module != "mlx.optimizers" or not name.isidentifier():
+        return {"reference_module": "", "reference_class": ""}
+    return {"reference_module": module, "reference_class": name}
+
+
+def _factored_code(spec: Spec) -> str:
+    """The layout condition as Python over ``ndim``, ``rows``, ``cols`` and ``self.<h>``."""
+    hypers = set(spec.layout_hypers)
+    return python_code(spec.factored_when.xreplace(
+        {s: sympy.Symbol(f"self.{s.name}") for s in spec.factored_when.free_symbols
+         if s.name in hypers}))
 
 
 def module_context(compiled: Compiled, spec_path: str) -> dict:
@@ -116,17 +144,17 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         for config in plan.configs:
             key = tuple(v for _, v in config.values) + (config.factored,)
             dispatch.append((repr(key), fn.name))
+    shape_code = SHAPE_CODE if spec.factor_axes == "last" else SHAPE_CODE_ANY_AXES
     states = []
     for s in spec.state:
         states.append({
             "name": s.name,
+            "shape_class": s.shape.label,
             "when_code": _condition_code(s.when, spec),
-            "shape_code": SHAPE_CODE[s.shape] if not s.shape.needs_factored
-            else f"({SHAPE_CODE[s.shape]} if factored else None)",
+            "shape_code": shape_code[s.shape] if not s.shape.needs_factored
+            else f"({shape_code[s.shape]} if factored else None)",
             "init": repr(s.init),
         })
-    factored_code = python_code(spec.factored_when.xreplace(
-        {sympy.Symbol("ndim", integer=True): sympy.Symbol("parameter.ndim")}))
     requires = [{"code": _condition_code(r.condition, spec), "message": r.message}
                 for r in spec.requires]
     prefix = f"afgen_{spec.stem}"
@@ -151,7 +179,9 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "headers": headers(),
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(spec), "states": states,
-        "factored_code": factored_code, "functions": functions, "dispatch": dispatch,
+        **_reference(spec),
+        "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],
+        "any_axes": spec.factor_axes != "last", "functions": functions, "dispatch": dispatch,
     }
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from afgen.spec.model import FACTORED, Spec
+from afgen.spec.model import FACTORED, LAYOUT_COLS, LAYOUT_NDIM, LAYOUT_ROWS, Spec
 
 
 @dataclass(frozen=True)
@@ -50,20 +50,68 @@ def requirement_holds(spec: Spec, config: StaticConfig) -> bool:
     return all(bool(req.condition.subs(subs)) for req in spec.requires)
 
 
+def _possible_layouts(spec: Spec, values: tuple[tuple[str, bool], ...]) -> list[bool]:
+    """Layouts some parameter can get under these static values: a condition on ndim alone
+    is tried for ndim 0..8; one that also reads sizes or int hyperparameters can go
+    either way unless it simplifies to a constant."""
+    condition = spec.factored_when.subs({sympy.Symbol(k): sympy.true if v else sympy.false
+                                         for k, v in values})
+    ndim = sympy.Symbol(LAYOUT_NDIM, integer=True)
+    if condition.free_symbols <= {ndim}:
+        seen = {bool(condition.subs(ndim, n)) for n in range(9)}
+        return [f for f in (True, False) if f in seen]
+    return [True, False]
+
+
 def all_configs(spec: Spec) -> list[StaticConfig]:
-    """Every assignment of the static predicates that satisfies ``requires``, both layouts."""
-    names = spec.static_names
-    ndim = sympy.Symbol("ndim", integer=True)
-    layouts = [f for f in (True, False)
-               if any(bool(spec.factored_when.subs(ndim, n)) == f for n in range(9))]
+    """Every assignment of the static predicates that satisfies ``requires``, with every
+    layout it allows."""
     out = []
-    for factored in layouts:
-        for bits in itertools.product((True, False), repeat=len(names)):
-            config = StaticConfig(tuple(zip(names, bits)), factored)
+    for bits in itertools.product((True, False), repeat=len(spec.static_names)):
+        values = tuple(zip(spec.static_names, bits))
+        for factored in _possible_layouts(spec, values):
+            config = StaticConfig(values, factored)
             if requirement_holds(spec, config):
                 out.append(config)
-    return out
+    return sorted(out, key=lambda c: not c.factored)
 
 
 def config_from_values(spec: Spec, values: dict[str, bool], factored: bool) -> StaticConfig:
     return StaticConfig(tuple((n, bool(values[n])) for n in spec.static_names), factored)
+
+
+def factor_axes(spec: Spec, shape: tuple[int, ...], hyper: dict[str, object]
+                ) -> tuple[int, int] | None:
+    """The (row, col) axes a parameter of ``shape`` is factored over under the spec's
+    layout with these hyperparameter values, or None (the oracle's reading of the layout;
+    the generated module renders the same rule as Python)."""
+    ndim = len(shape)
+    if ndim < 2:
+        return None
+    if spec.factor_axes == "largest":
+        order = sorted(range(ndim), key=lambda axis: shape[axis])
+        row, col = order[-2], order[-1]
+    else:
+        row, col = ndim - 2, ndim - 1
+    subs: dict[sympy.Symbol, sympy.Basic] = {
+        sympy.Symbol(LAYOUT_NDIM, integer=True): sympy.Integer(ndim),
+        sympy.Symbol(LAYOUT_ROWS, integer=True): sympy.Integer(shape[row]),
+        sympy.Symbol(LAYOUT_COLS, integer=True): sympy.Integer(shape[col])}
+    for name in spec.layout_hypers:
+        value = hyper[name]
+        if isinstance(value, bool):
+            subs[sympy.Symbol(name)] = sympy.true if value else sympy.false
+        else:
+            subs[sympy.Symbol(name, integer=True)] = sympy.Integer(int(value))
+    return (row, col) if bool(spec.factored_when.subs(subs)) else None
+
+
+def view_permutation(axes: tuple[int, int], ndim: int, shape_class: str) -> list[int]:
+    """Axis order that moves the factored axes last in a tensor of this shape class (the
+    update is written for rows and cols last); a row state lacks the col axis, a col state
+    the row axis, a batch state both."""
+    row, col = axes
+    kept = {"full": (row, col), "row": (row,), "col": (col,)}.get(shape_class, ())
+    dropped = {"row": (col,), "col": (row,), "batch": (row, col)}.get(shape_class, ())
+    own = [a for a in range(ndim) if a not in dropped]
+    return [own.index(a) for a in own if a not in kept] + [own.index(a) for a in kept]

@@ -13,6 +13,7 @@ Two views of the same specialisation:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy
@@ -21,6 +22,10 @@ from afgen.lower.config import StaticConfig
 from afgen.lower.specialise import Program, Reduction, shape_of
 from afgen.shapes import ReduceAxes, ShapeClass
 from afgen.spec.model import PARAM
+
+# Above this many terms after expansion, the new parameter is not rewritten in terms of a
+# new state (an optimisation only; the shipped specs stay far below it).
+MAX_EXPANDED_TERMS = 2000
 
 
 @dataclass(frozen=True)
@@ -223,16 +228,45 @@ class _Hoister:
         return self.defs[expr]
 
 
+def _expanded_terms(expr: sympy.Expr) -> int:
+    """A bound on the terms ``sympy.expand`` gives ``expr`` or any sub-expression (it
+    expands function arguments too), capped just above ``MAX_EXPANDED_TERMS``: products of
+    sums and powers of sums multiply out, so ``((grad + 1)**64 + 1)**64`` would not finish."""
+    cap = MAX_EXPANDED_TERMS + 1
+    memo: dict[int, tuple[int, int]] = {}  # id -> (terms of the node, most in its tree)
+
+    def walk(node: sympy.Basic) -> tuple[int, int]:
+        key = id(node)
+        if key not in memo:
+            inner = [walk(arg) for arg in node.args]
+            counts = [count for count, _ in inner]
+            count = 1
+            if isinstance(node, sympy.Add):
+                count = sum(counts)
+            elif isinstance(node, sympy.Mul):
+                count = math.prod(counts)
+            elif isinstance(node, sympy.Pow) and node.exp.is_Rational and counts[0] > 1:
+                power = min(int(abs(node.exp)), cap)
+                count = math.comb(power + counts[0] - 1, counts[0] - 1) if power else 1
+            count = min(count, cap)
+            memo[key] = (count, max([count, *(most for _, most in inner)]))
+        return memo[key]
+
+    return walk(expr)[1]
+
+
 def _reuse_outputs(outputs: dict[str, sympy.Expr], shapes: dict[sympy.Symbol, ShapeClass]
                    ) -> tuple[dict[str, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
     """Write the new parameter in terms of a new full-size state when that is cheaper
     (``p - m_new`` instead of ``p - beta*m - (1-beta)*u``): SymPy distributes sums, which
     hides the reuse from CSE. The reused state becomes a named definition."""
     out, defs = dict(outputs), []
-    if PARAM not in out:
+    if PARAM not in out or _expanded_terms(out[PARAM]) > MAX_EXPANDED_TERMS:
         return out, defs
     for other, other_expr in outputs.items():
         if other == PARAM or shape_of(other_expr, shapes) is not ShapeClass.FULL:
+            continue
+        if _expanded_terms(other_expr) > MAX_EXPANDED_TERMS:
             continue
         symbol = sympy.Symbol(f"new_{other}", real=True)
         for sign in (1, -1):

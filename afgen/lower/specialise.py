@@ -16,7 +16,7 @@ from sympy.core.function import AppliedUndef
 from afgen.errors import SpecError
 from afgen.lower.config import StaticConfig
 from afgen.shapes import ReduceAxes, ShapeClass, join_multiplicative
-from afgen.spec.expressions import reduction_of
+from afgen.spec.expressions import reduction_of, undefined_constant
 from afgen.spec.model import (
     DTYPE_EPS,
     GRAD,
@@ -156,6 +156,10 @@ class _Specialiser:
                 raise SpecError(eq.loc, f"'{name}' may be None here {where}; guard the "
                                 f"equation with 'if: has({name})'")
         value = value.xreplace({sympy.Symbol(k, real=True): v for k, v in self.env.items()})
+        problem = undefined_constant(value)
+        if problem:  # e.g. 'z = 0' then 'm = m / z': only substitution folds it to zoo
+            raise SpecError(eq.loc, f"'{eq.target}' has {problem} once earlier equations are "
+                            f"substituted {where}")
         self.env[eq.target] = self._extract_reductions(value, eq)
 
     def _extract_reductions(self, expr: sympy.Expr, eq: Equation) -> sympy.Expr:

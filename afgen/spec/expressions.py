@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,7 @@ MAX_EXPRESSION_CHARS = 2000
 MAX_NESTING = 60
 MAX_CONST_EXPONENT = 64
 MAX_INT_LITERAL = 2**53
+MAX_CONSTANT = sys.float_info.max
 
 NUM, STATIC_BOOL, DYN_BOOL, STATIC_INT = "number", "static condition", "condition", "static integer"
 
@@ -72,6 +74,23 @@ def reduction_of(expr: sympy.Basic) -> tuple[ReduceAxes, bool] | None:
     return None
 
 
+def undefined_constant(expr: sympy.Basic) -> str | None:
+    """What makes ``expr`` unusable as generated code, or None. SymPy folds constants:
+    ``1/0`` becomes ``zoo``, ``sqrt(-1)`` becomes ``I``, ``1e308*1e308`` a Float that no
+    float holds; printed, those are undefined names or overflows in the generated module."""
+    if expr.has(sympy.I):
+        return "a value that is not real (e.g. the square root or log of a negative constant)"
+    for number in expr.atoms(sympy.Number, sympy.core.numbers.ComplexInfinity):
+        if not number.is_finite:
+            return "an undefined or infinite value (e.g. a division by zero or log(0))"
+        if abs(number) > MAX_CONSTANT:
+            return "a constant too large for a float"
+    for power in expr.atoms(sympy.Pow):
+        if power.is_number and power.is_extended_real is False:
+            return "a value that is not real (e.g. a root of a negative constant)"
+    return None
+
+
 _UNARY: dict[str, Callable[[sympy.Expr], sympy.Expr]] = {
     "sqrt": sympy.sqrt,
     "rsqrt": lambda x: sympy.Pow(x, sympy.Rational(-1, 2)),
@@ -108,6 +127,13 @@ def _parse(text: str, loc: Loc, mode: str) -> ast.AST:
         raise SpecError(loc, f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     if not text.isascii():
         raise SpecError(loc, "expressions must be ASCII")
+    for char, what in (("#", "comments"), ("\\", "backslashes")):
+        if char in text:
+            # ast drops comments, yet the text is quoted into the generated module (a
+            # check's error message is an f-string): '# {...}' there would run as code.
+            before = text[:text.index(char)]
+            where = loc.shifted(before.count("\n"), len(before) - (before.rfind("\n") + 1))
+            raise SpecError(where, f"{what} are not allowed in spec expressions")
     try:
         return ast.parse(text, mode=mode)
     except SyntaxError as exc:
@@ -142,7 +168,11 @@ class ExpressionConverter:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise self.fail(node, f"'{type(node).__name__}' expressions are not allowed in specs")
-        return method(node, depth + 1)
+        result = method(node, depth + 1)
+        problem = undefined_constant(result.expr)
+        if problem:
+            raise self.fail(node, f"this expression has {problem}")
+        return result
 
     # -- leaves -------------------------------------------------------------------------
     def _Constant(self, node: ast.Constant, depth: int) -> Typed:

@@ -9,13 +9,19 @@ import sympy
 from afgen.errors import Loc
 from afgen.shapes import ShapeClass
 
-HYPER_KINDS = ("float", "bool", "optional_float", "schedule", "pair")
+HYPER_KINDS = ("float", "int", "bool", "optional_float", "schedule", "pair")
 
 # Names every update can read: the gradient, the parameter and the 1-based step.
 GRAD, PARAM, STEP = "grad", "param", "t"
 # Machine epsilon of the parameter's dtype (torch's default for its eps1).
 DTYPE_EPS = "dtype_eps"
 FACTORED = "factored"
+# Names a layout condition can read besides bool and int hyperparameters: the parameter's
+# number of dimensions and the sizes of the axes the factored view makes its rows and cols.
+LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS = "ndim", "rows", "cols"
+# Which two axes a factored parameter is factored over: the last two (MLX, torch), or the
+# two largest (optax; the largest becomes the col axis, ties go to the later axis).
+FACTOR_AXES = ("last", "largest")
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,7 @@ class Spec:
     requires: tuple[Requirement, ...]
     factored_when: sympy.Basic
     factored_text: str
+    factor_axes: str
     state: tuple[StateTensor, ...]
     update: tuple[Statement, ...]
     text: str
@@ -136,6 +143,16 @@ class Spec:
         out = {h.name: h.name for h in self.hyperparameters if h.is_optional}
         out.update({c: h.name for h in self.hyperparameters for c in h.optional_components})
         return out
+
+    @property
+    def schedule_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.hyperparameters if h.kind == "schedule")
+
+    @property
+    def layout_hypers(self) -> tuple[str, ...]:
+        """Hyperparameters the layout condition reads (the generated code passes them in)."""
+        used = {str(s) for s in self.factored_when.free_symbols}
+        return tuple(h.name for h in self.hyperparameters if h.name in used)
 
     @property
     def dynamic_names(self) -> tuple[str, ...]:

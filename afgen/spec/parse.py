@@ -1,8 +1,10 @@
 """Spec file -> validated Spec. Every problem is a SpecError at its file:line:col."""
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import keyword
+import math
 import re
 from pathlib import Path
 
@@ -22,9 +24,13 @@ from afgen.spec.expressions import (
 )
 from afgen.spec.model import (
     DTYPE_EPS,
+    FACTOR_AXES,
     FACTORED,
     GRAD,
     HYPER_KINDS,
+    LAYOUT_COLS,
+    LAYOUT_NDIM,
+    LAYOUT_ROWS,
     PARAM,
     STEP,
     Branch,
@@ -43,10 +49,12 @@ HYPER_KEYS = {"type", "default", "doc", "names", "check", "example"}
 STATE_KEYS = {"shape", "when", "init", "doc"}
 IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
-RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, "ndim", "has", "self", "mx", "state",
-            "gradient",
-            "parameter"}
+RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS,
+            "has", "self", "mx", "state", "shape", "gradient", "parameter"}
 MAX_STATEMENTS = 500
+DEFAULT_PATH = "<spec>"
+# Operations in one value once earlier names are substituted (shipped specs: about 300).
+MAX_INLINED_NODES = 3000
 # Names the lowering gives to temporaries, reductions, hoisted values and outputs.
 GENERATED_NAME = re.compile(r"^(x|s|h|g|red)\d+|^new_")
 
@@ -61,10 +69,21 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec_text(text, str(path))
 
 
-def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
+def parse_spec_text(text: str, path: str = DEFAULT_PATH) -> Spec:
     """Validate spec text (the whole pipeline's entry point for in-memory variants)."""
     root = parse_yaml(text, path)
     return _SpecBuilder(root, text, path).build()
+
+
+def _module_stem(path: str) -> str:
+    """The file name without ``.yaml``: it names the generated module and prefixes its
+    kernels, so it must be an identifier (which also keeps ``out/<stem>.py`` inside
+    ``out``). In-memory text without a path is the module ``spec``."""
+    stem = "spec" if path == DEFAULT_PATH else Path(path).stem
+    if not (stem.isascii() and stem.isidentifier()) or keyword.iskeyword(stem):
+        raise SpecError(Loc(path, 1, 1), f"the spec's file name '{stem}' must be a Python "
+                        "identifier (it names the generated module), e.g. my_optimizer.yaml")
+    return stem
 
 
 def _expect_map(node: Node, what: str) -> dict[str, Node]:
@@ -83,6 +102,19 @@ def _expect_str(node: Node, what: str) -> str:
     if not isinstance(node.value, str):
         raise SpecError(node.loc, f"{what} must be a string, got {_type_word(node.value)}")
     return node.value
+
+
+def _doc_text(node: Node, what: str) -> str:
+    """Free text that the generated module quotes in docstrings (summary, reference,
+    docs): text that could close a docstring or start an escape would break the module
+    or, worse, turn spec text into code that runs when it is imported."""
+    text = _expect_str(node, what)
+    if '"""' in text or "\\" in text or text.endswith('"'):
+        raise SpecError(node.loc, f"{what} cannot contain '\"\"\"' or a backslash, or end "
+                        "with '\"' (it is written into the generated module's docstrings)")
+    if not all(c.isprintable() or c == "\n" for c in text):
+        raise SpecError(node.loc, f"{what} must be printable text")
+    return text
 
 
 def _type_word(value: object) -> str:
@@ -107,18 +139,36 @@ def _check_keys(node: Node, allowed: set[str], what: str, required: set[str] = f
 
 
 def _number(node: Node, what: str) -> float:
-    """A float from YAML; accepts '1e-30' (which YAML 1.1 reads as a string)."""
+    """A finite float from YAML; accepts '1e-30' (which YAML 1.1 reads as a string).
+    Infinities and NaN are refused: they would be rendered as the bare names ``inf`` and
+    ``nan`` in the generated module."""
     value = node.value
     if isinstance(value, bool):
         raise SpecError(node.loc, f"{what} must be a number, got {_type_word(value)}")
+    number = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
-    raise SpecError(node.loc, f"{what} must be a number, got {_type_word(value)}")
+    if number is None:
+        raise SpecError(node.loc, f"{what} must be a number, got {_type_word(value)}")
+    try:
+        number = float(number)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SpecError(node.loc, f"{what} must be a finite number that fits a float")
+    return number
+
+
+def _integer(node: Node, what: str) -> int:
+    """An int from YAML (an int hyperparameter sizes things, so 128.0 is not accepted)."""
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    raise SpecError(node.loc, f"{what} must be an integer, got {_type_word(node.value)}")
 
 
 def _expr_col_shift(node: Node) -> int:
@@ -171,8 +221,10 @@ class _SpecBuilder:
         self.root = root
         self.text = text
         self.path = path
+        self.inlined: dict[str, int] = {}  # name -> size of its value with names inlined
 
     def build(self) -> Spec:
+        stem = _module_stem(self.path)
         top = _expect_map(self.root, "the spec")
         _check_keys(self.root, set(TOP_KEYS), "the spec",
                     {k for k, required in TOP_KEYS.items() if required})
@@ -180,6 +232,9 @@ class _SpecBuilder:
         if not CLASS_NAME.match(class_name):
             raise SpecError(top["optimizer"].loc, f"'optimizer' must be a class name like "
                             f"'Adafactor', got '{class_name}'")
+        if keyword.iskeyword(class_name) or hasattr(builtins, class_name):
+            raise SpecError(top["optimizer"].loc, f"'{class_name}' is a Python keyword or "
+                            "built-in name and cannot name the optimizer class")
         hypers = self._hyperparameters(top["hyperparameters"])
         optional = {h.name: h.has_symbol for h in hypers if h.is_optional}
         optional.update({c: sympy.Symbol(f"has_{c}") for h in hypers
@@ -191,8 +246,9 @@ class _SpecBuilder:
         hypers = self._attach_checks(top["hyperparameters"], hypers, numbers, optional)
         static_scope = _Scope(static, optional)
         requires = self._requires(top.get("requires"), static_scope)
-        factored_when, factored_text = (self._layout(top["layout"]) if "layout" in top
-                                        else (sympy.false, "never"))
+        factored_when, factored_text, factor_axes = (
+            self._layout(top["layout"], hypers) if "layout" in top
+            else (sympy.false, "never", "last"))
         state = self._state(top["state"], static_scope, {h.name for h in hypers} |
                             {n for h in hypers for n in h.value_names})
         names: dict[str, Typed] = {**static, **numbers,
@@ -211,12 +267,12 @@ class _SpecBuilder:
         if not statements:
             raise SpecError(update_node.loc, "'update' needs at least one equation")
         return Spec(
-            path=self.path, stem=Path(self.path).stem, class_name=class_name,
-            summary=_expect_str(top["summary"], "'summary'") if "summary" in top else class_name,
-            reference=_expect_str(top["reference"], "'reference'") if "reference" in top else "",
+            path=self.path, stem=stem, class_name=class_name,
+            summary=_doc_text(top["summary"], "'summary'") if "summary" in top else class_name,
+            reference=_doc_text(top["reference"], "'reference'") if "reference" in top else "",
             hyperparameters=tuple(hypers), requires=tuple(requires), factored_when=factored_when,
-            factored_text=factored_text, state=tuple(state), update=tuple(statements),
-            text=self.text)
+            factored_text=factored_text, factor_axes=factor_axes, state=tuple(state),
+            update=tuple(statements), text=self.text)
 
     # -- hyperparameters ---------------------------------------------------------------
     def _hyperparameters(self, node: Node) -> list[Hyperparameter]:
@@ -244,7 +300,7 @@ class _SpecBuilder:
                 raise SpecError(spec.loc, f"required hyperparameter '{name}' (no 'default') "
                                 "must come before those with defaults")
             default = None if required else self._default(spec, name, kind)
-            doc = _expect_str(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
+            doc = _doc_text(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
             example = self._example(spec, name, kind)
             for n in (name, *components):
                 if n in seen:
@@ -267,6 +323,8 @@ class _SpecBuilder:
             if len(items) != 2:
                 raise SpecError(node.loc, f"the example of pair '{name}' needs 2 numbers")
             return tuple(_number(i, f"the example of '{name}'") for i in items)
+        if kind == "int":
+            return _integer(node, f"the example of int '{name}'")
         return _number(node, f"the example of '{name}'")
 
     def _identifier(self, name: str, loc: Loc, what: str) -> None:
@@ -306,6 +364,8 @@ class _SpecBuilder:
                 raise SpecError(node.loc, f"the default of pair '{name}' needs 2 numbers")
             return tuple(None if i.value is None else _number(i, f"the default of '{name}'")
                          for i in items)
+        if kind == "int":
+            return _integer(node, f"the default of int '{name}'")
         return _number(node, f"the default of '{name}'")
 
     def _attach_checks(self, node: Node, hypers: list[Hyperparameter],
@@ -326,7 +386,8 @@ class _SpecBuilder:
             typed = parse_expression(text, check_node.loc, scope, _expr_col_shift(check_node))
             if typed.kind not in ("condition",):
                 raise SpecError(check_node.loc, "'check' must be a comparison such as 'x > 0'")
-            out.append(dataclasses.replace(h, check=typed.expr, check_text=text))
+            # One line: the text is quoted into a one-line string of the generated module.
+            out.append(dataclasses.replace(h, check=typed.expr, check_text=" ".join(text.split())))
         return out
 
     def _requires(self, node: Node | None, scope: _Scope) -> list[Requirement]:
@@ -351,21 +412,37 @@ class _SpecBuilder:
                             "hyperparameters, has(x), factored, and/or/not)")
         return typed.expr
 
-    def _layout(self, node: Node) -> tuple[sympy.Basic, str]:
+    def _layout(self, node: Node, hypers: list[Hyperparameter]
+                ) -> tuple[sympy.Basic, str, str]:
+        """``factored``: when a parameter is factored (a condition on ndim, the sizes
+        ``rows``/``cols`` of the axes it would be factored over, and bool/int
+        hyperparameters); ``axes``: which two axes those are."""
         _expect_map(node, "'layout'")
-        _check_keys(node, {FACTORED}, "'layout'", {FACTORED})
+        _check_keys(node, {FACTORED, "axes"}, "'layout'", {FACTORED})
+        axes = "last"
+        if "axes" in node.value:
+            axes = _expect_str(node.value["axes"], "'layout.axes'")
+            if axes not in FACTOR_AXES:
+                raise SpecError(node.value["axes"].loc, f"'layout.axes' must be one of "
+                                f"{', '.join(FACTOR_AXES)}, got '{axes}'")
         cond_node = node.value[FACTORED]
         text = _expect_str(cond_node, "'layout.factored'")
-        scope = _Scope({"ndim": Typed(sympy.Symbol("ndim", integer=True), STATIC_INT)}, {})
-        typed = parse_expression(text, cond_node.loc, scope, _expr_col_shift(cond_node))
+        names = {n: Typed(sympy.Symbol(n, integer=True), STATIC_INT)
+                 for n in (LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS)}
+        names.update({h.name: Typed(sympy.Symbol(h.name), STATIC_BOOL)
+                      for h in hypers if h.kind == "bool"})
+        names.update({h.name: Typed(sympy.Symbol(h.name, integer=True), STATIC_INT)
+                      for h in hypers if h.kind == "int"})
+        typed = parse_expression(text, cond_node.loc, _Scope(names, {}),
+                                 _expr_col_shift(cond_node))
         if typed.kind != STATIC_BOOL:
-            raise SpecError(cond_node.loc, "'layout.factored' must be a condition on ndim, "
-                            "e.g. 'ndim >= 2'")
+            raise SpecError(cond_node.loc, "'layout.factored' must be a condition on ndim, rows, "
+                            "cols and bool/int hyperparameters, e.g. 'ndim >= 2'")
         for ndim in (0, 1):
-            if typed.expr.subs(sympy.Symbol("ndim", integer=True), ndim) == sympy.true:
+            if typed.expr.subs(sympy.Symbol(LAYOUT_NDIM, integer=True), ndim) == sympy.true:
                 raise SpecError(cond_node.loc, f"'layout.factored' must be false for {ndim}-D "
                                 "parameters: they have no rows and cols")
-        return typed.expr, text
+        return typed.expr, text, axes
 
     # -- state ---------------------------------------------------------------------------
     def _state(self, node: Node, scope: _Scope, hyper_names: set[str]) -> list[StateTensor]:
@@ -392,7 +469,7 @@ class _SpecBuilder:
                 raise SpecError(spec.value["shape"].loc, f"{label}-shaped state '{name}' only "
                                 "exists for factored parameters: add 'when: factored'")
             init = _number(spec.value["init"], "'init'") if "init" in spec.value else 0.0
-            doc = _expect_str(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
+            doc = _doc_text(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
             out.append(StateTensor(name, shape, when, when_text, init, doc, key_loc))
         return out
 
@@ -440,7 +517,18 @@ class _SpecBuilder:
         previous = scope.names.get(target)
         if previous is not None and previous.kind != NUM:
             raise SpecError(target_loc, f"cannot assign to '{target}'")
+        self._check_inlined_size(target, target_loc, value.expr)
         return Equation(target, value.expr, value.shape, text, item.loc)
+
+    def _check_inlined_size(self, target: str, loc: Loc, expr: sympy.Basic) -> None:
+        """The lowering substitutes every name by its value, so ``a = a*a + a`` repeated
+        grows exponentially and would stall it: bound the substituted size here. A name
+        keeps the largest size any of its assignments had (branches may take either)."""
+        size = _inlined_size(expr, self.inlined)
+        if size > MAX_INLINED_NODES:
+            raise SpecError(loc, f"'{target}' is too large once earlier equations are "
+                            f"substituted (more than {MAX_INLINED_NODES} operations)")
+        self.inlined[target] = max(size, self.inlined.get(target, 0))
 
     def _branch(self, item: Node, scope: _Scope, protected: set[str],
                 state_shapes: dict[str, ShapeClass], counter: list[int]
@@ -466,6 +554,23 @@ class _SpecBuilder:
                                 f"({before.shape.label} -> {typed.shape.label})")
         text = str(item.value["if"].value)
         return Branch(cond, text, tuple(then), tuple(orelse), item.loc), merged
+
+
+def _inlined_size(expr: sympy.Basic, sizes: dict[str, int]) -> int:
+    """Tree size of ``expr`` with each name counted as the size of its value (capped just
+    above the limit); shared sub-expressions are walked once."""
+    memo: dict[int, int] = {}
+
+    def walk(node: sympy.Basic) -> int:
+        key = id(node)
+        if key not in memo:
+            if isinstance(node, sympy.Symbol):
+                memo[key] = sizes.get(node.name, 1)
+            else:
+                memo[key] = min(1 + sum(walk(arg) for arg in node.args), MAX_INLINED_NODES + 1)
+        return memo[key]
+
+    return walk(expr)
 
 
 def _implies(a: sympy.Basic, b: sympy.Basic) -> bool:

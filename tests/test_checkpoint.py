@@ -1,0 +1,301 @@
+"""Checkpoints and compiled training steps.
+
+Optimizer state saved with ``mx.save_safetensors(path, dict(tree_flatten(opt.state)))``
+and loaded with ``mx.load`` + ``tree_unflatten`` into a fresh instance continues exactly as
+an uninterrupted run; the same state moves to ``mlx.optimizers.Adafactor`` and back; a
+compiled step (state as inputs and outputs, as mlx-lm does) equals the eager one.
+"""
+import contextlib
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from afgen.kernel_runner import cpu_kernels
+from generated.adafactor import Adafactor
+
+RTOL = 2e-4  # tests/test_parity_mlx.py's tolerance against mlx.optimizers.Adafactor
+CONFIGS = {
+    "default": dict(),
+    "beta_1-wd": dict(beta_1=0.9, weight_decay=0.01),
+    "schedule": dict(relative_step=False, beta_1=0.5,
+                     learning_rate=optim.cosine_decay(0.05, 30)),
+    "skip": dict(beta_1=0.9, nonfinite="skip"),
+    "param-bf16": dict(beta_1=0.9, precision="param"),
+}
+
+
+def _tree(rng, scale=1.0, dtype=mx.float32):
+    def leaf(shape):
+        return mx.array((rng.standard_normal(shape) * scale).astype(np.float32)).astype(dtype)
+
+    return {"embed": leaf((7, 5)), "scale": leaf(()),
+            "layers": [{"w": leaf((5, 6)), "b": leaf((6,))}, {"w": leaf((2, 3, 4))}]}
+
+
+def _bits(tree):
+    """Every leaf as (dtype, shape, raw bytes): equality means bit-identical."""
+    mx.eval(tree)
+    return {k: (str(v.dtype), tuple(v.shape), np.array(v.view(mx.uint16) if v.dtype ==
+                                                      mx.bfloat16 else v).tobytes())
+            for k, v in tree_flatten(tree)}
+
+
+def _steps(opt, params, grads_list):
+    for grads in grads_list:
+        params = opt.apply_gradients(grads, params)
+    mx.eval(params, opt.state)
+    return params
+
+
+def _save_load(tree, path):
+    """A safetensors round trip of a tree, as a training script checkpoints it."""
+    mx.save_safetensors(str(path), dict(tree_flatten(tree)))
+    return tree_unflatten(list(mx.load(str(path)).items()))
+
+
+def _data(name, steps=8):
+    rng = np.random.default_rng(2)
+    dtype = mx.bfloat16 if name == "param-bf16" else mx.float32
+    params = _tree(rng, dtype=dtype)
+    grads = [_tree(rng, 0.5, dtype) for _ in range(steps)]
+    if name == "skip":  # a skipped step before the checkpoint: the count must survive
+        flat = dict(tree_flatten(grads[1]))
+        flat["embed"] = mx.full((7, 5), float("nan"))
+        grads[1] = tree_unflatten(list(flat.items()))
+    return params, grads
+
+
+@contextlib.contextmanager
+def _backend(backend):
+    if backend == "mlx":
+        yield
+        return
+    import generated.adafactor as generated_module
+
+    with cpu_kernels(generated_module):
+        yield
+
+
+# The fused backends run on the CPU executor here (slow), so they take one configuration.
+RESUME_CASES = [(name, "mlx") for name in CONFIGS] + [("beta_1-wd", "metal"), ("skip", "cuda")]
+
+
+@pytest.mark.parametrize("name,backend", RESUME_CASES)
+def test_resume_from_safetensors_is_bit_identical(tmp_path, name, backend):
+    params, grads = _data(name)
+    kwargs = CONFIGS[name]
+    with _backend(backend):
+        full = Adafactor(**kwargs, backend=backend)
+        want = _steps(full, params, grads)
+        first = Adafactor(**kwargs, backend=backend)
+        half = _steps(first, params, grads[:4])
+        resumed = Adafactor(**kwargs, backend=backend)
+        resumed.state = _save_load(first.state, tmp_path / "opt.safetensors")
+        assert resumed.step.dtype == mx.uint64 and resumed.step.item() == first.step.item()
+        got = _steps(resumed, _save_load(half, tmp_path / "model.safetensors"), grads[4:])
+    assert _bits(got) == _bits(want)
+    assert _bits(resumed.state) == _bits(full.state)
+    if name == "skip":
+        assert resumed.state["skipped_steps"].item() == 1
+
+
+def _assert_same_layout(ours, theirs):
+    """Same keys, shapes and dtypes, so neither optimizer re-initialises anything."""
+    a = {k: (v.shape, v.dtype) for k, v in tree_flatten(ours)}
+    b = {k: (v.shape, v.dtype) for k, v in tree_flatten(theirs)}
+    assert a == b
+
+
+def _max_rel(a, b):
+    a, b = np.array(a, np.float64), np.array(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))) if a.size else 0.0
+
+
+@pytest.mark.parametrize("name", ["default", "beta_1-wd", "schedule"])
+def test_state_moves_to_mlx_adafactor_and_back(tmp_path, name):
+    """float32: ours (4 steps) -> mlx.optimizers.Adafactor (2) -> ours (2). Not bit-identical
+    to an uninterrupted run of either: the generated update orders its float32 operations
+    differently from MLX's graph (about 1 ulp per step), so the parity tolerance applies."""
+    params, grads = _data(name)
+    kwargs = CONFIGS[name]
+    reference = Adafactor(**kwargs, backend="mlx")
+    want = _steps(reference, params, grads)
+    theirs_all = optim.Adafactor(**kwargs)
+    want_mlx = _steps(theirs_all, params, grads)
+    ours = Adafactor(**kwargs, backend="mlx")
+    p = _steps(ours, params, grads[:4])
+    theirs = optim.Adafactor(**kwargs)
+    theirs.init(params)
+    _assert_same_layout(ours.state, theirs.state)
+    theirs.state = _save_load(ours.state, tmp_path / "to_mlx.safetensors")
+    p = _steps(theirs, p, grads[4:6])
+    back = Adafactor(**kwargs, backend="mlx")
+    back.state = _save_load(theirs.state, tmp_path / "from_mlx.safetensors")
+    p = _steps(back, p, grads[6:])
+    assert back.step.item() == 8
+    _assert_same_layout(back.state, reference.state)
+    flat_p, flat_s = dict(tree_flatten(p)), dict(tree_flatten(back.state))
+    for key, value in tree_flatten(want):
+        assert _max_rel(flat_p[key], value) <= RTOL, key
+    for key, value in tree_flatten(reference.state):
+        assert _max_rel(flat_s[key], value) <= RTOL, key
+    for key, value in tree_flatten(want_mlx):
+        assert _max_rel(flat_p[key], value) <= RTOL, key
+
+
+@pytest.mark.parametrize("name", ["default", "beta_1-wd", "schedule"])
+def test_param_precision_moves_to_mlx_adafactor_and_back_bit_identically(tmp_path, name):
+    """float32 with precision="param": ours (3 steps) -> mlx.optimizers.Adafactor (3) ->
+    ours (2) equals 8 uninterrupted steps of mlx.optimizers.Adafactor bit for bit."""
+    params, grads = _data(name)
+    kwargs = CONFIGS[name]
+    theirs_all = optim.Adafactor(**kwargs)
+    want = _steps(theirs_all, params, grads)
+    ours = Adafactor(**kwargs, backend="mlx", precision="param")
+    p = _steps(ours, params, grads[:3])
+    theirs = optim.Adafactor(**kwargs)
+    theirs.state = _save_load(ours.state, tmp_path / "to_mlx.safetensors")
+    p = _steps(theirs, p, grads[3:6])
+    back = Adafactor(**kwargs, backend="mlx", precision="param")
+    back.state = _save_load(theirs.state, tmp_path / "from_mlx.safetensors")
+    p = _steps(back, p, grads[6:])
+    assert _bits(p) == _bits(want)
+    assert _bits(back.state) == _bits(theirs_all.state)
+
+
+def test_mlx_state_loads_into_ours(tmp_path):
+    """mlx.optimizers.Adafactor's own checkpoint continues in the generated class."""
+    params, grads = _data("beta_1-wd")
+    theirs = optim.Adafactor(beta_1=0.9, weight_decay=0.01)
+    want = _steps(theirs, params, grads)
+    first = optim.Adafactor(beta_1=0.9, weight_decay=0.01)
+    p = _steps(first, params, grads[:4])
+    ours = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    ours.state = _save_load(first.state, tmp_path / "mlx.safetensors")
+    p = _steps(ours, p, grads[4:])
+    flat = dict(tree_flatten(p))
+    for key, value in tree_flatten(want):
+        assert _max_rel(flat[key], value) <= RTOL, key
+    _assert_same_layout(ours.state, theirs.state)
+
+
+def _primed(tmp_path):
+    params, grads = _data("beta_1-wd")
+    opt = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    p = _steps(opt, params, grads[:2])
+    return p, grads, _save_load(opt.state, tmp_path / "opt.safetensors")
+
+
+def _edited(state, path, value):
+    flat = dict(tree_flatten(state))
+    if value is None:
+        del flat[path]
+    else:
+        flat[path] = value
+    return tree_unflatten(list(flat.items()))
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("layers.0.w.exp_avg_sq_row", mx.zeros((4,)), r"parameter 'layers.0.w' has shape \(5, 6\) "
+     r"but its state 'exp_avg_sq_row' has shape \(4,\)"),
+    ("embed.exp_avg", None, r"parameter 'embed' has optimizer state without \['exp_avg'\]"),
+    ("step", None, r"optimizer state has no 'step'"),
+])
+def test_bad_loaded_state_raises_before_changing_anything(tmp_path, path, value, message):
+    """Checked on the first step after the state is assigned (it used to be checked only
+    once the optimizer had initialised itself, so a loaded state failed halfway through
+    the step, with the step count already advanced)."""
+    params, grads, state = _primed(tmp_path)
+    opt = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    opt.state = _edited(state, path, value)
+    before = _bits(opt.state)
+    with pytest.raises(ValueError, match=message):
+        opt.apply_gradients(grads[2], params)
+    assert _bits(opt.state) == before
+
+
+def test_plain_int_step_is_accepted(tmp_path):
+    """A checkpoint that stores the step as a number (JSON, say) resumes identically."""
+    params, grads, state = _primed(tmp_path)
+    a = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    a.state = state
+    b = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    again = tree_unflatten(list(mx.load(str(tmp_path / "opt.safetensors")).items()))
+    b.state = dict(again, step=int(again["step"].item()))
+    assert _bits(_steps(a, params, grads[2:])) == _bits(_steps(b, params, grads[2:]))
+    assert b.step.dtype == mx.uint64
+
+
+class _MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = [nn.Linear(6, 12), nn.Linear(12, 3)]
+        self.scale = mx.array(1.0)
+
+    def __call__(self, x):
+        return self.layers[1](nn.relu(self.layers[0](x))) * self.scale
+
+
+def _batches(count):
+    rng = np.random.default_rng(5)
+    return [(mx.array(rng.standard_normal((16, 6)).astype(np.float32)),
+             mx.array(rng.standard_normal((16, 3)).astype(np.float32))) for _ in range(count)]
+
+
+def _train(kwargs, compiled, batches, model=None, opt=None):
+    if model is None:
+        mx.random.seed(0)
+        model = _MLP()
+    opt = opt or Adafactor(**kwargs, backend="mlx")
+
+    def loss_fn(m, x, y):
+        return nn.losses.mse_loss(m(x), y)
+
+    def step(x, y):
+        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
+        opt.update(model, grads)
+        return loss
+
+    if compiled:
+        state = [model.state, opt.state]
+        step = partial(mx.compile, inputs=state, outputs=state)(step)
+    losses = []
+    for x, y in batches:
+        losses.append(step(x, y))
+        mx.eval(model.state, opt.state)
+    return model, opt, [loss.item() for loss in losses]
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(beta_1=0.9), dict(beta_1=0.9, weight_decay=0.01,
+                                                                    nonfinite="skip")],
+                         ids=["default", "beta_1", "beta_1-wd-skip"])
+def test_compiled_training_step_equals_eager(kwargs):
+    batches = _batches(20)
+    model, opt, losses = _train(kwargs, True, batches)
+    eager_model, eager_opt, eager_losses = _train(kwargs, False, batches)
+    assert losses == eager_losses
+    assert _bits(model.parameters()) == _bits(eager_model.parameters())
+    assert _bits(opt.state) == _bits(eager_opt.state)
+    assert opt.step.item() == 20
+
+
+def test_compiled_training_resumes_from_a_checkpoint(tmp_path):
+    """mlx-lm's resume: load model weights and optimizer state, then compiled steps."""
+    kwargs = dict(beta_1=0.9, weight_decay=0.01)
+    batches = _batches(12)
+    model, opt, _ = _train(kwargs, True, batches)
+    first, first_opt, _ = _train(kwargs, True, batches[:6])
+    first.save_weights(str(tmp_path / "model.safetensors"))
+    mx.random.seed(1)
+    resumed = _MLP()
+    resumed.load_weights(str(tmp_path / "model.safetensors"))
+    resumed_opt = Adafactor(**kwargs, backend="mlx")
+    resumed_opt.state = _save_load(first_opt.state, tmp_path / "opt.safetensors")
+    resumed, resumed_opt, _ = _train(kwargs, True, batches[6:], resumed, resumed_opt)
+    assert _bits(resumed.parameters()) == _bits(model.parameters())
+    assert _bits(resumed_opt.state) == _bits(opt.state)
