@@ -28,14 +28,31 @@ def compile_path(spec_path: str | Path) -> Compiled:
 
 def module_source(compiled: Compiled) -> str:
     source = render_module(compiled, compiled.spec.path)
-    _check_class_name_is_free(compiled.spec, source)
+    tree = ast.parse(source)
+    _check_compiles(compiled.spec, tree)
+    _check_class_name_is_free(compiled.spec, tree)
     return source
 
 
-def _check_class_name_is_free(spec: Spec, source: str) -> None:
+def _check_compiles(spec: Spec, tree: ast.Module) -> None:
+    """Names from the spec meet the template's own in the generated module: a
+    hyperparameter named like one of the constructor's keyword-only arguments is a
+    duplicate argument, reported at the hyperparameter."""
+    try:
+        compile(tree, spec.path, "exec")
+    except SyntaxError as exc:
+        match = re.fullmatch(r"duplicate argument '(\w+)' in function definition", exc.msg)
+        hyper = next((h for h in spec.hyperparameters if match and h.name == match[1]), None)
+        if hyper is None:
+            raise
+        raise SpecError(hyper.loc, f"'{hyper.name}' is also an argument of the generated "
+                        "constructor; choose another name") from None
+
+
+def _check_class_name_is_free(spec: Spec, tree: ast.Module) -> None:
     """The optimizer class must be the only top-level binding of its name: a spec naming
     it ``NamedTuple`` or ``BACKENDS`` would shadow what the module itself uses."""
-    if _top_level_names(ast.parse(source)).count(spec.class_name) == 1:
+    if _top_level_names(tree).count(spec.class_name) == 1:
         return
     match = re.search(r"(?m)^optimizer:[ \t]*", spec.text)
     line = spec.text.count("\n", 0, match.start()) + 1 if match else 1

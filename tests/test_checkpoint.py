@@ -6,14 +6,13 @@ an uninterrupted run; the same state moves to ``mlx.optimizers.Adafactor`` and b
 compiled step (state as inputs and outputs, as mlx-lm does) equals the eager one.
 """
 import contextlib
-from functools import partial
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
+from training import MLP, training_step
 
 from afgen.kernel_runner import cpu_kernels
 from generated.adafactor import Adafactor
@@ -231,16 +230,6 @@ def test_plain_int_step_is_accepted(tmp_path):
     assert b.step.dtype == mx.uint64
 
 
-class _MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = [nn.Linear(6, 12), nn.Linear(12, 3)]
-        self.scale = mx.array(1.0)
-
-    def __call__(self, x):
-        return self.layers[1](nn.relu(self.layers[0](x))) * self.scale
-
-
 def _batches(count):
     rng = np.random.default_rng(5)
     return [(mx.array(rng.standard_normal((16, 6)).astype(np.float32)),
@@ -250,20 +239,9 @@ def _batches(count):
 def _train(kwargs, compiled, batches, model=None, opt=None):
     if model is None:
         mx.random.seed(0)
-        model = _MLP()
+        model = MLP()
     opt = opt or Adafactor(**kwargs, backend="mlx")
-
-    def loss_fn(m, x, y):
-        return nn.losses.mse_loss(m(x), y)
-
-    def step(x, y):
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
-        opt.update(model, grads)
-        return loss
-
-    if compiled:
-        state = [model.state, opt.state]
-        step = partial(mx.compile, inputs=state, outputs=state)(step)
+    step = training_step(model, opt, compiled)
     losses = []
     for x, y in batches:
         losses.append(step(x, y))
@@ -292,7 +270,7 @@ def test_compiled_training_resumes_from_a_checkpoint(tmp_path):
     first, first_opt, _ = _train(kwargs, True, batches[:6])
     first.save_weights(str(tmp_path / "model.safetensors"))
     mx.random.seed(1)
-    resumed = _MLP()
+    resumed = MLP()
     resumed.load_weights(str(tmp_path / "model.safetensors"))
     resumed_opt = Adafactor(**kwargs, backend="mlx")
     resumed_opt.state = _save_load(first_opt.state, tmp_path / "opt.safetensors")

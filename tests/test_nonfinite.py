@@ -13,11 +13,11 @@ from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
+from training import MLP, training_step
 
 from afgen.kernel_runner import cpu_kernels
 
@@ -205,32 +205,11 @@ def test_every_generated_class_skips_and_raises(stem, trees):
     assert _bits(opt.state) == state_before
 
 
-class _MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l1 = nn.Linear(6, 12)
-        self.l2 = nn.Linear(12, 3)
-
-    def __call__(self, x):
-        return self.l2(nn.relu(self.l1(x)))
-
-
 def _train(module, batches, compiled, nonfinite):
     mx.random.seed(0)
-    model = _MLP()
+    model = MLP()
     opt = module.Adafactor(**KWARGS, backend="mlx", nonfinite=nonfinite)
-
-    def loss_fn(m, x, y):
-        return nn.losses.mse_loss(m(x), y)
-
-    def step(x, y):
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
-        opt.update(model, grads)
-        return loss
-
-    if compiled:
-        state = [model.state, opt.state]
-        step = partial(mx.compile, inputs=state, outputs=state)(step)
+    step = training_step(model, opt, compiled)
     history = []
     for x, y in batches:
         step(x, y)

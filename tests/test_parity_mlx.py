@@ -3,10 +3,10 @@ import itertools
 from functools import partial
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from training import MLP, training_step
 
 SHAPES = {"scalar": (), "one": (1,), "vec": (7,), "row1": (1, 9), "col1": (8, 1),
           "mat": (6, 10), "cube": (3, 4, 5), "quad": (2, 3, 4, 5)}
@@ -91,36 +91,14 @@ def test_state_keys_shapes_and_defaults_match_mlx(module):
     assert int(ours.step) == 0
 
 
-class _MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l1 = nn.Linear(6, 12)
-        self.l2 = nn.Linear(12, 3)
-        self.scale = mx.array(1.0)
-
-    def __call__(self, x):
-        return self.l2(nn.relu(self.l1(x))) * self.scale
-
-
 def _train(opt_factory, compiled_step, steps=25):
     mx.random.seed(0)
-    model = _MLP()
+    model = MLP()
     opt = opt_factory()
     rng = np.random.default_rng(5)
     data = [(mx.array(rng.standard_normal((16, 6)).astype(np.float32)),
              mx.array(rng.standard_normal((16, 3)).astype(np.float32))) for _ in range(steps)]
-
-    def loss_fn(m, x, y):
-        return nn.losses.mse_loss(m(x), y)
-
-    def step(x, y):
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
-        opt.update(model, grads)
-        return loss
-
-    if compiled_step:
-        state = [model.state, opt.state]
-        step = partial(mx.compile, inputs=state, outputs=state)(step)
+    step = training_step(model, opt, compiled_step)
     losses = []
     for x, y in data:
         losses.append(float(step(x, y)))

@@ -128,6 +128,8 @@ def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) 
         used |= {str(s) for s in step.expr.free_symbols}
     for _, expr in flat.results:
         used |= {str(s) for s in expr.free_symbols}
+    if not any(name == f"new_{PARAM}" for name, _ in flat.results):
+        used.add(PARAM)  # the parameter is returned as it is, so it must be loaded
     defined = {str(s.name) for s in flat.steps}
     loads = atom_loads(spec, plan, dialect, used - defined)
     body = []

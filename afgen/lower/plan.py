@@ -23,9 +23,11 @@ from afgen.lower.specialise import Program, Reduction, shape_of
 from afgen.shapes import ReduceAxes, ShapeClass
 from afgen.spec.model import PARAM
 
-# Above this many terms after expansion, the new parameter is not rewritten in terms of a
-# new state (an optimisation only; the shipped specs stay far below it).
-MAX_EXPANDED_TERMS = 2000
+# Beyond this many terms after expansion, or nodes before it, the new parameter is not
+# rewritten in terms of a new state (an optimisation only; the shipped specs need at most
+# 14 terms and 100 nodes).
+MAX_EXPANDED_TERMS = 64
+MAX_EXPANDED_NODES = 600
 
 
 @dataclass(frozen=True)
@@ -228,31 +230,34 @@ class _Hoister:
         return self.defs[expr]
 
 
-def _expanded_terms(expr: sympy.Expr) -> int:
-    """A bound on the terms ``sympy.expand`` gives ``expr`` or any sub-expression (it
-    expands function arguments too), capped just above ``MAX_EXPANDED_TERMS``: products of
-    sums and powers of sums multiply out, so ``((grad + 1)**64 + 1)**64`` would not finish."""
+def _cheap_to_expand(expr: sympy.Expr) -> bool:
+    """Whether ``sympy.expand`` (and ``count_ops`` on its result) stays small: at most
+    ``MAX_EXPANDED_TERMS`` terms in ``expr`` or any sub-expression (expand enters function
+    arguments too) and at most ``MAX_EXPANDED_NODES`` nodes. Products and powers of sums
+    multiply out, so ``((grad + 1)**64 + 1)**64`` alone would never finish."""
     cap = MAX_EXPANDED_TERMS + 1
-    memo: dict[int, tuple[int, int]] = {}  # id -> (terms of the node, most in its tree)
+    memo: dict[int, tuple[int, int, int]] = {}  # id -> (terms, most terms inside, tree size)
 
-    def walk(node: sympy.Basic) -> tuple[int, int]:
+    def walk(node: sympy.Basic) -> tuple[int, int, int]:
         key = id(node)
         if key not in memo:
             inner = [walk(arg) for arg in node.args]
-            counts = [count for count, _ in inner]
+            counts = [count for count, _, _ in inner]
             count = 1
             if isinstance(node, sympy.Add):
                 count = sum(counts)
             elif isinstance(node, sympy.Mul):
-                count = math.prod(counts)
+                count = math.prod(min(c, cap) for c in counts)
             elif isinstance(node, sympy.Pow) and node.exp.is_Rational and counts[0] > 1:
                 power = min(int(abs(node.exp)), cap)
                 count = math.comb(power + counts[0] - 1, counts[0] - 1) if power else 1
             count = min(count, cap)
-            memo[key] = (count, max([count, *(most for _, most in inner)]))
+            most = max([count, *(m for _, m, _ in inner)])
+            memo[key] = (count, most, min(1 + sum(n for _, _, n in inner), MAX_EXPANDED_NODES + 1))
         return memo[key]
 
-    return walk(expr)[1]
+    _, most, size = walk(expr)
+    return most <= MAX_EXPANDED_TERMS and size <= MAX_EXPANDED_NODES
 
 
 def _reuse_outputs(outputs: dict[str, sympy.Expr], shapes: dict[sympy.Symbol, ShapeClass]
@@ -261,12 +266,12 @@ def _reuse_outputs(outputs: dict[str, sympy.Expr], shapes: dict[sympy.Symbol, Sh
     (``p - m_new`` instead of ``p - beta*m - (1-beta)*u``): SymPy distributes sums, which
     hides the reuse from CSE. The reused state becomes a named definition."""
     out, defs = dict(outputs), []
-    if PARAM not in out or _expanded_terms(out[PARAM]) > MAX_EXPANDED_TERMS:
+    if PARAM not in out or not _cheap_to_expand(out[PARAM]):
         return out, defs
     for other, other_expr in outputs.items():
         if other == PARAM or shape_of(other_expr, shapes) is not ShapeClass.FULL:
             continue
-        if _expanded_terms(other_expr) > MAX_EXPANDED_TERMS:
+        if not _cheap_to_expand(other_expr):
             continue
         symbol = sympy.Symbol(f"new_{other}", real=True)
         for sign in (1, -1):

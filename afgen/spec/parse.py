@@ -51,10 +51,16 @@ IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
 RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS,
             "has", "self", "mx", "state", "shape", "gradient", "parameter"}
+# What every generated optimizer already has (MLX's Optimizer API, the generated
+# constructor's own arguments); a hyperparameter is stored as ``self.<name>``.
+OPTIMIZER_ATTRIBUTES = {"apply_gradients", "apply_single", "init", "init_single", "state",
+                        "step", "update", "backend", "precision"}
 MAX_STATEMENTS = 500
 DEFAULT_PATH = "<spec>"
-# Operations in one value once earlier names are substituted (shipped specs: about 300).
-MAX_INLINED_NODES = 3000
+# Operations in one value once earlier names are substituted, and their nesting (shipped
+# specs: about 300 and 30). SymPy's time grows fast with both.
+MAX_INLINED_NODES = 1000
+MAX_INLINED_DEPTH = 48
 # Names the lowering gives to temporaries, reductions, hoisted values and outputs.
 GENERATED_NAME = re.compile(r"^(x|s|h|g|red)\d+|^new_")
 
@@ -78,11 +84,15 @@ def parse_spec_text(text: str, path: str = DEFAULT_PATH) -> Spec:
 def _module_stem(path: str) -> str:
     """The file name without ``.yaml``: it names the generated module and prefixes its
     kernels, so it must be an identifier (which also keeps ``out/<stem>.py`` inside
-    ``out``). In-memory text without a path is the module ``spec``."""
+    ``out``). In-memory text without a path is the module ``spec``. The path itself is
+    quoted in the module's docstring, so it cannot hold what would end or escape it."""
     stem = "spec" if path == DEFAULT_PATH else Path(path).stem
     if not (stem.isascii() and stem.isidentifier()) or keyword.iskeyword(stem):
         raise SpecError(Loc(path, 1, 1), f"the spec's file name '{stem}' must be a Python "
                         "identifier (it names the generated module), e.g. my_optimizer.yaml")
+    if '"' in path or "\\" in path or not path.isprintable():
+        raise SpecError(Loc(path, 1, 1), "the spec's path cannot contain quotes, backslashes "
+                        "or control characters (the generated module quotes it)")
     return stem
 
 
@@ -221,7 +231,8 @@ class _SpecBuilder:
         self.root = root
         self.text = text
         self.path = path
-        self.inlined: dict[str, int] = {}  # name -> size of its value with names inlined
+        # name -> (size, depth) of its value once earlier names are substituted
+        self.inlined: dict[str, tuple[int, int]] = {}
 
     def build(self) -> Spec:
         stem = _module_stem(self.path)
@@ -334,6 +345,9 @@ class _SpecBuilder:
         if (name in RESERVED or name in FUNCTIONS or keyword.iskeyword(name)
                 or GENERATED_NAME.match(name)):
             raise SpecError(loc, f"'{name}' is reserved and cannot name a {what}")
+        if what == "hyperparameter" and name in OPTIMIZER_ATTRIBUTES:
+            raise SpecError(loc, f"'{name}' is reserved: the generated optimizer already has "
+                            "an attribute of that name (hyperparameters are stored as attributes)")
 
     def _pair_names(self, spec: Node, name: str) -> tuple[str, ...]:
         if "names" not in spec.value:
@@ -398,6 +412,10 @@ class _SpecBuilder:
             _expect_map(item, "a requirement")
             _check_keys(item, {"check", "message"}, "a requirement", {"check", "message"})
             cond = self._static_condition(item.value["check"], scope)
+            if sympy.Symbol(FACTORED) in cond.free_symbols:
+                raise SpecError(item.value["check"].loc, "'requires' is checked when the "
+                                "optimizer is constructed, before it sees a parameter: it "
+                                "cannot use 'factored'")
             out.append(Requirement(cond, _expect_str(item.value["message"], "'message'"),
                                    item.value["check"].loc))
         return out
@@ -522,13 +540,18 @@ class _SpecBuilder:
 
     def _check_inlined_size(self, target: str, loc: Loc, expr: sympy.Basic) -> None:
         """The lowering substitutes every name by its value, so ``a = a*a + a`` repeated
-        grows exponentially and would stall it: bound the substituted size here. A name
-        keeps the largest size any of its assignments had (branches may take either)."""
-        size = _inlined_size(expr, self.inlined)
+        grows exponentially and ``a = abs(a) + g`` repeated nests deeper than SymPy can
+        recurse: bound the substituted size and depth here. A name keeps the largest size
+        and depth any of its assignments had (branches may take either)."""
+        size, depth = _inlined_size(expr, self.inlined)
         if size > MAX_INLINED_NODES:
             raise SpecError(loc, f"'{target}' is too large once earlier equations are "
                             f"substituted (more than {MAX_INLINED_NODES} operations)")
-        self.inlined[target] = max(size, self.inlined.get(target, 0))
+        if depth > MAX_INLINED_DEPTH:
+            raise SpecError(loc, f"'{target}' is too large once earlier equations are "
+                            f"substituted (nested more than {MAX_INLINED_DEPTH} deep)")
+        old_size, old_depth = self.inlined.get(target, (0, 0))
+        self.inlined[target] = (max(size, old_size), max(depth, old_depth))
 
     def _branch(self, item: Node, scope: _Scope, protected: set[str],
                 state_shapes: dict[str, ShapeClass], counter: list[int]
@@ -556,18 +579,20 @@ class _SpecBuilder:
         return Branch(cond, text, tuple(then), tuple(orelse), item.loc), merged
 
 
-def _inlined_size(expr: sympy.Basic, sizes: dict[str, int]) -> int:
-    """Tree size of ``expr`` with each name counted as the size of its value (capped just
-    above the limit); shared sub-expressions are walked once."""
-    memo: dict[int, int] = {}
+def _inlined_size(expr: sympy.Basic, known: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(tree size, depth) of ``expr`` with each name counted as its value (the size capped
+    just above the limit); shared sub-expressions are walked once."""
+    memo: dict[int, tuple[int, int]] = {}
 
-    def walk(node: sympy.Basic) -> int:
+    def walk(node: sympy.Basic) -> tuple[int, int]:
         key = id(node)
         if key not in memo:
             if isinstance(node, sympy.Symbol):
-                memo[key] = sizes.get(node.name, 1)
+                memo[key] = known.get(node.name, (1, 1))
             else:
-                memo[key] = min(1 + sum(walk(arg) for arg in node.args), MAX_INLINED_NODES + 1)
+                args = [walk(arg) for arg in node.args]
+                memo[key] = (min(1 + sum(s for s, _ in args), MAX_INLINED_NODES + 1),
+                             1 + max((d for _, d in args), default=0))
         return memo[key]
 
     return walk(expr)
