@@ -36,6 +36,8 @@ SHIPPED = sorted((ROOT / "specs").glob("*.yaml"))
 SPEC = "specs/fuzzed.yaml"  # relative to the workspace, which is the cwd during a run
 MARKER = "PWNED"  # what the attacks try to create, in the workspace (the cwd)
 HANG_SECONDS = 60.0  # a build takes seconds; far beyond this is a hang
+# No hypothesis deadline: a mutated spec that still builds legitimately takes seconds (the
+# Adafactor specs), so hangs are bounded by time_limit() instead, per CLI run.
 FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
