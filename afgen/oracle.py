@@ -14,8 +14,7 @@ import numpy as np
 from afgen.backends.functions import NUMPY, function_model
 from afgen.backends.render import render
 from afgen.compiler import Compiled
-from afgen.lower.config import StaticConfig, factor_axes, view_permutation
-from afgen.shapes import ShapeClass
+from afgen.lower.config import StaticConfig, factor_axes, state_shape, view_permutation
 
 
 def render_oracle(compiled: Compiled) -> str:
@@ -84,7 +83,7 @@ class Oracle:
     def init_state(self, name: str, param: np.ndarray) -> None:
         config, axes = self.layout(tuple(param.shape))
         plan = self.compiled.plan_for[config]
-        self.state[name] = {s.name: np.full(_state_shape(s.shape, param.shape, axes), s.init,
+        self.state[name] = {s.name: np.full(state_shape(s.shape, param.shape, axes), s.init,
                                             np.float64)
                             for s in self.spec.state if s.name in plan.program.live_state}
 
@@ -109,18 +108,6 @@ class Oracle:
                 lambda g, p, s, f=function: f(g, p, float(self.step_count), hp, s),
                 axes, np.asarray(grad, np.float64), param, self.state[name], self._classes)
         return out
-
-
-def _state_shape(shape_class: ShapeClass, shape: tuple[int, ...],
-                 axes: tuple[int, int] | None) -> tuple[int, ...]:
-    """A state tensor is the parameter's shape without the axes it reduces."""
-    dropped = {ShapeClass.FULL: (), ShapeClass.SCALAR: tuple(range(len(shape)))}.get(
-        shape_class)
-    if dropped is None:
-        row, col = axes  # row/col/batch state exists only for factored parameters
-        dropped = {ShapeClass.ROW: (col,), ShapeClass.COL: (row,),
-                   ShapeClass.BATCH: (row, col)}[shape_class]
-    return tuple(size for axis, size in enumerate(shape) if axis not in dropped)
 
 
 def _reoriented(update: Callable, axes: tuple[int, int] | None, grad: np.ndarray,

@@ -7,8 +7,8 @@ import sympy
 from sympy.printing.latex import greek_letters_set
 
 from afgen.compiler import Compiled
+from afgen.lower.config import state_shape
 from afgen.lower.plan import KernelPlan, Schedule
-from afgen.shapes import ShapeClass
 from afgen.spec.model import Branch, Statement
 
 
@@ -108,18 +108,6 @@ MEMORY_SHAPES = {True: [(4096, 4096), (4096, 11008)], False: [(4096,)]}
 ADAM_FULL_TENSORS = 2  # Adam/AdamW keep m and v, each the parameter's size
 
 
-def _state_elements(shape_class: ShapeClass, shape: tuple[int, ...]) -> int:
-    """Elements of one state tensor of this class for a parameter of ``shape``: row and
-    col states hold one value per row or col of every matrix in the batch."""
-    if shape_class is ShapeClass.FULL:
-        return math.prod(shape)
-    if shape_class is ShapeClass.SCALAR:
-        return 1
-    batch = math.prod(shape[:-2])
-    return {ShapeClass.ROW: batch * shape[-2], ShapeClass.COL: batch * shape[-1],
-            ShapeClass.BATCH: batch}[shape_class]
-
-
 def state_memory_report(compiled: Compiled, state_bytes: int = 4) -> list[str]:
     """Optimizer-state bytes per parameter element for every distinct set of state
     tensors, next to Adam's (the memory a factored second moment saves is the point)."""
@@ -135,7 +123,8 @@ def state_memory_report(compiled: Compiled, state_bytes: int = 4) -> list[str]:
         seen.add((plan.factored, live))
         layout = "factored" if plan.factored else "unfactored"
         for shape in MEMORY_SHAPES[plan.factored]:
-            count = sum(_state_elements(classes[name], shape) for name in live)
+            axes = (len(shape) - 2, len(shape) - 1) if plan.factored else None
+            count = sum(math.prod(state_shape(classes[name], shape, axes)) for name in live)
             per = count * state_bytes / math.prod(shape)
             lines.append(f"  {layout + ': ' + (' + '.join(live) or 'no state'):<52} "
                          f"{'x'.join(map(str, shape)):>10}  {per:8.4f} B  "

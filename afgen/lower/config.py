@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from afgen.shapes import ShapeClass
 from afgen.spec.model import FACTORED, LAYOUT_COLS, LAYOUT_NDIM, LAYOUT_ROWS, Spec
 
 
@@ -115,3 +116,15 @@ def view_permutation(axes: tuple[int, int], ndim: int, shape_class: str) -> list
     dropped = {"row": (col,), "col": (row,), "batch": (row, col)}.get(shape_class, ())
     own = [a for a in range(ndim) if a not in dropped]
     return [own.index(a) for a in own if a not in kept] + [own.index(a) for a in kept]
+
+
+def state_shape(shape_class: ShapeClass, shape: tuple[int, ...],
+                axes: tuple[int, int] | None) -> tuple[int, ...]:
+    """A state tensor is the parameter's shape without the axes it reduces."""
+    dropped = {ShapeClass.FULL: (), ShapeClass.SCALAR: tuple(range(len(shape)))}.get(
+        shape_class)
+    if dropped is None:
+        row, col = axes  # row/col/batch state exists only for factored parameters
+        dropped = {ShapeClass.ROW: (col,), ShapeClass.COL: (row,),
+                   ShapeClass.BATCH: (row, col)}[shape_class]
+    return tuple(size for axis, size in enumerate(shape) if axis not in dropped)
