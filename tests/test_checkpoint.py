@@ -11,8 +11,8 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from helpers import MLP, run_steps, training_step, tree_bits
 from mlx.utils import tree_flatten, tree_unflatten
-from training import MLP, training_step
 
 from afgen.kernel_runner import cpu_kernels
 from generated.adafactor import Adafactor
@@ -34,21 +34,6 @@ def _tree(rng, scale=1.0, dtype=mx.float32):
 
     return {"embed": leaf((7, 5)), "scale": leaf(()),
             "layers": [{"w": leaf((5, 6)), "b": leaf((6,))}, {"w": leaf((2, 3, 4))}]}
-
-
-def _bits(tree):
-    """Every leaf as (dtype, shape, raw bytes): equality means bit-identical."""
-    mx.eval(tree)
-    return {k: (str(v.dtype), tuple(v.shape), np.array(v.view(mx.uint16) if v.dtype ==
-                                                      mx.bfloat16 else v).tobytes())
-            for k, v in tree_flatten(tree)}
-
-
-def _steps(opt, params, grads_list):
-    for grads in grads_list:
-        params = opt.apply_gradients(grads, params)
-    mx.eval(params, opt.state)
-    return params
 
 
 def _save_load(tree, path):
@@ -90,15 +75,15 @@ def test_resume_from_safetensors_is_bit_identical(tmp_path, name, backend):
     kwargs = CONFIGS[name]
     with _backend(backend):
         full = Adafactor(**kwargs, backend=backend)
-        want = _steps(full, params, grads)
+        want = run_steps(full, params, grads)
         first = Adafactor(**kwargs, backend=backend)
-        half = _steps(first, params, grads[:4])
+        half = run_steps(first, params, grads[:4])
         resumed = Adafactor(**kwargs, backend=backend)
         resumed.state = _save_load(first.state, tmp_path / "opt.safetensors")
         assert resumed.step.dtype == mx.uint64 and resumed.step.item() == first.step.item()
-        got = _steps(resumed, _save_load(half, tmp_path / "model.safetensors"), grads[4:])
-    assert _bits(got) == _bits(want)
-    assert _bits(resumed.state) == _bits(full.state)
+        got = run_steps(resumed, _save_load(half, tmp_path / "model.safetensors"), grads[4:])
+    assert tree_bits(got) == tree_bits(want)
+    assert tree_bits(resumed.state) == tree_bits(full.state)
     if name == "skip":
         assert resumed.state["skipped_steps"].item() == 1
 
@@ -123,19 +108,19 @@ def test_state_moves_to_mlx_adafactor_and_back(tmp_path, name):
     params, grads = _data(name)
     kwargs = CONFIGS[name]
     reference = Adafactor(**kwargs, backend="mlx")
-    want = _steps(reference, params, grads)
+    want = run_steps(reference, params, grads)
     theirs_all = optim.Adafactor(**kwargs)
-    want_mlx = _steps(theirs_all, params, grads)
+    want_mlx = run_steps(theirs_all, params, grads)
     ours = Adafactor(**kwargs, backend="mlx")
-    p = _steps(ours, params, grads[:4])
+    p = run_steps(ours, params, grads[:4])
     theirs = optim.Adafactor(**kwargs)
     theirs.init(params)
     _assert_same_layout(ours.state, theirs.state)
     theirs.state = _save_load(ours.state, tmp_path / "to_mlx.safetensors")
-    p = _steps(theirs, p, grads[4:6])
+    p = run_steps(theirs, p, grads[4:6])
     back = Adafactor(**kwargs, backend="mlx")
     back.state = _save_load(theirs.state, tmp_path / "from_mlx.safetensors")
-    p = _steps(back, p, grads[6:])
+    p = run_steps(back, p, grads[6:])
     assert back.step.item() == 8
     _assert_same_layout(back.state, reference.state)
     flat_p, flat_s = dict(tree_flatten(p)), dict(tree_flatten(back.state))
@@ -154,29 +139,29 @@ def test_param_precision_moves_to_mlx_adafactor_and_back_bit_identically(tmp_pat
     params, grads = _data(name)
     kwargs = CONFIGS[name]
     theirs_all = optim.Adafactor(**kwargs)
-    want = _steps(theirs_all, params, grads)
+    want = run_steps(theirs_all, params, grads)
     ours = Adafactor(**kwargs, backend="mlx", precision="param")
-    p = _steps(ours, params, grads[:3])
+    p = run_steps(ours, params, grads[:3])
     theirs = optim.Adafactor(**kwargs)
     theirs.state = _save_load(ours.state, tmp_path / "to_mlx.safetensors")
-    p = _steps(theirs, p, grads[3:6])
+    p = run_steps(theirs, p, grads[3:6])
     back = Adafactor(**kwargs, backend="mlx", precision="param")
     back.state = _save_load(theirs.state, tmp_path / "from_mlx.safetensors")
-    p = _steps(back, p, grads[6:])
-    assert _bits(p) == _bits(want)
-    assert _bits(back.state) == _bits(theirs_all.state)
+    p = run_steps(back, p, grads[6:])
+    assert tree_bits(p) == tree_bits(want)
+    assert tree_bits(back.state) == tree_bits(theirs_all.state)
 
 
 def test_mlx_state_loads_into_ours(tmp_path):
     """mlx.optimizers.Adafactor's own checkpoint continues in the generated class."""
     params, grads = _data("beta_1-wd")
     theirs = optim.Adafactor(beta_1=0.9, weight_decay=0.01)
-    want = _steps(theirs, params, grads)
+    want = run_steps(theirs, params, grads)
     first = optim.Adafactor(beta_1=0.9, weight_decay=0.01)
-    p = _steps(first, params, grads[:4])
+    p = run_steps(first, params, grads[:4])
     ours = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
     ours.state = _save_load(first.state, tmp_path / "mlx.safetensors")
-    p = _steps(ours, p, grads[4:])
+    p = run_steps(ours, p, grads[4:])
     flat = dict(tree_flatten(p))
     for key, value in tree_flatten(want):
         assert _max_rel(flat[key], value) <= RTOL, key
@@ -186,7 +171,7 @@ def test_mlx_state_loads_into_ours(tmp_path):
 def _primed(tmp_path):
     params, grads = _data("beta_1-wd")
     opt = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
-    p = _steps(opt, params, grads[:2])
+    p = run_steps(opt, params, grads[:2])
     return p, grads, _save_load(opt.state, tmp_path / "opt.safetensors")
 
 
@@ -212,10 +197,10 @@ def test_bad_loaded_state_raises_before_changing_anything(tmp_path, path, value,
     params, grads, state = _primed(tmp_path)
     opt = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
     opt.state = _edited(state, path, value)
-    before = _bits(opt.state)
+    before = tree_bits(opt.state)
     with pytest.raises(ValueError, match=message):
         opt.apply_gradients(grads[2], params)
-    assert _bits(opt.state) == before
+    assert tree_bits(opt.state) == before
 
 
 def test_plain_int_step_is_accepted(tmp_path):
@@ -226,7 +211,7 @@ def test_plain_int_step_is_accepted(tmp_path):
     b = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
     again = tree_unflatten(list(mx.load(str(tmp_path / "opt.safetensors")).items()))
     b.state = dict(again, step=int(again["step"].item()))
-    assert _bits(_steps(a, params, grads[2:])) == _bits(_steps(b, params, grads[2:]))
+    assert tree_bits(run_steps(a, params, grads[2:])) == tree_bits(run_steps(b, params, grads[2:]))
     assert b.step.dtype == mx.uint64
 
 
@@ -257,8 +242,8 @@ def test_compiled_training_step_equals_eager(kwargs):
     model, opt, losses = _train(kwargs, True, batches)
     eager_model, eager_opt, eager_losses = _train(kwargs, False, batches)
     assert losses == eager_losses
-    assert _bits(model.parameters()) == _bits(eager_model.parameters())
-    assert _bits(opt.state) == _bits(eager_opt.state)
+    assert tree_bits(model.parameters()) == tree_bits(eager_model.parameters())
+    assert tree_bits(opt.state) == tree_bits(eager_opt.state)
     assert opt.step.item() == 20
 
 
@@ -275,5 +260,5 @@ def test_compiled_training_resumes_from_a_checkpoint(tmp_path):
     resumed_opt = Adafactor(**kwargs, backend="mlx")
     resumed_opt.state = _save_load(first_opt.state, tmp_path / "opt.safetensors")
     resumed, resumed_opt, _ = _train(kwargs, True, batches[6:], resumed, resumed_opt)
-    assert _bits(resumed.parameters()) == _bits(model.parameters())
-    assert _bits(resumed_opt.state) == _bits(opt.state)
+    assert tree_bits(resumed.parameters()) == tree_bits(model.parameters())
+    assert tree_bits(resumed_opt.state) == tree_bits(opt.state)

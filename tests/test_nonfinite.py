@@ -16,8 +16,8 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from helpers import MLP, run_steps, training_step, tree_bits
 from mlx.utils import tree_flatten, tree_unflatten
-from training import MLP, training_step
 
 from afgen.kernel_runner import cpu_kernels
 
@@ -45,12 +45,6 @@ def _with_bad_value(grads, path, value):
     return tree_unflatten(list(flat.items()))
 
 
-def _bits(tree):
-    """Every leaf as (dtype, shape, raw bytes): equality means bit-identical."""
-    mx.eval(tree)
-    return {k: (str(v.dtype), tuple(v.shape), np.array(v).tobytes())
-            for k, v in tree_flatten(tree)}
-
 
 @contextlib.contextmanager
 def _backend(module, backend):
@@ -60,13 +54,6 @@ def _backend(module, backend):
         return
     with cpu_kernels(module):
         yield
-
-
-def _steps(opt, params, grads_list):
-    for grads in grads_list:
-        params = opt.apply_gradients(grads, params)
-    mx.eval(params, opt.state)
-    return params
 
 
 def _without(bits, key):
@@ -98,18 +85,18 @@ def test_skip_leaves_parameters_and_state_bit_identical(module, trees, backend, 
     with _backend(module, backend):
         opt = module.Adafactor(**KWARGS, backend=backend, nonfinite="skip")
         ref = module.Adafactor(**KWARGS, backend=backend, nonfinite="skip")
-        p = _steps(opt, params, grads[:2])
-        r = _steps(ref, params, grads[:2])
-        params_before, state_before = _bits(p), _bits(opt.state)
-        p = _steps(opt, p, [_with_bad_value(grads[2], path, value)])
-        assert _bits(p) == params_before
-        assert _without(_bits(opt.state), "skipped_steps") == _without(state_before,
+        p = run_steps(opt, params, grads[:2])
+        r = run_steps(ref, params, grads[:2])
+        params_before, state_before = tree_bits(p), tree_bits(opt.state)
+        p = run_steps(opt, p, [_with_bad_value(grads[2], path, value)])
+        assert tree_bits(p) == params_before
+        assert _without(tree_bits(opt.state), "skipped_steps") == _without(state_before,
                                                                         "skipped_steps")
         assert opt.state["skipped_steps"].item() == 1 and opt.step.item() == 2
-        p = _steps(opt, p, grads[2:])
-        r = _steps(ref, r, grads[2:])
-    assert _bits(p) == _bits(r)
-    assert _without(_bits(opt.state), "skipped_steps") == _without(_bits(ref.state),
+        p = run_steps(opt, p, grads[2:])
+        r = run_steps(ref, r, grads[2:])
+    assert tree_bits(p) == tree_bits(r)
+    assert _without(tree_bits(opt.state), "skipped_steps") == _without(tree_bits(ref.state),
                                                                     "skipped_steps")
     assert opt.state["skipped_steps"].item() == 1 and ref.state["skipped_steps"].item() == 0
 
@@ -121,13 +108,13 @@ def test_raise_names_the_parameter_and_keeps_state(module, trees, backend, bad):
     params, grads = trees
     with _backend(module, backend):
         opt = module.Adafactor(**KWARGS, backend=backend, nonfinite="raise")
-        p = _steps(opt, params, grads[:2])
-        params_before, state_before = _bits(p), _bits(opt.state)
+        p = run_steps(opt, params, grads[:2])
+        params_before, state_before = tree_bits(p), tree_bits(opt.state)
         with pytest.raises(ValueError, match=rf"gradient for parameter '{re.escape(path)}' is "
                            rf"not finite \(it contains {kind}\)"):
             opt.apply_gradients(_with_bad_value(grads[2], path, value), p)
-        assert _bits(opt.state) == state_before and _bits(p) == params_before
-        _steps(opt, p, grads[2:])  # still usable
+        assert tree_bits(opt.state) == state_before and tree_bits(p) == params_before
+        run_steps(opt, p, grads[2:])  # still usable
     assert opt.step.item() == 3
 
 
@@ -141,9 +128,9 @@ def test_propagate_matches_mlx(module, trees, backend, bad):
     sequence = [grads[0], _with_bad_value(grads[1], path, value), grads[2]]
     with _backend(module, backend):
         ours = module.Adafactor(**KWARGS, backend=backend)
-        p_ours = _steps(ours, params, sequence)
+        p_ours = run_steps(ours, params, sequence)
     theirs = optim.Adafactor(**KWARGS)
-    p_theirs = _steps(theirs, params, sequence)
+    p_theirs = run_steps(theirs, params, sequence)
     assert not np.isfinite(np.array(dict(tree_flatten(p_ours))[path])).all()
     for got_tree, want_tree in ((p_ours, p_theirs), (ours.state, theirs.state)):
         want = dict(tree_flatten(want_tree))
@@ -161,8 +148,8 @@ def test_first_step_skipped_or_raised(module, trees):
     params, grads = trees
     bad = _with_bad_value(grads[0], "w", float("nan"))
     opt = module.Adafactor(**KWARGS, backend="mlx", nonfinite="skip")
-    p = _steps(opt, params, [bad])
-    assert _bits(p) == _bits(params)
+    p = run_steps(opt, params, [bad])
+    assert tree_bits(p) == tree_bits(params)
     assert opt.step.item() == 0 and opt.state["skipped_steps"].item() == 1
     assert all(not np.array(v).any() for k, v in tree_flatten(opt.state) if "exp_avg" in k)
     opt = module.Adafactor(**KWARGS, backend="mlx", nonfinite="raise")
@@ -190,19 +177,19 @@ def test_every_generated_class_skips_and_raises(stem, trees):
     params, grads = trees
     bad = _with_bad_value(grads[1], "blocks.0.k", float("nan"))
     opt = cls(backend="mlx", nonfinite="skip")
-    p = _steps(opt, params, grads[:1])
-    params_before, state_before = _bits(p), _bits(opt.state)
-    p = _steps(opt, p, [bad])
-    assert _bits(p) == params_before
-    assert _without(_bits(opt.state), "skipped_steps") == _without(state_before,
+    p = run_steps(opt, params, grads[:1])
+    params_before, state_before = tree_bits(p), tree_bits(opt.state)
+    p = run_steps(opt, p, [bad])
+    assert tree_bits(p) == params_before
+    assert _without(tree_bits(opt.state), "skipped_steps") == _without(state_before,
                                                                     "skipped_steps")
     assert opt.state["skipped_steps"].item() == 1
     opt = cls(backend="mlx", nonfinite="raise")
-    p = _steps(opt, params, grads[:1])
-    state_before = _bits(opt.state)
+    p = run_steps(opt, params, grads[:1])
+    state_before = tree_bits(opt.state)
     with pytest.raises(ValueError, match="gradient for parameter 'blocks.0.k' is not finite"):
         opt.apply_gradients(bad, p)
-    assert _bits(opt.state) == state_before
+    assert tree_bits(opt.state) == state_before
 
 
 def _train(module, batches, compiled, nonfinite):
@@ -214,7 +201,7 @@ def _train(module, batches, compiled, nonfinite):
     for x, y in batches:
         step(x, y)
         mx.eval(model.state, opt.state)
-        history.append(_bits(model.parameters()))
+        history.append(tree_bits(model.parameters()))
     return model, opt, history
 
 

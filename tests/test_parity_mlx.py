@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from training import MLP, training_step
+from helpers import MLP, training_step
 
 SHAPES = {"scalar": (), "one": (1,), "vec": (7,), "row1": (1, 9), "col1": (8, 1),
           "mat": (6, 10), "cube": (3, 4, 5), "quad": (2, 3, 4, 5)}
