@@ -30,8 +30,9 @@ class Adafactor(Optimizer):
             ``mx.metal.is_available()``, CUDA when ``mx.cuda.is_available()``, else MLX ops.
             Default: ``"auto"``.
         precision (str): ``"float32"`` keeps state and math in float32 for every parameter
-            dtype; ``"param"`` keeps them in the parameter's dtype as MLX does.
-            Default: ``"float32"``.
+            dtype; ``"param"`` keeps them in the parameter's dtype as MLX does: with
+            ``backend="mlx"`` every equation of the update is computed in that dtype, in
+            the spec's order. Default: ``"float32"``.
         nonfinite (str): what a step does when any gradient in the tree has a NaN or
             +-Inf. ``"propagate"`` updates anyway, as MLX does (the NaN reaches the
             parameters and state). ``"skip"`` leaves the parameters and every state tensor,
@@ -229,37 +230,37 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = learning_rate * mx.rsqrt(x4 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h4 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h3 * h4
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red4), 0.001)
+    x6 = momentum * ema + h2 * (learning_rate * (x4 / h3) * h4)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - (x6 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -270,7 +271,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -279,26 +280,27 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = learning_rate * mx.rsqrt(x4 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h3 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h2 * h3
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red4), 0.001)
+    x6 = momentum * ema + h2 * (learning_rate * (x4 / h3) * h4)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - x6, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self, gradient, parameter, state):
@@ -309,33 +311,32 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = -(learning_rate * mx.rsqrt(x4 / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h4 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red4), 0.001)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h3 * h4 + h2 * param, parameter)
+    return self._write_parameter(param - (learning_rate * (x4 / h2) * h3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -346,31 +347,31 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = -(learning_rate * mx.rsqrt(x4 / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h3 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red4), 0.001)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h2 * h3 + param, parameter)
+    return self._write_parameter(param - learning_rate * (x4 / h2) * h3, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self, gradient, parameter, state):
@@ -381,32 +382,33 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = learning_rate * mx.rsqrt(x3 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    x4 = red1 * x1 + v_col * x2
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h2 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h1 * h2
+    h3 = mx.maximum(mx.sqrt(red3), 0.001)
+    x5 = momentum * ema + h0 * (learning_rate * (grad * h1 * h2) * h3)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - (x5 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -417,7 +419,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -425,22 +427,24 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = learning_rate * mx.rsqrt(x3 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    x4 = red1 * x1 + v_col * x2
-    h1 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h0 * h1
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h2 = mx.rsqrt(x4)
+    h3 = mx.maximum(mx.sqrt(red3), 0.001)
+    x5 = momentum * ema + h0 * (learning_rate * (grad * h1 * h2) * h3)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - x5, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -451,28 +455,28 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = -(learning_rate * mx.rsqrt(x3 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
-    x4 = red1 * x1 + v_col * x2
-    h2 = mx.rsqrt(x4)
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x4)
+    h2 = mx.maximum(mx.sqrt(red3), 0.001)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h1 * h2 + h0 * param, parameter)
+    return self._write_parameter(param - (learning_rate * (grad * h0 * h1) * h2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -483,26 +487,27 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = -(learning_rate * mx.rsqrt(x3 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
-    x4 = red1 * x1 + v_col * x2
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h1 = mx.rsqrt(x4)
+    h2 = mx.maximum(mx.sqrt(red3), 0.001)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h0 * h1 + param, parameter)
+    return self._write_parameter(param - learning_rate * (grad * h0 * h1) * h2, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self, gradient, parameter, state):
@@ -517,32 +522,32 @@ def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = mx.rsqrt(x4 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h4 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h3 * h4
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red4), 0.001)
+    x6 = momentum * ema + h2 * (x4 / h3 * h4)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - (x6 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -561,26 +566,27 @@ def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = mx.rsqrt(x4 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h3 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h2 * h3
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red4), 0.001)
+    x6 = momentum * ema + h2 * (x4 / h3 * h4)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - x6, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self, gradient, parameter, state):
@@ -594,29 +600,28 @@ def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = -(mx.rsqrt(x4 / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h4 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red4), 0.001)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h3 * h4 + h2 * param, parameter)
+    return self._write_parameter(param - (x4 / h2 * h3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -633,24 +638,24 @@ def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
     red4 = mx.mean(mx.square(param))
-    h2 = -(mx.rsqrt(x4 / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h3 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red4), 0.001)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h2 * h3 + param, parameter)
+    return self._write_parameter(param - x4 / h2 * h3, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state):
@@ -664,28 +669,29 @@ def _mlx_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = mx.rsqrt(x3 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    x4 = red1 * x1 + v_col * x2
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h2 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h1 * h2
+    h3 = mx.maximum(mx.sqrt(red3), 0.001)
+    x5 = momentum * ema + h0 * (grad * h1 * h2 * h3)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - (x5 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -703,22 +709,24 @@ def _mlx_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = mx.rsqrt(x3 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    x4 = red1 * x1 + v_col * x2
-    h1 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h0 * h1
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h2 = mx.rsqrt(x4)
+    h3 = mx.maximum(mx.sqrt(red3), 0.001)
+    x5 = momentum * ema + h0 * (grad * h1 * h2 * h3)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - x5, parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -731,25 +739,25 @@ def _mlx_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = -(mx.rsqrt(x3 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
-    x4 = red1 * x1 + v_col * x2
-    h2 = mx.rsqrt(x4)
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x4)
+    h2 = mx.maximum(mx.sqrt(red3), 0.001)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h1 * h2 + h0 * param, parameter)
+    return self._write_parameter(param - (grad * h0 * h1 * h2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -765,20 +773,21 @@ def _mlx_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
     red3 = mx.mean(mx.square(param))
-    h0 = -(mx.rsqrt(x3 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
-    x4 = red1 * x1 + v_col * x2
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h1 = mx.rsqrt(x4)
+    h2 = mx.maximum(mx.sqrt(red3), 0.001)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h0 * h1 + param, parameter)
+    return self._write_parameter(param - grad * h0 * h1 * h2, parameter)
 
 
 def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale(self, gradient, parameter, state):
@@ -789,36 +798,35 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = learning_rate * mx.rsqrt(x4 / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h4 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h3 * h4
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    x6 = momentum * ema + h2 * (learning_rate * (x4 / h3))
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - (x6 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -829,7 +837,7 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -838,25 +846,25 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = learning_rate * mx.rsqrt(x4 / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h3 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h2 * h3
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    x6 = momentum * ema + h2 * (learning_rate * (x4 / h3))
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - x6, parameter)
 
 
 def _mlx_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum(self, gradient, parameter, state):
@@ -867,32 +875,30 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = -(learning_rate * mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h4 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h3 * h4 + h2 * param, parameter)
+    return self._write_parameter(param - (learning_rate * (x4 / h2) + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -903,30 +909,29 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = -(learning_rate * mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h3 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h2 * h3 + param, parameter)
+    return self._write_parameter(param - learning_rate * (x4 / h2), parameter)
 
 
 def _mlx_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold(self, gradient, parameter, state):
@@ -937,31 +942,31 @@ def _mlx_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = learning_rate * mx.rsqrt(x3 / red2) * (1 - momentum)
-    x4 = red1 * x1 + v_col * x2
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h2 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h1 * h2
+    x5 = momentum * ema + h0 * (learning_rate * (grad * h1 * h2))
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - (x5 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -972,7 +977,7 @@ def _mlx_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -980,21 +985,22 @@ def _mlx_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = learning_rate * mx.rsqrt(x3 / red2) * (1 - momentum)
-    x4 = red1 * x1 + v_col * x2
-    h1 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h0 * h1
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h2 = mx.rsqrt(x4)
+    x5 = momentum * ema + h0 * (learning_rate * (grad * h1 * h2))
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - x5, parameter)
 
 
 def _mlx_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -1005,27 +1011,26 @@ def _mlx_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = -(learning_rate * mx.rsqrt(x3 / red2))
-    x4 = red1 * x1 + v_col * x2
-    h2 = mx.rsqrt(x4)
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x4)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h1 * h2 + h0 * param, parameter)
+    return self._write_parameter(param - (learning_rate * (grad * h0 * h1) + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1036,25 +1041,25 @@ def _mlx_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = -(learning_rate * mx.rsqrt(x3 / red2))
-    x4 = red1 * x1 + v_col * x2
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h1 = mx.rsqrt(x4)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h0 * h1 + param, parameter)
+    return self._write_parameter(param - learning_rate * (grad * h0 * h1), parameter)
 
 
 def _mlx_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate(self, gradient, parameter, state):
@@ -1069,31 +1074,30 @@ def _mlx_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = mx.rsqrt(x4 / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h4 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h3 * h4
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    x6 = momentum * ema + h2 * (x4 / h3)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - (x6 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1112,25 +1116,25 @@ def _mlx_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = mx.rsqrt(x4 / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    h3 = mx.rsqrt(x5)
-    new_ema = ema * momentum + grad * h2 * h3
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    x6 = momentum * ema + h2 * (x4 / h3)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x6, state["ema"], "full")
+    return self._write_parameter(param - x6, parameter)
 
 
 def _mlx_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum(self, gradient, parameter, state):
@@ -1144,28 +1148,26 @@ def _mlx_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = -(mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h4 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h3 * h4 + h2 * param, parameter)
+    return self._write_parameter(param - (x4 / h2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1182,23 +1184,22 @@ def _mlx_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = mx.square(grad)
-    x1 = eps + x0
-    red0 = mx.mean(x1, axis=-1, keepdims=True)
-    red1 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x3 = _scalar(1 - x2, cdt)
-    x4 = red0 * x2 + v_row * x3
-    red2 = mx.mean(x4, axis=(-2, -1), keepdims=True)
-    h0 = red2 / x4
-    x5 = red1 * x2 + v_col * x3
-    h1 = 1 / x5
-    red3 = mx.mean(h0 * h1 * x0)
-    h2 = -(mx.rsqrt(x4 / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    h3 = mx.rsqrt(x5)
-    state["v_row"] = _collapse(x4, state["v_row"], "row")
+    x0 = mx.square(grad) + eps
+    red0 = mx.mean(x0, axis=-1, keepdims=True)
+    red1 = mx.mean(x0, axis=-2, keepdims=True)
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
+    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = mx.rsqrt(x3 / red2)
+    x5 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x5)
+    x4 = grad * h0 * h1
+    red3 = mx.mean(mx.square(x4))
+    h2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x5, state["v_col"], "col")
-    return self._write_parameter(grad * h2 * h3 + param, parameter)
+    return self._write_parameter(param - x4 / h2, parameter)
 
 
 def _mlx_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state):
@@ -1212,27 +1213,27 @@ def _mlx_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = mx.rsqrt(x3 / red2) * (1 - momentum)
-    x4 = red1 * x1 + v_col * x2
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h2 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h1 * h2
+    x5 = momentum * ema + h0 * (grad * h1 * h2)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - (x5 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1250,21 +1251,22 @@ def _mlx_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2) * (1 - momentum)
-    x4 = red1 * x1 + v_col * x2
-    h1 = mx.rsqrt(x4)
-    new_ema = ema * momentum + grad * h0 * h1
+    h0 = 1 - momentum
+    h1 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h2 = mx.rsqrt(x4)
+    x5 = momentum * ema + h0 * (grad * h1 * h2)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x5, state["ema"], "full")
+    return self._write_parameter(param - x5, parameter)
 
 
 def _mlx_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -1277,24 +1279,23 @@ def _mlx_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h1 = -mx.rsqrt(x3 / red2)
-    x4 = red1 * x1 + v_col * x2
-    h2 = mx.rsqrt(x4)
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
+    h1 = mx.rsqrt(x4)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h1 * h2 + h0 * param, parameter)
+    return self._write_parameter(param - (grad * h0 * h1 + weight_decay_rate * param), parameter)
 
 
 def _mlx_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1310,19 +1311,19 @@ def _mlx_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    x0 = eps + mx.square(grad)
+    x0 = mx.square(grad) + eps
     red0 = mx.mean(x0, axis=-1, keepdims=True)
     red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    x2 = _scalar(1 - x1, cdt)
-    x3 = red0 * x1 + v_row * x2
+    x1 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    x2 = 1 - x1
+    x3 = x1 * v_row + x2 * red0
     red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = -mx.rsqrt(x3 / red2)
-    x4 = red1 * x1 + v_col * x2
+    h0 = mx.rsqrt(x3 / red2)
+    x4 = x1 * v_col + x2 * red1
     h1 = mx.rsqrt(x4)
     state["v_row"] = _collapse(x3, state["v_row"], "row")
     state["v_col"] = _collapse(x4, state["v_col"], "col")
-    return self._write_parameter(grad * h0 * h1 + param, parameter)
+    return self._write_parameter(param - grad * h0 * h1, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self, gradient, parameter, state):
@@ -1334,28 +1335,29 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red1), 0.001)
+    x3 = momentum * ema + h2 * (learning_rate * (x1 / h3) * h4)
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - (x3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1367,7 +1369,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -1375,18 +1377,20 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red1), 0.001)
+    x3 = momentum * ema + h2 * (learning_rate * (x1 / h3) * h4)
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - x3, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self, gradient, parameter, state):
@@ -1398,24 +1402,24 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-(learning_rate * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter)
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red1), 0.001)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - (learning_rate * (x1 / h2) * h3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1427,22 +1431,23 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(-(learning_rate * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red1), 0.001)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - learning_rate * (x1 / h2) * h3, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self, gradient, parameter, state):
@@ -1454,25 +1459,25 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red0)), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    h3 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (learning_rate * (grad * mx.rsqrt(x1)) * h3)
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - (x2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1484,7 +1489,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -1492,15 +1497,16 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h2 = _scalar(learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red0)), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    h3 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (learning_rate * (grad * mx.rsqrt(x1)) * h3)
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - x2, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -1512,21 +1518,20 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-(learning_rate * mx.maximum(0.001, mx.sqrt(red0))), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
+    h2 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h0 * param, parameter)
+    return self._write_parameter(param - (learning_rate * (grad * mx.rsqrt(x1)) * h2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1538,19 +1543,19 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h2 = _scalar(-(learning_rate * mx.maximum(0.001, mx.sqrt(red0))), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
+    h2 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    return self._write_parameter(param - learning_rate * (grad * mx.rsqrt(x1)) * h2, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self, gradient, parameter, state):
@@ -1566,23 +1571,24 @@ def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar((1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red1), 0.001)
+    x3 = momentum * ema + h2 * (x1 / h3 * h4)
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - (x3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1601,18 +1607,20 @@ def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar((1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h4 = mx.maximum(mx.sqrt(red1), 0.001)
+    x3 = momentum * ema + h2 * (x1 / h3 * h4)
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - x3, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self, gradient, parameter, state):
@@ -1627,20 +1635,20 @@ def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-(mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter)
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red1), 0.001)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - (x1 / h2 * h3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1657,16 +1665,17 @@ def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
     red1 = mx.mean(mx.square(param))
-    h2 = _scalar(-(mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    h3 = mx.maximum(mx.sqrt(red1), 0.001)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - x1 / h2 * h3, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state):
@@ -1681,21 +1690,21 @@ def _mlx_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar((1 - momentum) * mx.maximum(0.001, mx.sqrt(red0)), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    h3 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (grad * mx.rsqrt(x1) * h3)
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - (x2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1714,15 +1723,16 @@ def _mlx_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h2 = _scalar((1 - momentum) * mx.maximum(0.001, mx.sqrt(red0)), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    h3 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (grad * mx.rsqrt(x1) * h3)
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - x2, parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -1736,18 +1746,17 @@ def _mlx_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-mx.maximum(0.001, mx.sqrt(red0)), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
+    h2 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h0 * param, parameter)
+    return self._write_parameter(param - (grad * mx.rsqrt(x1) * h2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1764,13 +1773,13 @@ def _mlx_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    h2 = _scalar(-mx.maximum(0.001, mx.sqrt(red0)), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
+    h2 = mx.maximum(mx.sqrt(red0), 0.001)
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    return self._write_parameter(param - grad * mx.rsqrt(x1) * h2, parameter)
 
 
 def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale(self, gradient, parameter, state):
@@ -1782,27 +1791,27 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(learning_rate * (1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    x3 = momentum * ema + h2 * (learning_rate * (x1 / h3))
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - (x3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1814,7 +1823,7 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -1822,17 +1831,18 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(learning_rate * (1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    x3 = momentum * ema + h2 * (learning_rate * (x1 / h3))
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - x3, parameter)
 
 
 def _mlx_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum(self, gradient, parameter, state):
@@ -1844,23 +1854,22 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-(learning_rate / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - (learning_rate * (x1 / h2) + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1872,21 +1881,21 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(-(learning_rate / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - learning_rate * (x1 / h2), parameter)
 
 
 def _mlx_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold(self, gradient, parameter, state):
@@ -1898,24 +1907,23 @@ def _mlx_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(learning_rate * (1 - momentum), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (learning_rate * (grad * mx.rsqrt(x1)))
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - (x2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1927,22 +1935,22 @@ def _mlx_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    h2 = _scalar(learning_rate * (1 - momentum), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (learning_rate * (grad * mx.rsqrt(x1)))
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - x2, parameter)
 
 
 def _mlx_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -1954,20 +1962,18 @@ def _mlx_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-learning_rate, cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h0 * param, parameter)
+    return self._write_parameter(param - (learning_rate * (grad * mx.rsqrt(x1)) + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -1979,18 +1985,17 @@ def _mlx_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    h2 = _scalar(-learning_rate, cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    return self._write_parameter(param - learning_rate * (grad * mx.rsqrt(x1)), parameter)
 
 
 def _mlx_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate(self, gradient, parameter, state):
@@ -2006,22 +2011,22 @@ def _mlx_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar((1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h2 * param - new_ema, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    x3 = momentum * ema + h2 * (x1 / h3)
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - (x3 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -2040,17 +2045,18 @@ def _mlx_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar((1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
-    state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = 1 - momentum
+    h3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    x3 = momentum * ema + h2 * (x1 / h3)
+    state["v"] = _collapse(x0, state["v"], "full")
+    state["ema"] = _collapse(x3, state["ema"], "full")
+    return self._write_parameter(param - x3, parameter)
 
 
 def _mlx_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum(self, gradient, parameter, state):
@@ -2065,19 +2071,18 @@ def _mlx_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(-1 / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x1) + h2 * param, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - (x1 / h2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -2094,15 +2099,15 @@ def _mlx_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = mx.square(grad)
-    x2 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x2, cdt)
-    h1 = _scalar(x2, cdt)
-    x1 = h0 * v + h1 * (eps + x0)
-    red0 = mx.mean(x0 / x1)
-    h2 = _scalar(-1 / mx.maximum(1, mx.sqrt(red0) / clipping_threshold), cdt)
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(grad * h2 * mx.rsqrt(x1) + param, parameter)
+    x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x2
+    h1 = 1 - x2
+    x0 = h0 * v + h1 * (mx.square(grad) + eps)
+    x1 = grad * mx.rsqrt(x0)
+    red0 = mx.mean(mx.square(x1))
+    h2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    state["v"] = _collapse(x0, state["v"], "full")
+    return self._write_parameter(param - x1 / h2, parameter)
 
 
 def _mlx_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state):
@@ -2117,20 +2122,19 @@ def _mlx_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    h3 = _scalar(1 - momentum, cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h3 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (grad * mx.rsqrt(x1))
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(h0 * param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - (x2 + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -2148,15 +2152,15 @@ def _mlx_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
-    h2 = _scalar(1 - momentum, cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
-    new_ema = ema * momentum + grad * h2 * mx.rsqrt(x1)
+    h0 = 1 - momentum
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h1 = x0
+    h2 = 1 - x0
+    x1 = h1 * v + h2 * (mx.square(grad) + eps)
+    x2 = momentum * ema + h0 * (grad * mx.rsqrt(x1))
     state["v"] = _collapse(x1, state["v"], "full")
-    state["ema"] = _collapse(new_ema, state["ema"], "full")
-    return self._write_parameter(param - new_ema, parameter)
+    state["ema"] = _collapse(x2, state["ema"], "full")
+    return self._write_parameter(param - x2, parameter)
 
 
 def _mlx_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state):
@@ -2170,16 +2174,15 @@ def _mlx_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    h0 = _scalar(1 - weight_decay_rate, cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h1 = _scalar(1 - x0, cdt)
-    h2 = _scalar(x0, cdt)
-    x1 = h1 * v + h2 * (eps + mx.square(grad))
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(h0 * param - grad * mx.rsqrt(x1), parameter)
+    return self._write_parameter(param - (grad * mx.rsqrt(x1) + weight_decay_rate * param), parameter)
 
 
 def _mlx_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state):
@@ -2195,10 +2198,10 @@ def _mlx_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clippi
     decay_offset = self.decay_offset
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
-    x0 = _scalar((t - decay_offset) ** (-decay_rate), cdt)
-    h0 = _scalar(1 - x0, cdt)
-    h1 = _scalar(x0, cdt)
-    x1 = h0 * v + h1 * (eps + mx.square(grad))
+    x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
+    h0 = x0
+    h1 = 1 - x0
+    x1 = h0 * v + h1 * (mx.square(grad) + eps)
     state["v"] = _collapse(x1, state["v"], "full")
     return self._write_parameter(param - grad * mx.rsqrt(x1), parameter)
 
@@ -2317,38 +2320,34 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s5 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s4 = -g2_1
-    s6 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_ed7b82c8da", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_393d38ba51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2365,7 +2364,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -2373,28 +2372,25 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = -momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s3 = -g2_1
-    s5 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_bee7dc0219", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _rows(s5, geo), _cols(s4, geo), _pack([momentum, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_34f5a63f21", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, momentum, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2411,34 +2407,32 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s3 = -(learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_1cd966491b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2453,32 +2447,31 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s3 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s2 = -(learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_5bdff0172d", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _cols(s3, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_dd8badfbfe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2493,32 +2486,30 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = learning_rate * mx.rsqrt(g1_2 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s2 = -g1_3
-    s3 = mx.rsqrt(g1_4)
-    s4 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_b9476b2872", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _rows(s4, geo), _cols(s3, geo), _pack([momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_1fb65205b5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2535,30 +2526,29 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = -momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = learning_rate * mx.rsqrt(g1_2 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s1 = -g1_3
-    s2 = mx.rsqrt(g1_4)
-    s3 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_615949e7f6", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _rows(s3, geo), _cols(s2, geo), _pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_1740352910", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2575,28 +2565,28 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s1 = -(learning_rate * mx.rsqrt(g1_2 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
-    s2 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_e3cae13ab8", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_35001b1345", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2611,26 +2601,27 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = -(learning_rate * mx.rsqrt(g1_2 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
     s1 = mx.rsqrt(g1_3)
+    s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_6fbb8f6a46", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_406674ad5a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2649,33 +2640,29 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s5 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s4 = -g2_1
-    s6 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_ed7b82c8da", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_8491f41583", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2699,28 +2686,25 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = -momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s3 = -g2_1
-    s5 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_bee7dc0219", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _rows(s5, geo), _cols(s4, geo), _pack([momentum, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_24acae2e4c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([momentum, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2740,30 +2724,28 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s3 = -(mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_6ecc74172c", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2784,25 +2766,24 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_e16af3fec0", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s3 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s2 = -(mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * mx.maximum(0.001, mx.sqrt(red4)) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_5bdff0172d", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _cols(s3, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_ecc4f21468", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2820,28 +2801,26 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = mx.rsqrt(g1_2 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s2 = -g1_3
-    s3 = mx.rsqrt(g1_4)
-    s4 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_b9476b2872", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _rows(s4, geo), _cols(s3, geo), _pack([momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_c65cd8fa49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2864,23 +2843,22 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = -momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = mx.rsqrt(g1_2 / red2) * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red3))
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s1 = -g1_3
-    s2 = mx.rsqrt(g1_4)
-    s3 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
+    s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_615949e7f6", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _rows(s3, geo), _cols(s2, geo), _pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_06ca77de49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -2899,25 +2877,25 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s1 = -(mx.rsqrt(g1_2 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
-    s2 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
+    s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_e3cae13ab8", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_73b0717022", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2937,20 +2915,21 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_9377409f10", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = -(mx.rsqrt(g1_2 / red2) * mx.maximum(0.001, mx.sqrt(red3)))
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
     s1 = mx.rsqrt(g1_3)
+    s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_6fbb8f6a46", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_733afc921f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -2965,37 +2944,32 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s5 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s4 = -g2_1
-    s6 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_ed7b82c8da", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_dd7215b12e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3012,7 +2986,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -3020,27 +2994,23 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s3 = -g2_1
-    s5 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_bee7dc0219", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _rows(s5, geo), _cols(s4, geo), _pack([momentum, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_e898ca7f6c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3057,33 +3027,30 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s3 = -(learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_788dbf7cbe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3098,31 +3065,29 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s3 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s2 = -(learning_rate * mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_5bdff0172d", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _cols(s3, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_133ca7ffb2", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3137,31 +3102,28 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = learning_rate * mx.rsqrt(g1_2 / red2) * (1 - momentum)
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s2 = -g1_3
-    s3 = mx.rsqrt(g1_4)
-    s4 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_b9476b2872", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _rows(s4, geo), _cols(s3, geo), _pack([momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_d1fe97f624", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3178,29 +3140,27 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = learning_rate * mx.rsqrt(g1_2 / red2) * (1 - momentum)
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s1 = -g1_3
-    s2 = mx.rsqrt(g1_4)
-    s3 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_615949e7f6", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _rows(s3, geo), _cols(s2, geo), _pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_bb6a17e489", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3217,27 +3177,26 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s1 = -(learning_rate * mx.rsqrt(g1_2 / red2))
-    s2 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_e3cae13ab8", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_3a44e1eab6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3252,25 +3211,25 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = -(learning_rate * mx.rsqrt(g1_2 / red2))
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
     s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_6fbb8f6a46", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_6be43eacd3", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3289,32 +3248,27 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s5 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s4 = -g2_1
-    s6 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_ed7b82c8da", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s4, geo), _rows(s6, geo), _cols(s5, geo), _pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_27378df6f9", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3338,27 +3292,23 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    g2_1 = mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) * (1 - momentum) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    s3 = -g2_1
-    s5 = g2_1
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_bee7dc0219", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _rows(s5, geo), _cols(s4, geo), _pack([momentum, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f2_9e2616e65a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3378,29 +3328,26 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s2 = 1 - weight_decay_rate
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s4 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s3 = -(mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_e5d1e7d082", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s3, geo), _cols(s4, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_50e9801fa7", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3421,24 +3368,22 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = red2 / g1_2
-    s1 = 1 / g1_3
-    s3 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_e996196615", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    g2_0 = (t - decay_offset) ** (-decay_rate)
-    s2 = -(mx.rsqrt((g2_0 * red0 + v_row * (1 - g2_0)) / red2) / mx.maximum(1, mx.sqrt(red3) / clipping_threshold))
-    new_param, = _launch(backend, "afgen_adafactor_optax_f2_5bdff0172d", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _cols(s3, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f2_08dcde8f8a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3456,27 +3401,24 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = mx.rsqrt(g1_2 / red2) * (1 - momentum)
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s2 = -g1_3
-    s3 = mx.rsqrt(g1_4)
-    s4 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_b9476b2872", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s2, geo), _rows(s4, geo), _cols(s3, geo), _pack([momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_02bf117c51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3499,22 +3441,20 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    s0 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = mx.rsqrt(g1_2 / red2) * (1 - momentum)
-    g1_4 = g1_0 * red1 + g1_1 * v_col
-    s1 = -g1_3
-    s2 = mx.rsqrt(g1_4)
-    s3 = g1_3
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s1 = mx.rsqrt(g1_2 / red2)
+    s2 = mx.rsqrt(g1_3)
     new_v_row = g1_2
-    new_v_col = g1_4
-    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_615949e7f6", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _rows(s3, geo), _cols(s2, geo), _pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_v_col = g1_3
+    new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_35fae15e9c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -3533,24 +3473,23 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    s0 = 1 - weight_decay_rate
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s1 = -mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
+    s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_e3cae13ab8", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_72acf63220", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3570,19 +3509,19 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_41ee665a5f", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = (t - decay_offset) ** (-decay_rate)
+    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - g1_0
-    g1_2 = g1_0 * red0 + g1_1 * v_row
+    g1_2 = g1_0 * v_row + g1_1 * red0
     red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * red1 + g1_1 * v_col
-    s0 = -mx.rsqrt(g1_2 / red2)
+    g1_3 = g1_0 * v_col + g1_1 * red1
+    s0 = mx.rsqrt(g1_2 / red2)
     s1 = mx.rsqrt(g1_3)
     new_v_row = g1_2
     new_v_col = g1_3
-    new_param, = _launch(backend, "afgen_adafactor_optax_f1_6fbb8f6a46", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = _launch(backend, "afgen_adafactor_optax_f1_16f61fa55f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _collapse(new_v_col, state["v_col"], "col")
@@ -3598,25 +3537,23 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = -g1_0
-    s5 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_411b99af25", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s4 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_4c2cbd529d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -3634,23 +3571,22 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = -g1_0
-    s4 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_892533fcb2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s4 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_03a2d2d4eb", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -3668,21 +3604,21 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = -(learning_rate * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_99c07ff062", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_52810f91de", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -3698,19 +3634,20 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = -(learning_rate * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a877a54149", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_3173b74ce3", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -3726,23 +3663,20 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
     s2 = 1 - g0_0
-    s3 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red0))
-    s4 = -g1_0
-    s5 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_dd42e9ce55", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_8eb2059895", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -3760,21 +3694,19 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = -momentum
-    s1 = 1 - g0_0
-    s2 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
+    s2 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = learning_rate * (1 - momentum) * mx.maximum(0.001, mx.sqrt(red0))
-    s3 = -g1_0
-    s4 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_6cb471c769", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_63acf92f11", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -3792,19 +3724,18 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - weight_decay_rate
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
     s1 = 1 - g0_0
-    s2 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = -(learning_rate * mx.maximum(0.001, mx.sqrt(red0)))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_bbc0765067", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_37455e1aeb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -3820,17 +3751,17 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = -(learning_rate * mx.maximum(0.001, mx.sqrt(red0)))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a877a54149", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_3cdb422d4b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -3850,20 +3781,18 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = (1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = -g1_0
-    s5 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_411b99af25", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s4 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_0dce8d3cf7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -3886,17 +3815,16 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = -momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = (1 - momentum) * mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = -g1_0
-    s4 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_892533fcb2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s4 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_eff28fa80b", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -3917,17 +3845,17 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = -(mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_99c07ff062", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a7f920e183", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -3947,14 +3875,15 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_affe3c7253", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = -(mx.maximum(0.001, mx.sqrt(red1)) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a877a54149", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_eb3b3e37d1", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -3973,19 +3902,16 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
     s2 = 1 - g0_0
-    s3 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = (1 - momentum) * mx.maximum(0.001, mx.sqrt(red0))
-    s4 = -g1_0
-    s5 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_dd42e9ce55", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_1e69e661f4", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4007,16 +3933,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = -momentum
-    s1 = 1 - g0_0
-    s2 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
+    s2 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = (1 - momentum) * mx.maximum(0.001, mx.sqrt(red0))
-    s3 = -g1_0
-    s4 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_6cb471c769", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_23dd7dd587", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4036,16 +3960,15 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - weight_decay_rate
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
     s1 = 1 - g0_0
-    s2 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = -mx.maximum(0.001, mx.sqrt(red0))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_bbc0765067", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_6ae9c4b240", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4064,13 +3987,13 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_47be86ee31", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = -mx.maximum(0.001, mx.sqrt(red0))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a877a54149", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_0483101663", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4086,24 +4009,21 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = learning_rate * (1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = -g1_0
-    s5 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_411b99af25", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_fb3bbdf38c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4121,22 +4041,20 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = -momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = learning_rate * (1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = -g1_0
-    s4 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_892533fcb2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_f2c74ffccf", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4154,20 +4072,19 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = -(learning_rate / mx.maximum(1, mx.sqrt(red0) / clipping_threshold))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_99c07ff062", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_1ae323b635", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4183,18 +4100,18 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = -(learning_rate / mx.maximum(1, mx.sqrt(red0) / clipping_threshold))
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a877a54149", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_ae71515918", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4210,21 +4127,17 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    g0_1 = learning_rate * (1 - momentum)
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
     s2 = 1 - g0_0
-    s3 = g0_0
-    s4 = -g0_1
-    s5 = g0_1
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_61f6a1462e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_5dfed218ee", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4242,19 +4155,16 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    g0_1 = learning_rate * (1 - momentum)
-    s0 = -momentum
-    s1 = 1 - g0_0
-    s2 = g0_0
-    s3 = -g0_1
-    s4 = g0_1
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_67059ea9bb", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
+    s2 = 1 - g0_0
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_a982e004b1", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4272,17 +4182,15 @@ def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - weight_decay_rate
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
     s1 = 1 - g0_0
-    s2 = g0_0
-    s3 = -learning_rate
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_2a207ab356", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_69ff7c7d37", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4298,15 +4206,14 @@ def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = self.state["learning_rate"].astype(mx.float32)
+    learning_rate = _as(self.state["learning_rate"], cdt)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = -learning_rate
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_98551efb7a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_663261ce5a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4326,19 +4233,16 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    s3 = -momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = (1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = -g1_0
-    s5 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_411b99af25", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_0fd76be40c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4361,16 +4265,14 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = -momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    s2 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    g1_0 = (1 - momentum) / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = -g1_0
-    s4 = g1_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_892533fcb2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_b089ee40df", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4391,16 +4293,15 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    s2 = 1 - weight_decay_rate
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = -1 / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_99c07ff062", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_d61d82a814", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4420,13 +4321,13 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_79521bb46f", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = -1 / mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a877a54149", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_b064cc0b55", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4445,17 +4346,13 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    g0_1 = momentum - 1
-    s0 = 1 - weight_decay_rate
-    s1 = -momentum
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
     s2 = 1 - g0_0
-    s3 = g0_0
-    s4 = g0_1
-    s5 = -g0_1
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_61f6a1462e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_f146bb5955", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4477,14 +4374,11 @@ def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    g0_1 = momentum - 1
-    s0 = -momentum
-    s1 = 1 - g0_0
-    s2 = g0_0
-    s3 = g0_1
-    s4 = -g0_1
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_67059ea9bb", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - momentum
+    s1 = g0_0
+    s2 = 1 - g0_0
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_80d58c3ac8", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -4504,13 +4398,12 @@ def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = self.state["weight_decay_rate"].astype(mx.float32)
+    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - weight_decay_rate
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
     s1 = 1 - g0_0
-    s2 = g0_0
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_b86fca722c", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_4a4c7dbb2d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4529,10 +4422,10 @@ def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clippi
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - g0_0
-    s1 = g0_0
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_a1cf0d34d5", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = g0_0
+    s1 = 1 - g0_0
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_65176e9699", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -4640,11 +4533,11 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
-        "afgen_adafactor_optax_f0_41ee665a5f": (
+        "afgen_adafactor_optax_f0_5073e8f6d8": (
             ["grad_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_41ee665a5f: pass 0, factored layout
+// afgen_adafactor_optax_f0_5073e8f6d8: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4675,7 +4568,7 @@ for (uint r = 0; r < 4; ++r) {
     }
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = eps + afg_sq(grad);
+    const float x0_0 = afg_sq(grad) + eps;
     acc_red0[r] += x0_0;
     acc_red1[c] += x0_0;
 
@@ -4705,11 +4598,11 @@ threadgroup_barrier(mem_flags::mem_threadgroup);
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_9377409f10": (
+        "afgen_adafactor_optax_f0_6121e9c093": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red3_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_9377409f10: pass 0, factored layout
+// afgen_adafactor_optax_f0_6121e9c093: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4742,7 +4635,7 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = eps + afg_sq(grad);
+    const float x0_0 = afg_sq(grad) + eps;
     acc_red3 += afg_sq(param);
     acc_red0[r] += x0_0;
     acc_red1[c] += x0_0;
@@ -4780,11 +4673,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_e16af3fec0": (
+        "afgen_adafactor_optax_f0_fd28743349": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red4_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_e16af3fec0: pass 0, factored layout
+// afgen_adafactor_optax_f0_fd28743349: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4817,7 +4710,7 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = eps + afg_sq(grad);
+    const float x0_0 = afg_sq(grad) + eps;
     acc_red4 += afg_sq(param);
     acc_red0[r] += x0_0;
     acc_red1[c] += x0_0;
@@ -4855,11 +4748,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_615949e7f6": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s3_in", "s2_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_02bf117c51": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
             ["new_param", "new_ema"],
             """\
-// afgen_adafactor_optax_f1_615949e7f6: pass 1, factored layout
+// afgen_adafactor_optax_f1_02bf117c51: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4875,12 +4768,12 @@ const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
 const float momentum = scalars[0];
 const float s0 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
+const float weight_decay_rate = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
@@ -4891,19 +4784,63 @@ for (uint r = 0; r < 4; ++r) {
     const float ema = afg_load(ema_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x1_0 = grad * s2;
-    new_param[idx] = afg_store_rounded<T>(ema * s0 + param + s1 * x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s3 * x1_0);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_6fbb8f6a46": (
+        "afgen_adafactor_optax_f1_06ca77de49": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_06ca77de49: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float momentum = scalars[0];
+const float s0 = scalars[1];
+const float s3 = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_16f61fa55f": (
             ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f1_6fbb8f6a46: pass 1, factored layout
+// afgen_adafactor_optax_f1_16f61fa55f: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4931,17 +4868,149 @@ for (uint r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s0 * s1 + param, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_b9476b2872": (
-            ["ema_in", "grad_in", "param_in", "s2_in", "s4_in", "s3_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_1740352910": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
             ["new_param", "new_ema"],
             """\
-// afgen_adafactor_optax_f1_b9476b2872: pass 1, factored layout
+// afgen_adafactor_optax_f1_1740352910: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s3 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_1fb65205b5": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_1fb65205b5: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s3 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_35001b1345": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f1_35001b1345: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float weight_decay_rate = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) * s2 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_35fae15e9c": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_35fae15e9c: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4957,36 +5026,34 @@ const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
 const float momentum = scalars[0];
 const float s0 = scalars[1];
-const float s1 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
+const uint afg_key = afg_bits(scalars[2]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s2 = m_ok ? s2_in[b * M + m] : 0.0f;
-  const float s4 = m_ok ? s4_in[b * M + m] : 0.0f;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * N + j];
+    const float s2 = s2_in[b * N + j];
     const float ema = afg_load(ema_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x1_0 = grad * s3;
-    new_param[idx] = afg_store_rounded<T>(ema * s1 + param * s0 + s2 * x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s4 * x1_0);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_e3cae13ab8": (
-            ["grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_3a44e1eab6": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f1_e3cae13ab8: pass 1, factored layout
+// afgen_adafactor_optax_f1_3a44e1eab6: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5000,32 +5067,73 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
+const float learning_rate = scalars[0];
+const float weight_decay_rate = scalars[1];
+const uint afg_key = afg_bits(scalars[2]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s1 * s2 + param * s0, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) + weight_decay_rate * param), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_e996196615": (
+        "afgen_adafactor_optax_f1_406674ad5a": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f1_406674ad5a: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const uint afg_key = afg_bits(scalars[2]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1) * s2, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_635aa4bfd1": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red3_part"],
             """\
-// afgen_adafactor_optax_f1_e996196615: pass 1, factored layout
+// afgen_adafactor_optax_f1_635aa4bfd1: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5052,7 +5160,7 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red3 += afg_sq(grad) * s0 * s1;
+    acc_red3 += afg_sq(grad * s0 * s1);
 
   }
 }
@@ -5065,11 +5173,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_5bdff0172d": (
-            ["grad_in", "param_in", "s2_in", "s3_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_6be43eacd3": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f2_5bdff0172d: pass 2, factored layout
+// afgen_adafactor_optax_f1_6be43eacd3: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5083,31 +5191,32 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const uint afg_key = afg_bits(scalars[0]);
+const float learning_rate = scalars[0];
+const uint afg_key = afg_bits(scalars[1]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s2 = m_ok ? s2_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s2 * s3 + param, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_bee7dc0219": (
-            ["ema_in", "grad_in", "param_in", "s3_in", "s5_in", "s4_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
+        "afgen_adafactor_optax_f1_72acf63220": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
             """\
-// afgen_adafactor_optax_f2_bee7dc0219: pass 2, factored layout
+// afgen_adafactor_optax_f1_72acf63220: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5121,37 +5230,32 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
+const float weight_decay_rate = scalars[0];
+const uint afg_key = afg_bits(scalars[1]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
-  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s4 = s4_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x2_0 = grad * s4;
-    new_param[idx] = afg_store_rounded<T>(ema * s2 + param + s3 * x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s5 * x2_0);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 + weight_decay_rate * param), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_e5d1e7d082": (
-            ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_733afc921f": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f2_e5d1e7d082: pass 2, factored layout
+// afgen_adafactor_optax_f1_733afc921f: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5170,27 +5274,673 @@ const uint afg_key = afg_bits(scalars[1]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s4 = s4_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s3 * s4 + param * s2, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 * s2, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_ed7b82c8da": (
-            ["ema_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_73b0717022": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f1_73b0717022: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s2 = scalars[0];
+const float weight_decay_rate = scalars[1];
+const uint afg_key = afg_bits(scalars[2]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 * s2 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_bb6a17e489": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
             ["new_param", "new_ema"],
             """\
-// afgen_adafactor_optax_f2_ed7b82c8da: pass 2, factored layout
+// afgen_adafactor_optax_f1_bb6a17e489: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_c65cd8fa49": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_c65cd8fa49: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float momentum = scalars[0];
+const float s0 = scalars[1];
+const float s3 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_d1fe97f624": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_d1fe97f624: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_08dcde8f8a": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_08dcde8f8a: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s2 = scalars[0];
+const uint afg_key = afg_bits(scalars[1]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_133ca7ffb2": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_133ca7ffb2: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const uint afg_key = afg_bits(scalars[2]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_1cd966491b": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_1cd966491b: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) * s3 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_24acae2e4c": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_24acae2e4c: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float momentum = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float s4 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_27378df6f9": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_27378df6f9: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float momentum = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_34f5a63f21": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_34f5a63f21: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_393d38ba51": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_393d38ba51: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_50e9801fa7": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_50e9801fa7: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s2 = scalars[0];
+const float weight_decay_rate = scalars[1];
+const uint afg_key = afg_bits(scalars[2]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_6ecc74172c": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_6ecc74172c: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s2 = scalars[0];
+const float s3 = scalars[1];
+const float weight_decay_rate = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_788dbf7cbe": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_788dbf7cbe: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float weight_decay_rate = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_8491f41583": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_8491f41583: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float momentum = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float s4 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_9e2616e65a": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_9e2616e65a: pass 2, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5211,31 +5961,202 @@ const uint afg_key = afg_bits(scalars[3]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s4 = m_ok ? s4_in[b * M + m] : 0.0f;
-  const float s6 = m_ok ? s6_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s5 = s5_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float ema = afg_load(ema_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x2_0 = grad * s5;
-    new_param[idx] = afg_store_rounded<T>(ema * s3 + param * s2 + s4 * x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s6 * x2_0);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_2a207ab356": (
+        "afgen_adafactor_optax_f2_dd7215b12e": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_dd7215b12e: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_dd8badfbfe": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_dd8badfbfe: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2) * s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_e898ca7f6c": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_e898ca7f6c: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_ecc4f21468": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_ecc4f21468: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s2 = scalars[0];
+const float s3 = scalars[1];
+const uint afg_key = afg_bits(scalars[2]);
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2 * s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_4a4c7dbb2d": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_2a207ab356: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_4a4c7dbb2d: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5252,9 +6173,8 @@ const uint warp = simdgroup_index_in_threadgroup;
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
+const float weight_decay_rate = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -5263,55 +6183,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * metal::rsqrt(x0_0) + param * s0, idx, afg_key);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_47be86ee31": (
-            ["param_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_47be86ee31: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float param = afg_load(param_in[idx]);
-  acc_red0 += afg_sq(param);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_61f6a1462e": (
+        "afgen_adafactor_optax_u0_5dfed218ee": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u0_61f6a1462e: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_5dfed218ee: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5326,57 +6209,12 @@ const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
 const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float s5 = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s2 * v + s3 * (eps + afg_sq(grad));
-  const float x0_1 = grad * metal::rsqrt(x0_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s1 + param * s0 + s4 * x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s5 * x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_67059ea9bb": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_67059ea9bb: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float weight_decay_rate = scalars[6];
 const uint afg_key = afg_bits(scalars[7]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -5387,100 +6225,20 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  const float x0_1 = grad * metal::rsqrt(x0_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s0 + param + s3 * x0_1, idx, afg_key);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s4 * x0_1);
+  new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_79521bb46f": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_79521bb46f: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = afg_sq(grad);
-  acc_red0 += x0_0 / (s0 * v + s1 * (eps + x0_0));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_98551efb7a": (
+        "afgen_adafactor_optax_u0_65176e9699": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_98551efb7a: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s2 * metal::rsqrt(x0_0) + param, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_a1cf0d34d5": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_a1cf0d34d5: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_65176e9699: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5506,18 +6264,180 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (eps + afg_sq(grad));
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
   new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x0_0), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_affe3c7253": (
+        "afgen_adafactor_optax_u0_663261ce5a": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_663261ce5a: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x0_0)), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_69ff7c7d37": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_69ff7c7d37: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_80d58c3ac8": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_80d58c3ac8: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_a982e004b1": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_a982e004b1: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_c667f2f2f8": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_u0_affe3c7253: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_c667f2f2f8: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5544,8 +6464,7 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = afg_sq(grad);
-  acc_red0 += x0_0 / (s0 * v + s1 * (eps + x0_0));
+  acc_red0 += afg_sq(grad * metal::rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
   acc_red1 += afg_sq(param);
 
 }
@@ -5564,11 +6483,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_b86fca722c": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
+        "afgen_adafactor_optax_u0_cf9f65a5ce": (
+            ["grad_in", "v_in", "scalars", "dims"],
+            ["red0_part"],
             """\
-// afgen_adafactor_optax_u0_b86fca722c: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_cf9f65a5ce: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5585,28 +6504,111 @@ const uint warp = simdgroup_index_in_threadgroup;
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
-const float s2 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
+float acc_red0 = 0.0f;
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  acc_red0 += afg_sq(grad * metal::rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_f146bb5955": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_f146bb5955: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(param * s0 - grad * metal::rsqrt(x0_0), idx, afg_key);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_411b99af25": (
+        "afgen_adafactor_optax_u0_fd5bc4007a": (
+            ["param_in", "scalars", "dims"],
+            ["red0_part"],
+            """\
+// afgen_adafactor_optax_u0_fd5bc4007a: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+float acc_red0 = 0.0f;
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float param = afg_load(param_in[idx]);
+  acc_red0 += afg_sq(param);
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_03a2d2d4eb": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_411b99af25: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_03a2d2d4eb: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5621,13 +6623,13 @@ const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
 const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float s5 = scalars[7];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float s4 = scalars[7];
 const uint afg_key = afg_bits(scalars[8]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -5638,147 +6640,20 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  const float x1_1 = grad * metal::rsqrt(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s3 + param * s2 + s4 * x1_1, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3) * s4);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s5 * x1_1);
+  new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_6cb471c769": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_6cb471c769: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  const float x1_1 = grad * metal::rsqrt(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s0 + param + s3 * x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s4 * x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_892533fcb2": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_892533fcb2: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  const float x1_1 = grad * metal::rsqrt(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s2 + param + s3 * x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s4 * x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_99c07ff062": (
+        "afgen_adafactor_optax_u1_0483101663": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_99c07ff062: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * metal::rsqrt(x1_0) + param * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_a877a54149": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_a877a54149: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_0483101663: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5805,18 +6680,767 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s2 * metal::rsqrt(x1_0) + param, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_bbc0765067": (
+        "afgen_adafactor_optax_u1_0dce8d3cf7": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_0dce8d3cf7: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float s4 = scalars[6];
+const float weight_decay_rate = scalars[7];
+const uint afg_key = afg_bits(scalars[8]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3 * s4);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_0fd76be40c": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_0fd76be40c: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_1ae323b635": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_bbc0765067: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_1ae323b635: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_1e69e661f4": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_1e69e661f4: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_23dd7dd587": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_23dd7dd587: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_3173b74ce3": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_3173b74ce3: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_37455e1aeb": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_37455e1aeb: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_3cdb422d4b": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_3cdb422d4b: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0)) * s2, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_4c2cbd529d": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_4c2cbd529d: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float s4 = scalars[7];
+const float weight_decay_rate = scalars[8];
+const uint afg_key = afg_bits(scalars[9]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3) * s4);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_52810f91de": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_52810f91de: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_63acf92f11": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_63acf92f11: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_6ae9c4b240": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_6ae9c4b240: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_8eb2059895": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_8eb2059895: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float weight_decay_rate = scalars[7];
+const uint afg_key = afg_bits(scalars[8]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_a7f920e183": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_a7f920e183: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float s3 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_ae71515918": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_ae71515918: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s2), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_b064cc0b55": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_b064cc0b55: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s2, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_b089ee40df": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_b089ee40df: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_d61d82a814": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_d61d82a814: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_eb3b3e37d1": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_eb3b3e37d1: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5844,18 +7468,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * metal::rsqrt(x1_0) + param * s0, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s2 * s3, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_dd42e9ce55": (
+        "afgen_adafactor_optax_u1_eff28fa80b": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_dd42e9ce55: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_eff28fa80b: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5876,7 +7500,95 @@ const float s1 = scalars[3];
 const float s2 = scalars[4];
 const float s3 = scalars[5];
 const float s4 = scalars[6];
-const float s5 = scalars[7];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3 * s4);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_f2c74ffccf": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_f2c74ffccf: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3));
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_fb3bbdf38c": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_fb3bbdf38c: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float weight_decay_rate = scalars[7];
 const uint afg_key = afg_bits(scalars[8]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -5887,22 +7599,22 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s2 * v + s3 * (eps + afg_sq(grad));
-  const float x1_1 = grad * metal::rsqrt(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s1 + param * s0 + s4 * x1_1, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3));
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s5 * x1_1);
+  new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
     },
     "cuda": {
-        "afgen_adafactor_optax_f0_41ee665a5f": (
+        "afgen_adafactor_optax_f0_5073e8f6d8": (
             ["grad_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_41ee665a5f: pass 0, factored layout
+// afgen_adafactor_optax_f0_5073e8f6d8: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -5933,7 +7645,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     }
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = eps + afg_sq(grad);
+    const float x0_0 = afg_sq(grad) + eps;
     acc_red0[r] += x0_0;
     acc_red1[c] += x0_0;
 
@@ -5963,11 +7675,11 @@ __syncthreads();
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_9377409f10": (
+        "afgen_adafactor_optax_f0_6121e9c093": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red3_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_9377409f10: pass 0, factored layout
+// afgen_adafactor_optax_f0_6121e9c093: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6000,7 +7712,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = eps + afg_sq(grad);
+    const float x0_0 = afg_sq(grad) + eps;
     acc_red3 += afg_sq(param);
     acc_red0[r] += x0_0;
     acc_red1[c] += x0_0;
@@ -6038,11 +7750,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_e16af3fec0": (
+        "afgen_adafactor_optax_f0_fd28743349": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red4_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_e16af3fec0: pass 0, factored layout
+// afgen_adafactor_optax_f0_fd28743349: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6075,7 +7787,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = eps + afg_sq(grad);
+    const float x0_0 = afg_sq(grad) + eps;
     acc_red4 += afg_sq(param);
     acc_red0[r] += x0_0;
     acc_red1[c] += x0_0;
@@ -6113,11 +7825,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_615949e7f6": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s3_in", "s2_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_02bf117c51": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
             ["new_param", "new_ema"],
             """\
-// afgen_adafactor_optax_f1_615949e7f6: pass 1, factored layout
+// afgen_adafactor_optax_f1_02bf117c51: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6133,12 +7845,12 @@ const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const float weight_decay_rate = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
@@ -6149,19 +7861,63 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float ema = afg_load(ema_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x1_0 = grad * s2;
-    new_param[idx] = afg_store_rounded<T>(ema * s0 + param + s1 * x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s3 * x1_0);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_6fbb8f6a46": (
+        "afgen_adafactor_optax_f1_06ca77de49": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_06ca77de49: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float momentum = scalars[0];
+const float s0 = scalars[1];
+const float s3 = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_16f61fa55f": (
             ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f1_6fbb8f6a46: pass 1, factored layout
+// afgen_adafactor_optax_f1_16f61fa55f: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6189,17 +7945,149 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s0 * s1 + param, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_b9476b2872": (
-            ["ema_in", "grad_in", "param_in", "s2_in", "s4_in", "s3_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_1740352910": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
             ["new_param", "new_ema"],
             """\
-// afgen_adafactor_optax_f1_b9476b2872: pass 1, factored layout
+// afgen_adafactor_optax_f1_1740352910: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s3 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_1fb65205b5": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_1fb65205b5: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s3 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_35001b1345": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f1_35001b1345: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float weight_decay_rate = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) * s2 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_35fae15e9c": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_35fae15e9c: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6215,36 +8103,34 @@ const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
-const float s1 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s2 = m_ok ? s2_in[b * M + m] : 0.0f;
-  const float s4 = m_ok ? s4_in[b * M + m] : 0.0f;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * N + j];
+    const float s2 = s2_in[b * N + j];
     const float ema = afg_load(ema_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x1_0 = grad * s3;
-    new_param[idx] = afg_store_rounded<T>(ema * s1 + param * s0 + s2 * x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s4 * x1_0);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_e3cae13ab8": (
-            ["grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_3a44e1eab6": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f1_e3cae13ab8: pass 1, factored layout
+// afgen_adafactor_optax_f1_3a44e1eab6: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6258,32 +8144,73 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
-const unsigned int afg_key = afg_bits(scalars[1]);
+const float learning_rate = scalars[0];
+const float weight_decay_rate = scalars[1];
+const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s1 * s2 + param * s0, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) + weight_decay_rate * param), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f1_e996196615": (
+        "afgen_adafactor_optax_f1_406674ad5a": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f1_406674ad5a: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const unsigned int afg_key = afg_bits(scalars[2]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1) * s2, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_635aa4bfd1": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red3_part"],
             """\
-// afgen_adafactor_optax_f1_e996196615: pass 1, factored layout
+// afgen_adafactor_optax_f1_635aa4bfd1: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6310,7 +8237,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red3 += afg_sq(grad) * s0 * s1;
+    acc_red3 += afg_sq(grad * s0 * s1);
 
   }
 }
@@ -6323,11 +8250,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_5bdff0172d": (
-            ["grad_in", "param_in", "s2_in", "s3_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_6be43eacd3": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f2_5bdff0172d: pass 2, factored layout
+// afgen_adafactor_optax_f1_6be43eacd3: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6341,31 +8268,32 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const unsigned int afg_key = afg_bits(scalars[0]);
+const float learning_rate = scalars[0];
+const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s2 = m_ok ? s2_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s3 = s3_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s2 * s3 + param, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_bee7dc0219": (
-            ["ema_in", "grad_in", "param_in", "s3_in", "s5_in", "s4_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
+        "afgen_adafactor_optax_f1_72acf63220": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
             """\
-// afgen_adafactor_optax_f2_bee7dc0219: pass 2, factored layout
+// afgen_adafactor_optax_f1_72acf63220: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6379,37 +8307,32 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const float weight_decay_rate = scalars[0];
+const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
-  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s4 = s4_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x2_0 = grad * s4;
-    new_param[idx] = afg_store_rounded<T>(ema * s2 + param + s3 * x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s5 * x2_0);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 + weight_decay_rate * param), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_e5d1e7d082": (
-            ["grad_in", "param_in", "s3_in", "s4_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_733afc921f": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_optax_f2_e5d1e7d082: pass 2, factored layout
+// afgen_adafactor_optax_f1_733afc921f: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6428,27 +8351,673 @@ const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s3 = m_ok ? s3_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s4 = s4_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s3 * s4 + param * s2, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 * s2, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_f2_ed7b82c8da": (
-            ["ema_in", "grad_in", "param_in", "s4_in", "s6_in", "s5_in", "scalars", "dims"],
+        "afgen_adafactor_optax_f1_73b0717022": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f1_73b0717022: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s2 = scalars[0];
+const float weight_decay_rate = scalars[1];
+const unsigned int afg_key = afg_bits(scalars[2]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 * s2 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_bb6a17e489": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
             ["new_param", "new_ema"],
             """\
-// afgen_adafactor_optax_f2_ed7b82c8da: pass 2, factored layout
+// afgen_adafactor_optax_f1_bb6a17e489: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
+    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_c65cd8fa49": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_c65cd8fa49: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float momentum = scalars[0];
+const float s0 = scalars[1];
+const float s3 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f1_d1fe97f624": (
+            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f1_d1fe97f624: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
+    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x1_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_08dcde8f8a": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_08dcde8f8a: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s2 = scalars[0];
+const unsigned int afg_key = afg_bits(scalars[1]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_133ca7ffb2": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_133ca7ffb2: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const unsigned int afg_key = afg_bits(scalars[2]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_1cd966491b": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_1cd966491b: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) * s3 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_24acae2e4c": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_24acae2e4c: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float momentum = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float s4 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_27378df6f9": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_27378df6f9: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float momentum = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_34f5a63f21": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_34f5a63f21: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_393d38ba51": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_393d38ba51: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_50e9801fa7": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_50e9801fa7: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s2 = scalars[0];
+const float weight_decay_rate = scalars[1];
+const unsigned int afg_key = afg_bits(scalars[2]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_6ecc74172c": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_6ecc74172c: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s2 = scalars[0];
+const float s3 = scalars[1];
+const float weight_decay_rate = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_788dbf7cbe": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_788dbf7cbe: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float weight_decay_rate = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) + weight_decay_rate * param), idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_8491f41583": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_8491f41583: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float momentum = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const float s4 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_9e2616e65a": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_9e2616e65a: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6469,31 +9038,202 @@ const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s4 = m_ok ? s4_in[b * M + m] : 0.0f;
-  const float s6 = m_ok ? s6_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s5 = s5_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
     const float ema = afg_load(ema_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x2_0 = grad * s5;
-    new_param[idx] = afg_store_rounded<T>(ema * s3 + param * s2 + s4 * x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(ema * momentum + s6 * x2_0);
+    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_2a207ab356": (
+        "afgen_adafactor_optax_f2_dd7215b12e": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_dd7215b12e: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
+    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_dd8badfbfe": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_dd8badfbfe: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2) * s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_e898ca7f6c": (
+            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param", "new_ema"],
+            """\
+// afgen_adafactor_optax_f2_e898ca7f6c: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float learning_rate = scalars[0];
+const float momentum = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float ema = afg_load(ema_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
+    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
+    new_ema[idx] = afg_store<S>(x2_0);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_f2_ecc4f21468": (
+            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_optax_f2_ecc4f21468: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s2 = scalars[0];
+const float s3 = scalars[1];
+const unsigned int afg_key = afg_bits(scalars[2]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2 * s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_4a4c7dbb2d": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_2a207ab356: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_4a4c7dbb2d: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6510,8 +9250,165 @@ const unsigned int warp = (threadIdx.x >> 5);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
+const float weight_decay_rate = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x0_0) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_5dfed218ee": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_5dfed218ee: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_65176e9699": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_65176e9699: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x0_0), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_663261ce5a": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_663261ce5a: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x0_0)), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_69ff7c7d37": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_69ff7c7d37: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -6521,18 +9418,237 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * rsqrtf(x0_0) + param * s0, idx, afg_key);
+  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x0_0)) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_47be86ee31": (
+        "afgen_adafactor_optax_u0_80d58c3ac8": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_80d58c3ac8: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_a982e004b1": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_a982e004b1: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_c667f2f2f8": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_optax_u0_c667f2f2f8: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  acc_red0 += afg_sq(grad * rsqrtf(s0 * v + s1 * (afg_sq(grad) + eps)));
+  acc_red1 += afg_sq(param);
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_cf9f65a5ce": (
+            ["grad_in", "v_in", "scalars", "dims"],
+            ["red0_part"],
+            """\
+// afgen_adafactor_optax_u0_cf9f65a5ce: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+float acc_red0 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  acc_red0 += afg_sq(grad * rsqrtf(s0 * v + s1 * (afg_sq(grad) + eps)));
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_f146bb5955": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_f146bb5955: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_fd5bc4007a": (
             ["param_in", "scalars", "dims"],
             ["red0_part"],
             """\
-// afgen_adafactor_optax_u0_47be86ee31: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_fd5bc4007a: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6565,11 +9681,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_61f6a1462e": (
+        "afgen_adafactor_optax_u1_03a2d2d4eb": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u0_61f6a1462e: pass 0, unfactored layout
+// afgen_adafactor_optax_u1_03a2d2d4eb: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6584,13 +9700,13 @@ const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
 const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float s5 = scalars[7];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float s4 = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -6601,106 +9717,20 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s2 * v + s3 * (eps + afg_sq(grad));
-  const float x0_1 = grad * rsqrtf(x0_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s1 + param * s0 + s4 * x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s5 * x0_1);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3) * s4);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_67059ea9bb": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_67059ea9bb: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  const float x0_1 = grad * rsqrtf(x0_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s0 + param + s3 * x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s4 * x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_79521bb46f": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_79521bb46f: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = afg_sq(grad);
-  acc_red0 += x0_0 / (s0 * v + s1 * (eps + x0_0));
-
-}
-__shared__ float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_98551efb7a": (
+        "afgen_adafactor_optax_u1_0483101663": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_98551efb7a: pass 0, unfactored layout
+// afgen_adafactor_optax_u1_0483101663: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6727,18 +9757,484 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s2 * rsqrtf(x0_0) + param, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) * s2, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_a1cf0d34d5": (
+        "afgen_adafactor_optax_u1_0dce8d3cf7": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_0dce8d3cf7: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float s4 = scalars[6];
+const float weight_decay_rate = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[8]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3 * s4);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_0fd76be40c": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_0fd76be40c: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_1ae323b635": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_a1cf0d34d5: pass 0, unfactored layout
+// afgen_adafactor_optax_u1_1ae323b635: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_1e69e661f4": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_1e69e661f4: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_23dd7dd587": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_23dd7dd587: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float momentum = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_3173b74ce3": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_3173b74ce3: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s2) * s3, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_37455e1aeb": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_37455e1aeb: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_3cdb422d4b": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_3cdb422d4b: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0)) * s2, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_4c2cbd529d": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_4c2cbd529d: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float s4 = scalars[7];
+const float weight_decay_rate = scalars[8];
+const unsigned int afg_key = afg_bits(scalars[9]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3) * s4);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_52810f91de": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_52810f91de: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const float s3 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_63acf92f11": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_63acf92f11: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_6ae9c4b240": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_6ae9c4b240: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6755,7 +10251,9 @@ const unsigned int warp = (threadIdx.x >> 5);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const float s2 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -6764,18 +10262,63 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x0_0), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_affe3c7253": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
+        "afgen_adafactor_optax_u1_8eb2059895": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u0_affe3c7253: pass 0, unfactored layout
+// afgen_adafactor_optax_u1_8eb2059895: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float weight_decay_rate = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[8]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s3);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_a7f920e183": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_a7f920e183: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6792,8 +10335,10 @@ const unsigned int warp = (threadIdx.x >> 5);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
+const float s2 = scalars[3];
+const float s3 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -6802,31 +10347,57 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = afg_sq(grad);
-  acc_red0 += x0_0 / (s0 * v + s1 * (eps + x0_0));
-  acc_red1 += afg_sq(param);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
 
-}
-__shared__ float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_b86fca722c": (
+        "afgen_adafactor_optax_u1_ae71515918": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_b86fca722c: pass 0, unfactored layout
+// afgen_adafactor_optax_u1_ae71515918: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s2), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_b064cc0b55": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_b064cc0b55: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6853,18 +10424,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(param * s0 - grad * rsqrtf(x0_0), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s2, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_411b99af25": (
+        "afgen_adafactor_optax_u1_b089ee40df": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_411b99af25: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_b089ee40df: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -6884,9 +10455,7 @@ const float s0 = scalars[2];
 const float s1 = scalars[3];
 const float s2 = scalars[4];
 const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float s5 = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -6896,108 +10465,59 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  const float x1_1 = grad * rsqrtf(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s3 + param * s2 + s4 * x1_1, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s5 * x1_1);
+  new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_6cb471c769": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_6cb471c769: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  const float x1_1 = grad * rsqrtf(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s0 + param + s3 * x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s4 * x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_892533fcb2": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_892533fcb2: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  const float x1_1 = grad * rsqrtf(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s2 + param + s3 * x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s4 * x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_99c07ff062": (
+        "afgen_adafactor_optax_u1_d61d82a814": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_99c07ff062: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_d61d82a814: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_eb3b3e37d1": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_eb3b3e37d1: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7025,95 +10545,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * rsqrtf(x1_0) + param * s2, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s2 * s3, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_a877a54149": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_a877a54149: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s2 * rsqrtf(x1_0) + param, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_bbc0765067": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_bbc0765067: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (eps + afg_sq(grad));
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * rsqrtf(x1_0) + param * s0, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_dd42e9ce55": (
+        "afgen_adafactor_optax_u1_eff28fa80b": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_dd42e9ce55: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_eff28fa80b: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7134,7 +10577,95 @@ const float s1 = scalars[3];
 const float s2 = scalars[4];
 const float s3 = scalars[5];
 const float s4 = scalars[6];
-const float s5 = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3 * s4);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_f2c74ffccf": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_f2c74ffccf: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3));
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_fb3bbdf38c": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_fb3bbdf38c: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float eps = scalars[0];
+const float learning_rate = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float s3 = scalars[6];
+const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -7145,11 +10676,11 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s2 * v + s3 * (eps + afg_sq(grad));
-  const float x1_1 = grad * rsqrtf(x1_0);
-  new_param[idx] = afg_store_rounded<T>(ema * s1 + param * s0 + s4 * x1_1, idx, afg_key);
+  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3));
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(ema * momentum + s5 * x1_1);
+  new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
@@ -7422,13 +10953,6 @@ def _collapse(value, like, shape_class: str):
 def _as(value, dtype):
     """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
     return value if value.dtype == dtype else value.astype(dtype)
-
-
-def _scalar(value, dtype):
-    """Scalars follow the compute dtype (MLX would otherwise promote to float32)."""
-    if isinstance(value, mx.array) and value.dtype != dtype:
-        return value.astype(dtype)
-    return value
 
 
 def _state_shapes(shape: tuple, axes: Optional[Tuple[int, int]]) -> dict:

@@ -30,8 +30,9 @@ class Adafactor(Optimizer):
             ``mx.metal.is_available()``, CUDA when ``mx.cuda.is_available()``, else MLX ops.
             Default: ``"auto"``.
         precision (str): ``"float32"`` keeps state and math in float32 for every parameter
-            dtype; ``"param"`` keeps them in the parameter's dtype as MLX does.
-            Default: ``"float32"``.
+            dtype; ``"param"`` keeps them in the parameter's dtype as MLX does: with
+            ``backend="mlx"`` every equation of the update is computed in that dtype, in
+            the spec's order. Default: ``"float32"``.
         nonfinite (str): what a step does when any gradient in the tree has a NaN or
             +-Inf. ``"propagate"`` updates anyway, as MLX does (the NaN reaches the
             parameters and state). ``"skip"`` leaves the parameters and every state tensor,
@@ -223,23 +224,27 @@ def _mlx_factored__maximize__has_eps1(self, gradient, parameter, state):
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar(t ** beta2_decay, cdt)
-    x2 = row_var + x1 * (red1 - row_var)
-    red3 = mx.mean(x2, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(mx.square(eps1), cdt)
-    h1 = x2 / mx.maximum(eps1, red3)
-    x4 = col_var + x1 * (red2 - col_var)
-    h2 = x4
-    x3 = mx.maximum(h0, h1 * h2)
-    red4 = mx.mean(x0 / x3)
-    h3 = _scalar(1 - lr * weight_decay, cdt)
-    h4 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d), cdt)
-    state["row_var"] = _collapse(x2, state["row_var"], "row")
-    state["col_var"] = _collapse(x4, state["col_var"], "col")
-    return self._write_parameter(grad * h4 * mx.rsqrt(x3) + h3 * param, parameter)
+    x0 = -grad
+    x1 = mx.square(x0)
+    red1 = mx.mean(x1, axis=-1, keepdims=True)
+    red2 = mx.mean(x1, axis=-2, keepdims=True)
+    x2 = _as(t ** beta2_decay, cdt)
+    x3 = row_var + x2 * (red1 - row_var)
+    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = x3
+    x5 = col_var + x2 * (red2 - col_var)
+    h1 = x5
+    x6 = eps1
+    h2 = mx.maximum(red3, x6)
+    h3 = x6 * x6
+    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
+    red4 = mx.mean(mx.square(x4))
+    h4 = 1 - lr * weight_decay
+    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h6 = mx.maximum(1, mx.sqrt(red4) / d)
+    state["row_var"] = _collapse(x3, state["row_var"], "row")
+    state["col_var"] = _collapse(x5, state["col_var"], "col")
+    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
 
 
 def _mlx_factored__maximize__no_has_eps1(self, gradient, parameter, state):
@@ -259,23 +264,27 @@ def _mlx_factored__maximize__no_has_eps1(self, gradient, parameter, state):
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar(t ** beta2_decay, cdt)
-    x2 = row_var + x1 * (red1 - row_var)
-    red3 = mx.mean(x2, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(mx.square(dtype_eps), cdt)
-    h1 = x2 / mx.maximum(dtype_eps, red3)
-    x4 = col_var + x1 * (red2 - col_var)
-    h2 = x4
-    x3 = mx.maximum(h0, h1 * h2)
-    red4 = mx.mean(x0 / x3)
-    h3 = _scalar(1 - lr * weight_decay, cdt)
-    h4 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d), cdt)
-    state["row_var"] = _collapse(x2, state["row_var"], "row")
-    state["col_var"] = _collapse(x4, state["col_var"], "col")
-    return self._write_parameter(grad * h4 * mx.rsqrt(x3) + h3 * param, parameter)
+    x0 = -grad
+    x1 = mx.square(x0)
+    red1 = mx.mean(x1, axis=-1, keepdims=True)
+    red2 = mx.mean(x1, axis=-2, keepdims=True)
+    x2 = _as(t ** beta2_decay, cdt)
+    x3 = row_var + x2 * (red1 - row_var)
+    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = x3
+    x5 = col_var + x2 * (red2 - col_var)
+    h1 = x5
+    x6 = dtype_eps
+    h2 = mx.maximum(red3, x6)
+    h3 = x6 * x6
+    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
+    red4 = mx.mean(mx.square(x4))
+    h4 = 1 - lr * weight_decay
+    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h6 = mx.maximum(1, mx.sqrt(red4) / d)
+    state["row_var"] = _collapse(x3, state["row_var"], "row")
+    state["col_var"] = _collapse(x5, state["col_var"], "col")
+    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
 
 
 def _mlx_factored__has_eps1__no_maximize(self, gradient, parameter, state):
@@ -295,23 +304,27 @@ def _mlx_factored__has_eps1__no_maximize(self, gradient, parameter, state):
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar(t ** beta2_decay, cdt)
-    x2 = row_var + x1 * (red1 - row_var)
-    red3 = mx.mean(x2, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(mx.square(eps1), cdt)
-    h1 = x2 / mx.maximum(eps1, red3)
-    x4 = col_var + x1 * (red2 - col_var)
-    h2 = x4
-    x3 = mx.maximum(h0, h1 * h2)
-    red4 = mx.mean(x0 / x3)
-    h3 = _scalar(1 - lr * weight_decay, cdt)
-    h4 = _scalar(-(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d)), cdt)
-    state["row_var"] = _collapse(x2, state["row_var"], "row")
-    state["col_var"] = _collapse(x4, state["col_var"], "col")
-    return self._write_parameter(grad * h4 * mx.rsqrt(x3) + h3 * param, parameter)
+    x0 = grad
+    x1 = mx.square(x0)
+    red1 = mx.mean(x1, axis=-1, keepdims=True)
+    red2 = mx.mean(x1, axis=-2, keepdims=True)
+    x2 = _as(t ** beta2_decay, cdt)
+    x3 = row_var + x2 * (red1 - row_var)
+    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = x3
+    x5 = col_var + x2 * (red2 - col_var)
+    h1 = x5
+    x6 = eps1
+    h2 = mx.maximum(red3, x6)
+    h3 = x6 * x6
+    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
+    red4 = mx.mean(mx.square(x4))
+    h4 = 1 - lr * weight_decay
+    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h6 = mx.maximum(1, mx.sqrt(red4) / d)
+    state["row_var"] = _collapse(x3, state["row_var"], "row")
+    state["col_var"] = _collapse(x5, state["col_var"], "col")
+    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
 
 
 def _mlx_factored__no_maximize_no_has_eps1(self, gradient, parameter, state):
@@ -331,23 +344,27 @@ def _mlx_factored__no_maximize_no_has_eps1(self, gradient, parameter, state):
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = _scalar(t ** beta2_decay, cdt)
-    x2 = row_var + x1 * (red1 - row_var)
-    red3 = mx.mean(x2, axis=(-2, -1), keepdims=True)
-    h0 = _scalar(mx.square(dtype_eps), cdt)
-    h1 = x2 / mx.maximum(dtype_eps, red3)
-    x4 = col_var + x1 * (red2 - col_var)
-    h2 = x4
-    x3 = mx.maximum(h0, h1 * h2)
-    red4 = mx.mean(x0 / x3)
-    h3 = _scalar(1 - lr * weight_decay, cdt)
-    h4 = _scalar(-(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d)), cdt)
-    state["row_var"] = _collapse(x2, state["row_var"], "row")
-    state["col_var"] = _collapse(x4, state["col_var"], "col")
-    return self._write_parameter(grad * h4 * mx.rsqrt(x3) + h3 * param, parameter)
+    x0 = grad
+    x1 = mx.square(x0)
+    red1 = mx.mean(x1, axis=-1, keepdims=True)
+    red2 = mx.mean(x1, axis=-2, keepdims=True)
+    x2 = _as(t ** beta2_decay, cdt)
+    x3 = row_var + x2 * (red1 - row_var)
+    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
+    h0 = x3
+    x5 = col_var + x2 * (red2 - col_var)
+    h1 = x5
+    x6 = dtype_eps
+    h2 = mx.maximum(red3, x6)
+    h3 = x6 * x6
+    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
+    red4 = mx.mean(mx.square(x4))
+    h4 = 1 - lr * weight_decay
+    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h6 = mx.maximum(1, mx.sqrt(red4) / d)
+    state["row_var"] = _collapse(x3, state["row_var"], "row")
+    state["col_var"] = _collapse(x5, state["col_var"], "col")
+    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
 
 
 def _mlx_flat__maximize__has_eps1(self, gradient, parameter, state):
@@ -366,16 +383,18 @@ def _mlx_flat__maximize__has_eps1(self, gradient, parameter, state):
     weight_decay = self.weight_decay
     variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    h0 = _scalar(mx.square(eps1), cdt)
-    h1 = _scalar(t ** beta2_decay, cdt)
-    x1 = h1 * (x0 - variance) + variance
-    x2 = mx.maximum(h0, x1)
-    red1 = mx.mean(x0 / x2)
-    h2 = _scalar(1 - lr * weight_decay, cdt)
-    h3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d), cdt)
+    x3 = eps1
+    h1 = x3 * x3
+    x0 = -grad
+    h0 = _as(t ** beta2_decay, cdt)
+    x1 = variance + h0 * (mx.square(x0) - variance)
+    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
+    red1 = mx.mean(mx.square(x2))
+    h2 = 1 - lr * weight_decay
+    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h4 = mx.maximum(1, mx.sqrt(red1) / d)
     state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x2) + h2 * param, parameter)
+    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
 
 
 def _mlx_flat__maximize__no_has_eps1(self, gradient, parameter, state):
@@ -394,16 +413,18 @@ def _mlx_flat__maximize__no_has_eps1(self, gradient, parameter, state):
     weight_decay = self.weight_decay
     variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    h0 = _scalar(mx.square(dtype_eps), cdt)
-    h1 = _scalar(t ** beta2_decay, cdt)
-    x1 = h1 * (x0 - variance) + variance
-    x2 = mx.maximum(h0, x1)
-    red1 = mx.mean(x0 / x2)
-    h2 = _scalar(1 - lr * weight_decay, cdt)
-    h3 = _scalar(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d), cdt)
+    x3 = dtype_eps
+    h1 = x3 * x3
+    x0 = -grad
+    h0 = _as(t ** beta2_decay, cdt)
+    x1 = variance + h0 * (mx.square(x0) - variance)
+    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
+    red1 = mx.mean(mx.square(x2))
+    h2 = 1 - lr * weight_decay
+    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h4 = mx.maximum(1, mx.sqrt(red1) / d)
     state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x2) + h2 * param, parameter)
+    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
 
 
 def _mlx_flat__has_eps1__no_maximize(self, gradient, parameter, state):
@@ -422,16 +443,18 @@ def _mlx_flat__has_eps1__no_maximize(self, gradient, parameter, state):
     weight_decay = self.weight_decay
     variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    h0 = _scalar(mx.square(eps1), cdt)
-    h1 = _scalar(t ** beta2_decay, cdt)
-    x1 = h1 * (x0 - variance) + variance
-    x2 = mx.maximum(h0, x1)
-    red1 = mx.mean(x0 / x2)
-    h2 = _scalar(1 - lr * weight_decay, cdt)
-    h3 = _scalar(-(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d)), cdt)
+    x3 = eps1
+    h1 = x3 * x3
+    x0 = grad
+    h0 = _as(t ** beta2_decay, cdt)
+    x1 = variance + h0 * (mx.square(x0) - variance)
+    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
+    red1 = mx.mean(mx.square(x2))
+    h2 = 1 - lr * weight_decay
+    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h4 = mx.maximum(1, mx.sqrt(red1) / d)
     state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x2) + h2 * param, parameter)
+    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
 
 
 def _mlx_flat__no_maximize_no_has_eps1(self, gradient, parameter, state):
@@ -450,16 +473,18 @@ def _mlx_flat__no_maximize_no_has_eps1(self, gradient, parameter, state):
     weight_decay = self.weight_decay
     variance = _as(_expand(state["variance"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad)
-    h0 = _scalar(mx.square(dtype_eps), cdt)
-    h1 = _scalar(t ** beta2_decay, cdt)
-    x1 = h1 * (x0 - variance) + variance
-    x2 = mx.maximum(h0, x1)
-    red1 = mx.mean(x0 / x2)
-    h2 = _scalar(1 - lr * weight_decay, cdt)
-    h3 = _scalar(-(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d)), cdt)
+    x3 = dtype_eps
+    h1 = x3 * x3
+    x0 = grad
+    h0 = _as(t ** beta2_decay, cdt)
+    x1 = variance + h0 * (mx.square(x0) - variance)
+    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
+    red1 = mx.mean(mx.square(x2))
+    h2 = 1 - lr * weight_decay
+    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
+    h4 = mx.maximum(1, mx.sqrt(red1) / d)
     state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(grad * h3 * mx.rsqrt(x2) + h2 * param, parameter)
+    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
 
 
 _SPECIALISED = {
@@ -496,24 +521,27 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    s0 = mx.square(eps1)
-    s3 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = eps1
+    s3 = g0_0 * g0_0
+    s4 = 1 - lr * weight_decay
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
     g1_0 = t ** beta2_decay
-    g1_1 = g1_0 * (red1 - row_var) + row_var
+    g1_1 = row_var + g1_0 * (red1 - row_var)
     red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
     g1_2 = col_var + g1_0 * (red2 - col_var)
-    s1 = g1_1 / mx.maximum(eps1, red3)
-    s2 = g1_2
+    s0 = g1_1
+    s1 = g1_2
+    s2 = mx.maximum(red3, eps1)
+    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = g1_1
     new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_cdbb6ac009", geo, [gradient.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3ef6a32cf1", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s4 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_5f1dc51283", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s6 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_a130e87d99", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -536,24 +564,27 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    s0 = mx.square(dtype_eps)
-    s3 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = dtype_eps
+    s3 = g0_0 * g0_0
+    s4 = 1 - lr * weight_decay
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
     g1_0 = t ** beta2_decay
-    g1_1 = g1_0 * (red1 - row_var) + row_var
+    g1_1 = row_var + g1_0 * (red1 - row_var)
     red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
     g1_2 = col_var + g1_0 * (red2 - col_var)
-    s1 = g1_1 / mx.maximum(dtype_eps, red3)
-    s2 = g1_2
+    s0 = g1_1
+    s1 = g1_2
+    s2 = mx.maximum(red3, dtype_eps)
+    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = g1_1
     new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_cdbb6ac009", geo, [gradient.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3ef6a32cf1", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s4 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_5f1dc51283", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s6 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_a130e87d99", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -576,24 +607,27 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    s0 = mx.square(eps1)
-    s3 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = eps1
+    s3 = g0_0 * g0_0
+    s4 = 1 - lr * weight_decay
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
     g1_0 = t ** beta2_decay
-    g1_1 = g1_0 * (red1 - row_var) + row_var
+    g1_1 = row_var + g1_0 * (red1 - row_var)
     red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
     g1_2 = col_var + g1_0 * (red2 - col_var)
-    s1 = g1_1 / mx.maximum(eps1, red3)
-    s2 = g1_2
+    s0 = g1_1
+    s1 = g1_2
+    s2 = mx.maximum(red3, eps1)
+    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = g1_1
     new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_cdbb6ac009", geo, [gradient.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3143ad09d5", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s4 = -(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d))
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_5f1dc51283", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s6 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_6fdcfe53cc", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -616,24 +650,27 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    s0 = mx.square(dtype_eps)
-    s3 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_8be33011b2", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    g0_0 = dtype_eps
+    s3 = g0_0 * g0_0
+    s4 = 1 - lr * weight_decay
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
     g1_0 = t ** beta2_decay
-    g1_1 = g1_0 * (red1 - row_var) + row_var
+    g1_1 = row_var + g1_0 * (red1 - row_var)
     red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
     g1_2 = col_var + g1_0 * (red2 - col_var)
-    s1 = g1_1 / mx.maximum(dtype_eps, red3)
-    s2 = g1_2
+    s0 = g1_1
+    s1 = g1_2
+    s2 = mx.maximum(red3, dtype_eps)
+    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = g1_1
     new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_cdbb6ac009", geo, [gradient.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3143ad09d5", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s4 = -(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red4) / d))
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_5f1dc51283", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([s0, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s6 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_6fdcfe53cc", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -654,14 +691,16 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    s0 = mx.square(eps1)
-    s1 = t ** beta2_decay
+    g0_0 = eps1
+    s0 = t ** beta2_decay
+    s1 = g0_0 * g0_0
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_915f74612c", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_dadcca23cb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_14e734780f", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s4 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_ca5c88cc3e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -682,14 +721,16 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    s0 = mx.square(dtype_eps)
-    s1 = t ** beta2_decay
+    g0_0 = dtype_eps
+    s0 = t ** beta2_decay
+    s1 = g0_0 * g0_0
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_915f74612c", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_dadcca23cb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_14e734780f", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s4 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_ca5c88cc3e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -710,14 +751,16 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    s0 = mx.square(eps1)
-    s1 = t ** beta2_decay
+    g0_0 = eps1
+    s0 = t ** beta2_decay
+    s1 = g0_0 * g0_0
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_915f74612c", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_08e1bd2a9e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = -(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d))
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_14e734780f", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s4 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_daa2d5d79b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -738,14 +781,16 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    s0 = mx.square(dtype_eps)
-    s1 = t ** beta2_decay
+    g0_0 = dtype_eps
+    s0 = t ** beta2_decay
+    s1 = g0_0 * g0_0
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_915f74612c", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_08e1bd2a9e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = -(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)) / mx.maximum(1, mx.sqrt(red1) / d))
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_14e734780f", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s4 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_daa2d5d79b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -765,11 +810,11 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
-        "afgen_adafactor_torch_f0_8be33011b2": (
+        "afgen_adafactor_torch_f0_3873098176": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_torch_f0_8be33011b2: pass 0, factored layout
+// afgen_adafactor_torch_f0_3873098176: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -839,11 +884,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f1_cdbb6ac009": (
-            ["grad_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["red4_part"],
+        "afgen_adafactor_torch_f0_3b37edc0b6": (
+            ["grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_torch_f1_cdbb6ac009: pass 1, factored layout
+// afgen_adafactor_torch_f0_3b37edc0b6: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -857,21 +902,96 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-float acc_red4 = 0.0f;
+float acc_red0 = 0.0f;
+float acc_red1[4];
+float acc_red2[8];
+for (uint c = 0; c < 8; ++c) {
+  acc_red2[c] = 0.0f;
+}
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  acc_red1[r] = 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad) / metal::fmax(s0, s1 * s2);
+    const float param = afg_load(param_in[idx]);
+    const float x0_0 = afg_sq(-grad);
+    acc_red0 += afg_sq(param);
+    acc_red1[r] += x0_0;
+    acc_red2[c] += x0_0;
+
+  }
+}
+for (uint r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red1[r]);
+  const uint m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+threadgroup float afg_cols_red2[2048];
+for (uint c = 0; c < 8; ++c) {
+  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+}
+threadgroup_barrier(mem_flags::mem_threadgroup);
+{
+  const uint j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (uint w = 0; w < 8; ++w) {
+      total += afg_cols_red2[w * 256 + lid];
+    }
+    red2_part[(b * nrb + rb) * N + j] = total;
+  }
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_f1_3143ad09d5": (
+            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red4_part"],
+            """\
+// afgen_adafactor_torch_f1_3143ad09d5: pass 1, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s3 = scalars[0];
+const float s2 = s2_in[b];
+float acc_red4 = 0.0f;
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red4 += afg_sq(grad * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3)));
 
   }
 }
@@ -884,11 +1004,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f2_5f1dc51283": (
-            ["grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param"],
+        "afgen_adafactor_torch_f1_3ef6a32cf1": (
+            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red4_part"],
             """\
-// afgen_adafactor_torch_f2_5f1dc51283: pass 2, factored layout
+// afgen_adafactor_torch_f1_3ef6a32cf1: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -902,34 +1022,125 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const float s3 = scalars[1];
-const float s4 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
+const float s3 = scalars[0];
+const float s2 = s2_in[b];
+float acc_red4 = 0.0f;
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red4 += afg_sq((-grad) * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3)));
+
+  }
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red4_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_f2_6fdcfe53cc": (
+            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_torch_f2_6fdcfe53cc: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s3 = scalars[0];
+const float s4 = scalars[1];
+const float s5 = scalars[2];
+const float s6 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+const float s2 = s2_in[b];
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s4 * metal::rsqrt(metal::fmax(s0, s1 * s2)) + param * s3, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3))) / s6, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_torch_u0_915f74612c": (
+        "afgen_adafactor_torch_f2_a130e87d99": (
+            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_torch_f2_a130e87d99: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s3 = scalars[0];
+const float s4 = scalars[1];
+const float s5 = scalars[2];
+const float s6 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+const float s2 = s2_in[b];
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3))) / s6, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u0_08e1bd2a9e": (
             ["grad_in", "param_in", "variance_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_torch_u0_915f74612c: pass 0, unfactored layout
+// afgen_adafactor_torch_u0_08e1bd2a9e: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -955,9 +1166,9 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x0_0 = afg_sq(grad);
+  const float x0_0 = grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += x0_0 / metal::fmax(s0, s1 * (x0_0 - variance) + variance);
+  acc_red1 += afg_sq(x0_0 * metal::rsqrt(metal::fmax(variance + s0 * (afg_sq(x0_0) - variance), s1)));
 
 }
 threadgroup float afg_scratch[8];
@@ -975,11 +1186,61 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_u1_14e734780f": (
+        "afgen_adafactor_torch_u0_dadcca23cb": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_torch_u0_dadcca23cb: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s0 = scalars[0];
+const float s1 = scalars[1];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float x0_0 = -grad;
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(x0_0 * metal::rsqrt(metal::fmax(variance + s0 * (afg_sq(x0_0) - variance), s1)));
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u1_ca5c88cc3e": (
             ["grad_in", "param_in", "variance_in", "scalars", "dims"],
             ["new_param", "new_variance"],
             """\
-// afgen_adafactor_torch_u1_14e734780f: pass 1, unfactored layout
+// afgen_adafactor_torch_u1_ca5c88cc3e: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -997,7 +1258,8 @@ const float s0 = scalars[0];
 const float s1 = scalars[1];
 const float s2 = scalars[2];
 const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
+const float s4 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -1006,20 +1268,61 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x1_0 = s1 * (afg_sq(grad) - variance) + variance;
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * metal::rsqrt(metal::fmax(s0, x1_0)) + param * s2, idx, afg_key);
-  new_variance[idx] = afg_store<S>(x1_0);
+  const float x1_0 = -grad;
+  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(metal::fmax(x1_1, s1))) / s4, idx, afg_key);
+  new_variance[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_torch_u1_daa2d5d79b": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["new_param", "new_variance"],
+            """\
+// afgen_adafactor_torch_u1_daa2d5d79b: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s0 = scalars[0];
+const float s1 = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float x1_0 = grad;
+  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(metal::fmax(x1_1, s1))) / s4, idx, afg_key);
+  new_variance[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
     },
     "cuda": {
-        "afgen_adafactor_torch_f0_8be33011b2": (
+        "afgen_adafactor_torch_f0_3873098176": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_torch_f0_8be33011b2: pass 0, factored layout
+// afgen_adafactor_torch_f0_3873098176: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1089,11 +1392,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f1_cdbb6ac009": (
-            ["grad_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["red4_part"],
+        "afgen_adafactor_torch_f0_3b37edc0b6": (
+            ["grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_torch_f1_cdbb6ac009: pass 1, factored layout
+// afgen_adafactor_torch_f0_3b37edc0b6: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1107,21 +1410,96 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
-float acc_red4 = 0.0f;
+float acc_red0 = 0.0f;
+float acc_red1[4];
+float acc_red2[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red2[c] = 0.0f;
+}
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  acc_red1[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad) / fmaxf(s0, s1 * s2);
+    const float param = afg_load(param_in[idx]);
+    const float x0_0 = afg_sq(-grad);
+    acc_red0 += afg_sq(param);
+    acc_red1[r] += x0_0;
+    acc_red2[c] += x0_0;
+
+  }
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red1[r]);
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+__shared__ float afg_cols_red2[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+}
+__syncthreads();
+{
+  const unsigned int j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red2[w * 256 + lid];
+    }
+    red2_part[(b * nrb + rb) * N + j] = total;
+  }
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_f1_3143ad09d5": (
+            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red4_part"],
+            """\
+// afgen_adafactor_torch_f1_3143ad09d5: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s3 = scalars[0];
+const float s2 = s2_in[b];
+float acc_red4 = 0.0f;
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red4 += afg_sq(grad * rsqrtf(fmaxf(s0 * s1 / s2, s3)));
 
   }
 }
@@ -1134,11 +1512,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f2_5f1dc51283": (
-            ["grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param"],
+        "afgen_adafactor_torch_f1_3ef6a32cf1": (
+            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["red4_part"],
             """\
-// afgen_adafactor_torch_f2_5f1dc51283: pass 2, factored layout
+// afgen_adafactor_torch_f1_3ef6a32cf1: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1152,34 +1530,125 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
-const float s3 = scalars[1];
-const float s4 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const float s3 = scalars[0];
+const float s2 = s2_in[b];
+float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    acc_red4 += afg_sq((-grad) * rsqrtf(fmaxf(s0 * s1 / s2, s3)));
+
+  }
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red4_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_f2_6fdcfe53cc": (
+            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_torch_f2_6fdcfe53cc: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s3 = scalars[0];
+const float s4 = scalars[1];
+const float s5 = scalars[2];
+const float s6 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+const float s2 = s2_in[b];
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(grad * s4 * rsqrtf(fmaxf(s0, s1 * s2)) + param * s3, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * rsqrtf(fmaxf(s0 * s1 / s2, s3))) / s6, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_torch_u0_915f74612c": (
+        "afgen_adafactor_torch_f2_a130e87d99": (
+            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_torch_f2_a130e87d99: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s3 = scalars[0];
+const float s4 = scalars[1];
+const float s5 = scalars[2];
+const float s6 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+const float s2 = s2_in[b];
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s1 = s1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * rsqrtf(fmaxf(s0 * s1 / s2, s3))) / s6, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u0_08e1bd2a9e": (
             ["grad_in", "param_in", "variance_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_torch_u0_915f74612c: pass 0, unfactored layout
+// afgen_adafactor_torch_u0_08e1bd2a9e: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1205,9 +1674,9 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x0_0 = afg_sq(grad);
+  const float x0_0 = grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += x0_0 / fmaxf(s0, s1 * (x0_0 - variance) + variance);
+  acc_red1 += afg_sq(x0_0 * rsqrtf(fmaxf(variance + s0 * (afg_sq(x0_0) - variance), s1)));
 
 }
 __shared__ float afg_scratch[8];
@@ -1225,11 +1694,61 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_u1_14e734780f": (
+        "afgen_adafactor_torch_u0_dadcca23cb": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_torch_u0_dadcca23cb: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s0 = scalars[0];
+const float s1 = scalars[1];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float x0_0 = -grad;
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(x0_0 * rsqrtf(fmaxf(variance + s0 * (afg_sq(x0_0) - variance), s1)));
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u1_ca5c88cc3e": (
             ["grad_in", "param_in", "variance_in", "scalars", "dims"],
             ["new_param", "new_variance"],
             """\
-// afgen_adafactor_torch_u1_14e734780f: pass 1, unfactored layout
+// afgen_adafactor_torch_u1_ca5c88cc3e: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1247,7 +1766,8 @@ const float s0 = scalars[0];
 const float s1 = scalars[1];
 const float s2 = scalars[2];
 const float s3 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const float s4 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -1256,9 +1776,50 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x1_0 = s1 * (afg_sq(grad) - variance) + variance;
-  new_param[idx] = afg_store_rounded<T>(grad * s3 * rsqrtf(fmaxf(s0, x1_0)) + param * s2, idx, afg_key);
-  new_variance[idx] = afg_store<S>(x1_0);
+  const float x1_0 = -grad;
+  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(fmaxf(x1_1, s1))) / s4, idx, afg_key);
+  new_variance[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_torch_u1_daa2d5d79b": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["new_param", "new_variance"],
+            """\
+// afgen_adafactor_torch_u1_daa2d5d79b: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s0 = scalars[0];
+const float s1 = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float x1_0 = grad;
+  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(fmaxf(x1_1, s1))) / s4, idx, afg_key);
+  new_variance[idx] = afg_store<S>(x1_1);
 
 }
 """,
@@ -1531,13 +2092,6 @@ def _collapse(value, like, shape_class: str):
 def _as(value, dtype):
     """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
     return value if value.dtype == dtype else value.astype(dtype)
-
-
-def _scalar(value, dtype):
-    """Scalars follow the compute dtype (MLX would otherwise promote to float32)."""
-    if isinstance(value, mx.array) and value.dtype != dtype:
-        return value.astype(dtype)
-    return value
 
 
 def _state_shapes(shape: tuple, axes: Optional[Tuple[int, int]]) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from afgen.backends.printers import mlx_code, numpy_code
+from afgen.backends.printers import is_wide, mlx_code, numpy_code
 from afgen.lower.plan import KernelPlan, Step
 from afgen.shapes import ReduceAxes, ShapeClass
 from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
@@ -33,7 +33,7 @@ class FunctionModel:
 
 @dataclass(frozen=True)
 class Dialect:
-    printer: Callable[[sympy.Basic], str]
+    printer: Callable[[sympy.Basic, frozenset[str]], str]
     load_grad: str
     load_param: str
     load_step: str
@@ -43,7 +43,7 @@ class Dialect:
     store_state: Callable[[str, str, ShapeClass], str]
     result: Callable[[str], str]
     load_dtype_eps: str
-    scalar: Callable[[str], str] = lambda code: code
+    wide_atoms: frozenset[str] = frozenset()  # atoms wider than the compute dtype
 
 
 def _axes_text(axes: ReduceAxes) -> str:
@@ -76,13 +76,13 @@ MLX = Dialect(
     load_step="self.step.astype(mx.float32)",
     load_state=lambda key, shape: f'_as(_expand(state["{key}"], "{shape.label}"), cdt)',
     load_hyper=lambda spec, name: (  # MLX keeps schedule values in the state, as arrays
-        f'self.state["{name}"].astype(mx.float32)' if name in spec.schedule_names
+        f'_as(self.state["{name}"], cdt)' if name in spec.schedule_names
         else _hyper_source(spec, name, "self")),
     reduce=_reduce("mx"),
     store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
     result=lambda code: f"self._write_parameter({code}, parameter)",
     load_dtype_eps="mx.finfo(parameter.dtype).eps",
-    scalar=lambda code: f"_scalar({code}, cdt)",
+    wide_atoms=frozenset({STEP}),  # MLX's step promotes to float32
 )
 
 NUMPY = Dialect(
@@ -133,18 +133,19 @@ def function_model(spec: Spec, plan: KernelPlan, dialect: Dialect, prefix: str) 
     defined = {str(s.name) for s in flat.steps}
     loads = atom_loads(spec, plan, dialect, used - defined)
     body = []
+    wide = set(dialect.wide_atoms)
     for step in flat.steps:
-        code = dialect.printer(step.expr)
+        code = dialect.printer(step.expr, frozenset(wide))
         if step.is_reduction:
             code = dialect.reduce(step, code)
-        elif step.shape is ShapeClass.SCALAR and step.expr.free_symbols:
-            code = dialect.scalar(code)
+        if is_wide(step.expr, frozenset(wide)):
+            wide.add(str(step.name))
         body.append((str(step.name), code))
     stores, result = [], "param"
     state_shapes = {s.name: s.shape for s in spec.state}
     for name, expr in flat.results:
         key = name.removeprefix("new_")
-        code = dialect.printer(expr)
+        code = dialect.printer(expr, frozenset(wide))
         if key == PARAM:
             result = dialect.result(code)
         else:

@@ -44,7 +44,6 @@ class HyperView:
     default_repr: str
     doc: str
     init_lines: tuple[str, ...]
-    reference_value: str
 
 
 def _static_code(spec: Spec) -> dict[sympy.Symbol, sympy.Symbol]:
@@ -103,10 +102,8 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
     if h.required:
         default_repr = ""
     doc = h.doc if h.doc.endswith(".") or not h.doc else h.doc + "."
-    reference_value = (f'self.state.get("{h.name}")' if h.kind == "schedule"
-                       else f"self.{h.name}")
     return HyperView(h.name, ANNOTATIONS[h.kind], TYPE_DOCS[h.kind], default_repr, doc,
-                     tuple(lines), reference_value)
+                     tuple(lines))
 
 
 def _key_lines(spec: Spec) -> list[str]:
@@ -117,15 +114,6 @@ def _key_lines(spec: Spec) -> list[str]:
         lines.append(f"bool({code})" if code.startswith("self.") and " " not in code else code)
     lines.append("factored")
     return lines
-
-
-def _reference(spec: Spec) -> dict[str, str]:
-    """The MLX optimizer class a drop-in spec names (``reference: mlx.optimizers.X``):
-    precision="param" delegates to it for bit-compatibility."""
-    module, _, name = spec.reference.rpartition(".")
-    if module != "mlx.optimizers" or not name.isidentifier():
-        return {"reference_module": "", "reference_class": ""}
-    return {"reference_module": module, "reference_class": name}
 
 
 def _factored_code(spec: Spec) -> str:
@@ -179,7 +167,6 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "headers": headers(),
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(spec), "states": states,
-        **_reference(spec),
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],
         "any_axes": spec.factor_axes != "last", "functions": functions, "dispatch": dispatch,
     }

@@ -11,7 +11,11 @@ import sympy
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
-HALF = sympy.Rational(1, 2)
+from afgen.spec import ops
+
+HALF = sympy.Float(0.5)
+# Unary minus binds tighter than * and / and looser than ** (as in Python).
+NEGATION = PRECEDENCE["Mul"] + 5
 
 
 class UnsupportedNode(TypeError):
@@ -73,41 +77,42 @@ class BasePrinter(StrPrinter):
     def _print_not_supported(self, expr: sympy.Basic) -> str:
         return self.emptyPrinter(expr)
 
-    # -- arithmetic ------------------------------------------------------------------
-    def _print_Add(self, expr: sympy.Add, order: str | None = None) -> str:
-        terms = list(expr.as_ordered_terms())
-        terms.sort(key=lambda term: term.could_extract_minus_sign())
-        out = self.parenthesize(terms[0], PRECEDENCE["Add"])
-        for term in terms[1:]:
-            if term.could_extract_minus_sign():
-                out += " - " + self.parenthesize(-term, PRECEDENCE["Add"] + 1)
-            else:
-                out += " + " + self.parenthesize(term, PRECEDENCE["Add"])
-        return out
+    # -- arithmetic, exactly as written (afgen.spec.ops) --------------------------------
+    def op_precedence(self, expr: sympy.Basic) -> int:
+        if isinstance(expr, (ops.Plus, ops.Minus)):
+            return PRECEDENCE["Add"]
+        if isinstance(expr, (ops.Times, ops.Divide)):
+            return PRECEDENCE["Mul"]
+        if isinstance(expr, ops.Negate) or (expr.is_Number and expr < 0):
+            return NEGATION
+        if isinstance(expr, ops.Power):
+            return PRECEDENCE["Pow"]
+        if isinstance(expr, ops.Rounded):
+            return self.op_precedence(expr.args[0])
+        return PRECEDENCE["Atom"]
 
-    def _print_Mul(self, expr: sympy.Mul) -> str:
-        if expr.could_extract_minus_sign():
-            return "-" + self.parenthesize(-expr, PRECEDENCE["Mul"] + 1)
-        numer, denom = [], []
-        for factor in expr.as_ordered_factors():
-            base, exp = factor.as_base_exp()
-            if factor.is_Pow and exp.is_Number and exp.is_negative and exp != -HALF:
-                denom.append(sympy.Pow(base, -exp, evaluate=False) if exp != -1 else base)
-            elif factor.is_Rational and not factor.is_Integer:
-                numer.append(sympy.Integer(factor.p))
-                denom.append(sympy.Integer(factor.q))
-            else:
-                numer.append(factor)
-        num = " * ".join(self.parenthesize(f, PRECEDENCE["Mul"]) for f in numer) or "1"
-        if not denom:
-            return num
-        if len(denom) == 1:
-            den = self.parenthesize(denom[0], PRECEDENCE["Mul"] + 1)
-        else:
-            den = "(" + " * ".join(self.parenthesize(f, PRECEDENCE["Mul"]) for f in denom) + ")"
-        return f"{num} / {den}"
+    def operand(self, expr: sympy.Basic, level: int, strict: bool) -> str:
+        """Parenthesised when it binds looser than ``level`` (or as loose, ``strict``):
+        the printed text groups exactly as the tree does."""
+        inner = self.op_precedence(expr)
+        text = self._print(expr)
+        return f"({text})" if inner < level or (strict and inner == level) else text
 
-    def _print_Pow(self, expr: sympy.Pow) -> str:
+    def binary(self, expr: sympy.Basic) -> str:
+        left, right = expr.args
+        level = self.op_precedence(expr)
+        return (f"{self.operand(left, level, False)} {expr.symbol} "
+                f"{self.operand(right, level, True)}")
+
+    _print_Plus = _print_Minus = _print_Times = _print_Divide = binary
+
+    def _print_Negate(self, expr: ops.Negate) -> str:
+        return "-" + self.operand(expr.args[0], NEGATION, True)
+
+    def _print_Rounded(self, expr: ops.Rounded) -> str:
+        return self._print(expr.args[0])
+
+    def _print_Power(self, expr: ops.Power) -> str:
         base, exp = expr.args
         if exp == HALF:
             return self.call("sqrt", self._print(base))
@@ -116,18 +121,15 @@ class BasePrinter(StrPrinter):
         if exp == 2:
             return self.square(base)
         if exp == -1:
-            return self.reciprocal(self.parenthesize(base, PRECEDENCE["Mul"] + 1))
-        if exp.is_Integer and exp < 0:
-            return self.reciprocal(self.parenthesize(sympy.Pow(base, -exp, evaluate=False),
-                                                     PRECEDENCE["Mul"] + 1))
+            return self.reciprocal(self.operand(base, PRECEDENCE["Mul"], True))
         return self.power(base, exp)
 
     def square(self, base: sympy.Expr) -> str:
         return self.call("square", self._print(base))
 
     def power(self, base: sympy.Expr, exp: sympy.Expr) -> str:
-        return (self.parenthesize(base, PRECEDENCE["Pow"] + 1) + " ** "
-                + self.parenthesize(exp, PRECEDENCE["Pow"]))
+        return (self.operand(base, PRECEDENCE["Pow"], True) + " ** "
+                + self.operand(exp, PRECEDENCE["Pow"], False))
 
     # -- functions -------------------------------------------------------------------
     def _nary(self, name: str, args: tuple) -> str:
@@ -137,22 +139,31 @@ class BasePrinter(StrPrinter):
             out = self.call(name, out, arg)
         return out
 
-    def _print_Max(self, expr: sympy.Max) -> str:
+    def _print_Maximum(self, expr: ops.Maximum) -> str:
         return self._nary("maximum", expr.args)
 
-    def _print_Min(self, expr: sympy.Min) -> str:
+    def _print_Minimum(self, expr: ops.Minimum) -> str:
         return self._nary("minimum", expr.args)
 
-    def _print_Abs(self, expr: sympy.Abs) -> str:
+    def _print_Sqrt(self, expr: ops.Sqrt) -> str:
+        return self.call("sqrt", self._print(expr.args[0]))
+
+    def _print_Rsqrt(self, expr: ops.Rsqrt) -> str:
+        return self.call("rsqrt", self._print(expr.args[0]))
+
+    def _print_Fabs(self, expr: ops.Fabs) -> str:
         return self.call("abs", self._print(expr.args[0]))
 
-    def _print_exp(self, expr: sympy.exp) -> str:
+    def _print_Square(self, expr: ops.Square) -> str:
+        return self.square(expr.args[0])
+
+    def _print_Exp(self, expr: ops.Exp) -> str:
         return self.call("exp", self._print(expr.args[0]))
 
-    def _print_log(self, expr: sympy.log) -> str:
+    def _print_Log(self, expr: ops.Log) -> str:
         return self.call("log", self._print(expr.args[0]))
 
-    def _print_sign(self, expr: sympy.sign) -> str:
+    def _print_Sign(self, expr: ops.Sign) -> str:
         return self.call("sign", self._print(expr.args[0]))
 
     def _print_Piecewise(self, expr: sympy.Piecewise) -> str:
@@ -188,7 +199,19 @@ class BasePrinter(StrPrinter):
 
 
 class MLXPrinter(BasePrinter):
-    """MLX ops; Python floats stay Python floats (MLX scalars are weakly typed)."""
+    """MLX ops; Python floats stay Python floats (MLX scalars are weakly typed).
+
+    ``wide`` names the values that may be wider than the compute dtype ``cdt`` (the step
+    ``t`` is float32, as MLX's ``step`` promotes to): a ``Rounded`` equation value built
+    from one is cast to ``cdt``, which is how MLX's optimizers round such values."""
+
+    def __init__(self, wide: frozenset[str] = frozenset()):
+        super().__init__()
+        self.wide = wide
+
+    def _print_Rounded(self, expr: ops.Rounded) -> str:
+        text = self._print(expr.args[0])
+        return f"_as({text}, cdt)" if is_wide(expr.args[0], self.wide) else text
 
     funcs = {name: f"mx.{name}" for name in (
         "sqrt", "rsqrt", "abs", "exp", "log", "sign", "maximum", "minimum", "where", "square",
@@ -224,11 +247,21 @@ class PythonPrinter(BasePrinter):
         return "False"
 
 
-def mlx_code(expr: sympy.Basic) -> str:
-    return MLXPrinter().doprint(expr)
+def is_wide(expr: sympy.Basic, wide: frozenset[str]) -> bool:
+    """Whether ``expr`` may be wider than the compute dtype: it reads a ``wide`` value
+    other than through a ``Rounded`` one."""
+    if isinstance(expr, ops.Rounded):
+        return False
+    if isinstance(expr, sympy.Symbol):
+        return expr.name in wide
+    return any(is_wide(a, wide) for a in expr.args)
 
 
-def numpy_code(expr: sympy.Basic) -> str:
+def mlx_code(expr: sympy.Basic, wide: frozenset[str] = frozenset()) -> str:
+    return MLXPrinter(wide).doprint(expr)
+
+
+def numpy_code(expr: sympy.Basic, wide: frozenset[str] = frozenset()) -> str:
     return NumPyPrinter().doprint(expr)
 
 
@@ -257,6 +290,12 @@ class CStylePrinter(BasePrinter):
 
     def power(self, base: sympy.Expr, exp: sympy.Expr) -> str:
         return self.call("pow", self._print(base), self._print(exp))
+
+    def operand(self, expr: sympy.Basic, level: int, strict: bool) -> str:
+        """C has no ``**``, and ``a - -b`` is fine, but a negated operand is bracketed
+        anyway so no two minus signs ever touch (``--`` is a decrement)."""
+        text = super().operand(expr, level, strict)
+        return f"({text})" if text.startswith("-") else text
 
     def _print_And(self, expr: sympy.And) -> str:
         return "(" + " && ".join(self._print(a) for a in expr.args) + ")"

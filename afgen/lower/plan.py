@@ -13,7 +13,6 @@ Two views of the same specialisation:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import sympy
@@ -21,13 +20,6 @@ import sympy
 from afgen.lower.config import StaticConfig
 from afgen.lower.specialise import Program, Reduction, shape_of
 from afgen.shapes import ReduceAxes, ShapeClass
-from afgen.spec.model import PARAM
-
-# Beyond this many terms after expansion, or nodes before it, the new parameter is not
-# rewritten in terms of a new state (an optimisation only; the shipped specs need at most
-# 14 terms and 100 nodes).
-MAX_EXPANDED_TERMS = 64
-MAX_EXPANDED_NODES = 600
 
 
 @dataclass(frozen=True)
@@ -186,38 +178,14 @@ class _Hoister:
         return [(symbol, expr) for expr, symbol in self.defs.items()]
 
     def hoist(self, expr: sympy.Expr) -> sympy.Expr:
-        if isinstance(expr, sympy.Add):
-            expr = self._collect_full(expr)
+        """Name every maximal small sub-tree; the tree itself is kept as written (no
+        regrouping: see ``afgen.spec.ops``)."""
         shape = shape_of(expr, self.shapes)
         if shape.is_small:
             return self._name(expr)
         if expr.is_Atom or not expr.args:
             return expr
-        if isinstance(expr, (sympy.Mul, sympy.Add)):
-            return self._hoist_assoc(expr)
         return expr.func(*[self.hoist(a) for a in expr.args])
-
-    def _collect_full(self, expr: sympy.Add) -> sympy.Expr:
-        """``p + p*a - p*b`` -> ``p*(1 + a - b)``: one full-size product instead of three."""
-        full_atoms = sorted((s for s in expr.free_symbols
-                             if self.shapes.get(s) is ShapeClass.FULL), key=str)
-        return sympy.collect(expr, full_atoms) if full_atoms else expr
-
-    def _hoist_assoc(self, expr: sympy.Expr) -> sympy.Expr:
-        """Group the small operands of a sum/product (cols apart from the rest, since a
-        row and a col only combine into a full value) and hoist each group."""
-        full, cols, rest = [], [], []
-        for arg in expr.args:
-            shape = shape_of(arg, self.shapes)
-            if not shape.is_small:
-                full.append(self.hoist(arg))
-            elif shape is ShapeClass.COL:
-                cols.append(arg)
-            else:
-                rest.append(arg)
-        groups = [g for g in (rest, cols) if g]
-        hoisted = [self._name(expr.func(*g)) for g in groups]
-        return expr.func(*full, *hoisted)
 
     def _name(self, expr: sympy.Expr) -> sympy.Expr:
         if expr.is_Atom or (expr.is_Number):
@@ -230,75 +198,18 @@ class _Hoister:
         return self.defs[expr]
 
 
-def _cheap_to_expand(expr: sympy.Expr) -> bool:
-    """Whether ``sympy.expand`` (and ``count_ops`` on its result) stays small: at most
-    ``MAX_EXPANDED_TERMS`` terms in ``expr`` or any sub-expression (expand enters function
-    arguments too) and at most ``MAX_EXPANDED_NODES`` nodes. Products and powers of sums
-    multiply out, so ``((grad + 1)**64 + 1)**64`` alone would never finish."""
-    cap = MAX_EXPANDED_TERMS + 1
-    memo: dict[int, tuple[int, int, int]] = {}  # id -> (terms, most terms inside, tree size)
-
-    def walk(node: sympy.Basic) -> tuple[int, int, int]:
-        key = id(node)
-        if key not in memo:
-            inner = [walk(arg) for arg in node.args]
-            counts = [count for count, _, _ in inner]
-            count = 1
-            if isinstance(node, sympy.Add):
-                count = sum(counts)
-            elif isinstance(node, sympy.Mul):
-                count = math.prod(min(c, cap) for c in counts)
-            elif isinstance(node, sympy.Pow) and node.exp.is_Rational and counts[0] > 1:
-                power = min(int(abs(node.exp)), cap)
-                count = math.comb(power + counts[0] - 1, counts[0] - 1) if power else 1
-            count = min(count, cap)
-            most = max([count, *(m for _, m, _ in inner)])
-            memo[key] = (count, most, min(1 + sum(n for _, _, n in inner), MAX_EXPANDED_NODES + 1))
-        return memo[key]
-
-    _, most, size = walk(expr)
-    return most <= MAX_EXPANDED_TERMS and size <= MAX_EXPANDED_NODES
-
-
-def _reuse_outputs(outputs: dict[str, sympy.Expr], shapes: dict[sympy.Symbol, ShapeClass]
-                   ) -> tuple[dict[str, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
-    """Write the new parameter in terms of a new full-size state when that is cheaper
-    (``p - m_new`` instead of ``p - beta*m - (1-beta)*u``): SymPy distributes sums, which
-    hides the reuse from CSE. The reused state becomes a named definition."""
-    out, defs = dict(outputs), []
-    if PARAM not in out or not _cheap_to_expand(out[PARAM]):
-        return out, defs
-    for other, other_expr in outputs.items():
-        if other == PARAM or shape_of(other_expr, shapes) is not ShapeClass.FULL:
-            continue
-        if not _cheap_to_expand(other_expr):
-            continue
-        symbol = sympy.Symbol(f"new_{other}", real=True)
-        for sign in (1, -1):
-            rest = sympy.expand(out[PARAM] - sign * other_expr)
-            if sympy.count_ops(rest) < sympy.count_ops(sympy.expand(out[PARAM])):
-                shapes[symbol] = ShapeClass.FULL
-                out[PARAM] = rest + sign * symbol
-                out[other] = symbol
-                defs.append((symbol, other_expr))
-                break
-    return out, defs
-
-
 def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
                    shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int]
                    ) -> Schedule:
-    """Whole-update schedule for eager backends. Small factors are hoisted so that each
-    full-size array operation is one multiply by a combined small value, not a chain."""
-    changed, reused = _reuse_outputs(changed, shapes)
+    """Whole-update schedule for eager backends: small sub-trees are computed once as
+    small arrays, before the full-size operations that use them."""
     hoister = _Hoister(shapes, levels, "h")
     reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand)
                             if r.operand_shape is ShapeClass.FULL else r.operand,
                             r.operand_shape, r.shape) for r in program.reductions]
     results = {f"new_{k}": hoister.hoist(v) if shape_of(v, shapes) is ShapeClass.FULL else v
                for k, v in changed.items()}
-    reused = [(symbol, hoister.hoist(expr)) for symbol, expr in reused]
-    return schedule(results, reductions, shapes, "x", hoister.small_defs() + reused)
+    return schedule(results, reductions, shapes, "x", hoister.small_defs())
 
 
 def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:

@@ -27,6 +27,7 @@ from afgen.spec.model import (
     Spec,
     Statement,
 )
+from afgen.spec.ops import Rounded
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class _Specialiser:
         if problem:  # e.g. 'z = 0' then 'm = m / z': only substitution folds it to zoo
             raise SpecError(eq.loc, f"'{eq.target}' has {problem} once earlier equations are "
                             f"substituted {where}")
-        self.env[eq.target] = self._extract_reductions(value, eq)
+        self.env[eq.target] = Rounded(self._extract_reductions(value, eq))
 
     def _extract_reductions(self, expr: sympy.Expr, eq: Equation) -> sympy.Expr:
         """Replace reduction calls (innermost first) by symbols and record them."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +18,17 @@ import sympy
 
 from afgen.errors import Loc, SpecError
 from afgen.shapes import ReduceAxes, ShapeClass, ShapeMismatch, join_additive, join_multiplicative
+from afgen.spec.ops import (
+    BINARY_OPERATORS,
+    UNARY_FUNCTIONS,
+    Maximum,
+    Minimum,
+    Negate,
+    Power,
+    Sqrt,
+    Square,
+    to_sympy,
+)
 
 MAX_EXPRESSION_CHARS = 2000
 MAX_NESTING = 60
@@ -75,9 +85,11 @@ def reduction_of(expr: sympy.Basic) -> tuple[ReduceAxes, bool] | None:
 
 
 def undefined_constant(expr: sympy.Basic) -> str | None:
-    """What makes ``expr`` unusable as generated code, or None. SymPy folds constants:
-    ``1/0`` becomes ``zoo``, ``sqrt(-1)`` becomes ``I``, ``1e308*1e308`` a Float that no
-    float holds; printed, those are undefined names or overflows in the generated module."""
+    """What makes ``expr`` unusable as generated code, or None. In the algebraic meaning
+    of the expression (``to_sympy``) SymPy folds constants: ``1/0`` becomes ``zoo``,
+    ``sqrt(-1)`` becomes ``I``, ``1e308*1e308`` a Float that no float holds; computed,
+    those are errors or overflows in the generated module."""
+    expr = to_sympy(expr)
     if expr.has(sympy.I):
         return "a value that is not real (e.g. the square root or log of a negative constant)"
     for number in expr.atoms(sympy.Number, sympy.core.numbers.ComplexInfinity):
@@ -91,16 +103,7 @@ def undefined_constant(expr: sympy.Basic) -> str | None:
     return None
 
 
-_UNARY: dict[str, Callable[[sympy.Expr], sympy.Expr]] = {
-    "sqrt": sympy.sqrt,
-    "rsqrt": lambda x: sympy.Pow(x, sympy.Rational(-1, 2)),
-    "abs": sympy.Abs,
-    "square": lambda x: sympy.Pow(x, 2),
-    "exp": sympy.exp,
-    "log": sympy.log,
-    "sign": sympy.sign,
-}
-FUNCTIONS = sorted([*_UNARY, "min", "max", "pow", "where", "rms", "has", *REDUCTIONS])
+FUNCTIONS = sorted([*UNARY_FUNCTIONS, "min", "max", "pow", "where", "rms", "has", *REDUCTIONS])
 
 _FORBIDDEN_NODES = {
     ast.Attribute: "attribute access",
@@ -225,10 +228,7 @@ class ExpressionConverter:
         except ShapeMismatch as exc:
             raise self.fail(node, f"shape-class mismatch: {left.shape.label} "
                             f"{_OP_WORD[op]} {right.shape.label}: {exc}") from None
-        a, b = left.expr, right.expr
-        expr = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b,
-                ast.Mult: lambda: a * b, ast.Div: lambda: a / b}[op]()
-        return Typed(expr, NUM, shape)
+        return Typed(BINARY_OPERATORS[_OP_WORD[op]](left.expr, right.expr), NUM, shape)
 
     def _power(self, node: ast.AST, base: Typed, exponent: Typed) -> Typed:
         if exponent.shape is not ShapeClass.SCALAR:
@@ -237,7 +237,7 @@ class ExpressionConverter:
             raise self.fail(node, f"constant exponents are limited to +-{MAX_CONST_EXPONENT}")
         if base.expr.is_Number and abs(float(base.expr)) > 1e300:
             raise self.fail(node, "constant too large")
-        return Typed(sympy.Pow(base.expr, exponent.expr), NUM, base.shape)
+        return Typed(Power(base.expr, exponent.expr), NUM, base.shape)
 
     def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> Typed:
         if isinstance(node.op, ast.Not):
@@ -247,7 +247,9 @@ class ExpressionConverter:
             return Typed(sympy.Not(operand.expr), operand.kind, operand.shape)
         if isinstance(node.op, (ast.USub, ast.UAdd)):
             operand = self._num(node.operand, depth, "a sign")
-            expr = -operand.expr if isinstance(node.op, ast.USub) else operand.expr
+            expr = operand.expr
+            if isinstance(node.op, ast.USub):  # a negative literal is a literal
+                expr = -expr if expr.is_Number else Negate(expr)
             return Typed(expr, NUM, operand.shape)
         raise self.fail(node, f"operator '{type(node.op).__name__}' is not allowed")
 
@@ -322,14 +324,14 @@ class ExpressionConverter:
         for arg_node, arg in zip(node.args, args):
             if arg.kind != NUM:
                 raise self.fail(arg_node, f"{name}() needs numbers, got a {arg.kind}")
-        if name in _UNARY or name == "rms" or name in REDUCTIONS:
+        if name in UNARY_FUNCTIONS or name == "rms" or name in REDUCTIONS:
             self._arity(node, name, args, 1)
             (arg,) = args
-            if name in _UNARY:
-                return Typed(_UNARY[name](arg.expr), NUM, arg.shape)
+            if name in UNARY_FUNCTIONS:
+                return Typed(UNARY_FUNCTIONS[name](arg.expr), NUM, arg.shape)
             if name == "rms":
-                mean = REDUCTION_FUNCS["mean"](sympy.Pow(arg.expr, 2))
-                return Typed(sympy.sqrt(mean), NUM, ShapeClass.SCALAR)
+                mean = REDUCTION_FUNCS["mean"](Square(arg.expr))
+                return Typed(Sqrt(mean), NUM, ShapeClass.SCALAR)
             axes, _ = REDUCTIONS[name]
             try:
                 shape = axes.result(arg.shape)
@@ -342,8 +344,11 @@ class ExpressionConverter:
         if len(args) < 2:
             raise self.fail(node, f"{name}() needs at least 2 arguments")
         shape = self._join(node, [a.shape for a in args])
-        combine = sympy.Min if name == "min" else sympy.Max
-        return Typed(combine(*[a.expr for a in args]), NUM, shape)
+        combine = Minimum if name == "min" else Maximum
+        expr = args[0].expr
+        for arg in args[1:]:  # min(a, b, c) is min(min(a, b), c), in the order written
+            expr = combine(expr, arg.expr)
+        return Typed(expr, NUM, shape)
 
     def _arity(self, node: ast.Call, name: str, args: list[Typed], count: int) -> None:
         if len(args) != count:
@@ -370,7 +375,7 @@ class ExpressionConverter:
         return Typed(sympy.Piecewise((a.expr, cond.expr), (b.expr, True)), NUM, shape)
 
 
-_OP_WORD = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_OP_WORD = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
 
 def parse_expression(text: str, loc: Loc, scope: Scope, col_shift: int = 0) -> Typed:

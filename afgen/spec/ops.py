@@ -1,0 +1,163 @@
+"""Arithmetic that SymPy keeps exactly as the spec writes it.
+
+SymPy rewrites ordinary arithmetic the moment it is built: it flattens and reorders sums
+and products, merges ``(x**-0.5)**2`` into ``1/x`` and distributes integer powers over
+products. Each of those is exact in real numbers and can overflow in float32: the
+lowering once turned ``square(grad * rsqrt(row) * rsqrt(col))`` into
+``grad**2 * (1/row) * (1/col)``, where ``1/row * 1/col`` is ``1e30 * 1e30 = inf`` for an
+all-zero row and column, and ``inf * 0`` is NaN where the spec as written gives 0.
+
+So every operation of an update is one of these opaque nodes, with its operands in the
+order written (``a * b * c`` is ``Times(Times(a, b), c)``). SymPy still does what is safe
+with them: substitution, shape analysis by free symbols, common-subexpression
+elimination (a repeated node is the same value computed once) and moving a sub-tree
+that only depends on small values out of the per-element loop (it is evaluated exactly
+as written, just elsewhere). ``to_sympy`` gives the algebraic meaning for LaTeX and for
+the constant checks.
+"""
+from __future__ import annotations
+
+import sympy
+
+
+class Op(sympy.Function):
+    """An operation SymPy must not evaluate, reorder or merge."""
+
+    symbol = ""  # the operator's spelling for binary and unary operators
+    meaning = None  # how to_sympy builds the algebraic value from the arguments
+
+    @classmethod
+    def eval(cls, *args):  # noqa: D401 - SymPy hook: None means "stay unevaluated"
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _latex(self, printer) -> str:
+        return printer._print(to_sympy(self))
+
+    def _sympystr(self, printer) -> str:
+        args = [printer._print(a) for a in self.args]
+        if self.symbol and len(args) == 2:
+            return f"({args[0]} {self.symbol} {args[1]})"
+        if self.symbol:
+            return f"({self.symbol}{args[0]})"
+        return f"{type(self).__name__.lower()}({', '.join(args)})"
+
+
+class Plus(Op):
+    nargs = 2
+    symbol = "+"
+    meaning = staticmethod(lambda a, b: a + b)
+
+
+class Minus(Op):
+    nargs = 2
+    symbol = "-"
+    meaning = staticmethod(lambda a, b: a - b)
+
+
+class Times(Op):
+    nargs = 2
+    symbol = "*"
+    meaning = staticmethod(lambda a, b: a * b)
+
+
+class Divide(Op):
+    nargs = 2
+    symbol = "/"
+    meaning = staticmethod(lambda a, b: a / b)
+
+
+class Power(Op):
+    nargs = 2
+    symbol = "**"
+    meaning = staticmethod(sympy.Pow)
+
+
+class Negate(Op):
+    nargs = 1
+    symbol = "-"
+    meaning = staticmethod(lambda a: -a)
+
+
+class Sqrt(Op):
+    nargs = 1
+    meaning = staticmethod(sympy.sqrt)
+
+
+class Rsqrt(Op):
+    nargs = 1
+    meaning = staticmethod(lambda a: 1 / sympy.sqrt(a))
+
+
+class Fabs(Op):
+    nargs = 1
+    meaning = staticmethod(sympy.Abs)
+
+
+class Square(Op):
+    nargs = 1
+    meaning = staticmethod(lambda a: a ** 2)
+
+
+class Exp(Op):
+    nargs = 1
+    meaning = staticmethod(sympy.exp)
+
+
+class Log(Op):
+    nargs = 1
+    meaning = staticmethod(sympy.log)
+
+
+class Sign(Op):
+    nargs = 1
+    meaning = staticmethod(sympy.sign)
+
+
+class Minimum(Op):
+    nargs = 2
+    meaning = staticmethod(sympy.Min)
+
+
+class Maximum(Op):
+    nargs = 2
+    meaning = staticmethod(sympy.Max)
+
+
+class Rounded(Op):
+    """The value of one equation, rounded to the compute dtype where it is assigned
+    (``precision="param"`` rounds every equation's value to the parameter's dtype, as
+    MLX's optimizers round by computing in it). Transparent everywhere else."""
+
+    nargs = 1
+    meaning = staticmethod(lambda a: a)
+
+    def _sympystr(self, printer) -> str:
+        return printer._print(self.args[0])
+
+
+UNARY_FUNCTIONS: dict[str, type[Op]] = {
+    "sqrt": Sqrt, "rsqrt": Rsqrt, "abs": Fabs, "square": Square, "exp": Exp, "log": Log,
+    "sign": Sign,
+}
+BINARY_OPERATORS: dict[str, type[Op]] = {
+    "+": Plus, "-": Minus, "*": Times, "/": Divide, "**": Power,
+}
+
+
+def to_sympy(expr: sympy.Basic) -> sympy.Basic:
+    """The algebraic meaning of ``expr`` (SymPy evaluates and folds it as usual): for
+    display and for finding constants with no float value; never for code."""
+    if isinstance(expr, Op):
+        return type(expr).meaning(*[to_sympy(a) for a in expr.args])
+    if not expr.args or expr.is_Atom:
+        return expr
+    return expr.func(*[to_sympy(a) for a in expr.args])
+
+
+def strip_rounding(expr: sympy.Basic) -> sympy.Basic:
+    """``expr`` without ``Rounded`` markers (where rounding is a no-op: float32 kernels,
+    the float64 oracle)."""
+    return expr.replace(lambda e: isinstance(e, Rounded), lambda e: e.args[0])
