@@ -25,9 +25,18 @@ from afgen.oracle import Oracle
 
 BACKENDS = ("mlx", "metal", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
+# precision="param" is also verified in the 16-bit dtypes (state and, with MLX ops, math
+# in the parameter's dtype); in float32 it is the default precision's program.
+PARAM_DTYPES = ("float16", "bfloat16")
 # (atol, rtol) of one step against float64; 16-bit outputs allow one rounding.
 TOLERANCES = {"float32": (1e-6, 1e-4), "float16": (2e-5, 2 ** -10),
               "bfloat16": (2e-5, 2 ** -7)}
+# precision="param" computes every equation in the 16-bit dtype: each rounds once, and
+# a step's terms (beta * v + (1 - beta) * x, a 16-bit mean of squares) round several
+# times on the way, so one step allows several roundings of the step's larger terms
+# (measured worst over the shipped specs, 10 steps: 3.2e-2 bf16, 3.9e-3 fp16).
+PARAM_TOLERANCES = {"float32": TOLERANCES["float32"], "float16": (8e-3, 2 ** -7),
+                    "bfloat16": (6e-2, 2 ** -5)}
 MLX_SHAPES = {True: [(5, 7), (1, 9), (8, 1), (3, 4, 6), (2, 1, 3, 5), (33, 17)],
               False: [(), (1,), (7,), (130,)]}
 # Fused kernels: sizes that cross row-block (32 rows) and column-chunk (256 factored,
@@ -113,7 +122,8 @@ def _as_f64(array: object) -> np.ndarray:
 
 
 def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
-                 shapes: list[tuple[int, ...]], steps: int, seed: int) -> CaseResult:
+                 shapes: list[tuple[int, ...]], steps: int, seed: int,
+                 precision: str = "float32") -> CaseResult:
     """Step the generated class and compare each step with the oracle's step from the
     same parameters and state (parameters, every state tensor)."""
     import mlx.core as mx
@@ -121,11 +131,11 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
     mx_dtype = getattr(mx, dtype)
     hyper = hyper_for(compiled, plan)
     rng = np.random.default_rng(seed)
-    optimizer = cls(**hyper, backend=backend)
+    optimizer = cls(**hyper, backend=backend, precision=precision)
     oracle = Oracle(compiled, hyper)
     params = {f"p{i}": mx.array(rng.standard_normal(s).astype(np.float32)).astype(mx_dtype)
               for i, s in enumerate(shapes)}
-    atol, rtol = TOLERANCES[dtype]
+    atol, rtol = (TOLERANCES if precision == "float32" else PARAM_TOLERANCES)[dtype]
     worst_abs = worst_rel = 0.0
     ok = True
     for _ in range(steps):
@@ -147,20 +157,28 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
             a, r, passed = _errors(got, expected, old, atol, rtol)
             worst_abs, worst_rel, ok = max(worst_abs, a), max(worst_rel, r), ok and passed
     return CaseResult(backend, plan.config.restricted(plan.program.used_statics).label,
-                      dtype, steps, worst_abs, worst_rel, ok)
+                      _dtype_label(dtype, precision), steps, worst_abs, worst_rel, ok)
+
+
+def _dtype_label(dtype: str, precision: str) -> str:
+    """The dtype column: ``bfloat16`` (float32 math) or ``bfloat16=`` (precision="param",
+    math in the parameter's dtype)."""
+    return dtype if precision == "float32" else f"{dtype}="
 
 
 def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
-             shapes: list[tuple[int, ...]], steps: int, seed: int) -> CaseResult:
+             shapes: list[tuple[int, ...]], steps: int, seed: int,
+             precision: str) -> CaseResult:
     """A kernel that fails to compile or faults on the executor is a failed case."""
     from afgen.executor import KernelError
 
     try:
-        return verify_class(compiled, cls, plan, backend, dtype, shapes, steps, seed)
+        return verify_class(compiled, cls, plan, backend, dtype, shapes, steps, seed,
+                            precision)
     except KernelError as exc:
         case = plan.config.restricted(plan.program.used_statics).label
-        return CaseResult(backend, case, dtype, steps, float("nan"), float("nan"), False,
-                          f"{type(exc).__name__}: {exc}")
+        return CaseResult(backend, case, _dtype_label(dtype, precision), steps, float("nan"),
+                          float("nan"), False, f"{type(exc).__name__}: {exc}")
 
 
 def device_available(backend: str) -> bool:
@@ -208,7 +226,9 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
            backends: list[str] | None = None, dtypes: list[str] | None = None) -> Report:
     """Run the requested backends (default: all; fused ones on the executor when there
     is no device) on every specialisation and dtype. MLX ops run ``steps`` steps in
-    float32; fused kernels run ``min(steps, 2)`` steps per case, each dtype."""
+    float32 and, with precision="param", in each 16-bit dtype; fused kernels run
+    ``min(steps, 2)`` steps per dtype and one step with precision="param" (16-bit
+    state)."""
     report = Report()
     module = load_module(compiled)
     cls = getattr(module, compiled.spec.class_name)
@@ -218,11 +238,15 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
         with _backend_context(module, backend, report):
             for index, plan in enumerate(compiled.plans):
                 if backend == "mlx":
-                    cases = [("float32", MLX_SHAPES[plan.factored], steps)]
+                    cases = [("float32", MLX_SHAPES[plan.factored], steps, "float32")]
+                    cases += [(d, MLX_SHAPES[plan.factored], steps, "param")
+                              for d in PARAM_DTYPES if d in (dtypes or DTYPES)]
                 else:
-                    cases = [(d, KERNEL_SHAPES[plan.factored], min(steps, 2))
+                    cases = [(d, KERNEL_SHAPES[plan.factored], min(steps, 2), "float32")
                              for d in dtypes or DTYPES]
-                for dtype, shapes, n in cases:
+                    cases += [(d, KERNEL_SHAPES[plan.factored], 1, "param")
+                              for d in PARAM_DTYPES if d in (dtypes or DTYPES)]
+                for dtype, shapes, n, precision in cases:
                     report.results.append(_checked(compiled, cls, plan, backend, dtype,
-                                                   shapes, n, seed + index))
+                                                   shapes, n, seed + index, precision))
     return report

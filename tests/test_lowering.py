@@ -1,6 +1,17 @@
-"""The lowering's structure: specialisations, shape classes, passes split at reductions."""
+"""The lowering's structure: specialisations, shape classes, passes split at reductions,
+and arithmetic kept exactly as the spec writes it."""
+from pathlib import Path
+
+import pytest
+import sympy
+
+from afgen.backends.printers import cuda_code, mlx_code
+from afgen.build import compile_path
 from afgen.lower.config import all_configs
 from afgen.shapes import ShapeClass
+from afgen.spec.ops import Op, Times, to_sympy
+
+SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 
 
 def _plan(compiled, factored, beta_1=True):
@@ -51,8 +62,39 @@ def test_unfactored_plan_has_two_passes(compiled):
     assert set(plan.passes[-1].writes) == {"new_param", "new_exp_avg_sq"}
 
 
-def test_flat_schedule_computes_each_full_product_once(compiled):
-    """Small factors are combined before they touch full-size arrays."""
+def test_flat_schedule_computes_u_once_and_squares_it(compiled):
+    """``rms(u)`` squares the value ``u`` the spec computed; it is never rewritten as
+    ``grad**2 / row / col`` (which is inf * 0 = NaN for an all-zero row and column)."""
     plan = _plan(compiled, factored=True, beta_1=False)
     full_steps = [s for s in plan.flat.steps if s.shape is ShapeClass.FULL and not s.is_reduction]
-    assert len(full_steps) <= 3, [str(s.expr) for s in full_steps]
+    assert len(full_steps) == 2, [str(s.expr) for s in full_steps]  # g2 and u
+    u = full_steps[1].name
+    squared = [s for s in plan.flat.steps if s.is_reduction and s.expr.has(u)]
+    assert [str(s.expr) for s in squared] == [f"square({u})"]
+
+
+def _arithmetic(expr: sympy.Basic) -> list[sympy.Basic]:
+    return [e for e in sympy.preorder_traversal(expr)
+            if isinstance(e, (sympy.Add, sympy.Mul, sympy.Pow))]
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_no_lowered_expression_holds_sympy_arithmetic(path):
+    """Every operation of every specialisation, in the flat schedule, the glue and the
+    kernel passes, is one of afgen.spec.ops' opaque nodes: SymPy had no chance to
+    regroup, reorder or merge the spec's arithmetic."""
+    for plan in compile_path(path).plans:
+        schedules = [plan.flat, *plan.glue, *(p.schedule for p in plan.passes)]
+        for sched in schedules:
+            exprs = [s.expr for s in sched.steps] + [e for _, e in sched.results]
+            for expr in exprs:
+                assert not _arithmetic(expr), (plan.name, expr)
+
+
+def test_products_keep_the_order_written():
+    a, b, c = sympy.symbols("a b c", real=True)
+    left, right = Times(Times(a, b), c), Times(a, Times(b, c))
+    assert left != right and to_sympy(left) == to_sympy(right)
+    assert mlx_code(left) == "a * b * c" and mlx_code(right) == "a * (b * c)"
+    assert cuda_code(right) == "a * (b * c)"
+    assert isinstance(left, Op) and left.args == (Times(a, b), c)

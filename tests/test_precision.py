@@ -1,6 +1,8 @@
 """Precision: float32 state and math by default for 16-bit parameters (MLX's bf16 second
 moment freezes), precision="param" bit-identical to MLX, stochastic rounding of bf16
 parameter writes."""
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
@@ -28,8 +30,16 @@ PAIRS = [
     (Adafactor, optim.Adafactor, {"beta_1": 0.9, "weight_decay": 0.01}),
     (Adafactor, optim.Adafactor, {"relative_step": False, "scale_parameter": False,
                                   "learning_rate": optim.cosine_decay(1e-2, 30)}),
+    (Adafactor, optim.Adafactor, {"warmup_init": True, "clip_threshold": 0.5}),
+    (Adafactor, optim.Adafactor, {"scale_parameter": False, "decay_rate": -0.5,
+                                  "eps": (1e-20, 1e-2)}),
+    (Adafactor, optim.Adafactor, {"relative_step": False, "learning_rate": 3e-3,
+                                  "beta_1": 0.5, "weight_decay": 0.1}),
     (Adam, optim.Adam, {"learning_rate": 1e-3, "bias_correction": True}),
+    (Adam, optim.Adam, {"learning_rate": 1e-3, "betas": (0.8, 0.99)}),
     (AdamW, optim.AdamW, {"learning_rate": optim.linear_schedule(0, 1e-3, 10)}),
+    (AdamW, optim.AdamW, {"learning_rate": 1e-3, "bias_correction": True,
+                          "weight_decay": 0.1}),
 ]
 
 
@@ -50,6 +60,60 @@ def test_param_precision_is_bit_identical_to_mlx(ours, theirs, hyper, dtype):
         for name, value in b.state[key].items():
             assert a.state[key][name].dtype == value.dtype
             np.testing.assert_array_equal(_bits(a.state[key][name]), _bits(value))
+
+
+def test_param_precision_does_not_call_mlx(monkeypatch):
+    """precision="param" runs the spec's own program: with mlx.optimizers' updates
+    replaced by something that fails, ours gives the same bits as before."""
+    rng = np.random.default_rng(1)
+    params = _tree(rng, [(8, 16), (5,)], mx.bfloat16)
+    grads = [_tree(rng, [v.shape for v in params.values()], mx.bfloat16) for _ in range(3)]
+
+    def run(cls, hyper):
+        opt, p = cls(**hyper, precision="param", backend="mlx"), dict(params)
+        for g in grads:
+            p = opt.apply_gradients(g, p)
+        return {k: _bits(v) for k, v in p.items()}
+
+    cases = [(Adafactor, {"beta_1": 0.9}), (Adam, {"learning_rate": 1e-3}),
+             (AdamW, {"learning_rate": 1e-3})]
+    before = [run(cls, hyper) for cls, hyper in cases]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("mlx.optimizers was called")
+
+    for cls in (optim.Adafactor, optim.Adam, optim.AdamW):
+        monkeypatch.setattr(cls, "apply_single", refuse)
+    after = [run(cls, hyper) for cls, hyper in cases]
+    for old, new in zip(before, after):
+        for key in old:
+            np.testing.assert_array_equal(old[key], new[key])
+
+
+def test_param_precision_of_a_variant_runs_the_variant(tmp_path):
+    """A copy of the drop-in spec with another constant keeps ``reference:``; under
+    precision="param" it computes its own update (not MLX's) and verifies against its own
+    oracle in every dtype."""
+    import afgen
+    from afgen.build import compile_path
+    from afgen.verify import verify
+
+    text = (Path(__file__).resolve().parent.parent / "specs" / "adafactor.yaml").read_text()
+    assert "else 1e-2, rsqrt(t))" in text
+    variant = tmp_path / "adafactor_variant.yaml"
+    variant.write_text(text.replace("else 1e-2, rsqrt(t))", "else 2e-2, rsqrt(t))"))
+    cls = afgen.load(str(variant))
+    rng = np.random.default_rng(2)
+    params = _tree(rng, [(8, 16)], mx.bfloat16)
+    grads = _tree(rng, [(8, 16)], mx.bfloat16)
+    ours = cls(precision="param", backend="mlx").apply_gradients(grads, dict(params))
+    theirs = optim.Adafactor().apply_gradients(grads, dict(params))
+    moved = lambda p: np.abs(np.array(p["p0"].astype(mx.float32) -  # noqa: E731
+                                      params["p0"].astype(mx.float32))).mean()
+    assert moved(ours) == pytest.approx(2 * moved(theirs), rel=0.05)
+    report = verify(compile_path(variant), steps=3, backends=["mlx"])
+    assert report.passed, report.table()
+    assert {r.dtype for r in report.results} == {"float32", "float16=", "bfloat16="}
 
 
 def _train(optimizer, params, rng, steps):

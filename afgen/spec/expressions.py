@@ -233,9 +233,12 @@ class ExpressionConverter:
     def _power(self, node: ast.AST, base: Typed, exponent: Typed) -> Typed:
         if exponent.shape is not ShapeClass.SCALAR:
             raise self.fail(node, "exponents must be scalars")
-        if exponent.expr.is_Number and abs(float(exponent.expr)) > MAX_CONST_EXPONENT:
+        # Constant operands are checked by value (``9**9**9`` has the constant exponent
+        # 9**9); their own powers were checked first, so evaluating them is cheap.
+        exp_value, base_value = to_sympy(exponent.expr), to_sympy(base.expr)
+        if exp_value.is_Number and abs(float(exp_value)) > MAX_CONST_EXPONENT:
             raise self.fail(node, f"constant exponents are limited to +-{MAX_CONST_EXPONENT}")
-        if base.expr.is_Number and abs(float(base.expr)) > 1e300:
+        if base_value.is_Number and abs(float(base_value)) > 1e300:
             raise self.fail(node, "constant too large")
         return Typed(Power(base.expr, exponent.expr), NUM, base.shape)
 
