@@ -7,10 +7,12 @@ This file depends on MLX and the Python standard library only.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import mlx.core as mx
 from mlx.optimizers import Optimizer
+from mlx.utils import tree_map, tree_map_with_path
 
 AFGEN_VERSION = "0.1.0"
 SPEC_SHA256 = "e69476e3ac1eeef5e67f6ac8e34ece8214a18166c7fa115ca871e2df7c8df7d5"
@@ -140,8 +142,12 @@ class Adafactor(Optimizer):
         )
 
     def init_single(self, parameter: mx.array, state: dict):
-        """Initialize optimizer state"""
-        _check_dtype(parameter, "parameter")
+        """Initialize optimizer state. A leaf this class cannot train gets none: a frozen
+        quantized layer's uint32 weight, say, which ``init(model.parameters())`` passes
+        too (MLX's own classes give it state that nothing uses); a gradient for it is
+        refused by name."""
+        if not isinstance(parameter, mx.array) or parameter.dtype not in _FLOAT_DTYPES:
+            return
         sdt = mx.float32 if self.precision == "float32" else parameter.dtype
         shape = tuple(parameter.shape)
         axes = self._factor_axes(shape)
@@ -154,27 +160,47 @@ class Adafactor(Optimizer):
             state["second_moment"] = mx.full(shape, 0.0, dtype=sdt)
 
     def apply_gradients(self, gradients: dict, parameters: dict):
-        """Validate every gradient against its parameter and state first, then update;
-        a bad tree raises ValueError naming the parameter and changes nothing. Non-finite
-        gradients are handled as ``nonfinite`` says; zero-size parameters are kept as is."""
-        _validate(gradients, parameters, self.state, self._factor_axes)
+        """Check every gradient against its parameter and state, then update. The step
+        runs on a staged copy of the state (``self.state`` returns it meanwhile, since the
+        updates read ``step`` and schedules there) that is merged into the live containers
+        only when every parameter succeeded: a bad tree or checkpoint raises ValueError
+        naming the parameter, and a step that raises for any reason changes nothing,
+        ``step`` and schedules included. Non-finite gradients are handled as ``nonfinite``
+        says; zero-size parameters are kept as they are."""
+        gradients = tree_map(_as_array, gradients)
+        live, initialized = self._state, self._initialized
+        self._state = _copy_containers(live)
+        try:
+            updated, staged = self._staged_step(gradients, parameters)
+        except BaseException:
+            self._initialized = initialized
+            raise
+        finally:
+            self._state = live
+        _merge_into(live, staged)
+        return updated
+
+    def _staged_step(self, gradients, parameters):
+        """The step on ``self.state``, the staged copy: checks, initialisation, the
+        schedules at the step before the increment (as in MLX), the update. Returns the
+        new parameters and the state to commit."""
+        leaves = _leaves(gradients, parameters, self.state)
+        _validate(self, leaves)
         if not self._initialized:  # first step, or a state assigned (e.g. a checkpoint)
-            _check_assigned_state(self, gradients)
-        finite = _finite_flag(gradients, self.nonfinite)
-        if not self._initialized:
+            _check_assigned_state(self, leaves)
+        finite = _finite_flag(leaves, self.nonfinite)
+        if not self._initialized or any(slot is None for *_, slot in leaves):
             self.init(gradients)
         before = _copy_containers(self.state) if finite is not None else None
         for param, scheduler in self._schedulers.items():
             self.state[param] = scheduler(self.step)
         self.state["step"] = self.step + 1
-        staged = _copy_containers(self.state)
         self._rounding_salt = 0  # each parameter of the tree draws its own rounding noise
-        updated = _tree_map_paths(lambda g, p, s: _update_or_keep(self, g, p, s), gradients,
-                                  parameters, staged)
-        if finite is not None:
-            updated, staged = _keep_unless_finite(finite, updated, parameters, staged, before)
-        _merge_into(self.state, staged)
-        return updated
+        updated = tree_map(lambda g, p, s: _update_or_keep(self, g, p.tree, s.tree),
+                           gradients, _Beside(parameters), _Beside(self.state))
+        if finite is None:
+            return updated, self.state
+        return _keep_unless_finite(finite, updated, parameters, self.state, before)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         """Performs the Adafactor parameter and state update."""
@@ -1071,11 +1097,14 @@ def _resolve_backend(backend: str) -> str:
     return backend
 
 
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("mlx.core.")
+
+
 def _check_dtype(array, what: str) -> None:
     if array.dtype not in _FLOAT_DTYPES:
-        name = str(array.dtype).removeprefix("mlx.core.")
-        raise ValueError(f"{what} has dtype {name}; Adafactor supports "
-                         "float32, float16 and bfloat16")
+        raise ValueError(f"{what} has dtype {_dtype_name(array.dtype)}; Adafactor "
+                         "supports float32, float16 and bfloat16")
 
 
 def _expand(x, shape_class: str):
@@ -1122,47 +1151,95 @@ def _state_shapes(shape: tuple, axes: Optional[Tuple[int, int]]) -> dict:
     }
 
 
-def _validate(gradients, parameters, state, factor_axes, path="") -> None:
-    """Check trees, shapes and dtypes before anything is changed (walks the gradient tree
-    with the parameters and state beside it, so keys may contain dots)."""
-    name = path or "<root>"
-    if isinstance(gradients, dict):
-        if not isinstance(parameters, dict):
-            raise ValueError(f"gradients at '{name}' are a dict but the parameters are not")
-        for key, gradient in gradients.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in parameters:
-                raise ValueError(f"gradient for '{sub}' has no matching parameter")
-            slot = state.get(key) if isinstance(state, dict) else None
-            _validate(gradient, parameters[key], slot, factor_axes, sub)
-        return
-    if isinstance(gradients, (list, tuple)):
-        if not isinstance(parameters, (list, tuple)) or len(parameters) < len(gradients):
-            raise ValueError(f"gradients at '{name}' are a list of {len(gradients)} but the "
-                             "parameters do not match")
-        for index, gradient in enumerate(gradients):
-            slot = state[index] if isinstance(state, (list, tuple)) and index < len(state) \
-                else None
-            _validate(gradient, parameters[index], slot, factor_axes, f"{path}.{index}" if path
-                      else str(index))
-        return
-    if not isinstance(gradients, mx.array):
-        raise ValueError(f"gradient for parameter '{name}' is not an mx.array")
-    if not isinstance(parameters, mx.array):
-        raise ValueError(f"gradient for '{name}' has no matching parameter")
-    if gradients.shape != parameters.shape:
-        raise ValueError(f"gradient for parameter '{name}' has shape {tuple(gradients.shape)}"
-                         f" but the parameter has shape {tuple(parameters.shape)}")
-    _check_dtype(gradients, f"gradient for parameter '{name}'")
-    _check_dtype(parameters, f"parameter '{name}'")
-    if not isinstance(state, dict) or not state:
-        return
-    shape = tuple(parameters.shape)
-    for key, expected in _state_shapes(shape, factor_axes(shape)).items():
-        if key in state and expected is not None and tuple(state[key].shape) != tuple(expected):
-            raise ValueError(f"parameter '{name}' has shape {tuple(parameters.shape)} but its "
-                             f"state '{key}' has shape {tuple(state[key].shape)} "
-                             f"(expected {tuple(expected)})")
+class _Beside:
+    """A tree walked beside the gradients. MLX's tree_map indexes the other trees with the
+    gradient tree's keys; through this wrapper a key the tree lacks (or a place where it
+    is not a container) gives None instead of an exception, so the checks can name the
+    path. ``tree`` is what the tree holds at that place."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self, tree):
+        self.tree = tree
+
+    def __getitem__(self, key):
+        tree = self.tree
+        if isinstance(tree, dict):
+            return _Beside(tree.get(key))
+        if isinstance(tree, (list, tuple)) and isinstance(key, int) and key < len(tree):
+            return _Beside(tree[key])
+        return _Beside(None)
+
+
+def _leaves(gradients, parameters, state) -> list:
+    """(path, gradient, parameter, state slot) for every gradient leaf, the path as
+    tree_flatten writes it (keys may contain dots: the trees are walked, not looked up by
+    path). As in MLX, an empty container in the gradients, nn.value_and_grad's ``{}`` for
+    a model's list of strings, has no leaves, so whatever the parameters hold there is
+    never looked at."""
+    found = []
+    tree_map_with_path(lambda path, g, p, s: found.append((path or "<root>", g, p.tree, s.tree)),
+                       gradients, _Beside(parameters), _Beside(state))
+    return found
+
+
+def _as_array(leaf):
+    """A gradient leaf as an mx.array: MLX's ops take NumPy arrays and numbers, so its
+    optimizers do, and converting once here lets every check read dtype and shape. What
+    does not convert is left for ``_validate`` to name."""
+    if isinstance(leaf, mx.array):
+        return leaf
+    try:
+        return mx.array(leaf)
+    except (TypeError, ValueError):
+        return leaf
+
+
+def _validate(optimizer, leaves) -> None:
+    """Check every gradient, its parameter and its state before anything is changed."""
+    for name, gradient, parameter, slot in leaves:
+        if not isinstance(gradient, mx.array):
+            raise ValueError(f"gradient for parameter '{name}' is a {type(gradient).__name__}, "
+                             "not an array")
+        if not isinstance(parameter, mx.array):
+            kind = "" if parameter is None else f" (it is a {type(parameter).__name__})"
+            raise ValueError(f"gradient for '{name}' has no matching parameter{kind}")
+        if gradient.shape != parameter.shape:
+            raise ValueError(f"gradient for parameter '{name}' has shape {tuple(gradient.shape)}"
+                             f" but the parameter has shape {tuple(parameter.shape)}")
+        _check_dtype(gradient, f"gradient for parameter '{name}'")
+        _check_dtype(parameter, f"parameter '{name}'")
+        if slot is not None:
+            _check_slot(optimizer, name, parameter, slot)
+
+
+def _check_slot(optimizer, name, parameter, slot) -> None:
+    """A parameter's state as a checkpoint may have left it: tensors of the expected shapes
+    and a floating dtype. precision="float32" promotes 16-bit tensors (exactly; an MLX
+    checkpoint of a bfloat16 model has them) in ``slot``, the staged copy;
+    precision="param" keeps the parameter's dtype and refuses another rather than round."""
+    if not isinstance(slot, dict):
+        raise ValueError(f"optimizer state of parameter '{name}' is a {type(slot).__name__}, "
+                         "not a dict")
+    shape = tuple(parameter.shape)
+    dtype = mx.float32 if optimizer.precision == "float32" else parameter.dtype
+    for key, expected in _state_shapes(shape, optimizer._factor_axes(shape)).items():
+        value = slot.get(key)
+        if value is None:
+            continue
+        what = f"state '{key}' of parameter '{name}'"
+        if not isinstance(value, mx.array):
+            raise ValueError(f"{what} is a {type(value).__name__}, not an mx.array")
+        _check_dtype(value, what)
+        if expected is not None and tuple(value.shape) != tuple(expected):
+            raise ValueError(f"parameter '{name}' has shape {shape} but its state '{key}' has "
+                             f"shape {tuple(value.shape)} (expected {tuple(expected)})")
+        if value.dtype != dtype and optimizer.precision == "param":
+            raise ValueError(f"parameter '{name}' is {_dtype_name(dtype)} but its state '{key}' "
+                             f"is {_dtype_name(value.dtype)}; precision='param' keeps the state "
+                             "in the parameter's dtype: cast the state (or the model) to match, "
+                             "or use precision='float32'")
+        slot[key] = _as(value, dtype)
 
 
 def _mix32(x):
@@ -1186,48 +1263,39 @@ def _stochastic_bfloat16(value, key):
 
 
 def _copy_containers(tree):
-    if isinstance(tree, dict):
-        return {k: _copy_containers(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_copy_containers(v) for v in tree]
-    return tree
+    """New containers all the way down around the same leaves: a copy to stage a step in."""
+    return tree_map(lambda leaf: leaf, tree)
 
 
 def _merge_into(target, staged) -> None:
     """Write staged values into the live state containers in place (mx.compile captures
-    those containers, so they must not be replaced)."""
-    items = staged.items() if isinstance(staged, dict) else enumerate(staged)
-    for key, value in items:
-        if isinstance(value, (dict, list)) and isinstance(target[key], (dict, list)):
-            _merge_into(target[key], value)
+    those containers, so they must not be replaced); a list grows as ``init`` grew it."""
+    if isinstance(target, list):
+        target.extend(staged[len(target):])
+    for key, value in staged.items() if isinstance(staged, dict) else enumerate(staged):
+        old = target.get(key) if isinstance(target, dict) else target[key]
+        if isinstance(value, (dict, list)) and type(old) is type(value) and old is not value:
+            _merge_into(old, value)
         else:
             target[key] = value
-
-
-def _tree_map_paths(fn, gradients, parameters, state):
-    if isinstance(gradients, dict):
-        return {k: _tree_map_paths(fn, g, parameters[k], state[k]) for k, g in gradients.items()}
-    if isinstance(gradients, (list, tuple)):
-        out = [_tree_map_paths(fn, g, parameters[i], state[i]) for i, g in enumerate(gradients)]
-        return type(gradients)(out)
-    return fn(gradients, parameters, state)
 
 
 # ---------------------------------------------------------------------------------------
 # Assigned state, zero-size parameters and non-finite gradients
 # ---------------------------------------------------------------------------------------
-def _check_assigned_state(optimizer, gradients) -> None:
+def _check_assigned_state(optimizer, leaves) -> None:
     """A state assigned from a checkpoint is checked before anything changes: a missing
     ``step`` or state tensor (say, saved without ``beta_1``) would otherwise surface as a
-    KeyError halfway through the step. A plain-number ``step`` (a JSON checkpoint) becomes
-    the uint64 array MLX keeps."""
+    KeyError halfway through the step. The counters become the uint64 arrays MLX keeps
+    (in the staged copy, so a refused step leaves them as assigned)."""
     state = optimizer.state
     if "step" not in state:
         raise ValueError("optimizer state has no 'step'; assign the whole saved state")
-    if not isinstance(state["step"], mx.array):
-        state["step"] = mx.array(state["step"], mx.uint64)
-    for name, gradient, slot in _paired_leaves(gradients, state):
-        if not isinstance(slot, dict) or not slot:
+    for key in ("step", "skipped_steps"):
+        if key in state:
+            state[key] = _counter(key, state[key])
+    for name, gradient, _, slot in leaves:
+        if not slot:
             continue  # not initialised yet: init() creates it
         expected = {}
         optimizer.init_single(gradient, expected)  # lazy arrays, never evaluated
@@ -1237,26 +1305,36 @@ def _check_assigned_state(optimizer, gradients) -> None:
                              f"(it has {sorted(slot)}); was it saved with other options?")
 
 
-def _paired_leaves(gradients, state, path=""):
-    """(dotted path, gradient, state slot or None) for every gradient, named as
-    ``_validate`` names them."""
-    if isinstance(gradients, dict):
-        items = gradients.items()
-    elif isinstance(gradients, (list, tuple)):
-        items = enumerate(gradients)
+def _counter(key, value):
+    """A loaded ``step`` (or ``skipped_steps``) as the 0-D uint64 array MLX keeps, from an
+    integer array or a plain int (a JSON checkpoint, say). Anything else is refused; a
+    negative number would wrap around to about 1.8e19 in uint64."""
+    if isinstance(value, mx.array):
+        if value.ndim or not mx.issubdtype(value.dtype, mx.integer):
+            shape = f" of shape {tuple(value.shape)}" if value.ndim else ""
+            got = f"a {_dtype_name(value.dtype)} array{shape}"
+        elif mx.issubdtype(value.dtype, mx.signedinteger) and _read(key, value) < 0:
+            got = str(value.item())
+        else:
+            return _as(value, mx.uint64)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
+            0 <= value < 2 ** 64:
+        return mx.array(int(value), mx.uint64)
     else:
-        yield path or "<root>", gradients, state
-        return
-    for key, value in items:
-        yield from _paired_leaves(value, _slot(state, key), f"{path}.{key}" if path else str(key))
+        got = repr(value)
+    raise ValueError(f"optimizer state '{key}' must be a non-negative integer (a 0-D integer "
+                     f"array or an int); got {got}")
 
 
-def _slot(state, key):
-    if isinstance(state, dict):
-        return state.get(key)
-    if isinstance(state, (list, tuple)) and isinstance(key, int) and key < len(state):
-        return state[key]
-    return None
+def _read(key, value) -> int:
+    """A signed counter's value, read on the host to check its sign (once, after the state
+    is assigned); mx.compile cannot read it, so that case says what to do instead."""
+    try:
+        return value.item()
+    except ValueError as exc:
+        raise ValueError(f"optimizer state '{key}' is a signed integer array, whose sign is "
+                         "checked on the host, which mx.compile does not allow; assign it "
+                         "as uint64 (as MLX keeps it) or take the first step eagerly") from exc
 
 
 def _update_or_keep(optimizer, gradient, parameter, state):
@@ -1269,13 +1347,13 @@ def _update_or_keep(optimizer, gradient, parameter, state):
     return optimizer.apply_single(gradient, parameter, state)
 
 
-def _finite_flag(gradients, mode):
+def _finite_flag(leaves, mode):
     """None when nothing is to be selected afterwards ("propagate", MLX's behaviour, costs
     nothing; "raise" has already checked). For "skip", a 0-D bool array, true when every
     gradient is finite: it stays on the device (no host sync), so mx.compile can trace it."""
     if mode == "propagate":
         return None
-    leaves = [(name, g) for name, g, _ in _paired_leaves(gradients, None)]
+    leaves = [(name, g) for name, g, *_ in leaves]
     if not leaves:
         return None
     flags = mx.stack([mx.all(mx.isfinite(g)) for _, g in leaves])
@@ -1316,12 +1394,13 @@ def _keep_unless_finite(finite, updated, parameters, staged, before):
 
 def _select(flag, new, old):
     """``new`` where ``flag`` else ``old``, leaf by leaf over ``new``'s tree (``old`` may
-    hold more); leaves that did not change are passed through without a graph node."""
-    if isinstance(new, dict):
-        return {k: _select(flag, v, old[k]) if k in old else v for k, v in new.items()}
-    if isinstance(new, (list, tuple)):
-        out = [_select(flag, v, old[i]) if i < len(old) else v for i, v in enumerate(new)]
-        return type(new)(out)
-    if new is old or not isinstance(new, mx.array) or not isinstance(old, mx.array):
-        return new
-    return mx.where(flag, new, old)
+    hold more, or lack a key the step added); leaves that did not change are passed
+    through without a graph node."""
+    def pick(value, previous):
+        previous = previous.tree
+        if value is previous or not isinstance(value, mx.array) or \
+                not isinstance(previous, mx.array):
+            return value
+        return mx.where(flag, value, previous)
+
+    return tree_map(pick, new, _Beside(old))

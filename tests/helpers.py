@@ -1,12 +1,24 @@
 """What several tests share: bit-exact tree comparison, stepping an optimizer, a small
 model and its training step (compiled as mlx-lm compiles it: model and optimizer state
-as the compiled function's inputs and outputs)."""
+as the compiled function's inputs and outputs), every generated class, and running a
+generated module's fused kernels on the CPU executor."""
+import contextlib
+import importlib
+import inspect
 from functools import partial
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
+
+from afgen.kernel_runner import cpu_kernels
+
+BACKENDS = ["mlx", "metal", "cuda"]
+GENERATED = sorted(path.stem for path in (Path(__file__).resolve().parent.parent /
+                                          "generated").glob("*.py") if path.stem != "__init__")
 
 
 def tree_bits(tree) -> dict:
@@ -50,3 +62,23 @@ def training_step(model: nn.Module, opt, compiled: bool):
         state = [model.state, opt.state]
         step = partial(mx.compile, inputs=state, outputs=state)(step)
     return step
+
+
+def generated_class(stem):
+    """(module, constructor) of ``generated/<stem>.py``'s optimizer; a required
+    learning_rate is given (0.01), every other argument may be passed."""
+    module = importlib.import_module(f"generated.{stem}")
+    (cls,) = [v for v in vars(module).values() if isinstance(v, type)
+              and issubclass(v, optim.Optimizer) and v is not optim.Optimizer]
+    lr = inspect.signature(cls).parameters.get("learning_rate")
+    return module, partial(cls, 0.01) if lr is not None and lr.default is lr.empty else cls
+
+
+@contextlib.contextmanager
+def backend_context(module, backend):
+    """Fused backends run on the CPU executor; construct optimizers inside the block."""
+    if backend == "mlx":
+        yield
+        return
+    with cpu_kernels(module):
+        yield

@@ -6,13 +6,14 @@ an uninterrupted run; the same state moves to ``mlx.optimizers.Adafactor`` and b
 compiled step (state as inputs and outputs, as mlx-lm does) equals the eager one.
 """
 import contextlib
+import importlib
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
 from helpers import MLP, run_steps, training_step, tree_bits
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from afgen.kernel_runner import cpu_kernels
 from generated.adafactor import Adafactor
@@ -55,13 +56,13 @@ def _data(name, steps=8):
 
 
 @contextlib.contextmanager
-def _backend(backend):
+def _backend(backend, module=None):
     if backend == "mlx":
         yield
         return
     import generated.adafactor as generated_module
 
-    with cpu_kernels(generated_module):
+    with cpu_kernels(module or generated_module):
         yield
 
 
@@ -184,22 +185,132 @@ def _edited(state, path, value):
     return tree_unflatten(list(flat.items()))
 
 
+def _snapshot(state):
+    """Bits of every array and every other value as it is (a loaded ``step`` may be a
+    plain number)."""
+    flat = tree_flatten(state)
+    return (tree_bits({k: v for k, v in flat if isinstance(v, mx.array)}),
+            [(k, type(v), v) for k, v in flat if not isinstance(v, mx.array)])
+
+
+NOT_A_STEP = (r"optimizer state 'step' must be a non-negative integer \(a 0-D integer array "
+              r"or an int\)")
+
+
 @pytest.mark.parametrize("path,value,message", [
     ("layers.0.w.exp_avg_sq_row", mx.zeros((4,)), r"parameter 'layers.0.w' has shape \(5, 6\) "
      r"but its state 'exp_avg_sq_row' has shape \(4,\)"),
     ("embed.exp_avg", None, r"parameter 'embed' has optimizer state without \['exp_avg'\]"),
     ("step", None, r"optimizer state has no 'step'"),
-])
+    ("embed.exp_avg", mx.zeros((7, 5), mx.int32), r"state 'exp_avg' of parameter 'embed' has "
+     r"dtype int32"),
+    ("layers.1.w.exp_avg", mx.zeros((2, 3, 4), mx.complex64), r"state 'exp_avg' of parameter "
+     r"'layers.1.w' has dtype complex64"),
+    ("scale.exp_avg_sq", 0.5, r"state 'exp_avg_sq' of parameter 'scale' is a float, not an "
+     r"mx.array"),
+    ("step", -5, NOT_A_STEP + r"; got -5"),
+    ("step", 2.5, NOT_A_STEP + r"; got 2.5"),
+    ("step", True, NOT_A_STEP + r"; got True"),
+    ("step", mx.array(2.0), NOT_A_STEP + r"; got a float32 array"),
+    ("step", mx.array([2, 2], mx.uint64), NOT_A_STEP + r"; got a uint64 array of shape \(2,\)"),
+    ("step", mx.array(-1, mx.int32), NOT_A_STEP + r"; got -1"),
+], ids=["state-shape", "missing-state", "missing-step", "int-state", "complex-state",
+        "number-state", "negative-int-step", "float-step", "bool-step", "float-array-step",
+        "vector-step", "negative-array-step"])
 def test_bad_loaded_state_raises_before_changing_anything(tmp_path, path, value, message):
     """Checked on the first step after the state is assigned (it used to be checked only
     once the optimizer had initialised itself, so a loaded state failed halfway through
-    the step, with the step count already advanced)."""
+    the step, with the step count already advanced; an int step of -5 became 2**64 - 5)."""
     params, grads, state = _primed(tmp_path)
     opt = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
     opt.state = _edited(state, path, value)
-    before = tree_bits(opt.state)
+    before = _snapshot(opt.state)
     with pytest.raises(ValueError, match=message):
         opt.apply_gradients(grads[2], params)
+    assert _snapshot(opt.state) == before
+    opt.state = state  # still usable once the state is right
+    run_steps(opt, params, grads[2:3])
+    assert opt.step.item() == 3
+
+
+@pytest.mark.parametrize("step", [mx.array(2, mx.int32), mx.array(2, mx.int64), np.int64(2)],
+                         ids=["int32", "int64", "numpy-int64"])
+def test_other_integer_steps_are_accepted(tmp_path, step):
+    """A non-negative int32/int64 step (another framework's checkpoint) or a NumPy integer
+    becomes MLX's uint64 step and resumes identically."""
+    params, grads, state = _primed(tmp_path)
+    b = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    b.state = dict(_save_load(state, tmp_path / "again.safetensors"), step=step)
+    a = Adafactor(beta_1=0.9, weight_decay=0.01, backend="mlx")
+    a.state = state
+    assert tree_bits(run_steps(a, params, grads[2:])) == tree_bits(run_steps(b, params, grads[2:]))
+    assert b.step.dtype == mx.uint64 and tree_bits(b.state) == tree_bits(a.state)
+
+
+def test_signed_step_inside_mx_compile_says_why():
+    """A signed step's sign is read on the host, which a compiled first step cannot do."""
+    mx.random.seed(0)
+    model, opt = MLP(), Adafactor(backend="mlx")
+    opt.state = {"step": mx.array(3, mx.int32)}
+    step = training_step(model, opt, compiled=True)
+    with pytest.raises(ValueError, match=r"'step' is a signed integer array, whose sign is "
+                       r"checked on the host, which mx.compile does not allow"):
+        step(*_batches(1)[0])
+
+
+MLX_CLASSES = {"adafactor": (optim.Adafactor, dict(beta_1=0.9)),
+               "adam": (optim.Adam, dict(learning_rate=0.01, bias_correction=True)),
+               "adamw": (optim.AdamW, dict(learning_rate=0.01))}
+
+
+def _per_parameter(state, fn):
+    """``fn`` applied to every per-parameter state tensor (not ``step`` or schedules)."""
+    return {k: tree_map(fn, v) if isinstance(v, (dict, list)) else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("backend", ["mlx", "metal", "cuda"])
+@pytest.mark.parametrize("stem", sorted(MLX_CLASSES))
+def test_bfloat16_checkpoint_is_promoted_to_float32(tmp_path, stem, backend):
+    """mlx.optimizers keeps a bfloat16 model's state in bfloat16. precision="float32" (the
+    default) continues from such a checkpoint in float32: the loaded tensors are promoted
+    on the next step (exactly; it used to keep writing them in bfloat16), which equals
+    loading the state cast by hand. A step that is refused first changes nothing."""
+    module = importlib.import_module(f"generated.{stem}")
+    theirs_cls, kwargs = MLX_CLASSES[stem]
+    ours_cls = getattr(module, theirs_cls.__name__)
+    params, grads = _data("param-bf16", steps=4)
+    theirs = theirs_cls(**kwargs)
+    p = run_steps(theirs, params, grads[:2])
+    saved = _save_load(theirs.state, tmp_path / "mlx.safetensors")
+    assert {v.dtype for k, v in tree_flatten(saved) if "." in k} == {mx.bfloat16}
+    with _backend(backend, module):
+        cast = ours_cls(**kwargs, backend=backend)
+        cast.state = _per_parameter(saved, lambda v: v.astype(mx.float32))
+        loaded = ours_cls(**kwargs, backend=backend)
+        loaded.state = saved
+        before = tree_bits(loaded.state)
+        with pytest.raises(ValueError, match="has shape"):
+            loaded.apply_gradients(dict(grads[2], embed=mx.ones((5, 7), mx.bfloat16)), p)
+        assert tree_bits(loaded.state) == before
+        got = run_steps(loaded, p, grads[2:])
+        want = run_steps(cast, p, grads[2:])
+    assert {v.dtype for k, v in tree_flatten(loaded.state) if "." in k} == {mx.float32}
+    assert tree_bits(got) == tree_bits(want)
+    assert tree_bits(loaded.state) == tree_bits(cast.state)
+
+
+def test_param_precision_refuses_state_of_another_dtype(tmp_path):
+    """precision="param" keeps the state in the parameter's dtype; a float32 state (from
+    precision="float32") for bfloat16 parameters is refused rather than rounded."""
+    params, grads = _data("param-bf16")
+    first = Adafactor(beta_1=0.9, backend="mlx")
+    p = run_steps(first, params, grads[:2])
+    opt = Adafactor(beta_1=0.9, backend="mlx", precision="param")
+    opt.state = _save_load(first.state, tmp_path / "opt.safetensors")
+    before = tree_bits(opt.state)
+    with pytest.raises(ValueError, match=r"parameter 'embed' is bfloat16 but its state "
+                       r"'exp_avg_sq_row' is float32; precision='param' keeps"):
+        opt.apply_gradients(grads[2], p)
     assert tree_bits(opt.state) == before
 
 

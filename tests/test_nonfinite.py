@@ -5,23 +5,24 @@ has no GPU), so the trees are small. Each bad value goes into a different tensor
 tree of several: NaN into a factored matrix, +Inf into a vector inside a list, -Inf into
 a 0-D parameter.
 """
-import contextlib
-import importlib
-import inspect
 import re
-from functools import partial
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from helpers import MLP, run_steps, training_step, tree_bits
+from helpers import (
+    BACKENDS,
+    GENERATED,
+    MLP,
+    backend_context,
+    generated_class,
+    run_steps,
+    training_step,
+    tree_bits,
+)
 from mlx.utils import tree_flatten, tree_unflatten
 
-from afgen.kernel_runner import cpu_kernels
-
-BACKENDS = ["mlx", "metal", "cuda"]
 BAD = {"nan": (float("nan"), "w", "NaN"), "+inf": (float("inf"), "blocks.1.v", "Inf"),
        "-inf": (float("-inf"), "s", "Inf")}
 KWARGS = dict(beta_1=0.9, weight_decay=0.01)
@@ -43,17 +44,6 @@ def _with_bad_value(grads, path, value):
     array.reshape(-1)[min(1, array.size - 1)] = value
     flat[path] = mx.array(array)
     return tree_unflatten(list(flat.items()))
-
-
-
-@contextlib.contextmanager
-def _backend(module, backend):
-    """Fused backends run on the CPU executor; construct optimizers inside the block."""
-    if backend == "mlx":
-        yield
-        return
-    with cpu_kernels(module):
-        yield
 
 
 def _without(bits, key):
@@ -82,7 +72,7 @@ def test_skip_leaves_parameters_and_state_bit_identical(module, trees, backend, 
     optimizer would have taken had the bad step never happened."""
     value, path, _ = BAD[bad]
     params, grads = trees
-    with _backend(module, backend):
+    with backend_context(module, backend):
         opt = module.Adafactor(**KWARGS, backend=backend, nonfinite="skip")
         ref = module.Adafactor(**KWARGS, backend=backend, nonfinite="skip")
         p = run_steps(opt, params, grads[:2])
@@ -106,7 +96,7 @@ def test_skip_leaves_parameters_and_state_bit_identical(module, trees, backend, 
 def test_raise_names_the_parameter_and_keeps_state(module, trees, backend, bad):
     value, path, kind = BAD[bad]
     params, grads = trees
-    with _backend(module, backend):
+    with backend_context(module, backend):
         opt = module.Adafactor(**KWARGS, backend=backend, nonfinite="raise")
         p = run_steps(opt, params, grads[:2])
         params_before, state_before = tree_bits(p), tree_bits(opt.state)
@@ -126,7 +116,7 @@ def test_propagate_matches_mlx(module, trees, backend, bad):
     value, path, _ = BAD[bad]
     params, grads = trees
     sequence = [grads[0], _with_bad_value(grads[1], path, value), grads[2]]
-    with _backend(module, backend):
+    with backend_context(module, backend):
         ours = module.Adafactor(**KWARGS, backend=backend)
         p_ours = run_steps(ours, params, sequence)
     theirs = optim.Adafactor(**KWARGS)
@@ -158,22 +148,10 @@ def test_first_step_skipped_or_raised(module, trees):
     assert set(opt.state) == {"step"} and opt.step.item() == 0
 
 
-GENERATED = sorted(path.stem for path in (Path(__file__).resolve().parent.parent /
-                                          "generated").glob("*.py") if path.stem != "__init__")
-
-
-def _generated_class(stem):
-    module = importlib.import_module(f"generated.{stem}")
-    (cls,) = [v for v in vars(module).values() if isinstance(v, type)
-              and issubclass(v, optim.Optimizer) and v is not optim.Optimizer]
-    lr = inspect.signature(cls).parameters.get("learning_rate")
-    return partial(cls, 0.01) if lr is not None and lr.default is lr.empty else cls
-
-
 @pytest.mark.parametrize("stem", GENERATED)
 def test_every_generated_class_skips_and_raises(stem, trees):
     """The option comes from the shared template: every committed module has it."""
-    cls = _generated_class(stem)
+    _, cls = generated_class(stem)
     params, grads = trees
     bad = _with_bad_value(grads[1], "blocks.0.k", float("nan"))
     opt = cls(backend="mlx", nonfinite="skip")

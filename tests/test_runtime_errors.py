@@ -1,7 +1,13 @@
-"""Run-time misuse: clear ValueErrors that name the parameter, and no state change."""
+"""Run-time misuse: clear ValueErrors that name the parameter, and no state change; a step
+that raises midway changes nothing either."""
+import importlib
+
 import mlx.core as mx
+import mlx.optimizers as optim
 import numpy as np
 import pytest
+from helpers import BACKENDS, backend_context, run_steps, tree_bits
+from mlx.utils import tree_flatten
 
 
 def _params():
@@ -9,8 +15,6 @@ def _params():
 
 
 def _snapshot(tree):
-    from mlx.utils import tree_flatten
-
     return {k: np.array(v) for k, v in tree_flatten(tree)}
 
 
@@ -58,14 +62,10 @@ def test_state_shape_mismatch_names_parameter(primed):
     _assert_untouched(opt, before)
 
 
-def test_failure_midway_commits_nothing(module, monkeypatch):
-    """An error inside the update of a later parameter leaves earlier ones unchanged."""
-    opt = module.Adafactor()
-    params = _params()
-    opt.init(params)
-    before = _snapshot(opt.state)
+def _fail_on_second_parameter(monkeypatch, cls):
+    """Make ``cls.apply_single`` raise for the second parameter of the next step."""
     calls = []
-    original = module.Adafactor.apply_single
+    original = cls.apply_single
 
     def flaky(self, gradient, parameter, state):
         calls.append(1)
@@ -73,14 +73,91 @@ def test_failure_midway_commits_nothing(module, monkeypatch):
             raise RuntimeError("boom")
         return original(self, gradient, parameter, state)
 
-    monkeypatch.setattr(module.Adafactor, "apply_single", flaky)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(cls, "apply_single", flaky)
+
+
+def test_failure_midway_commits_nothing(module, monkeypatch):
+    """An error inside the update of a later parameter leaves the parameters and the whole
+    state, ``step`` included, as they were."""
+    opt = module.Adafactor()
+    params = _params()
+    opt.init(params)
+    before, params_before = tree_bits(opt.state), tree_bits(params)
+    _fail_on_second_parameter(monkeypatch, module.Adafactor)
+    with pytest.raises(RuntimeError, match="boom"):
         opt.apply_gradients(_params(), params)
     monkeypatch.undo()
-    after = _snapshot(opt.state)
-    for key in before:
-        if key != "step":
-            np.testing.assert_array_equal(after[key], before[key])
+    assert tree_bits(opt.state) == before and tree_bits(params) == params_before
+    assert opt.step.item() == 0
+
+
+SCHEDULED = {"adafactor": dict(relative_step=False, beta_1=0.9),
+             "adam": dict(bias_correction=True), "adamw": dict(bias_correction=True)}
+
+
+def _scheduled(stem, backend, nonfinite):
+    module = importlib.import_module(f"generated.{stem}")
+    name = {"adafactor": "Adafactor", "adam": "Adam", "adamw": "AdamW"}[stem]
+    kwargs = dict(SCHEDULED[stem], learning_rate=optim.cosine_decay(0.05, 10))
+
+    def make(ours=True):
+        if not ours:
+            return getattr(optim, name)(**kwargs)
+        return getattr(module, name)(**kwargs, backend=backend, nonfinite=nonfinite)
+    return module, make
+
+
+def _grads(count):
+    rng = np.random.default_rng(9)
+    return [{k: mx.array(rng.standard_normal(v.shape).astype(np.float32))
+             for k, v in tree_flatten(_params())} for _ in range(count)]
+
+
+@pytest.mark.parametrize("nonfinite", ["propagate", "skip"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stem", sorted(SCHEDULED))
+def test_failure_midway_with_a_schedule_commits_nothing(stem, backend, nonfinite, monkeypatch):
+    """``step`` and the scheduled learning rate were written before the update and kept
+    when it raised. Now the failed step leaves every bit as it was, and the run continues
+    as if it had never been tried, with MLX's schedule values (evaluated at the step
+    before the increment)."""
+    module, make = _scheduled(stem, backend, nonfinite)
+    params = dict(tree_flatten(_params()))
+    grads = _grads(4)
+    with backend_context(module, backend):
+        opt, reference = make(), make()
+        p, r = run_steps(opt, params, grads[:2]), run_steps(reference, params, grads[:2])
+        before, params_before = tree_bits(opt.state), tree_bits(p)
+        _fail_on_second_parameter(monkeypatch, type(opt))
+        with pytest.raises(RuntimeError, match="boom"):
+            opt.apply_gradients(grads[2], p)
+        monkeypatch.undo()
+        assert tree_bits(opt.state) == before and tree_bits(p) == params_before
+        p, r = run_steps(opt, p, grads[2:]), run_steps(reference, r, grads[2:])
+    assert tree_bits(p) == tree_bits(r) and tree_bits(opt.state) == tree_bits(reference.state)
+    theirs = make(ours=False)
+    run_steps(theirs, params, grads)
+    assert opt.step.item() == theirs.step.item() == 4
+    assert tree_bits(opt.state["learning_rate"]) == tree_bits(theirs.state["learning_rate"])
+
+
+@pytest.mark.parametrize("stem", sorted(SCHEDULED))
+def test_failure_on_the_first_step_leaves_the_optimizer_fresh(stem, monkeypatch):
+    """The first step initialises the state; when it raises, the optimizer is as it was
+    built (no state tensors, step 0, the schedule's first value) and starts afresh."""
+    _, make = _scheduled(stem, "mlx", "propagate")
+    params = dict(tree_flatten(_params()))
+    grads = _grads(2)
+    opt, reference = make(), make()
+    fresh = tree_bits(opt.state)
+    _fail_on_second_parameter(monkeypatch, type(opt))
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.apply_gradients(grads[0], params)
+    monkeypatch.undo()
+    assert tree_bits(opt.state) == fresh
+    assert tree_bits(run_steps(opt, params, grads)) == tree_bits(run_steps(reference, params,
+                                                                            grads))
+    assert tree_bits(opt.state) == tree_bits(reference.state)
 
 
 @pytest.mark.parametrize("kwargs,message", [
