@@ -45,6 +45,10 @@ class CaseResult:
     max_rel: float
     passed: bool
     error: str = ""
+    # Adversarial cases: elements whose finite/non-finite state differs from the float32
+    # spec-order reference's (None for the random cases, which have no reference).
+    nonfinite: int | None = None
+    ratio: float = float("nan")  # the worst error as a multiple of its tolerance
 
 
 @dataclass
@@ -57,12 +61,13 @@ class Report:
         return bool(self.results) and all(r.passed for r in self.results)
 
     def table(self) -> str:
-        head = (f"{'backend':<8} {'case':<64} {'dtype':<9} {'steps':>5} {'max abs':>10} "
-                f"{'max rel':>10}  result")
+        head = (f"{'backend':<8} {'case':<76} {'dtype':<9} {'steps':>5} {'max abs':>10} "
+                f"{'max rel':>10} {'err/tol':>8} {'nonfin':>6}  result")
         lines = [head, "-" * len(head)]
         for r in self.results:
-            lines.append(f"{r.backend:<8} {r.case:<64} {r.dtype:<9} {r.steps:>5} "
-                         f"{r.max_abs:>10.2e} {r.max_rel:>10.2e}  "
+            nonfinite = "-" if r.nonfinite is None else str(r.nonfinite)
+            lines.append(f"{r.backend:<8} {r.case:<76} {r.dtype:<9} {r.steps:>5} "
+                         f"{r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.ratio:>8.2g} {nonfinite:>6}  "
                          f"{'pass' if r.passed else 'FAIL'}"
                          + (f"  {r.error.splitlines()[0][:200]}" if r.error else ""))
         ok = sum(r.passed for r in self.results)
@@ -92,18 +97,20 @@ def hyper_for(compiled: Compiled, plan: KernelPlan) -> dict[str, object]:
 
 
 def _errors(got: np.ndarray, want: np.ndarray, before: np.ndarray | None, atol: float,
-            rtol: float) -> tuple[float, float, bool]:
-    """Max abs/rel error and pass/fail. The tolerance scales with the larger of the new and
-    the old value: a step that nearly cancels the parameter (param - u with u ~ param)
-    leaves a small result carrying the rounding of its large operands."""
+            rtol: float) -> tuple[float, float, float, bool]:
+    """Max abs/rel error, the worst error as a multiple of its tolerance, and pass/fail.
+    The tolerance scales with the larger of the new and the old value: a step that nearly
+    cancels the parameter (param - u with u ~ param) leaves a small result carrying the
+    rounding of its large operands."""
     diff = np.abs(np.asarray(got, np.float64) - want)
     if diff.size == 0:
-        return 0.0, 0.0, True
+        return 0.0, 0.0, 0.0, True
     finite = bool(np.isfinite(got).all() and np.isfinite(want).all())
     rel = diff / np.maximum(np.abs(want), atol)
     scale = np.abs(want) if before is None else np.maximum(np.abs(want), np.abs(before))
-    return float(diff.max()), float(rel.max()), finite and bool(
-        (diff <= atol + rtol * scale).all())
+    ratio = diff / (atol + rtol * scale)
+    return float(diff.max()), float(rel.max()), float(ratio.max()), finite and bool(
+        (ratio <= 1).all())
 
 
 def _as_f64(array: object) -> np.ndarray:
@@ -126,7 +133,7 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
     params = {f"p{i}": mx.array(rng.standard_normal(s).astype(np.float32)).astype(mx_dtype)
               for i, s in enumerate(shapes)}
     atol, rtol = TOLERANCES[dtype]
-    worst_abs = worst_rel = 0.0
+    worst_abs = worst_rel = worst_ratio = 0.0
     ok = True
     for _ in range(steps):
         grads = {k: mx.array(rng.standard_normal(v.shape).astype(np.float32)).astype(mx_dtype)
@@ -144,10 +151,11 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
             pairs += [(_as_f64(optimizer.state[name][key]), value,
                        state_before.get(name, {}).get(key)) for key, value in slot.items()]
         for got, expected, old in pairs:
-            a, r, passed = _errors(got, expected, old, atol, rtol)
+            a, r, q, passed = _errors(got, expected, old, atol, rtol)
             worst_abs, worst_rel, ok = max(worst_abs, a), max(worst_rel, r), ok and passed
+            worst_ratio = max(worst_ratio, q)
     return CaseResult(backend, plan.config.restricted(plan.program.used_statics).label,
-                      dtype, steps, worst_abs, worst_rel, ok)
+                      dtype, steps, worst_abs, worst_rel, ok, ratio=worst_ratio)
 
 
 def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
@@ -161,6 +169,25 @@ def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtyp
         case = plan.config.restricted(plan.program.used_statics).label
         return CaseResult(backend, case, dtype, steps, float("nan"), float("nan"), False,
                           f"{type(exc).__name__}: {exc}")
+
+
+def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan,
+                       backend: str) -> CaseResult:
+    """The adversarial families (afgen/verify_adversarial.py) in float32, one tree per
+    step; a kernel that fails to compile or faults is a failed case."""
+    from afgen.executor import KernelError
+    from afgen.verify_adversarial import STEPS, run_case
+
+    case = "adversarial " + plan.config.restricted(plan.program.used_statics).label
+    try:
+        tally = run_case(compiled, cls, plan, backend, hyper_for(compiled, plan),
+                         *TOLERANCES["float32"])
+    except KernelError as exc:
+        return CaseResult(backend, case, "float32", STEPS, float("nan"), float("nan"), False,
+                          f"{type(exc).__name__}: {exc}")
+    return CaseResult(backend, case, "float32", STEPS, tally.max_abs, tally.max_rel,
+                      tally.passed, "; ".join(tally.problems[:3]), tally.nonfinite,
+                      tally.worst_ratio)
 
 
 def device_available(backend: str) -> bool:
@@ -205,10 +232,13 @@ def _backend_context(module: object, backend: str, report: Report):
 
 
 def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
-           backends: list[str] | None = None, dtypes: list[str] | None = None) -> Report:
+           backends: list[str] | None = None, dtypes: list[str] | None = None,
+           adversarial: bool = True) -> Report:
     """Run the requested backends (default: all; fused ones on the executor when there
     is no device) on every specialisation and dtype. MLX ops run ``steps`` steps in
-    float32; fused kernels run ``min(steps, 2)`` steps per case, each dtype."""
+    float32; fused kernels run ``min(steps, 2)`` steps per case, each dtype. With
+    ``adversarial``, every specialisation and backend also runs the adversarial
+    families (2 float32 steps) against the oracle and the spec-order reference."""
     report = Report()
     module = load_module(compiled)
     cls = getattr(module, compiled.spec.class_name)
@@ -225,4 +255,6 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
                 for dtype, shapes, n in cases:
                     report.results.append(_checked(compiled, cls, plan, backend, dtype,
                                                    shapes, n, seed + index))
+                if adversarial:
+                    report.results.append(verify_adversarial(compiled, cls, plan, backend))
     return report
