@@ -171,23 +171,34 @@ def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtyp
                           f"{type(exc).__name__}: {exc}")
 
 
-def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan,
-                       backend: str) -> CaseResult:
+def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
+                       steps: int = 2) -> CaseResult:
     """The adversarial families (afgen/verify_adversarial.py) in float32, one tree per
     step; a kernel that fails to compile or faults is a failed case."""
     from afgen.executor import KernelError
-    from afgen.verify_adversarial import STEPS, run_case
+    from afgen.verify_adversarial import run_case
 
     case = "adversarial " + plan.config.restricted(plan.program.used_statics).label
     try:
         tally = run_case(compiled, cls, plan, backend, hyper_for(compiled, plan),
-                         *TOLERANCES["float32"])
+                         *TOLERANCES["float32"], steps=steps)
     except KernelError as exc:
-        return CaseResult(backend, case, "float32", STEPS, float("nan"), float("nan"), False,
+        return CaseResult(backend, case, "float32", steps, float("nan"), float("nan"), False,
                           f"{type(exc).__name__}: {exc}")
-    return CaseResult(backend, case, "float32", STEPS, tally.max_abs, tally.max_rel,
+    return CaseResult(backend, case, "float32", steps, tally.max_abs, tally.max_rel,
                       tally.passed, "; ".join(tally.problems[:3]), tally.nonfinite,
                       tally.worst_ratio)
+
+
+def _adversarial_case(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
+                      runner: object | None) -> CaseResult:
+    """On the CPU executor every kernel launch is a process with one thread per GPU
+    thread, so there the adversarial tree takes one step under one thread schedule (the
+    random cases run the kernels under every schedule); elsewhere two steps."""
+    if runner is None:
+        return verify_adversarial(compiled, cls, plan, backend)
+    with runner.one_schedule():
+        return verify_adversarial(compiled, cls, plan, backend, steps=1)
 
 
 def device_available(backend: str) -> bool:
@@ -202,21 +213,22 @@ def device_available(backend: str) -> bool:
 
 @contextlib.contextmanager
 def _backend_context(module: object, backend: str, report: Report):
-    """Real device when MLX has it, else the CPU executor (noted in the report); on the
-    executor, every CUDA source that ran is also compiled by nvcc, in one batch."""
+    """Real device when MLX has it, else the CPU executor (noted in the report), yielding
+    its kernel runner (None on a device); on the executor, every CUDA source that ran is
+    also compiled by nvcc, in one batch."""
     from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
 
     if backend == "mlx" or device_available(backend):
         if backend != "mlx":
             report.notes.append(f"{backend}: running the kernels on the {backend} device")
-        yield
+        yield None
         return
     if not shutil.which("g++"):
         raise RuntimeError(f"{backend}: no device and no g++ to execute the kernel text")
     report.notes.append(f"{backend}: no {backend} device here; executing the exact kernel "
                         "text on the CPU executor (g++ shim, one thread per GPU thread)")
     with cpu_kernels(module, CpuKernelRunner()) as runner:
-        yield
+        yield runner
     if backend == "cuda" and shutil.which("nvcc"):
         from afgen.executor import KernelError
         from afgen.nvcc_batch import nvcc_check_all
@@ -238,14 +250,15 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
     is no device) on every specialisation and dtype. MLX ops run ``steps`` steps in
     float32; fused kernels run ``min(steps, 2)`` steps per case, each dtype. With
     ``adversarial``, every specialisation and backend also runs the adversarial
-    families (2 float32 steps) against the oracle and the spec-order reference."""
+    families in float32 against the oracle and the spec-order reference (2 steps; 1 on
+    the CPU executor)."""
     report = Report()
     module = load_module(compiled)
     cls = getattr(module, compiled.spec.class_name)
     for backend in backends or BACKENDS:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        with _backend_context(module, backend, report):
+        with _backend_context(module, backend, report) as runner:
             for index, plan in enumerate(compiled.plans):
                 if backend == "mlx":
                     cases = [("float32", MLX_SHAPES[plan.factored], steps)]
@@ -256,5 +269,6 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
                     report.results.append(_checked(compiled, cls, plan, backend, dtype,
                                                    shapes, n, seed + index))
                 if adversarial:
-                    report.results.append(verify_adversarial(compiled, cls, plan, backend))
+                    report.results.append(_adversarial_case(compiled, cls, plan, backend,
+                                                            runner))
     return report

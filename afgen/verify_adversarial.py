@@ -49,8 +49,13 @@ class Tally:
     max_abs: float = 0.0
     max_rel: float = 0.0
     worst_ratio: float = 0.0  # error / allowed, over elements both sides compute finitely
-    nonfinite: int = 0
+    lost: int = 0  # elements NaN/inf where the float32 spec-order reference is finite
+    hidden: int = 0  # elements finite where the reference is NaN/inf
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def nonfinite(self) -> int:
+        return self.lost + self.hidden
 
     @property
     def passed(self) -> bool:
@@ -73,7 +78,7 @@ def compare(tally: Tally, where: str, got: np.ndarray, want64: np.ndarray, ref32
     differ = finite_got != finite_ref
     if differ.any():
         lost, hidden = int((finite_ref & ~finite_got).sum()), int((finite_got & ~finite_ref).sum())
-        tally.nonfinite += lost + hidden
+        tally.lost, tally.hidden = tally.lost + lost, tally.hidden + hidden
         parts = [f"{lost} NaN/inf where the float32 spec-order reference is finite"] * bool(
             lost) + [f"{hidden} finite where the reference is NaN/inf"] * bool(hidden)
         tally.problems.append(f"{where}: {', '.join(parts)}")
@@ -82,14 +87,15 @@ def compare(tally: Tally, where: str, got: np.ndarray, want64: np.ndarray, ref32
         return
     oracle_ok = np.isfinite(want64)
     want = np.where(oracle_ok, want64, ref)
-    old = np.abs(want) if before is None else np.maximum(
+    scale = np.abs(want) if before is None else np.maximum(
         np.abs(want), np.abs(np.where(np.isfinite(before), before, 0.0)))
-    magnitude = float(old[both].max())
+    magnitude = float(scale[both].max())
     spec_error = np.where(oracle_ok, np.abs(ref - want64), 0.0)
-    allowed = np.maximum.reduce([atol * min(1.0, magnitude) + rtol * old,
-                                 np.full(old.shape, TINY), CONDITIONING * spec_error])
+    floor = atol * min(1.0, magnitude)
+    allowed = np.maximum.reduce([floor + rtol * scale, np.full(scale.shape, TINY),
+                                 CONDITIONING * spec_error])
     diff = np.abs(got - want)[both]
-    rel = diff / np.maximum(np.abs(want[both]), max(atol * min(1.0, magnitude), TINY))
+    rel = diff / np.maximum(np.abs(want[both]), max(floor, TINY))
     ratio = float((diff / allowed[both]).max())
     tally.max_abs = max(tally.max_abs, float(diff.max()))
     tally.max_rel = max(tally.max_rel, float(rel.max()))

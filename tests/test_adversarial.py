@@ -176,3 +176,14 @@ def test_verification_flags_a_nonfinite_disagreement(monkeypatch):
     assert adversarial and all(not r.passed and r.nonfinite == 1 for r in adversarial)
     assert "vec_zero step 1 param: 1 NaN/inf where the float32 spec-order reference is " \
            "finite" in report.table()
+
+
+def test_adversarial_cases_run_on_the_executor():
+    """On the CPU executor the adversarial tree takes one step under one schedule; Adam's
+    fused kernels keep every finite/non-finite pattern the spec has."""
+    compiled = compile_path(ROOT / "specs" / "adam.yaml")
+    small = type(compiled)(compiled.spec, compiled.plans[:1])
+    report = verify(small, steps=1, backends=["metal"], dtypes=["float32"])
+    adversarial = [r for r in report.results if r.case.startswith("adversarial")]
+    assert len(adversarial) == 1 and adversarial[0].steps == 1
+    assert adversarial[0].nonfinite == 0 and report.passed, report.table()
