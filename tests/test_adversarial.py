@@ -113,6 +113,68 @@ def test_spec_order_reference_matches_the_oracle_in_float64(spec):
             params = want
 
 
+# Every construct of the language the shipped specs do not use: scalar and col state,
+# where, comparisons, and/or/not, pow, exp, log, sign, 3-argument min/max, sums of every
+# kind, has() of a pair component, dtype_eps, a schedule.
+EVERY_CONSTRUCT = """
+optimizer: Every
+hyperparameters:
+  lr: {type: schedule, example: 0.01}
+  beta: {type: optional_float, default: null, example: 0.5}
+  pair: {type: pair, names: [p1, p2], default: [0.1, null], example: [0.1, 0.2]}
+  flip: {type: bool, default: false}
+layout:
+  factored: ndim >= 2
+state:
+  s: {shape: scalar, init: 1.0}
+  r: {shape: row, when: factored}
+  c: {shape: col, when: factored}
+  m: {shape: full, when: has(beta)}
+update:
+  - g = -grad if flip else grad
+  - s = s * 0.5 + sum(abs(g)) / (1 + mean(square(g)))
+  - k = exp(-abs(g)) * sign(g) + log(1 + abs(g)) + pow(abs(g), 1.5) - sqrt(abs(param))
+  - if: factored and not flip
+    then:
+      - r = rowwise_sum(square(g)) + rowwise_mean(g) * 0
+      - c = colwise_mean(abs(g)) + 1
+      - k = k * r / matrixwise_sum(r) * rsqrt(c) + matrixwise_mean(c) * 0
+  - if: factored and flip
+    then:
+      - r = rowwise_mean(abs(k))
+      - c = colwise_sum(abs(k)) + t
+  - if: has(beta)
+    then:
+      - m = where(flip or k < 0, beta * m + (1 - beta) * k, m * 0.5)
+      - k = m
+  - u = min(k, 2, max(k, -2, p1 * 0)) + (p2 if has(p2) else dtype_eps)
+  - param = param - lr * u / max(1, rms(u)) - s * 1e-3 * t ** -0.5
+"""
+
+
+def test_spec_order_reference_matches_the_oracle_on_every_construct():
+    from afgen.compiler import compile_spec
+    from afgen.spec import parse_spec_text
+
+    compiled = compile_spec(parse_spec_text(EVERY_CONSTRUCT, "every.yaml"))
+    assert len(compiled.plans) == 16
+    for index, plan in enumerate(compiled.plans):
+        hyper = hyper_for(compiled, plan)
+        rng = np.random.default_rng(index)
+        oracle, reference = Oracle(compiled, hyper), SpecReference(compiled.spec, hyper,
+                                                                   np.float64)
+        params = {f"p{i}": rng.standard_normal(s) for i, s in enumerate([(4, 5), (2, 3, 4),
+                                                                          (6,), ()])}
+        for _ in range(3):
+            grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+            want, got = oracle.step(params, grads), reference.step(params, grads)
+            for name, value in want.items():
+                np.testing.assert_allclose(got[name], value, rtol=1e-12, atol=1e-14)
+                for key, state in oracle.state[name].items():
+                    np.testing.assert_allclose(reference.state[name][key], state, rtol=1e-12)
+            params = want
+
+
 def test_reference_is_float32_throughout():
     compiled = compile_path(ROOT / "specs" / "adafactor.yaml")
     reference = SpecReference(compiled.spec, {"beta_1": 0.9})
