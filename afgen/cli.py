@@ -18,11 +18,15 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--no-verify", action="store_true")
     build.add_argument("--backend", action="append",
                        help="verify only these backend(s): mlx, metal, cuda (default: all)")
+    build.add_argument("--no-adversarial", action="store_true",
+                       help="skip the adversarial gradient families (zeros, 1e-40, 1e30, ...)")
     verify = sub.add_parser("verify", help="compare every backend with the float64 oracle")
     verify.add_argument("spec")
     verify.add_argument("--steps", type=int, default=25)
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--backend", action="append", help="backend(s) to verify")
+    verify.add_argument("--no-adversarial", action="store_true",
+                        help="skip the adversarial gradient families (zeros, 1e-40, 1e30, ...)")
     show = sub.add_parser("show", help="print the lowered plan")
     show.add_argument("spec")
     new = sub.add_parser("new", help="start a variant spec from an existing one")
@@ -32,10 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _verify(compiled, steps: int, seed: int = 0, backends: list[str] | None = None) -> int:
+def _verify(compiled, steps: int, seed: int = 0, backends: list[str] | None = None,
+            adversarial: bool = True) -> int:
     from afgen.verify import verify
 
-    report = verify(compiled, steps=steps, seed=seed, backends=backends)
+    report = verify(compiled, steps=steps, seed=seed, backends=backends,
+                    adversarial=adversarial)
     print(report.table())
     return 0 if report.passed else 1
 
@@ -59,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             target = write_module(compiled, Path(args.out))
             print(f"wrote {target}")
-            return 0 if args.no_verify else _verify(compiled, args.steps, 0, args.backend)
-        return _verify(compiled, args.steps, args.seed, args.backend)
+            return 0 if args.no_verify else _verify(compiled, args.steps, 0, args.backend,
+                                                    not args.no_adversarial)
+        return _verify(compiled, args.steps, args.seed, args.backend, not args.no_adversarial)
     except SpecError as exc:
         print(f"{exc}", file=sys.stderr)
         return 2

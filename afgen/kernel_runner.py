@@ -29,6 +29,20 @@ class CpuKernelRunner:
     def __init__(self) -> None:
         self.launches: dict[str, int] = {}
         self.sources: dict[tuple, str] = {}
+        self.schedules: tuple[str, ...] | None = None  # None: the executor's default (all)
+
+    @contextlib.contextmanager
+    def one_schedule(self) -> Iterator[None]:
+        """Within the block, each launch runs once (ascending threads) instead of once per
+        schedule, which halves the executor's processes: for inputs that test values, not
+        races (finding races is the random cases' job, on the same kernels)."""
+        from afgen.executor import SCHEDULES
+
+        previous, self.schedules = self.schedules, SCHEDULES[:1]
+        try:
+            yield
+        finally:
+            self.schedules = previous
 
     def sources_for(self, backend: str) -> list[str]:
         """Every distinct full source this runner has executed for ``backend``."""
@@ -67,7 +81,8 @@ class CpuKernelRunner:
                    zip(output_names, call["output_shapes"], call["output_dtypes"])}
         bound = {n: as_numpy_input(v) for n, v in zip(input_names, call["inputs"])}
         run = run_metal if backend == "metal" else run_cuda
-        result = run(full, bound, outputs, call["grid"], call["threadgroup"])
+        options = {} if self.schedules is None else {"schedules": self.schedules}
+        result = run(full, bound, outputs, call["grid"], call["threadgroup"], **options)
         return [_to_mx(result[n], d) for n, d in zip(output_names, call["output_dtypes"])]
 
 

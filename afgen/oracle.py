@@ -7,14 +7,14 @@ oracle can be stepped side by side from the same inputs.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
 
 import numpy as np
 
 from afgen.backends.functions import NUMPY, function_model
 from afgen.backends.render import render
+from afgen.bookkeeping import dynamic_values, reoriented, static_values
 from afgen.compiler import Compiled
-from afgen.lower.config import StaticConfig, factor_axes, state_shape, view_permutation
+from afgen.lower.config import StaticConfig, factor_axes, state_shape
 
 
 def render_oracle(compiled: Compiled) -> str:
@@ -46,16 +46,7 @@ class Oracle:
         self.state: dict[str, dict[str, np.ndarray]] = {}
 
     def _static_values(self) -> dict[str, bool]:
-        values = {}
-        for h in self.spec.hyperparameters:
-            if h.is_static:
-                values[h.name] = bool(self.hyper[h.name])
-            elif h.is_optional:
-                values[f"has_{h.name}"] = self.hyper[h.name] is not None
-            for component in h.optional_components:
-                index = h.component_names.index(component)
-                values[f"has_{component}"] = self.hyper[h.name][index] is not None
-        return values
+        return static_values(self.spec, self.hyper)
 
     def layout(self, shape: tuple[int, ...]) -> tuple[StaticConfig, tuple[int, int] | None]:
         """The configuration for a parameter of ``shape`` and the axes it is factored over."""
@@ -66,19 +57,7 @@ class Oracle:
         return config, axes
 
     def _dynamic(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for h in self.spec.hyperparameters:
-            value = self.hyper[h.name]
-            if h.is_static or value is None:
-                continue
-            if h.kind == "pair":
-                out.update({n: float(v) for n, v in zip(h.component_names, value)
-                            if v is not None})
-            elif callable(value):
-                out[h.name] = float(np.asarray(value(self.step_count)))
-            else:
-                out[h.name] = float(value)
-        return out
+        return dynamic_values(self.spec, self.hyper, self.step_count)
 
     def init_state(self, name: str, param: np.ndarray) -> None:
         config, axes = self.layout(tuple(param.shape))
@@ -104,28 +83,10 @@ class Oracle:
                 continue
             config, axes = self.layout(tuple(param.shape))
             function = self.module.FUNCTIONS[f"_np_{self.compiled.plan_for[config].name}"]
-            out[name] = _reoriented(
+            out[name] = reoriented(
                 lambda g, p, s, f=function: f(g, p, float(self.step_count), hp, s),
                 axes, np.asarray(grad, np.float64), param, self.state[name], self._classes)
         return out
-
-
-def _reoriented(update: Callable, axes: tuple[int, int] | None, grad: np.ndarray,
-                param: np.ndarray, state: dict[str, np.ndarray],
-                classes: dict[str, str]) -> np.ndarray:
-    """Run the update (written for the factored axes last) on transposed views, then
-    transpose the parameter and state back."""
-    ndim = grad.ndim
-    if axes is None or tuple(axes) == (ndim - 2, ndim - 1):
-        return update(grad, param, state)
-    full = view_permutation(axes, ndim, "full")
-    view = {k: v if classes[k] == "scalar" else
-            np.transpose(v, view_permutation(axes, ndim, classes[k])) for k, v in state.items()}
-    new = update(np.transpose(grad, full), np.transpose(param, full), view)
-    for key, value in view.items():
-        state[key] = value if classes[key] == "scalar" else np.transpose(
-            value, np.argsort(view_permutation(axes, ndim, classes[key])))
-    return np.transpose(new, np.argsort(full))
 
 
 __all__ = ["Oracle", "render_oracle"]

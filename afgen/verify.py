@@ -22,6 +22,8 @@ from afgen.build import load_module
 from afgen.compiler import Compiled
 from afgen.lower.plan import KernelPlan
 from afgen.oracle import Oracle
+from afgen.reference import SpecReference
+from afgen.verify_adversarial import CONDITIONING
 
 BACKENDS = ("mlx", "metal", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -54,6 +56,10 @@ class CaseResult:
     max_rel: float
     passed: bool
     error: str = ""
+    # Adversarial cases: elements whose finite/non-finite state differs from the float32
+    # spec-order reference's (None for the random cases, which have no reference).
+    nonfinite: int | None = None
+    ratio: float = float("nan")  # the worst error as a multiple of its tolerance
 
 
 @dataclass
@@ -66,12 +72,13 @@ class Report:
         return bool(self.results) and all(r.passed for r in self.results)
 
     def table(self) -> str:
-        head = (f"{'backend':<8} {'case':<64} {'dtype':<9} {'steps':>5} {'max abs':>10} "
-                f"{'max rel':>10}  result")
+        head = (f"{'backend':<8} {'case':<76} {'dtype':<9} {'steps':>5} {'max abs':>10} "
+                f"{'max rel':>10} {'err/tol':>8} {'nonfin':>6}  result")
         lines = [head, "-" * len(head)]
         for r in self.results:
-            lines.append(f"{r.backend:<8} {r.case:<64} {r.dtype:<9} {r.steps:>5} "
-                         f"{r.max_abs:>10.2e} {r.max_rel:>10.2e}  "
+            nonfinite = "-" if r.nonfinite is None else str(r.nonfinite)
+            lines.append(f"{r.backend:<8} {r.case:<76} {r.dtype:<9} {r.steps:>5} "
+                         f"{r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.ratio:>8.2g} {nonfinite:>6}  "
                          f"{'pass' if r.passed else 'FAIL'}"
                          + (f"  {r.error.splitlines()[0][:200]}" if r.error else ""))
         ok = sum(r.passed for r in self.results)
@@ -101,18 +108,36 @@ def hyper_for(compiled: Compiled, plan: KernelPlan) -> dict[str, object]:
 
 
 def _errors(got: np.ndarray, want: np.ndarray, before: np.ndarray | None, atol: float,
-            rtol: float) -> tuple[float, float, bool]:
-    """Max abs/rel error and pass/fail. The tolerance scales with the larger of the new and
-    the old value: a step that nearly cancels the parameter (param - u with u ~ param)
-    leaves a small result carrying the rounding of its large operands."""
-    diff = np.abs(np.asarray(got, np.float64) - want)
+            rtol: float, in_dtype: np.ndarray | None = None
+            ) -> tuple[float, float, float, bool]:
+    """Max abs/rel error, the worst error as a multiple of its tolerance, and pass/fail.
+    The tolerance scales with the larger of the new and the old value: a step that nearly
+    cancels the parameter (param - u with u ~ param) leaves a small result carrying the
+    rounding of its large operands. ``in_dtype`` is the spec's own program in the
+    parameter's dtype (precision="param" with MLX ops): where it is NaN/inf (float16
+    underflows eps1 = 1e-30 to 0) the result must be NaN/inf too and is not compared,
+    and elsewhere the result may be as far from float64 as a few times that program is
+    (the spec's own conditioning in 16 bits, as in the adversarial cases)."""
+    got = np.asarray(got, np.float64)
+    spec_error = 0.0
+    if in_dtype is not None:
+        in_dtype = np.asarray(in_dtype, np.float64)
+        spec_nonfinite = ~np.isfinite(in_dtype)
+        if (np.isfinite(got) & spec_nonfinite).any():
+            return 0.0, 0.0, float("inf"), False
+        keep = ~spec_nonfinite
+        got, want, in_dtype = got[keep], want[keep], in_dtype[keep]
+        before = None if before is None else before[keep]
+        spec_error = CONDITIONING * np.abs(in_dtype - want)
+    diff = np.abs(got - want)
     if diff.size == 0:
-        return 0.0, 0.0, True
+        return 0.0, 0.0, 0.0, True
     finite = bool(np.isfinite(got).all() and np.isfinite(want).all())
     rel = diff / np.maximum(np.abs(want), atol)
     scale = np.abs(want) if before is None else np.maximum(np.abs(want), np.abs(before))
-    return float(diff.max()), float(rel.max()), finite and bool(
-        (diff <= atol + rtol * scale).all())
+    ratio = diff / np.maximum(atol + rtol * scale, spec_error)
+    return float(diff.max()), float(rel.max()), float(ratio.max()), finite and bool(
+        (ratio <= 1).all())
 
 
 def _as_f64(array: object) -> np.ndarray:
@@ -136,7 +161,8 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
     params = {f"p{i}": mx.array(rng.standard_normal(s).astype(np.float32)).astype(mx_dtype)
               for i, s in enumerate(shapes)}
     atol, rtol = (TOLERANCES if precision == "float32" else PARAM_TOLERANCES)[dtype]
-    worst_abs = worst_rel = 0.0
+    reference = _spec_program(compiled, hyper, backend, dtype, precision)
+    worst_abs = worst_rel = worst_ratio = 0.0
     ok = True
     for _ in range(steps):
         grads = {k: mx.array(rng.standard_normal(v.shape).astype(np.float32)).astype(mx_dtype)
@@ -146,18 +172,53 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
                             for k in params}
         before = {k: _as_f64(v) for k, v in params.items()}
         state_before = {k: dict(slot) for k, slot in oracle.state.items()}
-        want = oracle.step(before, {k: _as_f64(v) for k, v in grads.items()},
-                           float(mx.finfo(mx_dtype).eps))
+        eps = float(mx.finfo(mx_dtype).eps)
+        want = oracle.step(before, {k: _as_f64(v) for k, v in grads.items()}, eps)
+        in_dtype = _spec_step(reference, state_before, before, grads, eps)
         params = optimizer.apply_gradients(grads, params)
-        pairs = [(_as_f64(params[k]), want[k], before[k]) for k in want]
+        pairs = [(_as_f64(params[k]), want[k], before[k], k) for k in want]
         for name, slot in oracle.state.items():
             pairs += [(_as_f64(optimizer.state[name][key]), value,
-                       state_before.get(name, {}).get(key)) for key, value in slot.items()]
-        for got, expected, old in pairs:
-            a, r, passed = _errors(got, expected, old, atol, rtol)
+                       state_before.get(name, {}).get(key), (name, key))
+                      for key, value in slot.items()]
+        for got, expected, old, where in pairs:
+            a, r, q, passed = _errors(got, expected, old, atol, rtol, in_dtype.get(where))
             worst_abs, worst_rel, ok = max(worst_abs, a), max(worst_rel, r), ok and passed
+            worst_ratio = max(worst_ratio, q)
     return CaseResult(backend, plan.config.restricted(plan.program.used_statics).label,
-                      _dtype_label(dtype, precision), steps, worst_abs, worst_rel, ok)
+                      _dtype_label(dtype, precision), steps, worst_abs, worst_rel, ok,
+                      ratio=worst_ratio)
+
+
+def _spec_program(compiled: Compiled, hyper: dict[str, object], backend: str, dtype: str,
+                  precision: str) -> SpecReference | None:
+    """With MLX ops, precision="param" runs the spec in the parameter's 16-bit dtype, where
+    the spec itself can overflow or divide by an underflowed zero (Adam's eps = 1e-8 is 0
+    in float16, as in MLX). The spec-order reference in that dtype (float16; bfloat16 has
+    float32's range, so float32) says where; None when the program is float32."""
+    if backend != "mlx" or precision == "float32" or dtype == "float32":
+        return None
+    return SpecReference(compiled.spec, hyper, np.float16 if dtype == "float16" else np.float32)
+
+
+def _spec_step(reference: SpecReference | None, state: dict[str, dict],
+               params: dict[str, np.ndarray], grads: dict[str, object],
+               eps: float) -> dict[object, np.ndarray]:
+    """The step of the spec's own program (``_spec_program``): new parameters (by name)
+    and state tensors (by (name, key)), from the optimizer's parameters and ``state``
+    (its state before the step, in float64)."""
+    if reference is None:
+        return {}
+    import mlx.core as mx
+
+    reference.state = {k: {s: v.astype(reference.dtype) for s, v in slot.items()}
+                       for k, slot in state.items()}
+    with np.errstate(all="ignore"):
+        new = reference.step({k: v.astype(reference.dtype) for k, v in params.items()},
+                             {k: np.array(g.astype(mx.float32)) for k, g in grads.items()}, eps)
+    out: dict[object, np.ndarray] = dict(new)
+    out.update({(k, s): v for k, slot in reference.state.items() for s, v in slot.items()})
+    return out
 
 
 def _dtype_label(dtype: str, precision: str) -> str:
@@ -181,6 +242,36 @@ def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtyp
                           float("nan"), False, f"{type(exc).__name__}: {exc}")
 
 
+def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
+                       steps: int = 2) -> CaseResult:
+    """The adversarial families (afgen/verify_adversarial.py) in float32, one tree per
+    step; a kernel that fails to compile or faults is a failed case."""
+    from afgen.executor import KernelError
+    from afgen.verify_adversarial import run_case
+
+    case = "adversarial " + plan.config.restricted(plan.program.used_statics).label
+    try:
+        tally = run_case(compiled, cls, plan, backend, hyper_for(compiled, plan),
+                         *TOLERANCES["float32"], steps=steps)
+    except KernelError as exc:
+        return CaseResult(backend, case, "float32", steps, float("nan"), float("nan"), False,
+                          f"{type(exc).__name__}: {exc}")
+    return CaseResult(backend, case, "float32", steps, tally.max_abs, tally.max_rel,
+                      tally.passed, "; ".join(tally.problems[:3]), tally.nonfinite,
+                      tally.worst_ratio)
+
+
+def _adversarial_case(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
+                      runner: object | None) -> CaseResult:
+    """On the CPU executor every kernel launch is a process with one thread per GPU
+    thread, so there the adversarial tree takes one step under one thread schedule (the
+    random cases run the kernels under every schedule); elsewhere two steps."""
+    if runner is None:
+        return verify_adversarial(compiled, cls, plan, backend)
+    with runner.one_schedule():
+        return verify_adversarial(compiled, cls, plan, backend, steps=1)
+
+
 def device_available(backend: str) -> bool:
     import mlx.core as mx
 
@@ -193,21 +284,22 @@ def device_available(backend: str) -> bool:
 
 @contextlib.contextmanager
 def _backend_context(module: object, backend: str, report: Report):
-    """Real device when MLX has it, else the CPU executor (noted in the report); on the
-    executor, every CUDA source that ran is also compiled by nvcc, in one batch."""
+    """Real device when MLX has it, else the CPU executor (noted in the report), yielding
+    its kernel runner (None on a device); on the executor, every CUDA source that ran is
+    also compiled by nvcc, in one batch."""
     from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
 
     if backend == "mlx" or device_available(backend):
         if backend != "mlx":
             report.notes.append(f"{backend}: running the kernels on the {backend} device")
-        yield
+        yield None
         return
     if not shutil.which("g++"):
         raise RuntimeError(f"{backend}: no device and no g++ to execute the kernel text")
     report.notes.append(f"{backend}: no {backend} device here; executing the exact kernel "
                         "text on the CPU executor (g++ shim, one thread per GPU thread)")
     with cpu_kernels(module, CpuKernelRunner()) as runner:
-        yield
+        yield runner
     if backend == "cuda" and shutil.which("nvcc"):
         from afgen.executor import KernelError
         from afgen.nvcc_batch import nvcc_check_all
@@ -223,19 +315,22 @@ def _backend_context(module: object, backend: str, report: Report):
 
 
 def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
-           backends: list[str] | None = None, dtypes: list[str] | None = None) -> Report:
+           backends: list[str] | None = None, dtypes: list[str] | None = None,
+           adversarial: bool = True) -> Report:
     """Run the requested backends (default: all; fused ones on the executor when there
     is no device) on every specialisation and dtype. MLX ops run ``steps`` steps in
     float32 and, with precision="param", in each 16-bit dtype; fused kernels run
     ``min(steps, 2)`` steps per dtype and one step with precision="param" (16-bit
-    state)."""
+    state). With ``adversarial``, every specialisation and backend also runs the
+    adversarial families in float32 against the oracle and the spec-order reference (2
+    steps; 1 on the CPU executor)."""
     report = Report()
     module = load_module(compiled)
     cls = getattr(module, compiled.spec.class_name)
     for backend in backends or BACKENDS:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        with _backend_context(module, backend, report):
+        with _backend_context(module, backend, report) as runner:
             for index, plan in enumerate(compiled.plans):
                 if backend == "mlx":
                     cases = [("float32", MLX_SHAPES[plan.factored], steps, "float32")]
@@ -249,4 +344,7 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
                 for dtype, shapes, n, precision in cases:
                     report.results.append(_checked(compiled, cls, plan, backend, dtype,
                                                    shapes, n, seed + index, precision))
+                if adversarial:
+                    report.results.append(_adversarial_case(compiled, cls, plan, backend,
+                                                            runner))
     return report

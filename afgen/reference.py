@@ -1,0 +1,243 @@
+"""The spec-order reference: a spec's update evaluated exactly as written, in one dtype.
+
+The float64 oracle is rendered from the *lowered* plan, so it inherits every rewrite the
+lowering makes (``rms(u)**2`` as a mean of factor products, say) and, in float64, cannot
+see where such a rewrite overflows float32. This module shares nothing with the lowering
+(no SymPy, no plan, no printers): it re-parses each equation's source text with ``ast``
+(the text already passed the whitelist of afgen/spec/expressions.py) and walks the tree
+left to right with NumPy, statement by statement, so that in float32 every operation
+rounds to float32 as a straightforward implementation of the spec would. Where that
+evaluation is finite, a correct backend must be finite too, and where it overflows the
+spec itself overflows.
+
+Numerics, in the given dtype (float32 or float64; constants and hyperparameters are
+converted to it first, so nothing is promoted to float64 behind the scenes):
+
+* ``rsqrt(x)`` is ``1 / sqrt(x)`` (two roundings), ``rms(x)`` is
+  ``sqrt(mean(square(x)))``, ``min``/``max`` fold left with ``np.minimum``/``np.maximum``
+  (NaN-propagating), ``a if c else b`` evaluates only the taken side.
+* ``sum`` is ``np.sum`` in the dtype: pairwise summation along a contiguous axis, in
+  order along others; ``mean`` is that sum divided by the element count (converted to
+  the dtype). NumPy's float32 sum is accurate to a few ulps for the sizes verification
+  uses; which order is used matters only for sums within rounding of the float32 range,
+  which the adversarial families stay clear of.
+* Values are kept in the broadcast layout of the generated code: row ``(*B, M, 1)``,
+  col ``(*B, 1, N)``, batch ``(*B, 1, 1)``; factored axes are moved last first.
+"""
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+
+import numpy as np
+
+from afgen.bookkeeping import dynamic_values, reoriented, static_values
+from afgen.lower.config import factor_axes, state_shape
+from afgen.spec.model import DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Spec
+
+_BINARY: dict[type, Callable] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
+                                 ast.Div: np.divide, ast.Pow: np.power}
+_COMPARE: dict[type, Callable] = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater,
+                                  ast.GtE: np.greater_equal, ast.Eq: np.equal,
+                                  ast.NotEq: np.not_equal}
+_UNARY: dict[str, Callable] = {"sqrt": np.sqrt, "abs": np.abs, "square": np.square,
+                               "exp": np.exp, "log": np.log, "sign": np.sign}
+# Axes each reduction folds in the broadcast layout (None: every axis), and whether it
+# is a mean.
+_REDUCTIONS: dict[str, tuple[tuple[int, ...] | None, bool]] = {
+    f"{prefix}{kind}": (axes, kind == "mean") for kind in ("sum", "mean")
+    for prefix, axes in (("", None), ("rowwise_", (-1,)), ("colwise_", (-2,)),
+                         ("matrixwise_", (-2, -1)))}
+
+
+def _expand(value: np.ndarray, shape_class: str) -> np.ndarray:
+    """Stored state -> broadcast layout."""
+    index = {"row": (..., None), "col": (..., None, slice(None)),
+             "batch": (..., None, None)}.get(shape_class)
+    return value if index is None else value[index]
+
+
+def _collapse(value: np.ndarray, stored: np.ndarray, shape_class: str) -> np.ndarray:
+    """Broadcast layout -> the stored state's shape."""
+    shape = stored.shape
+    layout = {"row": shape + (1,), "col": shape[:-1] + (1,) + shape[-1:],
+              "batch": shape + (1, 1)}.get(shape_class, shape)
+    return np.broadcast_to(value, layout).reshape(shape).astype(stored.dtype, copy=True)
+
+
+class _Evaluator:
+    """Evaluates whitelisted expression trees in one dtype. Static conditions come out as
+    Python bools, elementwise ones as NumPy bool arrays, numbers as ``dtype`` values."""
+
+    def __init__(self, dtype: type, env: dict[str, object], statics: dict[str, bool]):
+        self.dtype = dtype
+        self.env = env
+        self.statics = statics
+
+    def __call__(self, node: ast.AST) -> object:
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:  # the spec parser's whitelist admits nothing else
+            raise ValueError(f"unexpected {type(node).__name__} in a validated spec")
+        return method(node)
+
+    def _Constant(self, node: ast.Constant) -> object:
+        if isinstance(node.value, bool):
+            return node.value
+        return self.dtype(node.value)
+
+    def _Name(self, node: ast.Name) -> object:
+        if node.id in self.env:
+            return self.env[node.id]
+        if node.id in self.statics:
+            return self.statics[node.id]
+        raise KeyError(f"'{node.id}' has no value here")
+
+    def _BinOp(self, node: ast.BinOp) -> object:
+        left = self(node.left)
+        return _BINARY[type(node.op)](left, self(node.right))
+
+    def _UnaryOp(self, node: ast.UnaryOp) -> object:
+        value = self(node.operand)
+        if isinstance(node.op, ast.Not):
+            return not value if isinstance(value, bool) else np.logical_not(value)
+        return np.negative(value) if isinstance(node.op, ast.USub) else value
+
+    def _BoolOp(self, node: ast.BoolOp) -> object:
+        values = [self(v) for v in node.values]
+        if all(isinstance(v, bool) for v in values):
+            return all(values) if isinstance(node.op, ast.And) else any(values)
+        combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+        out = values[0]
+        for value in values[1:]:
+            out = combine(out, value)
+        return out
+
+    def _Compare(self, node: ast.Compare) -> object:
+        left = self(node.left)
+        return _COMPARE[type(node.ops[0])](left, self(node.comparators[0]))
+
+    def _IfExp(self, node: ast.IfExp) -> object:
+        return self(node.body) if self(node.test) else self(node.orelse)
+
+    def _Call(self, node: ast.Call) -> object:
+        name = node.func.id
+        if name == "has":
+            return self.statics[f"has_{node.args[0].id}"]
+        args = [self(a) for a in node.args]
+        if name in _UNARY:
+            return _UNARY[name](args[0])
+        if name == "rsqrt":
+            return np.divide(self.dtype(1), np.sqrt(args[0]))
+        if name == "rms":
+            return np.sqrt(self.reduce(np.square(args[0]), None, mean=True))
+        if name in ("min", "max"):
+            fold = np.minimum if name == "min" else np.maximum
+            out = args[0]
+            for value in args[1:]:
+                out = fold(out, value)
+            return out
+        if name == "pow":
+            return np.power(args[0], args[1])
+        if name == "where":
+            return np.where(args[0], args[1], args[2])
+        axes, mean = _REDUCTIONS[name]
+        return self.reduce(args[0], axes, mean)
+
+    def reduce(self, value: object, axes: tuple[int, ...] | None, mean: bool) -> object:
+        """Sum (or mean) in the dtype, keeping dims so the result broadcasts."""
+        array = np.asarray(value, self.dtype)
+        total = np.sum(array, axis=axes, keepdims=axes is not None, dtype=self.dtype)
+        if not mean:
+            return total
+        folded = array.size if axes is None else int(np.prod([array.shape[a] for a in axes]))
+        return np.divide(total, self.dtype(folded))
+
+
+class SpecReference:
+    """Steps a dict of parameters by the spec's text, in ``dtype``, the way the oracle
+    (and the generated optimizer) step a tree: same state keys and shapes, schedules read
+    before the step's increment, 1-based ``t``."""
+
+    def __init__(self, spec: Spec, hyper: dict[str, object], dtype: type = np.float32):
+        self.spec = spec
+        self.dtype = np.dtype(dtype).type
+        self.hyper = {h.name: h.default for h in spec.hyperparameters}
+        unknown = set(hyper) - set(self.hyper)
+        if unknown:
+            raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
+        self.hyper.update(hyper)
+        self.step_count = 0
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self._classes = {s.name: s.shape.label for s in spec.state}
+        self._trees: dict[str, ast.AST] = {}
+        self._statics = static_values(spec, self.hyper)
+
+    def _tree(self, text: str, mode: str) -> ast.AST:
+        key = f"{mode}:{text}"
+        if key not in self._trees:
+            tree = ast.parse(text, mode=mode)
+            self._trees[key] = tree.body if mode == "eval" else tree.body[0]
+        return self._trees[key]
+
+    def _holds(self, text: str, factored: bool) -> bool:
+        """A static condition (``when``, ``if:``) under these hyperparameters."""
+        if text == "always":
+            return True
+        value = _Evaluator(self.dtype, {}, {**self._statics, FACTORED: factored})(
+            self._tree(text, "eval"))
+        return bool(value)
+
+    def init_state(self, name: str, param: np.ndarray) -> None:
+        axes = factor_axes(self.spec, tuple(param.shape), self.hyper)
+        self.state[name] = {
+            s.name: np.full(state_shape(s.shape, param.shape, axes), s.init, self.dtype)
+            for s in self.spec.state if self._holds(s.when_text, axes is not None)}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+             dtype_eps: float = float(np.finfo(np.float32).eps)) -> dict[str, np.ndarray]:
+        """One step over every parameter; returns the new parameters (in ``dtype``).
+        ``dtype_eps`` is the machine epsilon of the parameters' own dtype."""
+        scalars = {k: self.dtype(v) for k, v in
+                   dynamic_values(self.spec, self.hyper, self.step_count).items()}
+        scalars[DTYPE_EPS] = self.dtype(dtype_eps)
+        self.step_count += 1
+        scalars[STEP] = self.dtype(self.step_count)
+        out = {}
+        for name, grad in grads.items():
+            param = np.asarray(params[name], self.dtype)
+            if name not in self.state:
+                self.init_state(name, param)
+            if param.size == 0:
+                out[name] = param
+                continue
+            axes = factor_axes(self.spec, tuple(param.shape), self.hyper)
+            out[name] = reoriented(
+                lambda g, p, s, f=axes is not None: self._update(g, p, s, scalars, f),
+                axes, np.asarray(grad, self.dtype), param, self.state[name], self._classes)
+        return out
+
+    def _update(self, grad: np.ndarray, param: np.ndarray, state: dict[str, np.ndarray],
+                scalars: dict[str, object], factored: bool) -> np.ndarray:
+        """One parameter's update in the factored-axes-last view; writes ``state``."""
+        env: dict[str, object] = {**scalars, GRAD: grad, PARAM: param}
+        env.update({k: _expand(v, self._classes[k]) for k, v in state.items()})
+        statics = {**self._statics, FACTORED: factored}
+        evaluate = _Evaluator(self.dtype, env, statics)
+        with np.errstate(all="ignore"):
+            self._run(self.spec.update, evaluate, factored)
+        for key, stored in state.items():
+            state[key] = _collapse(env[key], stored, self._classes[key])
+        return np.broadcast_to(env[PARAM], param.shape).astype(self.dtype, copy=True)
+
+    def _run(self, statements: tuple, evaluate: _Evaluator, factored: bool) -> None:
+        for statement in statements:
+            if isinstance(statement, Branch):
+                taken = (statement.then if self._holds(statement.condition_text, factored)
+                         else statement.orelse)
+                self._run(taken, evaluate, factored)
+                continue
+            assign = self._tree(statement.text, "exec")
+            evaluate.env[statement.target] = evaluate(assign.value)
+
+
+__all__ = ["SpecReference"]
