@@ -50,6 +50,17 @@ _REDUCTIONS: dict[str, tuple[tuple[int, ...] | None, bool]] = {
                          ("matrixwise_", (-2, -1)))}
 
 
+def round_to_bfloat16(value: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), kept as float32:
+    NumPy has no bfloat16, and MLX computes a bfloat16 operation in float32 and rounds
+    the result the same way."""
+    bits = np.asarray(value, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) \
+        & np.uint32(0xFFFF0000)
+    out = np.where(np.isnan(value), value, rounded.view(np.float32))
+    return out.astype(np.float32) if out.ndim else np.float32(out)
+
+
 def _expand(value: np.ndarray, shape_class: str) -> np.ndarray:
     """Stored state -> broadcast layout."""
     index = {"row": (..., None), "col": (..., None, slice(None)),
@@ -69,16 +80,21 @@ class _Evaluator:
     """Evaluates whitelisted expression trees in one dtype. Static conditions come out as
     Python bools, elementwise ones as NumPy bool arrays, numbers as ``dtype`` values."""
 
-    def __init__(self, dtype: type, env: dict[str, object], statics: dict[str, bool]):
+    def __init__(self, dtype: type, env: dict[str, object], statics: dict[str, bool],
+                 bfloat16: bool = False):
         self.dtype = dtype
         self.env = env
         self.statics = statics
+        self.bfloat16 = bfloat16
 
     def __call__(self, node: ast.AST) -> object:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:  # the spec parser's whitelist admits nothing else
             raise ValueError(f"unexpected {type(node).__name__} in a validated spec")
-        return method(node)
+        value = method(node)
+        if self.bfloat16 and getattr(value, "dtype", None) == np.float32:
+            return round_to_bfloat16(value)
+        return value
 
     def _Constant(self, node: ast.Constant) -> object:
         if isinstance(node.value, bool):
@@ -158,9 +174,11 @@ class SpecReference:
     (and the generated optimizer) step a tree: same state keys and shapes, schedules read
     before the step's increment, 1-based ``t``."""
 
-    def __init__(self, spec: Spec, hyper: dict[str, object], dtype: type = np.float32):
+    def __init__(self, spec: Spec, hyper: dict[str, object], dtype: type = np.float32,
+                 bfloat16: bool = False):
         self.spec = spec
         self.dtype = np.dtype(dtype).type
+        self.bfloat16 = bfloat16  # float32 values, every operation rounded to bfloat16
         self.hyper = {h.name: h.default for h in spec.hyperparameters}
         unknown = set(hyper) - set(self.hyper)
         if unknown:
@@ -222,7 +240,7 @@ class SpecReference:
         env: dict[str, object] = {**scalars, GRAD: grad, PARAM: param}
         env.update({k: _expand(v, self._classes[k]) for k, v in state.items()})
         statics = {**self._statics, FACTORED: factored}
-        evaluate = _Evaluator(self.dtype, env, statics)
+        evaluate = _Evaluator(self.dtype, env, statics, self.bfloat16)
         with np.errstate(all="ignore"):
             self._run(self.spec.update, evaluate, factored)
         for key, stored in state.items():

@@ -51,3 +51,21 @@ def test_fused_backends_are_verified_on_the_executor(compiled):
 def test_unknown_backend_is_rejected(compiled):
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         verify(compiled, backends=["tpu"])
+
+
+def test_bfloat16_rounding_of_the_reference_is_mlx_s():
+    """The spec-order reference emulates bfloat16 (NumPy has none) by rounding float32
+    results; MLX's cast must give the same bits, ties, infinities and NaN included."""
+    import mlx.core as mx
+    import numpy as np
+
+    from afgen.reference import round_to_bfloat16
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.standard_normal(10_000).astype(np.float32) * 10.0 ** rng.integers(-40, 38, 10_000),
+        np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, 3.4e38, -3.4e38, np.inf, 1e-45, 0.0, -0.0],
+                 np.float32)])
+    want = np.array(mx.array(values).astype(mx.bfloat16).astype(mx.float32))
+    np.testing.assert_array_equal(round_to_bfloat16(values), want)
+    assert np.isnan(round_to_bfloat16(np.array([np.nan], np.float32))).all()

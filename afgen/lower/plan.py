@@ -185,6 +185,9 @@ class _Hoister:
             return self._name(expr)
         if expr.is_Atom or not expr.args:
             return expr
+        if isinstance(expr, sympy.Piecewise):  # its arguments are (value, condition) pairs
+            return sympy.Piecewise(*[(self.hoist(value), self.hoist(cond))
+                                     for value, cond in expr.args])
         return expr.func(*[self.hoist(a) for a in expr.args])
 
     def _name(self, expr: sympy.Expr) -> sympy.Expr:
