@@ -876,6 +876,10 @@ _HEADERS = {
     "metal": """\
 // afgen kernel helpers (Metal). Every kernel accumulates in float32.
 inline float afg_sq(float x) { return x * x; }
+// max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
+// (metal::fmax would return the other operand).
+inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
+inline float afg_min(float a, float b) { return isnan(a) ? a : (a < b ? a : b); }
 template <typename T> inline float afg_load(T x) { return static_cast<float>(x); }
 template <typename T> inline T afg_store(float x) { return static_cast<T>(x); }
 
@@ -922,6 +926,14 @@ inline float afg_warp_sum(float v) { return simd_sum(v); }
     "cuda": """\
 // afgen kernel helpers (CUDA). Every kernel accumulates in float32.
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
+// would return the other operand).
+__device__ __forceinline__ float afg_max(float a, float b) {
+  return isnan(a) ? a : (a > b ? a : b);
+}
+__device__ __forceinline__ float afg_min(float a, float b) {
+  return isnan(a) ? a : (a < b ? a : b);
+}
 __device__ __forceinline__ float afg_sign(float x) { return (x > 0.0f) - (x < 0.0f); }
 __device__ __forceinline__ float afg_load(float x) { return x; }
 __device__ __forceinline__ float afg_load(__half x) { return __half2float(x); }

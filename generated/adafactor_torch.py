@@ -1017,7 +1017,7 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq(grad * metal::rsqrt(afg_max(s0 * s1 / s2, s3)));
 
   }
 }
@@ -1063,7 +1063,7 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq((-grad) * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq((-grad) * metal::rsqrt(afg_max(s0 * s1 / s2, s3)));
 
   }
 }
@@ -1113,7 +1113,7 @@ for (uint r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3))) / s6, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * metal::rsqrt(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
 
   }
 }
@@ -1156,7 +1156,7 @@ for (uint r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * metal::rsqrt(metal::fmax(s0 * s1 / s2, s3))) / s6, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * metal::rsqrt(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
 
   }
 }
@@ -1194,7 +1194,7 @@ for (uint c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x0_0 = grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * metal::rsqrt(metal::fmax(variance + s0 * (afg_sq(x0_0) - variance), s1)));
+  acc_red1 += afg_sq(x0_0 * metal::rsqrt(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
 
 }
 threadgroup float afg_scratch[8];
@@ -1244,7 +1244,7 @@ for (uint c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x0_0 = -grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * metal::rsqrt(metal::fmax(variance + s0 * (afg_sq(x0_0) - variance), s1)));
+  acc_red1 += afg_sq(x0_0 * metal::rsqrt(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
 
 }
 threadgroup float afg_scratch[8];
@@ -1296,7 +1296,7 @@ for (uint c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x1_0 = -grad;
   const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(metal::fmax(x1_1, s1))) / s4, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(afg_max(x1_1, s1))) / s4, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
@@ -1336,7 +1336,7 @@ for (uint c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x1_0 = grad;
   const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(metal::fmax(x1_1, s1))) / s4, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(afg_max(x1_1, s1))) / s4, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
@@ -1525,7 +1525,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad * rsqrtf(fmaxf(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq(grad * rsqrtf(afg_max(s0 * s1 / s2, s3)));
 
   }
 }
@@ -1571,7 +1571,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq((-grad) * rsqrtf(fmaxf(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq((-grad) * rsqrtf(afg_max(s0 * s1 / s2, s3)));
 
   }
 }
@@ -1621,7 +1621,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * rsqrtf(fmaxf(s0 * s1 / s2, s3))) / s6, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * rsqrtf(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
 
   }
 }
@@ -1664,7 +1664,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * rsqrtf(fmaxf(s0 * s1 / s2, s3))) / s6, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * rsqrtf(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
 
   }
 }
@@ -1702,7 +1702,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x0_0 = grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * rsqrtf(fmaxf(variance + s0 * (afg_sq(x0_0) - variance), s1)));
+  acc_red1 += afg_sq(x0_0 * rsqrtf(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
 
 }
 __shared__ float afg_scratch[8];
@@ -1752,7 +1752,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x0_0 = -grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * rsqrtf(fmaxf(variance + s0 * (afg_sq(x0_0) - variance), s1)));
+  acc_red1 += afg_sq(x0_0 * rsqrtf(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
 
 }
 __shared__ float afg_scratch[8];
@@ -1804,7 +1804,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x1_0 = -grad;
   const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(fmaxf(x1_1, s1))) / s4, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(afg_max(x1_1, s1))) / s4, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
@@ -1844,7 +1844,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float x1_0 = grad;
   const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(fmaxf(x1_1, s1))) / s4, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(afg_max(x1_1, s1))) / s4, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
@@ -1857,6 +1857,10 @@ _HEADERS = {
     "metal": """\
 // afgen kernel helpers (Metal). Every kernel accumulates in float32.
 inline float afg_sq(float x) { return x * x; }
+// max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
+// (metal::fmax would return the other operand).
+inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
+inline float afg_min(float a, float b) { return isnan(a) ? a : (a < b ? a : b); }
 template <typename T> inline float afg_load(T x) { return static_cast<float>(x); }
 template <typename T> inline T afg_store(float x) { return static_cast<T>(x); }
 
@@ -1903,6 +1907,14 @@ inline float afg_warp_sum(float v) { return simd_sum(v); }
     "cuda": """\
 // afgen kernel helpers (CUDA). Every kernel accumulates in float32.
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
+// would return the other operand).
+__device__ __forceinline__ float afg_max(float a, float b) {
+  return isnan(a) ? a : (a > b ? a : b);
+}
+__device__ __forceinline__ float afg_min(float a, float b) {
+  return isnan(a) ? a : (a < b ? a : b);
+}
 __device__ __forceinline__ float afg_sign(float x) { return (x > 0.0f) - (x < 0.0f); }
 __device__ __forceinline__ float afg_load(float x) { return x; }
 __device__ __forceinline__ float afg_load(__half x) { return __half2float(x); }

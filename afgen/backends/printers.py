@@ -312,7 +312,7 @@ class MetalPrinter(CStylePrinter):
 
     funcs = {"sqrt": "metal::sqrt", "rsqrt": "metal::rsqrt", "abs": "metal::fabs",
              "exp": "metal::exp", "log": "metal::log", "sign": "metal::sign",
-             "maximum": "metal::fmax", "minimum": "metal::fmin", "pow": "metal::pow",
+             "maximum": "afg_max", "minimum": "afg_min", "pow": "metal::pow",
              "square": "afg_sq"}
 
 
@@ -320,7 +320,7 @@ class CudaPrinter(CStylePrinter):
     """CUDA C++: the float (``f``-suffixed) math library."""
 
     funcs = {"sqrt": "sqrtf", "rsqrt": "rsqrtf", "abs": "fabsf", "exp": "expf", "log": "logf",
-             "sign": "afg_sign", "maximum": "fmaxf", "minimum": "fminf", "pow": "powf",
+             "sign": "afg_sign", "maximum": "afg_max", "minimum": "afg_min", "pow": "powf",
              "square": "afg_sq"}
 
 
