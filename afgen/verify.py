@@ -37,16 +37,17 @@ MLX_SHAPES = {True: [(5, 7), (1, 9), (8, 1), (3, 4, 6), (2, 1, 3, 5), (33, 17)],
 # short of full: a row or column range that is shifted or scaled by one then misses an
 # element instead of hiding in the slack. The counts 4 and 2 differ (swapping them
 # fails) and share a factor (a wrong threadgroup -> tile map that stays one-to-one,
-# possible when the counts are coprime, would pass). (1, 766) is one row over 3 column
-# chunks, the last ragged; (2, 1, 3, 5) a 4-D batch of matrices smaller than a SIMD
-# group's share (SIMD groups and lanes without work). Unfactored: 3071 elements are 2
-# full 1024-element chunks and one of 1023; and a 0-D parameter.
-KERNEL_SHAPES = {True: [(2, 127, 511), (1, 766), (2, 1, 3, 5)], False: [(3071,), ()]}
+# possible when the counts are coprime, would pass). (1, 767) is one row over 3 column
+# chunks, the last one short: a chunk width off by one overlaps its neighbours, and only
+# from 3 chunks on does it still leave a column out. (2, 1, 3, 5) is a 4-D batch of
+# matrices smaller than a SIMD group's share (SIMD groups and lanes without work).
+# Unfactored: 3071 elements are 2 full 1024-element chunks and one of 1023; and 0-D.
+KERNEL_SHAPES = {True: [(2, 127, 511), (1, 767), (2, 1, 3, 5)], False: [(3071,), ()]}
 # 16-bit cases run the same kernel bodies (only the `using T/S` lines differ, the index
 # arithmetic is the same text), so they check the loads, stores and roundings on the
 # smaller shapes; float32 covers the tiles. The executor spends its time in thread
 # switches per threadgroup, so this keeps `afgen build` affordable.
-CONVERSION_SHAPES = {True: [(1, 766), (2, 1, 3, 5)], False: [(3071,), ()]}
+CONVERSION_SHAPES = {True: [(1, 767), (2, 1, 3, 5)], False: [(3071,), ()]}
 # Gradient scale per step (cycled). A second step whose gradients are 4x the first's
 # leaves the second-moment EMA behind them, so the update is large and data-dependent
 # branches such as Adafactor's clip u / max(1, rms(u) / d) take their other side; with
