@@ -1,4 +1,5 @@
-"""Command line: ``afgen build | verify | show``. Spec errors exit 2 with file:line:col."""
+"""Command line: ``afgen build | verify | show | new | cuda-headers``. Spec errors exit 2
+with file:line:col."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="class name of the variant, e.g. MyAdafactor")
     new.add_argument("--from", dest="source", required=True, help="spec to copy")
     new.add_argument("--out", help="output file (default: <snake_case name>.yaml)")
+    sub.add_parser("cuda-headers", help="fetch MLX's CUDA device headers (for NVRTC checks) "
+                   "from MLX's CUDA wheel into the cache")
     return parser
 
 
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     from afgen.build import compile_path, write_module
 
     try:
+        if args.command == "cuda-headers":
+            from afgen.executor.mlx_cuda_headers import main as fetch_headers
+
+            return fetch_headers()
         if args.command == "new":
             from afgen.new import new_variant
 

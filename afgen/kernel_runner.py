@@ -46,7 +46,8 @@ class CpuKernelRunner:
 
     def sources_for(self, backend: str) -> list[str]:
         """Every distinct full source this runner has executed for ``backend``."""
-        return [text for key, text in self.sources.items() if key[0] == backend]
+        return list(dict.fromkeys(text for key, text in self.sources.items()
+                                  if key[0] == backend))
 
     def full_source(self, backend: str, name: str, input_names: list[str],
                     output_names: list[str], source: str, header: str, call: dict) -> str:
@@ -84,6 +85,21 @@ class CpuKernelRunner:
         options = {} if self.schedules is None else {"schedules": self.schedules}
         result = run(full, bound, outputs, call["grid"], call["threadgroup"], **options)
         return [_to_mx(result[n], d) for n, d in zip(output_names, call["output_dtypes"])]
+
+
+class SourceRecorder(CpuKernelRunner):
+    """A runner that only records: it builds each launch's full source as the executor
+    would and returns zero outputs without running anything. Lists the sources a run
+    launches (for compilers) in a fraction of the executor's time."""
+
+    def __call__(self, backend: str, name: str, input_names: list[str],
+                 output_names: list[str], source: str, header: str, call: dict) -> list:
+        from afgen.executor.cpu_run import numpy_dtype
+
+        self.launches[name] = self.launches.get(name, 0) + 1
+        self.full_source(backend, name, input_names, output_names, source, header, call)
+        return [_to_mx(np.zeros(tuple(s), numpy_dtype(d)), d)
+                for s, d in zip(call["output_shapes"], call["output_dtypes"])]
 
 
 @contextlib.contextmanager

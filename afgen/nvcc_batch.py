@@ -3,7 +3,8 @@
 Each full CUDA source MLX would hand to NVRTC is MLX's preamble + our header + one
 kernel in ``namespace mlx::core::cu``. The preamble and header are the same for every
 kernel, so one translation unit holds them once followed by every kernel: one nvcc start
-(several seconds) instead of one per kernel and dtype.
+(several seconds) instead of one per kernel and dtype. The NVRTC check
+(:mod:`afgen.executor.nvrtc`) batches the same way.
 """
 from __future__ import annotations
 

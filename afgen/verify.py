@@ -8,7 +8,8 @@ Hyperparameters use their ``example`` values so paths like weight decay are exer
 
 Fused backends run on the device when MLX has it; otherwise their exact kernel text runs
 on the CPU executor (g++ under a Metal/CUDA shim, one thread per GPU thread), and CUDA
-text is also compiled by nvcc.
+text is also compiled for the GPU: by NVRTC with MLX's own headers and options when
+available, else by nvcc.
 """
 from __future__ import annotations
 
@@ -41,9 +42,32 @@ PARAM_TOLERANCES = {"float32": TOLERANCES["float32"], "float16": (8e-3, 2 ** -7)
                     "bfloat16": (6e-2, 2 ** -5)}
 MLX_SHAPES = {True: [(5, 7), (1, 9), (8, 1), (3, 4, 6), (2, 1, 3, 5), (33, 17)],
               False: [(), (1,), (7,), (130,)]}
-# Fused kernels: sizes that cross row-block (32 rows) and column-chunk (256 factored,
-# 1024 unfactored) boundaries, 3-D and 4-D batches, a single row, and a 0-D parameter.
-KERNEL_SHAPES = {True: [(2, 33, 40), (2, 1, 3, 5), (1, 300)], False: [(1100,), ()]}
+# Fused kernels. A threadgroup owns a tile of 32 rows x 256 columns (factored) or 1024
+# elements (unfactored); see afgen/backends/kernels.py. (2, 127, 511) is 2 matrices of
+# 4 row blocks x 2 column chunks whose last block and chunk are one row and one column
+# short of full: a row or column range that is shifted or scaled by one then misses an
+# element instead of hiding in the slack. The counts 4 and 2 differ (swapping them
+# fails) and share a factor (a wrong threadgroup -> tile map that stays one-to-one,
+# possible when the counts are coprime, would pass). (1, 767) is one row over 3 column
+# chunks, the last one short: a chunk width off by one overlaps its neighbours, and only
+# from 3 chunks on does it still leave a column out. (2, 1, 3, 5) is a 4-D batch of
+# matrices smaller than a SIMD group's share (SIMD groups and lanes without work).
+# Unfactored: 3071 elements are 2 full 1024-element chunks and one of 1023; and 0-D.
+KERNEL_SHAPES = {True: [(2, 127, 511), (1, 767), (2, 1, 3, 5)], False: [(3071,), ()]}
+# 16-bit cases run the same kernel bodies (only the `using T/S` lines differ, the index
+# arithmetic is the same text), so they check the loads, stores and roundings on the
+# smaller shapes; float32 covers the tiles. The executor spends its time in thread
+# switches per threadgroup, so this keeps `afgen build` affordable.
+CONVERSION_SHAPES = {True: [(1, 767), (2, 1, 3, 5)], False: [(3071,), ()]}
+# Gradient scale per step (cycled). A second step whose gradients are 4x the first's
+# leaves the second-moment EMA behind them, so the update is large and data-dependent
+# branches such as Adafactor's clip u / max(1, rms(u) / d) take their other side; with
+# gradients of one scale rms(u) stays near 1 and the clip (and the kernel pass that sums
+# u^2 for it) would not affect the result at all.
+GRAD_SCALES = (1.0, 4.0)
+# precision="param" keeps 16-bit state (other kernel sources); for float32 it is the same.
+KERNEL_CASES = {"float32": ("float32",), "float16": ("float32", "param"),
+                "bfloat16": ("float32", "param")}
 
 
 @dataclass
@@ -56,6 +80,7 @@ class CaseResult:
     max_rel: float
     passed: bool
     error: str = ""
+    precision: str = "float32"
     # Adversarial cases: elements whose finite/non-finite state differs from the float32
     # spec-order reference's (None for the random cases, which have no reference).
     nonfinite: int | None = None
@@ -72,12 +97,13 @@ class Report:
         return bool(self.results) and all(r.passed for r in self.results)
 
     def table(self) -> str:
-        head = (f"{'backend':<8} {'case':<76} {'dtype':<9} {'steps':>5} {'max abs':>10} "
-                f"{'max rel':>10} {'err/tol':>8} {'nonfin':>6}  result")
+        head = (f"{'backend':<8} {'case':<76} {'dtype':<9} {'state':<6} {'steps':>5} "
+                f"{'max abs':>10} {'max rel':>10} {'err/tol':>8} {'nonfin':>6}  result")
         lines = [head, "-" * len(head)]
         for r in self.results:
             nonfinite = "-" if r.nonfinite is None else str(r.nonfinite)
-            lines.append(f"{r.backend:<8} {r.case:<76} {r.dtype:<9} {r.steps:>5} "
+            state = "param" if r.precision == "param" else "f32"
+            lines.append(f"{r.backend:<8} {r.case:<76} {r.dtype:<9} {state:<6} {r.steps:>5} "
                          f"{r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.ratio:>8.2g} {nonfinite:>6}  "
                          f"{'pass' if r.passed else 'FAIL'}"
                          + (f"  {r.error.splitlines()[0][:200]}" if r.error else ""))
@@ -149,7 +175,8 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
                  shapes: list[tuple[int, ...]], steps: int, seed: int,
                  precision: str = "float32") -> CaseResult:
     """Step the generated class and compare each step with the oracle's step from the
-    same parameters and state (parameters, every state tensor)."""
+    same parameters and state (parameters, every state tensor). Stops after the first
+    step that fails: later steps would start from state that is already wrong."""
     import mlx.core as mx
 
     mx_dtype = getattr(mx, dtype)
@@ -163,9 +190,10 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
     reference = _spec_program(compiled, hyper, backend, dtype, precision)
     worst_abs = worst_rel = worst_ratio = 0.0
     ok = True
-    for _ in range(steps):
-        grads = {k: mx.array(rng.standard_normal(v.shape).astype(np.float32)).astype(mx_dtype)
-                 for k, v in params.items()}
+    for step in range(steps):
+        scale = GRAD_SCALES[step % len(GRAD_SCALES)]
+        grads = {k: mx.array(scale * rng.standard_normal(v.shape).astype(np.float32))
+                 .astype(mx_dtype) for k, v in params.items()}
         if optimizer._initialized:
             oracle.state = {k: {s: _as_f64(v) for s, v in optimizer.state[k].items()}
                             for k in params}
@@ -184,8 +212,10 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
             a, r, q, passed = _errors(got, expected, old, atol, rtol, in_dtype.get(where))
             worst_abs, worst_rel, ok = max(worst_abs, a), max(worst_rel, r), ok and passed
             worst_ratio = max(worst_ratio, q)
+        if not ok:
+            break
     return CaseResult(backend, plan.config.restricted(plan.program.used_statics).label,
-                      _dtype_label(dtype, precision), steps, worst_abs, worst_rel, ok,
+                      dtype, steps, worst_abs, worst_rel, ok, precision=precision,
                       ratio=worst_ratio)
 
 
@@ -223,15 +253,9 @@ def _spec_step(reference: SpecReference | None, state: dict[str, dict],
     return out
 
 
-def _dtype_label(dtype: str, precision: str) -> str:
-    """The dtype column: ``bfloat16`` (float32 math) or ``bfloat16=`` (precision="param",
-    math in the parameter's dtype)."""
-    return dtype if precision == "float32" else f"{dtype}="
-
-
 def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
              shapes: list[tuple[int, ...]], steps: int, seed: int,
-             precision: str) -> CaseResult:
+             precision: str = "float32") -> CaseResult:
     """A kernel that fails to compile or faults on the executor is a failed case."""
     from afgen.executor import KernelError
 
@@ -240,8 +264,8 @@ def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtyp
                             precision)
     except KernelError as exc:
         case = plan.config.restricted(plan.program.used_statics).label
-        return CaseResult(backend, case, _dtype_label(dtype, precision), steps, float("nan"),
-                          float("nan"), False, f"{type(exc).__name__}: {exc}")
+        return CaseResult(backend, case, dtype, steps, float("nan"), float("nan"), False,
+                          f"{type(exc).__name__}: {exc}", precision)
 
 
 def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
@@ -284,11 +308,59 @@ def device_available(backend: str) -> bool:
     return True
 
 
+def fused_cases(plan: KernelPlan, dtypes: list[str] | None = None) -> list[tuple]:
+    """(dtype, precision, shapes) of the fused-kernel cases verification runs for ``plan``."""
+    return [(d, p, (KERNEL_SHAPES if d == "float32" else CONVERSION_SHAPES)[plan.factored])
+            for d in dtypes or DTYPES for p in KERNEL_CASES[d]]
+
+
+def launched_sources(compiled: Compiled, backend: str) -> list[str]:
+    """Every distinct full kernel source that verification launches for ``backend``,
+    found in seconds: the same cases, one step each, with a runner that only records."""
+    from afgen.kernel_runner import SourceRecorder, cpu_kernels
+
+    module = load_module(compiled)
+    cls = getattr(module, compiled.spec.class_name)
+    with cpu_kernels(module, SourceRecorder()) as recorder:
+        for plan in compiled.plans:
+            for dtype, precision, shapes in fused_cases(plan):
+                verify_class(compiled, cls, plan, backend, dtype, shapes, 1, 0, precision)
+    return recorder.sources_for(backend)
+
+
+def _compile_cuda(sources: list[str], report: Report) -> None:
+    """Compile every CUDA source that ran: with NVRTC, MLX's headers and options when
+    they are installed (what MLX-CUDA itself runs), else with nvcc (a stand-in header)."""
+    from afgen.executor import KernelError, nvrtc
+    from afgen.nvcc_batch import nvcc_check_all
+
+    compiler = nvrtc.setup()
+    if compiler is not None:
+        what = (f"NVRTC {compiler.version()} --gpu-architecture={nvrtc.ARCH} with MLX "
+                f"{compiler.headers.version}'s headers")
+    elif shutil.which("nvcc"):
+        what = "nvcc -arch=sm_90"
+    else:
+        report.notes.append("cuda: kernel sources not compiled for the GPU (missing: "
+                            + "; ".join(nvrtc.missing()) + ")")
+        return
+    try:
+        if compiler is not None:
+            nvrtc.nvrtc_check_all(compiler, sources)
+        else:
+            nvcc_check_all(sources)
+        report.notes.append(f"cuda: {what} compiled all {len(sources)} kernel sources "
+                            "that ran")
+    except KernelError as exc:
+        report.results.append(CaseResult("cuda", f"{what} (all kernels)", "-", 0,
+                                         float("nan"), float("nan"), False, str(exc)))
+
+
 @contextlib.contextmanager
 def _backend_context(module: object, backend: str, report: Report):
     """Real device when MLX has it, else the CPU executor (noted in the report), yielding
     its kernel runner (None on a device); on the executor, every CUDA source that ran is
-    also compiled by nvcc, in one batch."""
+    also compiled for the GPU, in one batch."""
     from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
 
     if backend == "mlx" or device_available(backend):
@@ -302,18 +374,8 @@ def _backend_context(module: object, backend: str, report: Report):
                         "text on the CPU executor (g++ shim, one thread per GPU thread)")
     with cpu_kernels(module, CpuKernelRunner()) as runner:
         yield runner
-    if backend == "cuda" and shutil.which("nvcc"):
-        from afgen.executor import KernelError
-        from afgen.nvcc_batch import nvcc_check_all
-
-        sources = runner.sources_for("cuda")
-        try:
-            nvcc_check_all(sources)
-            report.notes.append(f"cuda: nvcc -arch=sm_90 compiled all {len(sources)} kernel "
-                                "sources that ran")
-        except KernelError as exc:
-            report.results.append(CaseResult("cuda", "nvcc -arch=sm_90 (all kernels)", "-", 0,
-                                             float("nan"), float("nan"), False, str(exc)))
+    if backend == "cuda":
+        _compile_cuda(runner.sources_for("cuda"), report)
 
 
 def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
@@ -322,10 +384,10 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
     """Run the requested backends (default: all; fused ones on the executor when there
     is no device) on every specialisation and dtype. MLX ops run ``steps`` steps in
     float32 and, with precision="param", in each 16-bit dtype; fused kernels run
-    ``min(steps, 2)`` steps per dtype and one step with precision="param" (16-bit
-    state). With ``adversarial``, every specialisation and backend also runs the
-    adversarial families in float32 against the oracle and the spec-order reference (2
-    steps; 1 on the CPU executor)."""
+    ``min(steps, 2)`` steps per case, each dtype, and for 16-bit dtypes also with
+    ``precision="param"`` (16-bit state: other kernel sources). With ``adversarial``,
+    every specialisation and backend also runs the adversarial families in float32
+    against the oracle and the spec-order reference (2 steps; 1 on the CPU executor)."""
     report = Report()
     module = load_module(compiled)
     cls = getattr(module, compiled.spec.class_name)
@@ -335,15 +397,13 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
         with _backend_context(module, backend, report) as runner:
             for index, plan in enumerate(compiled.plans):
                 if backend == "mlx":
-                    cases = [("float32", MLX_SHAPES[plan.factored], steps, "float32")]
-                    cases += [(d, MLX_SHAPES[plan.factored], steps, "param")
+                    cases = [("float32", "float32", MLX_SHAPES[plan.factored], steps)]
+                    cases += [(d, "param", MLX_SHAPES[plan.factored], steps)
                               for d in PARAM_DTYPES if d in (dtypes or DTYPES)]
                 else:
-                    cases = [(d, KERNEL_SHAPES[plan.factored], min(steps, 2), "float32")
-                             for d in dtypes or DTYPES]
-                    cases += [(d, KERNEL_SHAPES[plan.factored], 1, "param")
-                              for d in PARAM_DTYPES if d in (dtypes or DTYPES)]
-                for dtype, shapes, n, precision in cases:
+                    cases = [(d, p, shapes, min(steps, 2))
+                             for d, p, shapes in fused_cases(plan, dtypes)]
+                for dtype, precision, shapes, n in cases:
                     report.results.append(_checked(compiled, cls, plan, backend, dtype,
                                                    shapes, n, seed + index, precision))
                 if adversarial:

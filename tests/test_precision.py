@@ -113,7 +113,8 @@ def test_param_precision_of_a_variant_runs_the_variant(tmp_path):
     assert moved(ours) == pytest.approx(2 * moved(theirs), rel=0.05)
     report = verify(compile_path(variant), steps=3, backends=["mlx"])
     assert report.passed, report.table()
-    assert {r.dtype for r in report.results} == {"float32", "float16=", "bfloat16="}
+    assert {(r.dtype, r.precision) for r in report.results} == {
+        ("float32", "float32"), ("float16", "param"), ("bfloat16", "param")}
 
 
 def _train(optimizer, params, rng, steps):

@@ -1,15 +1,20 @@
 """Verification passes for every specialisation and fails when a backend is wrong."""
+import math
+import re
+
 import pytest
 
 from afgen.backends import printers
-from afgen.verify import verify
+from afgen.backends.kernels import tile
+from afgen.verify import KERNEL_CASES, KERNEL_SHAPES, verify
 
 
 def test_every_specialisation_passes(compiled):
     report = verify(compiled, steps=6, backends=["mlx"], adversarial=False)
     # float32, and precision="param" in float16 and bfloat16
     assert len(report.results) == 3 * len(compiled.plans) == 72
-    assert {r.dtype for r in report.results} == {"float32", "float16=", "bfloat16="}
+    assert {(r.dtype, r.precision) for r in report.results} == {
+        ("float32", "float32"), ("float16", "param"), ("bfloat16", "param")}
     assert report.passed, report.table()
     assert "72 passed, 0 failed" in report.table()
 
@@ -45,7 +50,36 @@ def test_fused_backends_are_verified_on_the_executor(compiled):
     assert report.passed, report.table()
     text = report.table()
     assert "no metal device here; executing the exact kernel text on the CPU executor" in text
-    assert "cuda: nvcc -arch=sm_90 compiled all" in text
+    assert re.search(r"cuda: (NVRTC \S+ --gpu-architecture=sm_90a with MLX \S+'s headers|"
+                     r"nvcc -arch=sm_90) compiled all \d+ kernel sources that ran", text), text
+    assert {r.precision for r in report.results} == {"float32", "param"}
+
+
+def _tiles(shape, factored):
+    """(matrices, row blocks, rows in the last, column chunks, columns in the last)."""
+    rows, cols = tile(factored)
+    if factored:
+        b, m, n = math.prod(shape[:-2]), shape[-2], shape[-1]
+    else:
+        b, m, n = 1, 1, math.prod(shape)
+    return b, -(-m // rows), m - (-(-m // rows) - 1) * rows, -(-n // cols), \
+        n - (-(-n // cols) - 1) * cols
+
+
+def test_kernel_shapes_cover_the_tiles():
+    """Several row blocks and column chunks with ragged last ones, batches, edge cases."""
+    rows, cols = tile(True)
+    factored = [_tiles(s, True) for s in KERNEL_SHAPES[True]]
+    assert any(b >= 2 and nrb >= 3 and 0 < last_m < rows and ncc >= 2 and 0 < last_n < cols
+               and nrb != ncc and math.gcd(nrb, ncc) > 1
+               for b, nrb, last_m, ncc, last_n in factored)
+    assert any(ncc >= 3 and last_n < cols for _, _, _, ncc, last_n in factored)
+    assert any(len(s) == 4 for s in KERNEL_SHAPES[True])  # 4-D batch
+    assert any(m < 8 and n < 32 for _, _, m, _, n in factored)  # idle SIMD groups and lanes
+    flat = [_tiles(s, False) for s in KERNEL_SHAPES[False]]
+    assert any(ncc >= 3 and last < tile(False)[1] for _, _, _, ncc, last in flat)
+    assert () in KERNEL_SHAPES[False]
+    assert KERNEL_CASES["bfloat16"] == KERNEL_CASES["float16"] == ("float32", "param")
 
 
 def test_unknown_backend_is_rejected(compiled):

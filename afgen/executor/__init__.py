@@ -5,8 +5,9 @@ kernels without a GPU: the exact source MLX would compile is obtained
 (:func:`metal_full_source`, :func:`cuda_full_source`), compiled with g++
 against a strict shim of the GPU language, and run with one real thread per
 GPU thread under a deterministic, adversarial scheduler (:func:`run_metal`,
-:func:`run_cuda`). :func:`nvcc_check` additionally compiles CUDA text with
-the real CUDA compiler.
+:func:`run_cuda`). :mod:`afgen.executor.nvrtc` compiles CUDA text as MLX-CUDA
+does (NVRTC, MLX's own headers from :mod:`afgen.executor.mlx_cuda_headers`);
+:func:`nvcc_check` compiles it with nvcc where NVRTC is not installed.
 """
 
 from afgen.executor.cpu_run import (
@@ -18,6 +19,7 @@ from afgen.executor.cpu_run import (
     KernelMemoryError,
     KernelRaceError,
     KernelRuntimeError,
+    KernelUndefinedBehaviourError,
     Param,
     Signature,
     compile_kernel,
@@ -45,6 +47,7 @@ __all__ = [
     "KernelMemoryError",
     "KernelRaceError",
     "KernelRuntimeError",
+    "KernelUndefinedBehaviourError",
     "Param",
     "Signature",
     "compile_kernel",

@@ -10,7 +10,14 @@ race (typically a missing barrier) and raises :class:`KernelRaceError`.
 Memory is poisoned so that bugs show up as wrong numbers or errors instead of
 passing by luck: threadgroup memory and (without ``init_value``) outputs start
 as 0xFF bytes (NaN for float types), inputs are surrounded by NaN guard bytes,
-and outputs by 0xA5 guard bytes that are checked after the run.
+and outputs by 0xA5 guard bytes that are checked after the run. The kernel unit
+is built with UBSan, which stops a run that indexes a thread-local or
+threadgroup array out of bounds (the guards only see the buffers) or does
+other undefined arithmetic (:class:`KernelUndefinedBehaviourError`), and
+uninitialised locals start as a fixed pattern. AddressSanitizer is not used:
+its shadow memory costs every one of up to 1024 threads per group, and the
+buffers it would watch live in the mapped launch file, which the guards
+already cover.
 """
 
 from __future__ import annotations
@@ -52,6 +59,21 @@ KERNEL_FLAGS = [
     "-ftrack-macro-expansion=0",
     "-fno-zero-initialized-in-bss",
 ]
+# Undefined behaviour in the kernel unit stops the run: an out-of-bounds index into a
+# thread-local or threadgroup array (``for (c = 0; c <= 8; ...)`` over ``float acc[8]``),
+# a shift past the width, an integer division by zero, signed overflow. A GPU would read or
+# write whatever lies next to the array; the guards around buffers cannot see that, UBSan
+# can. Uninitialised locals start as a 0xFE pattern (about -1.7e38 as a float) instead of
+# whatever the stack held, so a skipped initialisation shows up as wrong numbers.
+SANITIZE_FLAGS = [
+    "-fsanitize=undefined,bounds-strict",
+    "-fno-sanitize=vptr",
+    "-fno-sanitize-recover=all",
+    "-ftrivial-auto-var-init=pattern",
+]
+# What UBSan's runtime does on the first error: no stack trace, a distinctive exit code.
+UBSAN_OPTIONS = "print_stacktrace=0:exitcode=86:halt_on_error=1"
+UBSAN_EXIT = 86
 
 METAL_ATTRIBUTES = (
     "dispatch_quadgroups_per_threadgroup",
@@ -99,6 +121,11 @@ class KernelRuntimeError(KernelError):
 
 class KernelMemoryError(KernelRuntimeError):
     """The kernel wrote outside an output buffer."""
+
+
+class KernelUndefinedBehaviourError(KernelRuntimeError):
+    """The kernel did something C++ (and CUDA/MSL) leaves undefined, e.g. indexed a local
+    or threadgroup array out of bounds; reported by the sanitizer built into the run."""
 
 
 class KernelRaceError(KernelRuntimeError):
@@ -645,7 +672,7 @@ def _runtime_object() -> Path:
 def _compile_unit(api: str, unit: str, kernel_file: str, source: str) -> Path:
     """Compile and link one kernel unit; cached by a hash of everything used."""
     runtime = _runtime_object()
-    key = _digest(api, unit, _shim_text(), CXX, *COMMON_FLAGS, *KERNEL_FLAGS)
+    key = _digest(api, unit, _shim_text(), CXX, *COMMON_FLAGS, *KERNEL_FLAGS, *SANITIZE_FLAGS)
     exe = cache_dir() / f"kernel-{key}"
     if exe.exists():
         return exe
@@ -653,14 +680,15 @@ def _compile_unit(api: str, unit: str, kernel_file: str, source: str) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         src, obj, out = Path(tmp) / "unit.cpp", Path(tmp) / "unit.o", Path(tmp) / "kernel"
         src.write_text(unit)
-        cmd = [CXX, *COMMON_FLAGS, *KERNEL_FLAGS, f"-I{SHIM_DIR}", f"-I{includes}"]
+        cmd = [CXX, *COMMON_FLAGS, *KERNEL_FLAGS, *SANITIZE_FLAGS, f"-I{SHIM_DIR}",
+               f"-I{includes}"]
         proc = subprocess.run(
             [*cmd, "-c", str(src), "-o", str(obj)], capture_output=True, text=True
         )
         if proc.returncode != 0:
             raise KernelCompileError(_compile_message(proc.stderr, kernel_file, source))
         _move_bss_to_threadgroup_section(obj)
-        link = [CXX, "-pthread", str(obj), str(runtime), "-o", str(out), "-lm"]
+        link = [CXX, "-pthread", *SANITIZE_FLAGS, str(obj), str(runtime), "-o", str(out), "-lm"]
         proc = subprocess.run(link, capture_output=True, text=True)
         if proc.returncode != 0:
             raise KernelCompileError(f"kernel failed to link:\n{proc.stderr}")
@@ -774,6 +802,7 @@ def _start(exe: Path, blob: np.ndarray, workdir: Path, schedule: str) -> tuple:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "UBSAN_OPTIONS": UBSAN_OPTIONS},
     )
     return proc, path
 
@@ -793,12 +822,25 @@ def _finish(proc: subprocess.Popen, schedule: str, timeout: float) -> None:
     found = re.search(r"AFGEN_ERROR: (.*)", err or "")
     if found:
         raise KernelRuntimeError(f"{found.group(1)} ({schedule} schedule)")
+    found = re.search(r"(\S+:\d+:\d+: runtime error: .*)", err or "")
+    if found or proc.returncode == UBSAN_EXIT:
+        what = found.group(1) if found else (err or "").strip()
+        raise KernelUndefinedBehaviourError(f"undefined behaviour: {what} ({schedule} schedule)")
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         raise KernelRuntimeError(
             f"kernel crashed with {name} ({schedule} schedule): out-of-bounds access?"
         )
     raise KernelRuntimeError(f"kernel exited with status {proc.returncode}: {err}")
+
+
+def _with_kernel_line(message: str, source: str) -> str:
+    """Append the kernel line a sanitizer message points at (``kernel.cu:42:5: ...``)."""
+    where = re.search(r"kernel\.(?:cu|metal):(\d+):", message)
+    lines = source.splitlines()
+    if where and 0 < int(where.group(1)) <= len(lines):
+        return f"{message}\n  line {where.group(1)}: {lines[int(where.group(1)) - 1].strip()}"
+    return message
 
 
 def _read_outputs(path: Path, args: list[_Arg]) -> dict[str, np.ndarray]:
@@ -886,7 +928,10 @@ def _run(
     args = _bind(sig, inputs, outputs, init_value)
     geo = _geometry(api, grid, threadgroup)
     with tempfile.TemporaryDirectory(prefix="afgen-run-") as tmp:
-        results = _run_schedules(exe, api, geo, args, schedules, Path(tmp), timeout)
+        try:
+            results = _run_schedules(exe, api, geo, args, schedules, Path(tmp), timeout)
+        except KernelUndefinedBehaviourError as exc:
+            raise KernelUndefinedBehaviourError(_with_kernel_line(str(exc), source_full)) from None
     for other in results[1:]:
         _compare_schedules(sig, results[0], other)
     return results[0]
