@@ -283,8 +283,8 @@ def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan, backend:
         return CaseResult(backend, case, "float32", steps, float("nan"), float("nan"), False,
                           f"{type(exc).__name__}: {exc}")
     return CaseResult(backend, case, "float32", steps, tally.max_abs, tally.max_rel,
-                      tally.passed, "; ".join(tally.problems[:3]), tally.nonfinite,
-                      tally.worst_ratio)
+                      tally.passed, "; ".join(tally.problems[:3]), nonfinite=tally.nonfinite,
+                      ratio=tally.worst_ratio)
 
 
 def _adversarial_case(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
