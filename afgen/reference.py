@@ -1,14 +1,14 @@
 """The spec-order reference: a spec's update evaluated exactly as written, in one dtype.
 
-The float64 oracle is rendered from the *lowered* plan, so it inherits every rewrite the
-lowering makes (``rms(u)**2`` as a mean of factor products, say) and, in float64, cannot
-see where such a rewrite overflows float32. This module shares nothing with the lowering
-(no SymPy, no plan, no printers): it re-parses each equation's source text with ``ast``
-(the text already passed the whitelist of afgen/spec/expressions.py) and walks the tree
-left to right with NumPy, statement by statement, so that in float32 every operation
-rounds to float32 as a straightforward implementation of the spec would. Where that
-evaluation is finite, a correct backend must be finite too, and where it overflows the
-spec itself overflows.
+The float64 oracle is rendered from the *lowered* plan, so it would inherit any rewrite
+the lowering made (``rms(u)**2`` as a mean of factor products, as it once did) and, in
+float64, cannot see where such a rewrite overflows float32. This module shares nothing
+with the lowering (no SymPy, no plan, no printers): it re-parses each equation's source
+text with ``ast`` (the text already passed the whitelist of afgen/spec/expressions.py)
+and walks the tree left to right with NumPy, statement by statement, so that in float32
+every operation rounds to float32 as a straightforward implementation of the spec would.
+Where that evaluation is finite, a correct backend must be finite too, and where it
+overflows the spec itself overflows.
 
 Numerics, in the given dtype (float32 or float64; constants and hyperparameters are
 converted to it first, so nothing is promoted to float64 behind the scenes):

@@ -156,8 +156,3 @@ def to_sympy(expr: sympy.Basic) -> sympy.Basic:
         return expr
     return expr.func(*[to_sympy(a) for a in expr.args])
 
-
-def strip_rounding(expr: sympy.Basic) -> sympy.Basic:
-    """``expr`` without ``Rounded`` markers (where rounding is a no-op: float32 kernels,
-    the float64 oracle)."""
-    return expr.replace(lambda e: isinstance(e, Rounded), lambda e: e.args[0])
