@@ -28,9 +28,6 @@ from afgen.verify_adversarial import CONDITIONING
 
 BACKENDS = ("mlx", "metal", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
-# precision="param" is also verified in the 16-bit dtypes (state and, with MLX ops, math
-# in the parameter's dtype); in float32 it is the default precision's program.
-PARAM_DTYPES = ("float16", "bfloat16")
 # (atol, rtol) of one step against float64; 16-bit outputs allow one rounding.
 TOLERANCES = {"float32": (1e-6, 1e-4), "float16": (2e-5, 2 ** -10),
               "bfloat16": (2e-5, 2 ** -7)}
@@ -65,9 +62,11 @@ CONVERSION_SHAPES = {True: [(1, 767), (2, 1, 3, 5)], False: [(3071,), ()]}
 # gradients of one scale rms(u) stays near 1 and the clip (and the kernel pass that sums
 # u^2 for it) would not affect the result at all.
 GRAD_SCALES = (1.0, 4.0)
-# precision="param" keeps 16-bit state (other kernel sources); for float32 it is the same.
+# precision="param" keeps 16-bit state (other kernel sources; with MLX ops, the math is
+# in 16 bits too); for float32 it is the default precision's program.
 KERNEL_CASES = {"float32": ("float32",), "float16": ("float32", "param"),
                 "bfloat16": ("float32", "param")}
+PARAM_DTYPES = tuple(d for d, precisions in KERNEL_CASES.items() if "param" in precisions)
 
 
 @dataclass
