@@ -31,9 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from afgen.bookkeeping import dynamic_values, reoriented, static_values
-from afgen.lower.config import factor_axes, state_shape
-from afgen.spec.model import DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Spec
+from afgen.bookkeeping import Stepper, static_values
+from afgen.spec.model import FACTORED, GRAD, PARAM, STEP, Branch, Spec
 
 _BINARY: dict[type, Callable] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
                                  ast.Div: np.divide, ast.Pow: np.power}
@@ -169,24 +168,16 @@ class _Evaluator:
         return np.divide(total, self.dtype(folded))
 
 
-class SpecReference:
+class SpecReference(Stepper):
     """Steps a dict of parameters by the spec's text, in ``dtype``, the way the oracle
     (and the generated optimizer) step a tree: same state keys and shapes, schedules read
     before the step's increment, 1-based ``t``."""
 
     def __init__(self, spec: Spec, hyper: dict[str, object], dtype: type = np.float32,
                  bfloat16: bool = False):
-        self.spec = spec
+        super().__init__(spec, hyper)
         self.dtype = np.dtype(dtype).type
         self.bfloat16 = bfloat16  # float32 values, every operation rounded to bfloat16
-        self.hyper = {h.name: h.default for h in spec.hyperparameters}
-        unknown = set(hyper) - set(self.hyper)
-        if unknown:
-            raise ValueError(f"unknown hyperparameters: {sorted(unknown)}")
-        self.hyper.update(hyper)
-        self.step_count = 0
-        self.state: dict[str, dict[str, np.ndarray]] = {}
-        self._classes = {s.name: s.shape.label for s in spec.state}
         self._trees: dict[str, ast.AST] = {}
         self._statics = static_values(spec, self.hyper)
 
@@ -205,39 +196,14 @@ class SpecReference:
             self._tree(text, "eval"))
         return bool(value)
 
-    def init_state(self, name: str, param: np.ndarray) -> None:
-        axes = factor_axes(self.spec, tuple(param.shape), self.hyper)
-        self.state[name] = {
-            s.name: np.full(state_shape(s.shape, param.shape, axes), s.init, self.dtype)
-            for s in self.spec.state if self._holds(s.when_text, axes is not None)}
+    def live_state(self, shape: tuple[int, ...], axes: tuple[int, int] | None) -> set[str]:
+        return {s.name for s in self.spec.state if self._holds(s.when_text, axes is not None)}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
-             dtype_eps: float = float(np.finfo(np.float32).eps)) -> dict[str, np.ndarray]:
-        """One step over every parameter; returns the new parameters (in ``dtype``).
-        ``dtype_eps`` is the machine epsilon of the parameters' own dtype."""
-        scalars = {k: self.dtype(v) for k, v in
-                   dynamic_values(self.spec, self.hyper, self.step_count).items()}
-        scalars[DTYPE_EPS] = self.dtype(dtype_eps)
-        self.step_count += 1
-        scalars[STEP] = self.dtype(self.step_count)
-        out = {}
-        for name, grad in grads.items():
-            param = np.asarray(params[name], self.dtype)
-            if name not in self.state:
-                self.init_state(name, param)
-            if param.size == 0:
-                out[name] = param
-                continue
-            axes = factor_axes(self.spec, tuple(param.shape), self.hyper)
-            out[name] = reoriented(
-                lambda g, p, s, f=axes is not None: self._update(g, p, s, scalars, f),
-                axes, np.asarray(grad, self.dtype), param, self.state[name], self._classes)
-        return out
-
-    def _update(self, grad: np.ndarray, param: np.ndarray, state: dict[str, np.ndarray],
-                scalars: dict[str, object], factored: bool) -> np.ndarray:
-        """One parameter's update in the factored-axes-last view; writes ``state``."""
-        env: dict[str, object] = {**scalars, GRAD: grad, PARAM: param}
+    def update(self, grad: np.ndarray, param: np.ndarray, state: dict[str, np.ndarray],
+               scalars: dict[str, float], axes: tuple[int, int] | None) -> np.ndarray:
+        factored = axes is not None
+        env: dict[str, object] = {k: self.dtype(v) for k, v in scalars.items()}
+        env.update({STEP: self.dtype(self.step_count), GRAD: grad, PARAM: param})
         env.update({k: _expand(v, self._classes[k]) for k, v in state.items()})
         statics = {**self._statics, FACTORED: factored}
         evaluate = _Evaluator(self.dtype, env, statics, self.bfloat16)
