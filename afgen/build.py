@@ -7,8 +7,8 @@ import types
 from pathlib import Path
 
 from afgen.backends.module import render_module
-from afgen.compiler import Compiled, compile_spec
 from afgen.errors import Loc, SpecError
+from afgen.lower.compiler import Compiled, compile_spec
 from afgen.spec import Spec, load_spec
 
 

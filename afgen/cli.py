@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verify(compiled, steps: int, seed: int = 0, backends: list[str] | None = None,
             adversarial: bool = True) -> int:
-    from afgen.verify import verify
+    from afgen.check.verify import verify
 
     report = verify(compiled, steps=steps, seed=seed, backends=backends,
                     adversarial=adversarial)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         compiled = compile_path(args.spec)
         if args.command == "show":
-            from afgen.show import show
+            from afgen.report.show import show
 
             print(show(compiled))
             return 0

@@ -115,7 +115,7 @@ def torch_step_ms(shapes, dtype_name: str, foreach: bool, repeats: int, inner: i
 def plan_bytes_per_element(dtype_name: str) -> int:
     """Bytes per element the fused plan moves for a factored parameter, default options."""
     from afgen.build import compile_path
-    from afgen.traffic import plan_traffic
+    from afgen.report.traffic import plan_traffic
 
     compiled = compile_path(ROOT / "specs" / "adafactor.yaml")
     plan = next(p for p in compiled.plans if p.factored and not p.config.get("has_beta_1")

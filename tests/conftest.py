@@ -32,7 +32,7 @@ def module(compiled):
 @pytest.fixture(scope="session")
 def cuda_sources(compiled):
     """Every distinct full CUDA source that verification launches (found without running)."""
-    from afgen.verify import launched_sources
+    from afgen.check.verify import launched_sources
 
     return launched_sources(compiled, "cuda")
 

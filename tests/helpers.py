@@ -14,7 +14,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from afgen.kernel_runner import cpu_kernels
+from afgen.check.kernel_runner import cpu_kernels
 
 BACKENDS = ["mlx", "metal", "cuda"]
 GENERATED = sorted(path.stem for path in (Path(__file__).resolve().parent.parent /

@@ -11,12 +11,12 @@ import pytest
 from helpers import BACKENDS, backend_context, generated_class
 from mlx.utils import tree_flatten
 
-from afgen.adversarial import members
 from afgen.build import compile_path, load_class, load_module
-from afgen.oracle import Oracle
-from afgen.reference import SpecReference
-from afgen.verify import hyper_for, verify
-from afgen.verify_adversarial import Tally, compare
+from afgen.check.adversarial import members
+from afgen.check.oracle import Oracle
+from afgen.check.reference import SpecReference
+from afgen.check.verify import hyper_for, verify
+from afgen.check.verify_adversarial import Tally, compare
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(p.name for p in (ROOT / "specs").glob("*.yaml"))
@@ -151,7 +151,7 @@ update:
 
 
 def test_spec_order_reference_matches_the_oracle_on_every_construct():
-    from afgen.compiler import compile_spec
+    from afgen.lower.compiler import compile_spec
     from afgen.spec import parse_spec_text
 
     compiled = compile_spec(parse_spec_text(EVERY_CONSTRUCT, "every.yaml"))
@@ -211,7 +211,7 @@ def test_compare_counts_both_directions_and_allows_the_specs_own_error():
 def test_verification_flags_a_nonfinite_disagreement(monkeypatch):
     """A backend that puts one inf where the spec-order reference is finite fails its
     adversarial case, with the count in the table."""
-    import afgen.verify as verify_module
+    import afgen.check.verify as verify_module
 
     compiled = compile_path(ROOT / "specs" / "adam.yaml")
 
@@ -261,8 +261,8 @@ def test_every_spec_s_fused_kernels_pass_the_adversarial_families(spec, backend)
     four of each layout. (The torch spec's kernels were finite on 1e30 gradients where
     the spec is NaN, in its ``!has_eps1`` specialisations only, until max/min propagated
     NaN as mx.maximum does.)"""
-    from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
-    from afgen.verify import _adversarial_case
+    from afgen.check.kernel_runner import CpuKernelRunner, cpu_kernels
+    from afgen.check.verify import _adversarial_case
 
     compiled = compile_path(ROOT / "specs" / spec)
     plans = [p for layout in (True, False)

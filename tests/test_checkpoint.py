@@ -15,7 +15,7 @@ import pytest
 from helpers import MLP, run_steps, training_step, tree_bits
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from afgen.kernel_runner import cpu_kernels
+from afgen.check.kernel_runner import cpu_kernels
 from generated.adafactor import Adafactor
 
 RTOL = 2e-4  # tests/test_parity_mlx.py's tolerance against mlx.optimizers.Adafactor

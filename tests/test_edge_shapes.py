@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from afgen.kernel_runner import cpu_kernels
-from afgen.verify import verify_class
+from afgen.check.kernel_runner import cpu_kernels
+from afgen.check.verify import verify_class
 
 EMPTY = [(0,), (0, 5), (4, 0), (2, 0, 3)]
 ONE = [(1,), (1, 1), ()]

@@ -33,9 +33,9 @@ import pytest
 from kernel_mutants import Mutant, edits, mutants, sample
 
 from afgen.backends.gpu_driver import plan_kernels
+from afgen.check.kernel_runner import CpuKernelRunner, cpu_kernels
+from afgen.check.verify import KERNEL_SHAPES, verify_class
 from afgen.executor import KernelError
-from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
-from afgen.verify import KERNEL_SHAPES, verify_class
 
 PER_KIND = 8
 SEED = 0

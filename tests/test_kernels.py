@@ -6,8 +6,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
-from afgen.verify import KERNEL_SHAPES, verify_class
+from afgen.check.kernel_runner import CpuKernelRunner, cpu_kernels
+from afgen.check.verify import KERNEL_SHAPES, verify_class
 
 
 def _plan(compiled, factored=True, beta_1=True, scale=True):
@@ -125,8 +125,8 @@ def test_out_of_bounds_local_array_fails_verification(compiled, module, monkeypa
     """``for (c = 0; c <= 8; ...)`` over ``float acc[8]``: undefined behaviour that stays
     inside the thread's own stack frame, so no buffer guard sees it; the sanitizer built
     into the executor stops the run and verification reports the case as failed."""
-    import afgen.verify
-    from afgen.verify import verify
+    import afgen.check.verify
+    from afgen.check.verify import verify
 
     pattern = re.compile(r"(for \((?:uint|unsigned int) c = 0; c )<( \d+; \+\+c\) \{\n"
                          r"\s*acc_\w+\[c\] = 0\.0f;)")
@@ -138,7 +138,7 @@ def test_out_of_bounds_local_array_fails_verification(compiled, module, monkeypa
         assert table != module._KERNELS[backend], "no accumulator loop to mutate"
         kernels[backend] = table
     monkeypatch.setattr(module, "_KERNELS", kernels)
-    monkeypatch.setattr(afgen.verify, "load_module", lambda _: module)
+    monkeypatch.setattr(afgen.check.verify, "load_module", lambda _: module)
     small = type(compiled)(compiled.spec, [_plan(compiled, factored=True)])
     report = verify(small, steps=1, backends=["metal", "cuda"], dtypes=["float32"],
                     adversarial=False)
@@ -151,7 +151,7 @@ def test_out_of_bounds_local_array_fails_verification(compiled, module, monkeypa
 
 def test_every_launched_cuda_source_compiles_with_nvcc(cuda_sources):
     """Every CUDA source verification launches (16-bit outputs and state included)."""
-    from afgen.nvcc_batch import nvcc_check_all
+    from afgen.check.nvcc_batch import nvcc_check_all
 
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed (the NVRTC tests compile the same sources)")
@@ -159,9 +159,9 @@ def test_every_launched_cuda_source_compiles_with_nvcc(cuda_sources):
 
 
 def test_nvcc_rejects_a_broken_kernel(module):
+    from afgen.check.nvcc_batch import nvcc_check_all
     from afgen.executor import KernelCompileError
     from afgen.executor.cuda_source import cuda_full_source
-    from afgen.nvcc_batch import nvcc_check_all
 
     name, (ins, outs, src) = next(iter(module._KERNELS["cuda"].items()))
     inputs = [mx.zeros((9,), mx.uint32 if n == "dims" else mx.float32) for n in ins]

@@ -8,8 +8,8 @@ import sympy
 from afgen.backends.printers import cuda_code, mlx_code
 from afgen.build import compile_path
 from afgen.lower.config import all_configs
-from afgen.shapes import ShapeClass
 from afgen.spec.ops import Op, Times, to_sympy
+from afgen.spec.shapes import ShapeClass
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 

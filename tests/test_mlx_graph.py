@@ -1,4 +1,4 @@
-"""afgen.mlx_graph: MLX's own graph (primitives, shapes, dtypes) and the eager traffic of it.
+"""afgen.report.mlx_graph: MLX's own graph (primitives, shapes, dtypes) and the eager traffic of it.
 
 Every expected number here is derived by hand from the primitives MLX 0.32 emits, so a
 change in MLX's lowering shows up as a readable diff rather than a silently wrong report.
@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import pytest
 
-from afgen.mlx_graph import (
+from afgen.report.mlx_graph import (
     GraphNode,
     MlxGraphError,
     Traffic,

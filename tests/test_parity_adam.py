@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from afgen.build import compile_path, load_module
-from afgen.kernel_runner import cpu_kernels
+from afgen.check.kernel_runner import cpu_kernels
 
 SHAPES = {"s": (), "v": (7,), "m": (5, 9), "t": (2, 3, 4)}
 

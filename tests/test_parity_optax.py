@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from afgen.build import compile_path, load_module
-from afgen.kernel_runner import cpu_kernels
+from afgen.check.kernel_runner import cpu_kernels
 
 VECTORS = Path(__file__).parent / "vectors" / "optax_adafactor.npz"
 RENAMED = {"factored": "factored_second_moment"}  # the layout predicate is 'factored'

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from afgen.build import compile_path, load_module
-from afgen.kernel_runner import cpu_kernels
+from afgen.check.kernel_runner import cpu_kernels
 
 EPS1, EPS2, D = 1e-30, 1e-3, 1.0
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from afgen.build import compile_path, load_module
-from afgen.kernel_runner import cpu_kernels
+from afgen.check.kernel_runner import cpu_kernels
 
 SHAPES = {"s": (), "v": (9,), "m": (6, 10), "t": (2, 3, 5), "r": (1, 7)}
 

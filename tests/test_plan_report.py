@@ -1,7 +1,7 @@
 """The plan report: per-pass traffic, its lower bound, and MLX's own graph for comparison."""
-from afgen.show import show, traffic_report
-from afgen.traffic import lower_bound_bytes, plan_traffic, reference_traffic
-from afgen.verify import hyper_for
+from afgen.check.verify import hyper_for
+from afgen.report.show import show, traffic_report
+from afgen.report.traffic import lower_bound_bytes, plan_traffic, reference_traffic
 
 
 def _plan(compiled, factored, beta_1):
@@ -55,7 +55,7 @@ def test_show_prints_plan_and_report(compiled):
 def test_show_reports_state_bytes_per_parameter_against_adam(compiled):
     """Row + col state of a 4096x4096 matrix is (4096 + 4096) float32 values: 8192 * 4 /
     4096**2 B per element; a first moment adds a full tensor (4 B); Adam keeps 8 B."""
-    from afgen.show import state_memory_report
+    from afgen.report.show import state_memory_report
 
     lines = state_memory_report(compiled)
     assert "Adam keeps 2 full tensors = 8 B" in lines[0]

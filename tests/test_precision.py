@@ -96,7 +96,7 @@ def test_param_precision_of_a_variant_runs_the_variant(tmp_path):
     oracle in every dtype."""
     import afgen
     from afgen.build import compile_path
-    from afgen.verify import verify
+    from afgen.check.verify import verify
 
     text = (Path(__file__).resolve().parent.parent / "specs" / "adafactor.yaml").read_text()
     assert "else 1e-2, rsqrt(t))" in text
@@ -178,7 +178,7 @@ def test_stochastic_rounding_keeps_small_updates_on_average(backend):
     import contextlib
 
     import generated.adam as adam_module
-    from afgen.kernel_runner import cpu_kernels
+    from afgen.check.kernel_runner import cpu_kernels
 
     ctx = contextlib.nullcontext() if backend == "mlx" else cpu_kernels(adam_module)
     with ctx:

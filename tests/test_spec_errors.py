@@ -5,8 +5,8 @@ import pytest
 
 from afgen.build import compile_path
 from afgen.cli import main
-from afgen.compiler import compile_spec
 from afgen.errors import SpecError
+from afgen.lower.compiler import compile_spec
 from afgen.spec import parse_spec_text
 
 BASE = """\

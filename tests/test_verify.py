@@ -6,7 +6,7 @@ import pytest
 
 from afgen.backends import printers
 from afgen.backends.kernels import tile
-from afgen.verify import KERNEL_CASES, KERNEL_SHAPES, verify
+from afgen.check.verify import KERNEL_CASES, KERNEL_SHAPES, verify
 
 
 def test_every_specialisation_passes(compiled):
@@ -93,7 +93,7 @@ def test_bfloat16_rounding_of_the_reference_is_mlx_s():
     import mlx.core as mx
     import numpy as np
 
-    from afgen.reference import round_to_bfloat16
+    from afgen.check.reference import round_to_bfloat16
 
     rng = np.random.default_rng(0)
     values = np.concatenate([

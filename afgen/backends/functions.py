@@ -15,8 +15,8 @@ import sympy
 
 from afgen.backends.printers import is_wide, mlx_code, numpy_code
 from afgen.lower.plan import KernelPlan, Step
-from afgen.shapes import ReduceAxes, ShapeClass
 from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
+from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from afgen.backends.functions import MLX, atom_loads
 from afgen.backends.kernels import DIALECTS, PassKernel, kernel_header, pass_kernel, tile
 from afgen.backends.printers import mlx_code
 from afgen.lower.plan import KernelPlan, Schedule
-from afgen.shapes import ReduceAxes, ShapeClass
 from afgen.spec.model import GRAD, PARAM, Spec
+from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 SMALL_PACKERS = {ShapeClass.ROW: "_rows", ShapeClass.COL: "_cols", ShapeClass.BATCH: "_batches"}
 

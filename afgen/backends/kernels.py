@@ -16,8 +16,8 @@ import sympy
 from afgen.backends.printers import cuda_code, metal_code
 from afgen.backends.render import render
 from afgen.lower.plan import KernelPlan, Pass
-from afgen.shapes import ReduceAxes, ShapeClass
 from afgen.spec.model import PARAM
+from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 THREADS = 256  # 8 SIMD groups / warps of 32
 WARPS = THREADS // 32

@@ -11,9 +11,9 @@ from afgen.backends.gpu_driver import driver_model, headers, plan_kernels
 from afgen.backends.kernels import DIALECTS, THREADS
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
-from afgen.compiler import Compiled
-from afgen.shapes import ShapeClass
+from afgen.lower.compiler import Compiled
 from afgen.spec.model import FACTORED, Hyperparameter, Spec
+from afgen.spec.shapes import ShapeClass
 
 ANNOTATIONS = {
     "float": "float",

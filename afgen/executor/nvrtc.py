@@ -27,9 +27,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from afgen.check.nvcc_batch import combined_unit
 from afgen.executor.cpu_run import KernelCompileError, cache_dir
 from afgen.executor.mlx_cuda_headers import MlxCudaHeaders, load
-from afgen.nvcc_batch import combined_unit
 
 ARCH = "sm_90a"  # MLX: sm_<major><minor> plus "a" from compute capability 9 (H100/H200)
 OPTIONS = ("--device-as-default-execution-space", f"--gpu-architecture={ARCH}")

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import sympy
 
-from afgen.shapes import ShapeClass
 from afgen.spec.model import FACTORED, LAYOUT_COLS, LAYOUT_NDIM, LAYOUT_ROWS, Spec
+from afgen.spec.shapes import ShapeClass
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,6 @@ def all_configs(spec: Spec) -> list[StaticConfig]:
             if requirement_holds(spec, config):
                 out.append(config)
     return sorted(out, key=lambda c: not c.factored)
-
-
-def config_from_values(spec: Spec, values: dict[str, bool], factored: bool) -> StaticConfig:
-    return StaticConfig(tuple((n, bool(values[n])) for n in spec.static_names), factored)
 
 
 def factor_axes(spec: Spec, shape: tuple[int, ...], hyper: dict[str, object]

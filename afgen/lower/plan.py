@@ -19,7 +19,7 @@ import sympy
 
 from afgen.lower.config import StaticConfig
 from afgen.lower.specialise import Program, Reduction, shape_of
-from afgen.shapes import ReduceAxes, ShapeClass
+from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
 @dataclass(frozen=True)

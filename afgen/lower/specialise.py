@@ -15,7 +15,6 @@ from sympy.core.function import AppliedUndef
 
 from afgen.errors import SpecError
 from afgen.lower.config import StaticConfig
-from afgen.shapes import ReduceAxes, ShapeClass, join_multiplicative
 from afgen.spec.expressions import reduction_of, undefined_constant
 from afgen.spec.model import (
     DTYPE_EPS,
@@ -28,6 +27,7 @@ from afgen.spec.model import (
     Statement,
 )
 from afgen.spec.ops import Rounded
+from afgen.spec.shapes import ReduceAxes, ShapeClass, join_multiplicative
 
 
 @dataclass(frozen=True)

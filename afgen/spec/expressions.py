@@ -17,7 +17,6 @@ from typing import Protocol
 import sympy
 
 from afgen.errors import Loc, SpecError
-from afgen.shapes import ReduceAxes, ShapeClass, ShapeMismatch, join_additive, join_multiplicative
 from afgen.spec.ops import (
     BINARY_OPERATORS,
     UNARY_FUNCTIONS,
@@ -28,6 +27,13 @@ from afgen.spec.ops import (
     Sqrt,
     Square,
     to_sympy,
+)
+from afgen.spec.shapes import (
+    ReduceAxes,
+    ShapeClass,
+    ShapeMismatch,
+    join_additive,
+    join_multiplicative,
 )
 
 MAX_EXPRESSION_CHARS = 2000

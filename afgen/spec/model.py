@@ -7,7 +7,7 @@ from typing import Union
 import sympy
 
 from afgen.errors import Loc
-from afgen.shapes import ShapeClass
+from afgen.spec.shapes import ShapeClass
 
 HYPER_KINDS = ("float", "int", "bool", "optional_float", "schedule", "pair")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import sympy
 
 from afgen.errors import Loc, SpecError
-from afgen.shapes import ShapeClass
 from afgen.spec.expressions import (
     FUNCTIONS,
     NUM,
@@ -41,6 +40,7 @@ from afgen.spec.model import (
     Statement,
     StateTensor,
 )
+from afgen.spec.shapes import ShapeClass
 from afgen.spec.yamlnodes import Node, parse_yaml
 
 TOP_KEYS = {"optimizer": True, "summary": False, "reference": False, "hyperparameters": True,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from afgen.bookkeeping import Stepper, static_values
+from afgen.check.bookkeeping import Stepper, static_values
 from afgen.spec.model import FACTORED, GRAD, PARAM, STEP, Branch, Spec
 
 _BINARY: dict[type, Callable] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,

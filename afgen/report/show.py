@@ -6,7 +6,7 @@ import math
 import sympy
 from sympy.printing.latex import greek_letters_set
 
-from afgen.compiler import Compiled
+from afgen.lower.compiler import Compiled
 from afgen.lower.config import state_shape
 from afgen.lower.plan import KernelPlan, Schedule
 from afgen.spec.model import Branch, Statement
@@ -80,8 +80,8 @@ REPORT_SHAPES = {True: (4096, 4096), False: (4096 * 4096,)}
 def traffic_report(compiled: Compiled, param_bytes: int = 4, state_bytes: int = 4) -> list[str]:
     """Per specialisation: launches and bytes per parameter element of every pass, the
     lower bound, and what the reference MLX optimizer's own graph moves."""
-    from afgen.traffic import lower_bound_bytes, plan_traffic, reference_traffic
-    from afgen.verify import hyper_for
+    from afgen.check.verify import hyper_for
+    from afgen.report.traffic import lower_bound_bytes, plan_traffic, reference_traffic
 
     dtype = {4: "float32", 2: "bfloat16"}[param_bytes]
     lines = [f"memory traffic per parameter element ({dtype} parameters, "

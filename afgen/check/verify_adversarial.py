@@ -1,10 +1,10 @@
 """Adversarial verification: the generated class against two references at once.
 
-For one specialisation and backend, every adversarial family member (afgen/adversarial.py)
+For one specialisation and backend, every adversarial family member (afgen/check/adversarial.py)
 whose layout selects that specialisation goes into one parameter tree, and each step is
 taken three ways from the same parameters and state: by the generated class, by the
 float64 oracle (rendered from the lowered plan) and by the float32 spec-order reference
-(afgen/reference.py, which reads the spec text). Per element of the parameter and of
+(afgen/check/reference.py, which reads the spec text). Per element of the parameter and of
 every state tensor, a case fails when
 
 (a) the backend is finite where the float32 spec-order reference is not, or the other way
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from afgen.adversarial import Member, members
-from afgen.compiler import Compiled
+from afgen.check.adversarial import Member, members
+from afgen.check.oracle import Oracle
+from afgen.check.reference import SpecReference
+from afgen.lower.compiler import Compiled
 from afgen.lower.config import factor_axes
 from afgen.lower.plan import KernelPlan
-from afgen.oracle import Oracle
-from afgen.reference import SpecReference
 
 STEPS = 2
 CONDITIONING = 8.0  # K: how many times the spec's own float32 error a backend may have

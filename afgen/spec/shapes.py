@@ -82,11 +82,3 @@ class ReduceAxes(enum.Enum):
             raise ShapeMismatch(f"{self.value} reductions need a full value, not a "
                                 f"{operand.label} one")
         return ShapeClass.ROW if self is ReduceAxes.ROWWISE else ShapeClass.COL
-
-    def numpy_axes(self, operand: ShapeClass) -> tuple[int, ...] | None:
-        """Axes to reduce in the keepdims broadcast layout (row = (*B, M, 1), col = (*B, 1, N))."""
-        if self is ReduceAxes.ALL:
-            return None
-        if self is ReduceAxes.MATRIXWISE:
-            return (-2, -1)
-        return (-1,) if self is ReduceAxes.ROWWISE else (-2,)

@@ -12,8 +12,8 @@ import numpy as np
 
 from afgen.backends.functions import NUMPY, function_model
 from afgen.backends.render import render
-from afgen.bookkeeping import Stepper, static_values
-from afgen.compiler import Compiled
+from afgen.check.bookkeeping import Stepper, static_values
+from afgen.lower.compiler import Compiled
 from afgen.lower.config import StaticConfig
 from afgen.lower.plan import KernelPlan
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import sympy
 
 from afgen.lower.plan import KernelPlan, _level, reduction_levels
-from afgen.shapes import ShapeClass
 from afgen.spec.model import GRAD, PARAM
+from afgen.spec.shapes import ShapeClass
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def reference_traffic(reference: str, hyper: dict, shape: tuple[int, ...], dtype
     when the spec names no ``mlx.optimizers`` class."""
     import mlx.optimizers as optim
 
-    from afgen.mlx_graph import graph_traffic, optimizer_graph
+    from afgen.report.mlx_graph import graph_traffic, optimizer_graph
 
     if not reference.startswith("mlx.optimizers."):
         return None

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from afgen.build import load_module
-from afgen.compiler import Compiled
+from afgen.check.oracle import Oracle
+from afgen.check.reference import SpecReference
+from afgen.check.verify_adversarial import CONDITIONING
+from afgen.lower.compiler import Compiled
 from afgen.lower.plan import KernelPlan
-from afgen.oracle import Oracle
-from afgen.reference import SpecReference
-from afgen.verify_adversarial import CONDITIONING
 
 BACKENDS = ("mlx", "metal", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -269,10 +269,10 @@ def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtyp
 
 def verify_adversarial(compiled: Compiled, cls: type, plan: KernelPlan, backend: str,
                        steps: int = 2) -> CaseResult:
-    """The adversarial families (afgen/verify_adversarial.py) in float32, one tree per
+    """The adversarial families (afgen/check/verify_adversarial.py) in float32, one tree per
     step; a kernel that fails to compile or faults is a failed case."""
+    from afgen.check.verify_adversarial import run_case
     from afgen.executor import KernelError
-    from afgen.verify_adversarial import run_case
 
     case = "adversarial " + plan.config.restricted(plan.program.used_statics).label
     try:
@@ -316,7 +316,7 @@ def fused_cases(plan: KernelPlan, dtypes: list[str] | None = None) -> list[tuple
 def launched_sources(compiled: Compiled, backend: str) -> list[str]:
     """Every distinct full kernel source that verification launches for ``backend``,
     found in seconds: the same cases, one step each, with a runner that only records."""
-    from afgen.kernel_runner import SourceRecorder, cpu_kernels
+    from afgen.check.kernel_runner import SourceRecorder, cpu_kernels
 
     module = load_module(compiled)
     cls = getattr(module, compiled.spec.class_name)
@@ -330,8 +330,8 @@ def launched_sources(compiled: Compiled, backend: str) -> list[str]:
 def _compile_cuda(sources: list[str], report: Report) -> None:
     """Compile every CUDA source that ran: with NVRTC, MLX's headers and options when
     they are installed (what MLX-CUDA itself runs), else with nvcc (a stand-in header)."""
+    from afgen.check.nvcc_batch import nvcc_check_all
     from afgen.executor import KernelError, nvrtc
-    from afgen.nvcc_batch import nvcc_check_all
 
     compiler = nvrtc.setup()
     if compiler is not None:
@@ -360,7 +360,7 @@ def _backend_context(module: object, backend: str, report: Report):
     """Real device when MLX has it, else the CPU executor (noted in the report), yielding
     its kernel runner (None on a device); on the executor, every CUDA source that ran is
     also compiled for the GPU, in one batch."""
-    from afgen.kernel_runner import CpuKernelRunner, cpu_kernels
+    from afgen.check.kernel_runner import CpuKernelRunner, cpu_kernels
 
     if backend == "mlx" or device_available(backend):
         if backend != "mlx":
