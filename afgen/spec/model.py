@@ -1,6 +1,7 @@
 """The typed spec model: what a validated spec says, with SymPy expressions inside."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -126,6 +127,16 @@ class Spec:
     state: tuple[StateTensor, ...]
     update: tuple[Statement, ...]
     text: str
+
+    def equations(self) -> Iterator[Equation]:
+        """Every equation of the update, in spec order, branches flattened."""
+        pending = list(self.update)
+        while pending:
+            statement = pending.pop(0)
+            if isinstance(statement, Branch):
+                pending[:0] = [*statement.then, *statement.orelse]
+            else:
+                yield statement
 
     def hyper(self, name: str) -> Hyperparameter:
         return next(h for h in self.hyperparameters if h.name == name)

@@ -1,0 +1,118 @@
+"""The naming rule of generated code: spec names verbatim, the generator's names fresh.
+
+Every name a spec introduces (hyperparameters and their components, state tensors, the
+values its update assigns) is written unchanged into the generated Python and kernel text,
+so a reader finds ``beta2t`` where the spec says ``beta2t``. Two things make that safe:
+
+* a spec name that a target language or the generated module itself cannot give up is
+  refused where the spec writes it (:func:`check_spec_names`): keywords and builtins of
+  Python, keywords and built-in names of C++/Metal/CUDA, the names the generated module
+  binds at top level, and (for hyperparameters, stored as ``self.<name>``) every attribute
+  a generated optimizer already has;
+* every other name (temporaries, kernel locals, buffers, loop indices) is drawn from a
+  :class:`SymbolTable` that already holds the spec's names, so the generator renames its
+  own names (``size`` becomes ``size_1``), never the spec's.
+"""
+from __future__ import annotations
+
+import builtins
+import keyword
+from collections.abc import Iterable
+
+from afgen.errors import SpecError
+from afgen.spec.model import Spec
+
+# Python: keywords (soft ones too: ``match``/``case``/``type`` are legal names, but a
+# reader should not meet them as values) and every builtin.
+PYTHON_RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(
+    name for name in dir(builtins) if not name.startswith("_"))
+
+# C++ keywords and alternative tokens, plus what Metal and CUDA add: address spaces,
+# attribute and built-in type names, and the kernel-function qualifiers.
+C_FAMILY_RESERVED = frozenset("""
+alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t
+char16_t char32_t class compl concept const consteval constexpr constinit const_cast
+continue co_await co_return co_yield decltype default delete do double dynamic_cast else
+enum explicit export extern false float for friend goto if inline int long mutable
+namespace new noexcept not not_eq nullptr operator or or_eq private protected public
+register reinterpret_cast requires return short signed sizeof static static_assert
+static_cast struct switch template this thread_local throw true try typedef typeid typename
+union unsigned using virtual void volatile wchar_t while xor xor_eq
+NULL main std metal
+device constant thread threadgroup threadgroup_imageblock ray_data object_data kernel
+vertex fragment visible stitchable half uint ushort uchar ulong size_t ptrdiff_t
+bfloat bfloat16_t float2 float3 float4 half2 half3 half4 uint2 uint3 uint4 int2 int3 int4
+simd_sum simd_shuffle simd_shuffle_down threadgroup_barrier mem_flags
+__global__ __device__ __host__ __shared__ __constant__ __restrict__ __syncthreads
+__shfl_down_sync __shfl_xor_sync __float_as_uint __uint_as_float __half __nv_bfloat16
+blockIdx blockDim threadIdx gridDim warpSize dim3 uint32_t int32_t uint64_t int64_t
+uint16_t int16_t uint8_t int8_t
+""".split())
+
+
+class SymbolTable:
+    """The names taken in one scope of generated code (a module, a function, a kernel).
+
+    ``claim`` takes a name exactly (a spec's name, or a name the template spells
+    literally) and refuses a second claim; ``fresh`` gives a generator-owned name: the
+    hint if free, else the hint with the first free numeric suffix."""
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self._taken: set[str] = set(taken)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._taken
+
+    def claim(self, name: str) -> str:
+        if name in self._taken:
+            raise ValueError(f"'{name}' is already taken in this scope")
+        self._taken.add(name)
+        return name
+
+    def fresh(self, hint: str) -> str:
+        name, suffix = hint, 1
+        while name in self._taken:
+            name = f"{hint}_{suffix}"
+            suffix += 1
+        self._taken.add(name)
+        return name
+
+    def child(self) -> SymbolTable:
+        """A nested scope: sees every name taken here, adds its own without leaking back."""
+        return SymbolTable(self._taken)
+
+
+def spec_names(spec: Spec) -> dict[str, object]:
+    """Every name the spec introduces, mapped to where it first writes it (a Loc)."""
+    found: dict[str, object] = {}
+    for h in spec.hyperparameters:
+        for name in (h.name, *h.component_names):
+            found.setdefault(name, h.loc)
+    for s in spec.state:
+        found.setdefault(s.name, s.loc)
+    for equation in spec.equations():
+        found.setdefault(equation.target, equation.loc)
+    return found
+
+
+def check_spec_names(spec: Spec, module_names: Iterable[str],
+                     optimizer_attributes: Iterable[str]) -> None:
+    """Refuse a spec name the generated code cannot keep verbatim (see the module doc)."""
+    module_names = frozenset(module_names)
+    attributes = frozenset(optimizer_attributes)
+    for name, loc in spec_names(spec).items():
+        if name in PYTHON_RESERVED:
+            why = "a Python keyword or builtin"
+        elif name in C_FAMILY_RESERVED:
+            why = "a C++/Metal/CUDA keyword or built-in name"
+        elif name in module_names:
+            why = "a name the generated module already binds"
+        else:
+            continue
+        raise SpecError(loc, f"'{name}' is {why}; spec names are written verbatim into the "
+                        "generated code, so choose another name")
+    for h in spec.hyperparameters:
+        if h.name in attributes:
+            raise SpecError(h.loc, f"'{h.name}' is already an attribute of every generated "
+                            "optimizer (hyperparameters are stored as self.<name>); choose "
+                            "another name")
