@@ -153,8 +153,6 @@ class Adafactor(Optimizer):
     def _static_key(self, factored: bool) -> tuple:
         return (
             bool(self.scale_parameter),
-            bool(self.relative_step),
-            bool(self.warmup_init),
             "learning_rate" in self.state,
             self.beta_1 is not None,
             factored,
@@ -244,21 +242,24 @@ class Adafactor(Optimizer):
 # Values use a broadcast layout: row (*B, M, 1), col (*B, 1, N), batch (*B, 1, 1).
 # ---------------------------------------------------------------------------------------
 
-def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state):
+def _mlx_factored__scale_parameter__has_beta_1(self, gradient, parameter, state):
     """Specialised for:
-    factored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    factored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    factored scale_parameter has_learning_rate has_beta_1
+    factored scale_parameter !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
@@ -275,7 +276,7 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     h1 = mx.rsqrt(x5)
     x4 = h0 * h1 * grad
     red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x6 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x6
     h3 = 1 - beta_1
     h4 = x6
@@ -287,20 +288,23 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     return self._write_parameter(param + param * h2 - x7, parameter)
 
 
-def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state):
+def _mlx_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, state):
     """Specialised for:
-    factored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    factored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    factored scale_parameter has_learning_rate !has_beta_1
+    factored scale_parameter !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0 = mx.mean(mx.square(param))
@@ -316,7 +320,7 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     h1 = mx.rsqrt(x5)
     x4 = h0 * h1 * grad
     red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x6 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x6
     h3 = x6
     h4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
@@ -325,184 +329,23 @@ def _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
 
 
-def _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state):
+def _mlx_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
     """Specialised for:
-    factored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    factored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    factored !scale_parameter has_learning_rate has_beta_1
+    factored !scale_parameter !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red1
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red3)
-    x5 = x1 * exp_avg_sq_col + x2 * red2
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x6
-    h3 = 1 - beta_1
-    h4 = x6
-    h5 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    x7 = beta_1 * exp_avg + h3 * (h4 * (x4 / h5))
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(x7, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x7, parameter)
-
-
-def _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    factored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red1
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red3)
-    x5 = x1 * exp_avg_sq_col + x2 * red2
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x6
-    h3 = x6
-    h4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
-
-
-def _mlx_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state):
-    """Specialised for:
-    factored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    factored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red1
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red3)
-    x5 = x1 * exp_avg_sq_col + x2 * red2
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    h2 = -weight_decay * x6
-    h3 = 1 - beta_1
-    h4 = x6
-    h5 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    x7 = beta_1 * exp_avg + h3 * (h4 * (x4 / h5))
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(x7, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x7, parameter)
-
-
-def _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    factored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red1
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red3)
-    x5 = x1 * exp_avg_sq_col + x2 * red2
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    h2 = -weight_decay * x6
-    h3 = x6
-    h4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
-
-
-def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
-    """Specialised for:
-    factored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    factored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
@@ -518,7 +361,7 @@ def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     h1 = mx.rsqrt(x5)
     x4 = h0 * h1 * grad
     red3 = mx.mean(mx.square(x4))
-    x6 = _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x6 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x6
     h3 = 1 - beta_1
     h4 = x6
@@ -530,19 +373,22 @@ def _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     return self._write_parameter(param + param * h2 - x7, parameter)
 
 
-def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
+def _mlx_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
     """Specialised for:
-    factored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    factored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    factored !scale_parameter has_learning_rate !has_beta_1
+    factored !scale_parameter !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     x0 = mx.square(grad) + eps1
@@ -557,7 +403,7 @@ def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     h1 = mx.rsqrt(x5)
     x4 = h0 * h1 * grad
     red3 = mx.mean(mx.square(x4))
-    x6 = _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x6 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x6
     h3 = x6
     h4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
@@ -566,177 +412,24 @@ def _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
 
 
-def _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state):
+def _mlx_flat__scale_parameter__has_beta_1(self, gradient, parameter, state):
     """Specialised for:
-    factored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    factored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    unfactored scale_parameter has_learning_rate has_beta_1
+    unfactored scale_parameter !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    x0 = mx.square(grad) + eps1
-    red0 = mx.mean(x0, axis=-1, keepdims=True)
-    red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red0
-    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2)
-    x5 = x1 * exp_avg_sq_col + x2 * red1
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red3 = mx.mean(mx.square(x4))
-    x6 = _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x6
-    h3 = 1 - beta_1
-    h4 = x6
-    h5 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    x7 = beta_1 * exp_avg + h3 * (h4 * (x4 / h5))
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(x7, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x7, parameter)
-
-
-def _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    factored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    x0 = mx.square(grad) + eps1
-    red0 = mx.mean(x0, axis=-1, keepdims=True)
-    red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red0
-    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2)
-    x5 = x1 * exp_avg_sq_col + x2 * red1
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red3 = mx.mean(mx.square(x4))
-    x6 = _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x6
-    h3 = x6
-    h4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
-
-
-def _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state):
-    """Specialised for:
-    factored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    factored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    x0 = mx.square(grad) + eps1
-    red0 = mx.mean(x0, axis=-1, keepdims=True)
-    red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red0
-    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2)
-    x5 = x1 * exp_avg_sq_col + x2 * red1
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red3 = mx.mean(mx.square(x4))
-    x6 = learning_rate
-    h2 = -weight_decay * x6
-    h3 = 1 - beta_1
-    h4 = x6
-    h5 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    x7 = beta_1 * exp_avg + h3 * (h4 * (x4 / h5))
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(x7, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x7, parameter)
-
-
-def _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    factored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    x0 = mx.square(grad) + eps1
-    red0 = mx.mean(x0, axis=-1, keepdims=True)
-    red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red0
-    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2)
-    x5 = x1 * exp_avg_sq_col + x2 * red1
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red3 = mx.mean(mx.square(x4))
-    x6 = learning_rate
-    h2 = -weight_decay * x6
-    h3 = x6
-    h4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
-
-
-def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    unfactored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
@@ -746,7 +439,7 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
     x1 = mx.rsqrt(x0) * grad
     red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x3 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x3
     h3 = 1 - beta_1
     h4 = x3
@@ -757,20 +450,23 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     return self._write_parameter(param + param * h2 - x4, parameter)
 
 
-def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state):
+def _mlx_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state):
     """Specialised for:
-    unfactored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    unfactored scale_parameter has_learning_rate !has_beta_1
+    unfactored scale_parameter !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
     x2 = 1 - _as(t ** decay_rate, cdt)
@@ -779,7 +475,7 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
     x1 = mx.rsqrt(x0) * grad
     red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x3 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x3
     h3 = x3
     h4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -787,152 +483,23 @@ def _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
 
 
-def _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state):
+def _mlx_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
     """Specialised for:
-    unfactored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    unfactored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    unfactored !scale_parameter has_learning_rate has_beta_1
+    unfactored !scale_parameter !has_learning_rate has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x3
-    h3 = 1 - beta_1
-    h4 = x3
-    h5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    x4 = beta_1 * exp_avg + h3 * (h4 * (x1 / h5))
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(x4, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x4, parameter)
-
-
-def _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    unfactored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x3
-    h3 = x3
-    h4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
-
-
-def _mlx_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    unfactored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    h2 = -weight_decay * x3
-    h3 = 1 - beta_1
-    h4 = x3
-    h5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    x4 = beta_1 * exp_avg + h3 * (h4 * (x1 / h5))
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(x4, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x4, parameter)
-
-
-def _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    h2 = -weight_decay * x3
-    h3 = x3
-    h4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
-
-
-def _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    unfactored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
     x2 = 1 - _as(t ** decay_rate, cdt)
@@ -941,7 +508,7 @@ def _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
     x1 = mx.rsqrt(x0) * grad
     red0 = mx.mean(mx.square(x1))
-    x3 = _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
+    x3 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x3
     h3 = 1 - beta_1
     h4 = x3
@@ -952,19 +519,22 @@ def _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     return self._write_parameter(param + param * h2 - x4, parameter)
 
 
-def _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
+def _mlx_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
     """Specialised for:
-    unfactored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    unfactored !scale_parameter has_learning_rate !has_beta_1
+    unfactored !scale_parameter !has_learning_rate !has_beta_1
     """
     cdt = mx.float32 if self.precision == "float32" else parameter.dtype
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
     x2 = 1 - _as(t ** decay_rate, cdt)
     h0 = x2
@@ -972,131 +542,7 @@ def _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self
     x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
     x1 = mx.rsqrt(x0) * grad
     red0 = mx.mean(mx.square(x1))
-    x3 = _as(mx.minimum(1e-06 * t, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x3
-    h3 = x3
-    h4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
-
-
-def _mlx_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    unfactored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red0 = mx.mean(mx.square(x1))
-    x3 = _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x3
-    h3 = 1 - beta_1
-    h4 = x3
-    h5 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    x4 = beta_1 * exp_avg + h3 * (h4 * (x1 / h5))
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(x4, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x4, parameter)
-
-
-def _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    unfactored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red0 = mx.mean(mx.square(x1))
-    x3 = _as(mx.minimum(0.01, mx.rsqrt(t)), cdt)
-    h2 = -weight_decay * x3
-    h3 = x3
-    h4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
-
-
-def _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    unfactored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red0 = mx.mean(mx.square(x1))
-    x3 = learning_rate
-    h2 = -weight_decay * x3
-    h3 = 1 - beta_1
-    h4 = x3
-    h5 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    x4 = beta_1 * exp_avg + h3 * (h4 * (x1 / h5))
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(x4, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x4, parameter)
-
-
-def _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red0 = mx.mean(mx.square(x1))
-    x3 = learning_rate
+    x3 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
     h2 = -weight_decay * x3
     h3 = x3
     h4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
@@ -1105,54 +551,22 @@ def _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient,
 
 
 _SPECIALISED = {
-    (True, True, True, True, True, True): _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, False, True, True): _mlx_factored__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, True, False, True): _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, True, False, False, True): _mlx_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, False, True, True, True): _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, False, True, True): _mlx_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, True, False, True): _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, True, False, False, False, True): _mlx_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, False, True, True, True, True): _mlx_factored__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, False, True, True, True): _mlx_factored__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, True, True, False, True): _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1,
-    (True, False, False, True, False, True): _mlx_factored__scale_parameter__no_relative_step_no_has_beta_1,
-    (False, True, True, True, True, True): _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, False, True, True): _mlx_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, True, False, True): _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, True, False, False, True): _mlx_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, False, True, True, True): _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, False, True, True): _mlx_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, True, False, True): _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, True, False, False, False, True): _mlx_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, False, True, True, True, True): _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, False, True, True, True): _mlx_factored__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, True, True, False, True): _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1,
-    (False, False, False, True, False, True): _mlx_factored__no_scale_parameter_no_relative_step_no_has_beta_1,
-    (True, True, True, True, True, False): _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, False, True, False): _mlx_flat__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, True, False, False): _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, True, False, False, False): _mlx_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, False, True, True, False): _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, False, True, False): _mlx_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, True, False, False): _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, True, False, False, False, False): _mlx_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, False, True, True, True, False): _mlx_flat__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, False, True, True, False): _mlx_flat__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, True, True, False, False): _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1,
-    (True, False, False, True, False, False): _mlx_flat__scale_parameter__no_relative_step_no_has_beta_1,
-    (False, True, True, True, True, False): _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, False, True, False): _mlx_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, True, False, False): _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, True, False, False, False): _mlx_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, False, True, True, False): _mlx_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, False, True, False): _mlx_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, True, False, False): _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, True, False, False, False, False): _mlx_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, False, True, True, True, False): _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, False, True, True, False): _mlx_flat__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, True, True, False, False): _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1,
-    (False, False, False, True, False, False): _mlx_flat__no_scale_parameter_no_relative_step_no_has_beta_1,
+    (True, True, True, True): _mlx_factored__scale_parameter__has_beta_1,
+    (True, False, True, True): _mlx_factored__scale_parameter__has_beta_1,
+    (True, True, False, True): _mlx_factored__scale_parameter__no_has_beta_1,
+    (True, False, False, True): _mlx_factored__scale_parameter__no_has_beta_1,
+    (False, True, True, True): _mlx_factored__has_beta_1__no_scale_parameter,
+    (False, False, True, True): _mlx_factored__has_beta_1__no_scale_parameter,
+    (False, True, False, True): _mlx_factored__no_scale_parameter_no_has_beta_1,
+    (False, False, False, True): _mlx_factored__no_scale_parameter_no_has_beta_1,
+    (True, True, True, False): _mlx_flat__scale_parameter__has_beta_1,
+    (True, False, True, False): _mlx_flat__scale_parameter__has_beta_1,
+    (True, True, False, False): _mlx_flat__scale_parameter__no_has_beta_1,
+    (True, False, False, False): _mlx_flat__scale_parameter__no_has_beta_1,
+    (False, True, True, False): _mlx_flat__has_beta_1__no_scale_parameter,
+    (False, False, True, False): _mlx_flat__has_beta_1__no_scale_parameter,
+    (False, True, False, False): _mlx_flat__no_scale_parameter_no_has_beta_1,
+    (False, False, False, False): _mlx_flat__no_scale_parameter_no_has_beta_1,
 }
 
 
@@ -1161,22 +575,25 @@ _SPECIALISED = {
 # ops between pass kernels that each stream the full-size arrays once.
 # ---------------------------------------------------------------------------------------
 
-def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state, backend):
+def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    factored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    factored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    factored scale_parameter has_learning_rate has_beta_1
+    factored scale_parameter !has_learning_rate has_beta_1
     """
     geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     s3 = 1 - beta_1
@@ -1189,7 +606,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
     red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
     g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = mx.rsqrt(g1_2 / red3)
     s1 = mx.rsqrt(g1_3)
     s2 = -weight_decay * g1_4
@@ -1207,21 +624,24 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1(self,
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state, backend):
+def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    factored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    factored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    factored scale_parameter has_learning_rate !has_beta_1
+    factored scale_parameter !has_learning_rate !has_beta_1
     """
     geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
@@ -1233,7 +653,7 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
     red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
     g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = mx.rsqrt(g1_2 / red3)
     s1 = mx.rsqrt(g1_3)
     s2 = -weight_decay * g1_4
@@ -1249,202 +669,27 @@ def _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1(se
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
 
-def _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state, backend):
+def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    factored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    factored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    factored !scale_parameter has_learning_rate has_beta_1
+    factored !scale_parameter !has_learning_rate has_beta_1
     """
     geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    s3 = 1 - beta_1
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = _row_total(red1_part, geo) / geo.N
-    red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
-    s0 = mx.rsqrt(g1_2 / red3)
-    s1 = mx.rsqrt(g1_3)
-    s2 = -weight_decay * g1_4
-    s4 = g1_4
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_c86ffe9346", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([beta_1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    factored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = _row_total(red1_part, geo) / geo.N
-    red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
-    s0 = mx.rsqrt(g1_2 / red3)
-    s1 = mx.rsqrt(g1_3)
-    s2 = -weight_decay * g1_4
-    s3 = g1_4
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_f2_64fc427136", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    return new_param
-
-def _gpu_factored__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    factored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    s3 = 1 - beta_1
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = _row_total(red1_part, geo) / geo.N
-    red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    s0 = mx.rsqrt(g1_2 / red3)
-    s1 = mx.rsqrt(g1_3)
-    s2 = -weight_decay * g1_4
-    s4 = g1_4
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_c86ffe9346", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([beta_1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    factored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = _row_total(red1_part, geo) / geo.N
-    red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    s0 = mx.rsqrt(g1_2 / red3)
-    s1 = mx.rsqrt(g1_3)
-    s2 = -weight_decay * g1_4
-    s3 = g1_4
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red4_part, = _launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_f2_64fc427136", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    return new_param
-
-def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    factored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g0_0 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s2 = -weight_decay * g0_0
     s3 = 1 - beta_1
     s4 = g0_0
@@ -1471,23 +716,26 @@ def _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter(se
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
+def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    factored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    factored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    factored !scale_parameter has_learning_rate !has_beta_1
+    factored !scale_parameter !has_learning_rate !has_beta_1
     """
     geo = _geometry(parameter.shape, True, 32, 256)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g0_0 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s2 = -weight_decay * g0_0
     s3 = g0_0
     red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
@@ -1511,192 +759,25 @@ def _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
 
-def _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state, backend):
+def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    factored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    factored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = mx.minimum(0.01, mx.rsqrt(t))
-    s2 = -weight_decay * g0_0
-    s3 = 1 - beta_1
-    s4 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _row_total(red0_part, geo) / geo.N
-    red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_c86ffe9346", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([beta_1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    factored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = mx.minimum(0.01, mx.rsqrt(t))
-    s2 = -weight_decay * g0_0
-    s3 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _row_total(red0_part, geo) / geo.N
-    red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_f2_64fc427136", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    return new_param
-
-def _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    factored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = learning_rate
-    s2 = -weight_decay * g0_0
-    s3 = 1 - beta_1
-    s4 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _row_total(red0_part, geo) / geo.N
-    red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_c86ffe9346", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([beta_1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    factored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    factored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, True, 32, 256)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = learning_rate
-    s2 = -weight_decay * g0_0
-    s3 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _row_total(red0_part, geo) / geo.N
-    red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
-    red3_part, = _launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_f2_64fc427136", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-    return new_param
-
-def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    unfactored scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
+    unfactored scale_parameter has_learning_rate has_beta_1
+    unfactored scale_parameter !has_learning_rate has_beta_1
     """
     geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     g0_0 = 1 - t ** decay_rate
     s0 = g0_0
     s1 = 1 - g0_0
@@ -1704,7 +785,7 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s2 = -weight_decay * g1_0
     s4 = g1_0
     s5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -1716,28 +797,31 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1(self, gra
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, gradient, parameter, state, backend):
+def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    unfactored scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    unfactored scale_parameter has_learning_rate !has_beta_1
+    unfactored scale_parameter !has_learning_rate !has_beta_1
     """
     geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     g0_0 = 1 - t ** decay_rate
     s0 = g0_0
     s1 = 1 - g0_0
     red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s2 = -weight_decay * g1_0
     s3 = g1_0
     s4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -1747,157 +831,26 @@ def _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1(self, 
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
-def _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init(self, gradient, parameter, state, backend):
+def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    unfactored scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    unfactored scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
+    unfactored !scale_parameter has_learning_rate has_beta_1
+    unfactored !scale_parameter !has_learning_rate has_beta_1
     """
     geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s3 = 1 - beta_1
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
-    s2 = -weight_decay * g1_0
-    s4 = g1_0
-    s5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_550588ec89", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    unfactored scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(0.01, mx.rsqrt(t))
-    s2 = -weight_decay * g1_0
-    s3 = g1_0
-    s4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_6f1733a70c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    return new_param
-
-def _gpu_flat__scale_parameter__has_beta_1__no_relative_step(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    unfactored scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s3 = 1 - beta_1
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    s2 = -weight_decay * g1_0
-    s4 = g1_0
-    s5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_550588ec89", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * learning_rate
-    s2 = -weight_decay * g1_0
-    s3 = g1_0
-    s4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_6f1733a70c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    return new_param
-
-def _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored !scale_parameter relative_step warmup_init has_learning_rate has_beta_1
-    unfactored !scale_parameter relative_step warmup_init !has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     g0_0 = 1 - t ** decay_rate
-    g0_1 = mx.minimum(1e-06 * t, mx.rsqrt(t))
+    g0_1 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = g0_0
     s1 = 1 - g0_0
     s2 = -weight_decay * g0_1
@@ -1914,148 +867,25 @@ def _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter(self, 
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
+def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
-    unfactored !scale_parameter relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored !scale_parameter relative_step warmup_init !has_learning_rate !has_beta_1
+    unfactored !scale_parameter has_learning_rate !has_beta_1
+    unfactored !scale_parameter !has_learning_rate !has_beta_1
     """
     geo = _geometry(parameter.shape, False, 1, 1024)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     weight_decay = self.weight_decay
+    relative_step = self.relative_step
+    warmup_init = self.warmup_init
     g0_0 = 1 - t ** decay_rate
-    g0_1 = mx.minimum(1e-06 * t, mx.rsqrt(t))
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = -weight_decay * g0_1
-    s3 = g0_1
-    red0_part, = _launch(backend, "afgen_adafactor_u0_c44d1e2a8c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_6f1733a70c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    return new_param
-
-def _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored !scale_parameter relative_step !warmup_init has_learning_rate has_beta_1
-    unfactored !scale_parameter relative_step !warmup_init !has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    g0_1 = mx.minimum(0.01, mx.rsqrt(t))
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = -weight_decay * g0_1
-    s3 = 1 - beta_1
-    s4 = g0_1
-    red0_part, = _launch(backend, "afgen_adafactor_u0_c44d1e2a8c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_550588ec89", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored !scale_parameter relative_step !warmup_init has_learning_rate !has_beta_1
-    unfactored !scale_parameter relative_step !warmup_init !has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    g0_1 = mx.minimum(0.01, mx.rsqrt(t))
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = -weight_decay * g0_1
-    s3 = g0_1
-    red0_part, = _launch(backend, "afgen_adafactor_u0_c44d1e2a8c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_6f1733a70c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    return new_param
-
-def _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored !scale_parameter !relative_step warmup_init has_learning_rate has_beta_1
-    unfactored !scale_parameter !relative_step !warmup_init has_learning_rate has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    g0_1 = learning_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = -weight_decay * g0_1
-    s3 = 1 - beta_1
-    s4 = g0_1
-    red0_part, = _launch(backend, "afgen_adafactor_u0_c44d1e2a8c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_550588ec89", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
-    new_param = new_param.reshape(parameter.shape)
-    new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
-    new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
-    state["exp_avg_sq"] = new_exp_avg_sq
-    state["exp_avg"] = new_exp_avg
-    return new_param
-
-def _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient, parameter, state, backend):
-    """Fused-kernel update for:
-    unfactored !scale_parameter !relative_step warmup_init has_learning_rate !has_beta_1
-    unfactored !scale_parameter !relative_step !warmup_init has_learning_rate !has_beta_1
-    """
-    geo = _geometry(parameter.shape, False, 1, 1024)
-    size = max(parameter.size, 1)
-    sdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    g0_0 = 1 - t ** decay_rate
-    g0_1 = learning_rate
+    g0_1 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = g0_0
     s1 = 1 - g0_0
     s2 = -weight_decay * g0_1
@@ -2070,54 +900,22 @@ def _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1(self, gradient,
     return new_param
 
 _FUSED = {
-    (True, True, True, True, True, True): _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, False, True, True): _gpu_factored__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, True, False, True): _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, True, False, False, True): _gpu_factored__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, False, True, True, True): _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, False, True, True): _gpu_factored__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, True, False, True): _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, True, False, False, False, True): _gpu_factored__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, False, True, True, True, True): _gpu_factored__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, False, True, True, True): _gpu_factored__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, True, True, False, True): _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1,
-    (True, False, False, True, False, True): _gpu_factored__scale_parameter__no_relative_step_no_has_beta_1,
-    (False, True, True, True, True, True): _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, False, True, True): _gpu_factored__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, True, False, True): _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, True, False, False, True): _gpu_factored__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, False, True, True, True): _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, False, True, True): _gpu_factored__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, True, False, True): _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, True, False, False, False, True): _gpu_factored__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, False, True, True, True, True): _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, False, True, True, True): _gpu_factored__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, True, True, False, True): _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1,
-    (False, False, False, True, False, True): _gpu_factored__no_scale_parameter_no_relative_step_no_has_beta_1,
-    (True, True, True, True, True, False): _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, False, True, False): _gpu_flat__scale_parameter__relative_step__warmup_init__has_beta_1,
-    (True, True, True, True, False, False): _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, True, False, False, False): _gpu_flat__scale_parameter__relative_step__warmup_init__no_has_beta_1,
-    (True, True, False, True, True, False): _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, False, True, False): _gpu_flat__scale_parameter__relative_step__has_beta_1__no_warmup_init,
-    (True, True, False, True, False, False): _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, True, False, False, False, False): _gpu_flat__scale_parameter__relative_step__no_warmup_init_no_has_beta_1,
-    (True, False, True, True, True, False): _gpu_flat__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, False, True, True, False): _gpu_flat__scale_parameter__has_beta_1__no_relative_step,
-    (True, False, True, True, False, False): _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1,
-    (True, False, False, True, False, False): _gpu_flat__scale_parameter__no_relative_step_no_has_beta_1,
-    (False, True, True, True, True, False): _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, False, True, False): _gpu_flat__relative_step__warmup_init__has_beta_1__no_scale_parameter,
-    (False, True, True, True, False, False): _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, True, False, False, False): _gpu_flat__relative_step__warmup_init__no_scale_parameter_no_has_beta_1,
-    (False, True, False, True, True, False): _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, False, True, False): _gpu_flat__relative_step__has_beta_1__no_scale_parameter_no_warmup_init,
-    (False, True, False, True, False, False): _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, True, False, False, False, False): _gpu_flat__relative_step__no_scale_parameter_no_warmup_init_no_has_beta_1,
-    (False, False, True, True, True, False): _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, False, True, True, False): _gpu_flat__has_beta_1__no_scale_parameter_no_relative_step,
-    (False, False, True, True, False, False): _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1,
-    (False, False, False, True, False, False): _gpu_flat__no_scale_parameter_no_relative_step_no_has_beta_1,
+    (True, True, True, True): _gpu_factored__scale_parameter__has_beta_1,
+    (True, False, True, True): _gpu_factored__scale_parameter__has_beta_1,
+    (True, True, False, True): _gpu_factored__scale_parameter__no_has_beta_1,
+    (True, False, False, True): _gpu_factored__scale_parameter__no_has_beta_1,
+    (False, True, True, True): _gpu_factored__has_beta_1__no_scale_parameter,
+    (False, False, True, True): _gpu_factored__has_beta_1__no_scale_parameter,
+    (False, True, False, True): _gpu_factored__no_scale_parameter_no_has_beta_1,
+    (False, False, False, True): _gpu_factored__no_scale_parameter_no_has_beta_1,
+    (True, True, True, False): _gpu_flat__scale_parameter__has_beta_1,
+    (True, False, True, False): _gpu_flat__scale_parameter__has_beta_1,
+    (True, True, False, False): _gpu_flat__scale_parameter__no_has_beta_1,
+    (True, False, False, False): _gpu_flat__scale_parameter__no_has_beta_1,
+    (False, True, True, False): _gpu_flat__has_beta_1__no_scale_parameter,
+    (False, False, True, False): _gpu_flat__has_beta_1__no_scale_parameter,
+    (False, True, False, False): _gpu_flat__no_scale_parameter_no_has_beta_1,
+    (False, False, False, False): _gpu_flat__no_scale_parameter_no_has_beta_1,
 }
 
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).

@@ -256,12 +256,12 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -297,7 +297,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -337,11 +337,11 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -373,7 +373,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -408,11 +408,11 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -445,7 +445,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -481,10 +481,10 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -513,7 +513,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -548,7 +548,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -626,7 +626,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -695,7 +695,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -765,7 +765,7 @@ def _mlx_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -824,12 +824,12 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -863,7 +863,7 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -901,11 +901,11 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -935,7 +935,7 @@ def _mlx_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -968,11 +968,11 @@ def _mlx_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -1003,7 +1003,7 @@ def _mlx_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -1037,10 +1037,10 @@ def _mlx_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -1067,7 +1067,7 @@ def _mlx_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -1100,7 +1100,7 @@ def _mlx_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -1174,7 +1174,7 @@ def _mlx_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -1239,7 +1239,7 @@ def _mlx_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -1305,7 +1305,7 @@ def _mlx_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -1361,12 +1361,12 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -1395,7 +1395,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -1428,11 +1428,11 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
@@ -1457,7 +1457,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -1485,11 +1485,11 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -1515,7 +1515,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -1544,10 +1544,10 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
@@ -1569,7 +1569,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -1597,7 +1597,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -1661,7 +1661,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
@@ -1716,7 +1716,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -1772,7 +1772,7 @@ def _mlx_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     red0 = mx.mean(mx.square(param))
@@ -1817,12 +1817,12 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -1849,7 +1849,7 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -1880,11 +1880,11 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
@@ -1907,7 +1907,7 @@ def _mlx_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -1933,11 +1933,11 @@ def _mlx_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -1961,7 +1961,7 @@ def _mlx_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -1988,10 +1988,10 @@ def _mlx_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
@@ -2011,7 +2011,7 @@ def _mlx_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     grad = _as(gradient, cdt)
     param = _as(parameter, cdt)
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -2037,7 +2037,7 @@ def _mlx_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -2097,7 +2097,7 @@ def _mlx_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     x2 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
@@ -2148,7 +2148,7 @@ def _mlx_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     ema = _as(_expand(state["ema"], "full"), cdt)
@@ -2200,7 +2200,7 @@ def _mlx_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v = _as(_expand(state["v"], "full"), cdt)
     x0 = _as(1 - (t - decay_offset) ** (-decay_rate), cdt)
@@ -2346,12 +2346,12 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2390,7 +2390,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -2433,11 +2433,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2473,7 +2473,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -2512,11 +2512,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2552,7 +2552,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -2591,10 +2591,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2627,7 +2627,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -2666,7 +2666,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2750,7 +2750,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2827,7 +2827,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2903,7 +2903,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -2970,12 +2970,12 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3012,7 +3012,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -3053,11 +3053,11 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3091,7 +3091,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -3128,11 +3128,11 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3166,7 +3166,7 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -3203,10 +3203,10 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3237,7 +3237,7 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -3274,7 +3274,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3354,7 +3354,7 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3427,7 +3427,7 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3499,7 +3499,7 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
@@ -3563,12 +3563,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -3597,7 +3597,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -3630,11 +3630,11 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -3660,7 +3660,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -3689,11 +3689,11 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
@@ -3720,7 +3720,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -3750,10 +3750,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -3777,7 +3777,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -3807,7 +3807,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -3871,7 +3871,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -3928,7 +3928,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
@@ -3986,7 +3986,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -4035,12 +4035,12 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -4067,7 +4067,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -4098,11 +4098,11 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -4126,7 +4126,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
@@ -4153,11 +4153,11 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
@@ -4181,7 +4181,7 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
@@ -4208,10 +4208,10 @@ def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -4232,7 +4232,7 @@ def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
+    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
@@ -4259,7 +4259,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -4319,7 +4319,7 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0
@@ -4372,7 +4372,7 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
@@ -4424,7 +4424,7 @@ def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     t = self.step.astype(mx.float32)
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
-    weight_decay_rate = _as(self.state["weight_decay_rate"], cdt)
+    weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = g0_0

@@ -135,8 +135,7 @@ EQUIVALENT = (
 def _plan(compiled):
     for plan in compiled.plans:
         c = plan.config
-        if (c.factored and c.get("has_beta_1") and c.get("relative_step")
-                and c.get("scale_parameter") and not c.get("warmup_init")):
+        if c.factored and c.get("has_beta_1") and c.get("scale_parameter"):
             return plan
     raise AssertionError("no default factored plan with beta_1")
 

@@ -17,19 +17,22 @@ SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.yaml"))
 def _plan(compiled, factored, beta_1=True):
     for plan in compiled.plans:
         c = plan.config
-        if (c.factored == factored and c.get("has_beta_1") == beta_1 and c.get("relative_step")
-                and c.get("scale_parameter") and not c.get("warmup_init")):
+        if c.factored == factored and c.get("has_beta_1") == beta_1 and c.get("scale_parameter"):
             return plan
     raise AssertionError("no such plan")
 
 
 def test_configs_respect_requirements(compiled):
     configs = all_configs(compiled.spec)
-    assert len(configs) == 48  # 2 layouts x 2^5 static predicates minus (no lr and no relative)
-    assert not any(not c.get("relative_step") and not c.get("has_learning_rate")
-                   for c in configs)
-    # has_learning_rate and (without relative_step) warmup_init do not change the code
-    assert len(compiled.plans) == 24
+    # relative_step and warmup_init only choose the scalar step size: run-time ifs in the
+    # glue, not specialisations. Without a learning rate, requires still leaves
+    # relative_step=True, so every assignment of the other three is possible.
+    assert compiled.dynamic == ("relative_step", "warmup_init")
+    assert compiled.specialising == ("scale_parameter", "has_learning_rate", "has_beta_1")
+    assert len(configs) == 16
+    # has_learning_rate does not change the code (the branch that reads it runs only
+    # when requires lets it): 2 layouts x scale_parameter x has_beta_1
+    assert len(compiled.plans) == 8
 
 
 def test_factored_plan_has_three_passes(compiled):
@@ -98,3 +101,73 @@ def test_products_keep_the_order_written():
     assert mlx_code(left) == "a * b * c" and mlx_code(right) == "a * (b * c)"
     assert cuda_code(right) == "a * (b * c)"
     assert isinstance(left, Op) and left.args == (Times(a, b), c)
+
+
+STATIC_BASE = """\
+optimizer: Flags
+hyperparameters:
+  lr: {type: float, default: 0.1}
+{flags}
+state:
+  m: {shape: full}
+update:
+{update}
+  - param = param - lr * m
+"""
+
+
+def _flags_spec(flags: list[str], update: list[str], requires: str = "") -> str:
+    text = STATIC_BASE.replace("{flags}", "\n".join(
+        f"  {f}: {{type: bool, default: false}}" for f in flags))
+    text = text.replace("{update}", "\n".join(update))
+    return text + requires
+
+
+def _compiled(text: str):
+    from afgen.lower.compiler import compile_spec
+    from afgen.spec import parse_spec_text
+
+    return compile_spec(parse_spec_text(text, "flags.yaml"))
+
+
+def test_unused_and_scalar_only_bools_do_not_specialise():
+    """Options that do not change the program never multiply specialisations: 20 unused
+    bools and one that only picks a scalar build one plan (this took minutes and GBs when
+    every bool specialised)."""
+    flags = [f"f{i}" for i in range(20)] + ["pick"]
+    compiled = _compiled(_flags_spec(flags, ["  - s = 2 * lr if pick else lr",
+                                             "  - m = 0.9 * m + s * grad"]))
+    assert compiled.specialising == ()
+    assert "pick" in compiled.dynamic and len(compiled.plans) == 1
+    assert "if pick else" in mlx_code(compiled.plans[0].program.outputs["m"])
+
+
+@pytest.mark.parametrize("update", [
+    ["  - m = 0.9 * m + (grad if pick else 2 * grad)"],          # a full-size choice
+    ["  - s = rms(grad) if pick else lr", "  - m = s * grad"],    # a reduction
+    ["  - if: pick", "    then:", "      - m = grad", "    else:", "      - m = 2 * grad"],
+])
+def test_bools_that_change_full_size_values_specialise(update):
+    compiled = _compiled(_flags_spec(["pick"], update))
+    assert compiled.specialising == ("pick",) and compiled.dynamic == ()
+    assert len(compiled.plans) == 2
+
+
+def test_too_many_specialising_options_are_refused_at_the_first_past_the_cap():
+    from afgen.errors import SpecError
+    from afgen.lower.config import MAX_SPECIALISING
+
+    flags = [f"f{i}" for i in range(MAX_SPECIALISING + 1)]
+    update = [f"  - m = m + (grad if {f} else 2 * grad)" for f in flags]
+    with pytest.raises(SpecError) as info:
+        _compiled(_flags_spec(flags, update))
+    assert info.value.loc.line == 4 + MAX_SPECIALISING  # the hyperparameter past the cap
+    assert "static options change the program" in str(info.value)
+
+
+def test_a_requirement_no_configuration_satisfies_is_refused():
+    from afgen.errors import SpecError
+
+    requires = "requires:\n  - check: pick and not pick\n    message: never\n"
+    with pytest.raises(SpecError, match="no combination of the static options"):
+        _compiled(_flags_spec(["pick"], ["  - m = grad"], requires))

@@ -48,7 +48,7 @@ def test_show_prints_plan_and_report(compiled):
     text = show(compiled)
     assert "\\leftarrow" in text and "pass 2: reads" in text
     report = "\n".join(traffic_report(compiled))
-    assert "factored scale_parameter relative_step !warmup_init !has_beta_1" in report
+    assert "factored scale_parameter !has_beta_1" in report
     assert "8/0 4/0 8/4" in report
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sympy
 
 from afgen.backends.printers import is_wide, mlx_code, numpy_code
+from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Step
 from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
@@ -69,6 +70,15 @@ def _hyper_source(spec: Spec, name: str, owner: str) -> str:
     raise KeyError(name)
 
 
+def _schedule_load(spec: Spec, name: str) -> str:
+    """An optional schedule is absent from the state when not given; only a run-time
+    branch that ``requires`` rules out then reads it, so None never reaches an op."""
+    load = f'_as(self.state["{name}"], cdt)'
+    if spec.hyper(name).required:
+        return load
+    return f'({load} if "{name}" in self.state else None)'
+
+
 MLX = Dialect(
     printer=mlx_code,
     load_grad="_as(gradient, cdt)",
@@ -76,7 +86,7 @@ MLX = Dialect(
     load_step="self.step.astype(mx.float32)",
     load_state=lambda key, shape: f'_as(_expand(state["{key}"], "{shape.label}"), cdt)',
     load_hyper=lambda spec, name: (  # MLX keeps schedule values in the state, as arrays
-        f'_as(self.state["{name}"], cdt)' if name in spec.schedule_names
+        _schedule_load(spec, name) if name in spec.schedule_names
         else _hyper_source(spec, name, "self")),
     reduce=_reduce("mx"),
     store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
@@ -91,7 +101,7 @@ NUMPY = Dialect(
     load_param="param_in",
     load_step="np.float64(step)",
     load_state=lambda key, shape: f'_expand(state["{key}"], "{shape.label}")',
-    load_hyper=lambda spec, name: f'hp["{name}"]',
+    load_hyper=lambda spec, name: f'hp.get("{name}")',
     reduce=_reduce("np"),
     store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
     result=lambda code: f'_collapse({code}, param_in, "full")',
@@ -107,7 +117,7 @@ def atom_loads(spec: Spec, plan: KernelPlan, dialect: Dialect, needed: set[str]
     fixed = {GRAD: dialect.load_grad, PARAM: dialect.load_param, STEP: dialect.load_step,
              DTYPE_EPS: dialect.load_dtype_eps}
     loads = []
-    for name in [*fixed, *spec.dynamic_names, *plan.program.live_state]:
+    for name in [*fixed, *spec.dynamic_names, *dynamic_statics(spec), *plan.program.live_state]:
         if name not in needed:
             continue
         if name in fixed:

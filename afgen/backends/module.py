@@ -106,10 +106,10 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
                      tuple(lines))
 
 
-def _key_lines(spec: Spec) -> list[str]:
-    static = _static_code(spec)
+def _key_lines(compiled: Compiled) -> list[str]:
+    static = _static_code(compiled.spec)
     lines = []
-    for name in spec.static_names:
+    for name in compiled.specialising:
         code = str(static[sympy.Symbol(name)])
         lines.append(f"bool({code})" if code.startswith("self.") and " " not in code else code)
     lines.append("factored")
@@ -166,7 +166,7 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "drivers": drivers, "gpu_dispatch": gpu_dispatch, "kernel_tables": kernel_tables,
         "headers": headers(),
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
-        "requires": requires, "key_lines": _key_lines(spec), "states": states,
+        "requires": requires, "key_lines": _key_lines(compiled), "states": states,
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],
         "any_axes": spec.factor_axes != "last", "functions": functions, "dispatch": dispatch,
     }

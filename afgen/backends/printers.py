@@ -170,6 +170,8 @@ class BasePrinter(StrPrinter):
         *pieces, (last, cond) = expr.args
         if cond != sympy.true:
             raise UnsupportedNode("a Piecewise without an 'otherwise' branch")
+        if all(is_host_condition(c) for _, c in pieces):
+            return self.host_select(pieces, last)
         out = self._print(last)
         for value, condition in reversed(pieces):
             out = self.select(self._print(condition), self._print(value), out)
@@ -188,6 +190,16 @@ class BasePrinter(StrPrinter):
 
     def _print_Not(self, expr: sympy.Not) -> str:
         return self.call("logical_not", self._print(expr.args[0]))
+
+    def host_select(self, pieces: list[tuple[sympy.Basic, sympy.Basic]], last: sympy.Basic
+                    ) -> str:
+        """A choice on dynamic static options, made on the host: a Python conditional
+        expression (only the chosen value is computed). Kernels never see one: such a
+        choice is small, so it is computed in the glue and passed in."""
+        out = self._print(last)
+        for value, condition in reversed(pieces):
+            out = f"({self._print(value)} if {python_code(condition)} else {out})"
+        return out
 
     def parenthesize(self, item: sympy.Basic, level: int, strict: bool = False) -> str:
         if precedence(item) < level or (strict and precedence(item) == level):
@@ -247,6 +259,15 @@ class PythonPrinter(BasePrinter):
         return "False"
 
 
+def is_host_condition(condition: sympy.Basic) -> bool:
+    """A condition on static options alone (plain symbols, no data): values on the host."""
+    if isinstance(condition, sympy.Symbol):
+        return not condition.is_real
+    if isinstance(condition, (sympy.And, sympy.Or, sympy.Not)):
+        return all(is_host_condition(a) for a in condition.args)
+    return isinstance(condition, sympy.logic.boolalg.BooleanAtom)
+
+
 def is_wide(expr: sympy.Basic, wide: frozenset[str]) -> bool:
     """Whether ``expr`` may be wider than the compute dtype: it reads a ``wide`` value
     other than through a ``Rounded`` one."""
@@ -296,6 +317,11 @@ class CStylePrinter(BasePrinter):
         anyway so no two minus signs ever touch (``--`` is a decrement)."""
         text = super().operand(expr, level, strict)
         return f"({text})" if text.startswith("-") else text
+
+    def host_select(self, pieces: list[tuple[sympy.Basic, sympy.Basic]], last: sympy.Basic
+                    ) -> str:
+        raise UnsupportedNode("a choice on static options inside a kernel (the planner "
+                              "computes it in the glue)")
 
     def _print_And(self, expr: sympy.And) -> str:
         return "(" + " && ".join(self._print(a) for a in expr.args) + ")"

@@ -14,7 +14,6 @@ from afgen.backends.functions import NUMPY, function_model
 from afgen.backends.render import render
 from afgen.check.bookkeeping import Stepper, static_values
 from afgen.lower.compiler import Compiled
-from afgen.lower.config import StaticConfig
 from afgen.lower.plan import KernelPlan
 
 
@@ -41,8 +40,7 @@ class Oracle(Stepper):
 
     def _plan(self, factored: bool) -> KernelPlan:
         values = static_values(self.spec, self.hyper)
-        config = StaticConfig(tuple((n, values[n]) for n in self.spec.static_names), factored)
-        return self.compiled.plan_for[config]
+        return self.compiled.plan_for[self.compiled.config_for(values, factored)]
 
     def live_state(self, shape: tuple[int, ...], axes: tuple[int, int] | None) -> set[str]:
         return set(self._plan(axes is not None).program.live_state)
@@ -50,6 +48,8 @@ class Oracle(Stepper):
     def update(self, grad: np.ndarray, param: np.ndarray, state: dict[str, np.ndarray],
                scalars: dict[str, float], axes: tuple[int, int] | None) -> np.ndarray:
         function = self.module.FUNCTIONS[f"_np_{self._plan(axes is not None).name}"]
+        values = static_values(self.spec, self.hyper)
+        scalars = {**scalars, **{name: values[name] for name in self.compiled.dynamic}}
         return function(grad, param, float(self.step_count), scalars, state)
 
 

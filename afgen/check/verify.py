@@ -14,10 +14,12 @@ available, else by nvcc.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
+import sympy
 
 from afgen.build import load_module
 from afgen.check.oracle import Oracle
@@ -25,6 +27,7 @@ from afgen.check.reference import SpecReference
 from afgen.check.verify_adversarial import CONDITIONING
 from afgen.lower.compiler import Compiled
 from afgen.lower.plan import KernelPlan
+from afgen.spec.model import Branch
 
 BACKENDS = ("mlx", "metal", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -111,13 +114,18 @@ class Report:
         return "\n".join(self.notes + lines)
 
 
-def hyper_for(compiled: Compiled, plan: KernelPlan) -> dict[str, object]:
-    """Constructor arguments that select ``plan``'s configuration, using examples."""
+def hyper_for(compiled: Compiled, plan: KernelPlan, dynamic: dict[str, bool] | None = None
+              ) -> dict[str, object]:
+    """Constructor arguments that select ``plan``'s configuration, using examples; the
+    run-time bool options take ``dynamic`` (default: the first of ``dynamic_variants``)."""
     hyper: dict[str, object] = {}
     config = plan.config
+    if dynamic is None:
+        dynamic = dynamic_variants(compiled, plan)[0]
     for h in compiled.spec.hyperparameters:
         if h.is_static:
-            hyper[h.name] = config.get(h.name)
+            hyper[h.name] = dynamic[h.name] if h.name in dynamic else \
+                config.get(h.name) if h.name in compiled.specialising else h.default
         elif h.is_optional:
             enabled = config.get(f"has_{h.name}")
             value = h.example if h.example is not None else (0.01 if h.kind == "schedule" else 0.5)
@@ -130,6 +138,51 @@ def hyper_for(compiled: Compiled, plan: KernelPlan) -> dict[str, object]:
         elif h.example is not None:
             hyper[h.name] = h.example
     return hyper
+
+
+# Run-time bool options read by more than this many conditions are tried one flip at a
+# time from their defaults instead of in every combination.
+MAX_DYNAMIC_COMBINATIONS = 16
+
+
+def dynamic_variants(compiled: Compiled, plan: KernelPlan) -> list[dict[str, bool]]:
+    """Values of the run-time bool options that verification tries for ``plan``: the
+    defaults first (when ``requires`` allows them), then every other assignment it allows
+    (each takes other arms of the glue's ``if``s). Options the update never reads are
+    left at their defaults."""
+    spec = compiled.spec
+    read = {str(s) for e in spec.equations() for s in e.value.free_symbols}
+    read |= {str(s) for b in _branches(spec.update) for s in b.condition.free_symbols}
+    names = [n for n in compiled.dynamic if n in read]
+    defaults = {n: bool(spec.hyper(n).default) for n in names}
+    if 2 ** len(names) <= MAX_DYNAMIC_COMBINATIONS:
+        candidates = [dict(zip(names, bits))
+                      for bits in itertools.product((True, False), repeat=len(names))]
+    else:
+        candidates = [defaults, *({**defaults, n: not defaults[n]} for n in names)]
+    requires = [r.condition.subs(plan.config.as_subs()) for r in spec.requires]
+
+    def allowed(values: dict[str, bool]) -> bool:
+        subs = {sympy.Symbol(k): sympy.true if v else sympy.false for k, v in values.items()}
+        return all(bool(c.subs(subs)) for c in requires)
+
+    variants = [v for v in candidates if allowed(v)]
+    variants.sort(key=lambda v: v != defaults)
+    return variants or [defaults]
+
+
+def _branches(statements: tuple) -> list[Branch]:
+    out = []
+    for statement in statements:
+        if isinstance(statement, Branch):
+            out += [statement, *_branches(statement.then), *_branches(statement.orelse)]
+    return out
+
+
+def case_label(plan: KernelPlan, dynamic: dict[str, bool]) -> str:
+    """The configuration a case ran: specialised options, then run-time ones."""
+    flags = [k if v else f"!{k}" for k, v in dynamic.items()]
+    return " ".join([plan.config.restricted(plan.program.used_statics).label, *flags])
 
 
 def _errors(got: np.ndarray, want: np.ndarray, before: np.ndarray | None, atol: float,
@@ -172,14 +225,17 @@ def _as_f64(array: object) -> np.ndarray:
 
 def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
                  shapes: list[tuple[int, ...]], steps: int, seed: int,
-                 precision: str = "float32") -> CaseResult:
+                 precision: str = "float32", dynamic: dict[str, bool] | None = None
+                 ) -> CaseResult:
     """Step the generated class and compare each step with the oracle's step from the
     same parameters and state (parameters, every state tensor). Stops after the first
     step that fails: later steps would start from state that is already wrong."""
     import mlx.core as mx
 
     mx_dtype = getattr(mx, dtype)
-    hyper = hyper_for(compiled, plan)
+    if dynamic is None:
+        dynamic = dynamic_variants(compiled, plan)[0]
+    hyper = hyper_for(compiled, plan, dynamic)
     rng = np.random.default_rng(seed)
     optimizer = cls(**hyper, backend=backend, precision=precision)
     oracle = Oracle(compiled, hyper)
@@ -213,7 +269,7 @@ def verify_class(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, 
             worst_ratio = max(worst_ratio, q)
         if not ok:
             break
-    return CaseResult(backend, plan.config.restricted(plan.program.used_statics).label,
+    return CaseResult(backend, case_label(plan, dynamic),
                       dtype, steps, worst_abs, worst_rel, ok, precision=precision,
                       ratio=worst_ratio)
 
@@ -254,15 +310,17 @@ def _spec_step(reference: SpecReference | None, state: dict[str, dict],
 
 def _checked(compiled: Compiled, cls: type, plan: KernelPlan, backend: str, dtype: str,
              shapes: list[tuple[int, ...]], steps: int, seed: int,
-             precision: str = "float32") -> CaseResult:
+             precision: str = "float32", dynamic: dict[str, bool] | None = None
+             ) -> CaseResult:
     """A kernel that fails to compile or faults on the executor is a failed case."""
     from afgen.executor import KernelError
 
+    dynamic = dynamic_variants(compiled, plan)[0] if dynamic is None else dynamic
     try:
         return verify_class(compiled, cls, plan, backend, dtype, shapes, steps, seed,
-                            precision)
+                            precision, dynamic)
     except KernelError as exc:
-        case = plan.config.restricted(plan.program.used_statics).label
+        case = case_label(plan, dynamic)
         return CaseResult(backend, case, dtype, steps, float("nan"), float("nan"), False,
                           f"{type(exc).__name__}: {exc}", precision)
 
@@ -405,6 +463,12 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
                 for dtype, precision, shapes, n in cases:
                     report.results.append(_checked(compiled, cls, plan, backend, dtype,
                                                    shapes, n, seed + index, precision))
+                # The other arms of the run-time ifs: float32, the first case's shapes.
+                dtype, precision, shapes, n = cases[0]
+                for dynamic in dynamic_variants(compiled, plan)[1:]:
+                    report.results.append(_checked(compiled, cls, plan, backend, dtype,
+                                                   shapes, n, seed + index, precision,
+                                                   dynamic))
                 if adversarial:
                     report.results.append(_adversarial_case(compiled, cls, plan, backend,
                                                             runner))

@@ -5,7 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
-from afgen.lower.config import StaticConfig, all_configs
+from afgen.lower.config import StaticConfig, all_configs, dynamic_statics, specialising_statics
 from afgen.lower.plan import KernelPlan, build_plan
 from afgen.lower.specialise import distinct_programs
 from afgen.spec.model import Spec
@@ -21,6 +21,21 @@ class Compiled:
     @cached_property
     def plan_for(self) -> dict[StaticConfig, KernelPlan]:
         return {config: plan for plan in self.plans for config in plan.configs}
+
+    @cached_property
+    def specialising(self) -> tuple[str, ...]:
+        """The static predicates that key specialisations, in ``StaticConfig`` order."""
+        return specialising_statics(self.spec)
+
+    @cached_property
+    def dynamic(self) -> tuple[str, ...]:
+        """Bool options chosen at run time by ``if``s in the glue (never specialised)."""
+        return dynamic_statics(self.spec)
+
+    def config_for(self, values: dict[str, bool], factored: bool) -> StaticConfig:
+        """The configuration that static predicate values (every one, as
+        ``static_values`` gives them) select."""
+        return StaticConfig(tuple((n, values[n]) for n in self.specialising), factored)
 
     @property
     def spec_sha256(self) -> str:

@@ -5,9 +5,22 @@ import itertools
 from dataclasses import dataclass
 
 import sympy
+from sympy.core.function import AppliedUndef
 
-from afgen.spec.model import FACTORED, LAYOUT_COLS, LAYOUT_NDIM, LAYOUT_ROWS, Spec
-from afgen.spec.shapes import ShapeClass
+from afgen.errors import SpecError
+from afgen.spec.expressions import reduction_of
+from afgen.spec.model import (
+    FACTORED,
+    GRAD,
+    LAYOUT_COLS,
+    LAYOUT_NDIM,
+    LAYOUT_ROWS,
+    PARAM,
+    Branch,
+    Spec,
+    Statement,
+)
+from afgen.spec.shapes import ShapeClass, join_multiplicative
 
 
 @dataclass(frozen=True)
@@ -46,9 +59,105 @@ class StaticConfig:
         return "__".join(parts)
 
 
-def requirement_holds(spec: Spec, config: StaticConfig) -> bool:
-    subs = config.as_subs()
-    return all(bool(req.condition.subs(subs)) for req in spec.requires)
+# More static options that change the program than this would make 2**n specialisations of
+# the fused kernels (and of verification); a spec past it is refused at the option.
+MAX_SPECIALISING = 8
+
+
+def dynamic_statics(spec: Spec) -> tuple[str, ...]:
+    """Bool hyperparameters that only choose between small values (scalars computed from
+    hyperparameters and the step, no reduction, no state): these stay run-time ``if``s in
+    the glue and never specialise, since specialising them buys nothing measurable. A bool
+    that any layout, state, reduction or full-size value depends on specialises."""
+    candidates = {h.name for h in spec.hyperparameters if h.kind == "bool"}
+    for condition in (spec.factored_when, *(s.when for s in spec.state)):
+        candidates -= {str(s) for s in condition.free_symbols}
+    shapes = _value_shapes(spec)
+    state_names = {s.name for s in spec.state}
+
+    def small(expr: sympy.Basic) -> bool:
+        return (shape_class_of(expr, shapes) is ShapeClass.SCALAR
+                and not any(reduction_of(a) for a in expr.atoms(AppliedUndef)))
+
+    def visit(statements: tuple[Statement, ...]) -> None:
+        nonlocal candidates
+        for statement in statements:
+            if isinstance(statement, Branch):
+                named = {str(s) for s in statement.condition.free_symbols} & candidates
+                then, orelse = _assigned(statement.then), _assigned(statement.orelse)
+                if named and (then.keys() != orelse.keys() or then.keys() & state_names
+                              or not all(small(v) for v in (*then.values(), *orelse.values()))):
+                    candidates -= named
+                visit(statement.then)
+                visit(statement.orelse)
+                continue
+            for piecewise in statement.value.atoms(sympy.Piecewise):
+                named = {str(s) for _, c in piecewise.args for s in c.free_symbols} & candidates
+                if named and not all(small(value) for value, _ in piecewise.args):
+                    candidates -= named
+
+    visit(spec.update)
+    return tuple(n for n in spec.static_names if n in candidates)
+
+
+def specialising_statics(spec: Spec) -> tuple[str, ...]:
+    """The static predicates that key specialisations (every other one is dynamic)."""
+    dynamic = set(dynamic_statics(spec))
+    names = tuple(n for n in spec.static_names if n not in dynamic)
+    if len(names) > MAX_SPECIALISING:
+        hyper = spec.hyper(names[MAX_SPECIALISING].removeprefix("has_"))
+        raise SpecError(hyper.loc, f"{len(names)} static options change the program "
+                        f"({', '.join(names)}): that is 2**{len(names)} specialisations, "
+                        f"more than the 2**{MAX_SPECIALISING} afgen builds; make some of "
+                        "them numeric hyperparameters")
+    return names
+
+
+def _assigned(statements: tuple[Statement, ...]) -> dict[str, sympy.Basic]:
+    """Name -> last value assigned anywhere in ``statements`` (nested branches too)."""
+    out: dict[str, sympy.Basic] = {}
+    for statement in statements:
+        if isinstance(statement, Branch):
+            out.update(_assigned(statement.then))
+            out.update(_assigned(statement.orelse))
+        else:
+            out[statement.target] = statement.value
+    return out
+
+
+def _value_shapes(spec: Spec) -> dict[sympy.Symbol, ShapeClass]:
+    """The widest shape class each name of the spec takes anywhere (a conservative view
+    for deciding what is small before specialising)."""
+    shapes: dict[sympy.Symbol, ShapeClass] = {sympy.Symbol(GRAD, real=True): ShapeClass.FULL,
+                                              sympy.Symbol(PARAM, real=True): ShapeClass.FULL}
+    for s in spec.state:
+        shapes[sympy.Symbol(s.name, real=True)] = s.shape
+    for equation in spec.equations():
+        symbol = sympy.Symbol(equation.target, real=True)
+        if shapes.get(symbol, ShapeClass.SCALAR) is ShapeClass.SCALAR:
+            shapes[symbol] = equation.shape
+    return shapes
+
+
+def satisfiable(conditions: list[sympy.Basic], dynamic: tuple[str, ...]) -> bool:
+    """Whether some values of the ``dynamic`` statics make every condition true (the
+    conditions' other statics already substituted)."""
+    return any(all(bool(c.subs(values)) for c in conditions)
+               for values in dynamic_assignments(conditions, dynamic))
+
+
+def requirement_holds(spec: Spec, config: StaticConfig, dynamic: tuple[str, ...]) -> bool:
+    return satisfiable([req.condition.subs(config.as_subs()) for req in spec.requires],
+                       dynamic)
+
+
+def dynamic_assignments(conditions: list[sympy.Basic], dynamic: tuple[str, ...]
+                        ) -> list[dict[sympy.Symbol, sympy.Basic]]:
+    """Every assignment of the ``dynamic`` statics that ``conditions`` read."""
+    read = {s for c in conditions for s in c.free_symbols if str(s) in dynamic}
+    symbols = sorted(read, key=str)
+    return [dict(zip(symbols, (sympy.true if b else sympy.false for b in bits)))
+            for bits in itertools.product((True, False), repeat=len(symbols))]
 
 
 def _possible_layouts(spec: Spec, values: tuple[tuple[str, bool], ...]) -> list[bool]:
@@ -65,15 +174,19 @@ def _possible_layouts(spec: Spec, values: tuple[tuple[str, bool], ...]) -> list[
 
 
 def all_configs(spec: Spec) -> list[StaticConfig]:
-    """Every assignment of the static predicates that satisfies ``requires``, with every
-    layout it allows."""
+    """Every assignment of the specialising statics that some values of the dynamic ones
+    let satisfy ``requires``, with every layout it allows."""
+    names, dynamic = specialising_statics(spec), dynamic_statics(spec)
     out = []
-    for bits in itertools.product((True, False), repeat=len(spec.static_names)):
-        values = tuple(zip(spec.static_names, bits))
+    for bits in itertools.product((True, False), repeat=len(names)):
+        values = tuple(zip(names, bits))
         for factored in _possible_layouts(spec, values):
             config = StaticConfig(values, factored)
-            if requirement_holds(spec, config):
+            if requirement_holds(spec, config, dynamic):
                 out.append(config)
+    if not out and spec.requires:
+        raise SpecError(spec.requires[0].loc, "no combination of the static options "
+                        "satisfies every 'requires' check")
     return sorted(out, key=lambda c: not c.factored)
 
 
@@ -124,3 +237,11 @@ def state_shape(shape_class: ShapeClass, shape: tuple[int, ...],
         dropped = {ShapeClass.ROW: (col,), ShapeClass.COL: (row,),
                    ShapeClass.BATCH: (row, col)}[shape_class]
     return tuple(size for axis, size in enumerate(shape) if axis not in dropped)
+
+
+def shape_class_of(expr: sympy.Basic, shapes: dict[sympy.Symbol, ShapeClass]) -> ShapeClass:
+    """Shape class of an expression from its atoms (row times col is full)."""
+    result = ShapeClass.SCALAR
+    for symbol in expr.free_symbols:
+        result = join_multiplicative(result, shapes.get(symbol, ShapeClass.SCALAR))
+    return result

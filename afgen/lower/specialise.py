@@ -14,7 +14,8 @@ import sympy
 from sympy.core.function import AppliedUndef
 
 from afgen.errors import SpecError
-from afgen.lower.config import StaticConfig
+from afgen.lower.config import StaticConfig, dynamic_statics, satisfiable
+from afgen.lower.config import shape_class_of as shape_of
 from afgen.spec.expressions import reduction_of, undefined_constant
 from afgen.spec.model import (
     DTYPE_EPS,
@@ -27,7 +28,7 @@ from afgen.spec.model import (
     Statement,
 )
 from afgen.spec.ops import Rounded
-from afgen.spec.shapes import ReduceAxes, ShapeClass, join_multiplicative
+from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
 @dataclass(frozen=True)
@@ -73,20 +74,17 @@ def srepr_reduction(r: Reduction) -> str:
     return f"{r.name}={r.kind}({sympy.srepr(r.operand)})"
 
 
-def shape_of(expr: sympy.Basic, shapes: dict[sympy.Symbol, ShapeClass]) -> ShapeClass:
-    """Shape class of an expression from its atoms (row times col is full)."""
-    result = ShapeClass.SCALAR
-    for symbol in expr.free_symbols:
-        result = join_multiplicative(result, shapes.get(symbol, ShapeClass.SCALAR))
-    return result
-
-
 class _Specialiser:
     def __init__(self, spec: Spec, config: StaticConfig):
         self.spec = spec
         self.config = config
         self.subs = config.as_subs()
         self.static_symbols = set(self.subs)
+        self.dynamic = dynamic_statics(spec)
+        # Whether the arm being walked can run at all: a run-time branch walks both arms,
+        # and an arm that ``requires`` rules out under this configuration may read an
+        # optional value that is None here (it is never evaluated: the glue's ``if``).
+        self.reachable = True
         self.used_statics: set[str] = set()
         self.reductions: list[Reduction] = []
         self.reduction_keys: dict[tuple, sympy.Symbol] = {}
@@ -114,6 +112,8 @@ class _Specialiser:
         atom(DTYPE_EPS, ShapeClass.SCALAR)
         for name in self.spec.dynamic_names:
             atom(name, ShapeClass.SCALAR)
+        for name in self.dynamic:  # read by run-time conditions, never substituted
+            self.env[name] = sympy.Symbol(name)
         for state in self.spec.state:
             if state.name in self.live_state:
                 atom(state.name, state.shape)
@@ -129,11 +129,32 @@ class _Specialiser:
 
     def _walk(self, statements: tuple[Statement, ...]) -> None:
         for statement in statements:
-            if isinstance(statement, Branch):
+            if not isinstance(statement, Branch):
+                self._equation(statement)
+            elif {str(s) for s in statement.condition.free_symbols} & set(self.dynamic):
+                self._run_time_branch(statement)
+            else:
                 taken = statement.then if self._holds(statement.condition) else statement.orelse
                 self._walk(taken)
-            else:
-                self._equation(statement)
+
+    def _run_time_branch(self, branch: Branch) -> None:
+        """A branch on dynamic statics: both arms are lowered and every name they assign
+        becomes ``Piecewise((then, condition), (else, True))``, a small value the glue
+        computes with a Python ``if`` (``dynamic_statics`` admits only such branches)."""
+        condition = branch.condition.subs(self.subs)
+        requires = [r.condition.subs(self.subs) for r in self.spec.requires]
+        before, reachable, arms = dict(self.env), self.reachable, []
+        for arm, holds in ((branch.then, condition), (branch.orelse, sympy.Not(condition))):
+            self.env = dict(before)
+            self.reachable = reachable and satisfiable([*requires, holds], self.dynamic)
+            self._walk(arm)
+            arms.append(self.env)
+        self.env, self.reachable = dict(before), reachable
+        then, orelse = arms
+        for name in then.keys() | orelse.keys():
+            if name in then and name in orelse:
+                self.env[name] = then[name] if then[name] == orelse[name] else \
+                    sympy.Piecewise((then[name], condition), (orelse[name], True))
 
     def _equation(self, eq: Equation) -> None:
         where = f"(configuration: {self.config.label})"
@@ -152,6 +173,8 @@ class _Specialiser:
         if eq.target in state_names and eq.target not in self.live_state:
             raise SpecError(eq.loc, f"state '{eq.target}' does not exist here {where}")
         for name in self.optional_values:
+            if not self.reachable:
+                break
             if sympy.Symbol(name, real=True) in value.free_symbols and not self.config.get(
                     f"has_{name}"):
                 raise SpecError(eq.loc, f"'{name}' may be None here {where}; guard the "
