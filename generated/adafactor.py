@@ -226,9 +226,8 @@ class Adafactor(Optimizer):
         axes = self._factor_axes(tuple(gradient.shape))
         key = self._static_key(axes is not None)
         if self.backend == "mlx":
-            function = _SPECIALISED.get(key)
-            if function is not None:
-                return function(self, gradient, parameter, state)
+            update = self._update_factored if axes is not None else self._update_unfactored
+            return update(gradient, parameter, state)
         else:
             function = _FUSED.get(key)
             if function is not None:
@@ -236,338 +235,64 @@ class Adafactor(Optimizer):
         self._check_requirements()
         raise ValueError(f"no specialisation for static configuration {key}")
 
+    def _update_factored(self, gradient, parameter, state):
+        """The update with MLX ops for factored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        if self.relative_step:
+            rho = _as(mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)), cdt)
+        else:
+            rho = _as(self.state["learning_rate"], cdt)
+        alpha = (mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * rho if self.scale_parameter else rho)
+        step_decay = _as(t ** self.decay_rate, cdt)
+        beta2t = 1 - step_decay
+        g2 = mx.square(grad) + self.eps[0]
+        exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
+        exp_avg_sq_row = beta2t * exp_avg_sq_row + (1 - beta2t) * mx.mean(g2, axis=-1, keepdims=True)
+        state["exp_avg_sq_row"] = _collapse(exp_avg_sq_row, state["exp_avg_sq_row"], "row")
+        exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
+        exp_avg_sq_col = beta2t * exp_avg_sq_col + (1 - beta2t) * mx.mean(g2, axis=-2, keepdims=True)
+        state["exp_avg_sq_col"] = _collapse(exp_avg_sq_col, state["exp_avg_sq_col"], "col")
+        u = mx.rsqrt(exp_avg_sq_row / mx.mean(exp_avg_sq_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(exp_avg_sq_col) * grad
+        u = alpha * (u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold))
+        if self.beta_1 is not None:
+            exp_avg = _as(state["exp_avg"], cdt)
+            exp_avg = self.beta_1 * exp_avg + (1 - self.beta_1) * u
+            state["exp_avg"] = _collapse(exp_avg, state["exp_avg"], "full")
+            u = exp_avg
+        param = param + param * (-self.weight_decay * alpha)
+        param = param - u
+        return self._write_parameter(param, parameter)
 
-# ---------------------------------------------------------------------------------------
-# Specialised updates, one per distinct static configuration (MLX ops backend).
-# Values use a broadcast layout: row (*B, M, 1), col (*B, 1, N), batch (*B, 1, 1).
-# ---------------------------------------------------------------------------------------
-
-def _mlx_factored__scale_parameter__has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored scale_parameter has_learning_rate has_beta_1
-    factored scale_parameter !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red1
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red3)
-    x5 = x1 * exp_avg_sq_col + x2 * red2
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x6
-    h3 = 1 - beta_1
-    h4 = x6
-    h5 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    x7 = beta_1 * exp_avg + h3 * (h4 * (x4 / h5))
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(x7, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x7, parameter)
-
-
-def _mlx_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored scale_parameter has_learning_rate !has_beta_1
-    factored scale_parameter !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.mean(x0, axis=-1, keepdims=True)
-    red2 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red1
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red3)
-    x5 = x1 * exp_avg_sq_col + x2 * red2
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red4 = mx.mean(mx.square(x4))
-    x6 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x6
-    h3 = x6
-    h4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
-
-
-def _mlx_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
-    """Specialised for:
-    factored !scale_parameter has_learning_rate has_beta_1
-    factored !scale_parameter !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    x0 = mx.square(grad) + eps1
-    red0 = mx.mean(x0, axis=-1, keepdims=True)
-    red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red0
-    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2)
-    x5 = x1 * exp_avg_sq_col + x2 * red1
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red3 = mx.mean(mx.square(x4))
-    x6 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x6
-    h3 = 1 - beta_1
-    h4 = x6
-    h5 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    x7 = beta_1 * exp_avg + h3 * (h4 * (x4 / h5))
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    state["exp_avg"] = _collapse(x7, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x7, parameter)
-
-
-def _mlx_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    factored !scale_parameter has_learning_rate !has_beta_1
-    factored !scale_parameter !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
-    exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    x0 = mx.square(grad) + eps1
-    red0 = mx.mean(x0, axis=-1, keepdims=True)
-    red1 = mx.mean(x0, axis=-2, keepdims=True)
-    x1 = 1 - _as(t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * exp_avg_sq_row + x2 * red0
-    red2 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.rsqrt(x3 / red2)
-    x5 = x1 * exp_avg_sq_col + x2 * red1
-    h1 = mx.rsqrt(x5)
-    x4 = h0 * h1 * grad
-    red3 = mx.mean(mx.square(x4))
-    x6 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x6
-    h3 = x6
-    h4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    state["exp_avg_sq_row"] = _collapse(x3, state["exp_avg_sq_row"], "row")
-    state["exp_avg_sq_col"] = _collapse(x5, state["exp_avg_sq_col"], "col")
-    return self._write_parameter(param + param * h2 - h3 * (x4 / h4), parameter)
-
-
-def _mlx_flat__scale_parameter__has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored scale_parameter has_learning_rate has_beta_1
-    unfactored scale_parameter !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x3
-    h3 = 1 - beta_1
-    h4 = x3
-    h5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    x4 = beta_1 * exp_avg + h3 * (h4 * (x1 / h5))
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(x4, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x4, parameter)
-
-
-def _mlx_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored scale_parameter has_learning_rate !has_beta_1
-    unfactored scale_parameter !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red1 = mx.mean(mx.square(x1))
-    x3 = mx.maximum(eps2, mx.sqrt(red0)) * (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x3
-    h3 = x3
-    h4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
-
-
-def _mlx_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter has_learning_rate has_beta_1
-    unfactored !scale_parameter !has_learning_rate has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    exp_avg = _as(_expand(state["exp_avg"], "full"), cdt)
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red0 = mx.mean(mx.square(x1))
-    x3 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x3
-    h3 = 1 - beta_1
-    h4 = x3
-    h5 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    x4 = beta_1 * exp_avg + h3 * (h4 * (x1 / h5))
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    state["exp_avg"] = _collapse(x4, state["exp_avg"], "full")
-    return self._write_parameter(param + param * h2 - x4, parameter)
-
-
-def _mlx_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !scale_parameter has_learning_rate !has_beta_1
-    unfactored !scale_parameter !has_learning_rate !has_beta_1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = (_as(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    eps1 = self.eps[0]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    exp_avg_sq = _as(_expand(state["exp_avg_sq"], "full"), cdt)
-    x2 = 1 - _as(t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * exp_avg_sq + h1 * (mx.square(grad) + eps1)
-    x1 = mx.rsqrt(x0) * grad
-    red0 = mx.mean(mx.square(x1))
-    x3 = (_as(mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)), cdt) if relative_step else learning_rate)
-    h2 = -weight_decay * x3
-    h3 = x3
-    h4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    state["exp_avg_sq"] = _collapse(x0, state["exp_avg_sq"], "full")
-    return self._write_parameter(param + param * h2 - h3 * (x1 / h4), parameter)
-
-
-_SPECIALISED = {
-    (True, True, True, True): _mlx_factored__scale_parameter__has_beta_1,
-    (True, False, True, True): _mlx_factored__scale_parameter__has_beta_1,
-    (True, True, False, True): _mlx_factored__scale_parameter__no_has_beta_1,
-    (True, False, False, True): _mlx_factored__scale_parameter__no_has_beta_1,
-    (False, True, True, True): _mlx_factored__has_beta_1__no_scale_parameter,
-    (False, False, True, True): _mlx_factored__has_beta_1__no_scale_parameter,
-    (False, True, False, True): _mlx_factored__no_scale_parameter_no_has_beta_1,
-    (False, False, False, True): _mlx_factored__no_scale_parameter_no_has_beta_1,
-    (True, True, True, False): _mlx_flat__scale_parameter__has_beta_1,
-    (True, False, True, False): _mlx_flat__scale_parameter__has_beta_1,
-    (True, True, False, False): _mlx_flat__scale_parameter__no_has_beta_1,
-    (True, False, False, False): _mlx_flat__scale_parameter__no_has_beta_1,
-    (False, True, True, False): _mlx_flat__has_beta_1__no_scale_parameter,
-    (False, False, True, False): _mlx_flat__has_beta_1__no_scale_parameter,
-    (False, True, False, False): _mlx_flat__no_scale_parameter_no_has_beta_1,
-    (False, False, False, False): _mlx_flat__no_scale_parameter_no_has_beta_1,
-}
+    def _update_unfactored(self, gradient, parameter, state):
+        """The update with MLX ops for unfactored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        if self.relative_step:
+            rho = _as(mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)), cdt)
+        else:
+            rho = _as(self.state["learning_rate"], cdt)
+        alpha = (mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * rho if self.scale_parameter else rho)
+        step_decay = _as(t ** self.decay_rate, cdt)
+        beta2t = 1 - step_decay
+        g2 = mx.square(grad) + self.eps[0]
+        exp_avg_sq = _as(state["exp_avg_sq"], cdt)
+        exp_avg_sq = beta2t * exp_avg_sq + (1 - beta2t) * g2
+        state["exp_avg_sq"] = _collapse(exp_avg_sq, state["exp_avg_sq"], "full")
+        u = mx.rsqrt(exp_avg_sq) * grad
+        u = alpha * (u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold))
+        if self.beta_1 is not None:
+            exp_avg = _as(state["exp_avg"], cdt)
+            exp_avg = self.beta_1 * exp_avg + (1 - self.beta_1) * u
+            state["exp_avg"] = _collapse(exp_avg, state["exp_avg"], "full")
+            u = exp_avg
+        param = param + param * (-self.weight_decay * alpha)
+        param = param - u
+        return self._write_parameter(param, parameter)
 
 
 # ---------------------------------------------------------------------------------------

@@ -207,9 +207,8 @@ class Adafactor(Optimizer):
         axes = self._factor_axes(tuple(gradient.shape))
         key = self._static_key(axes is not None)
         if self.backend == "mlx":
-            function = _SPECIALISED.get(key)
-            if function is not None:
-                return function(self, gradient, parameter, state)
+            update = self._update_factored if axes is not None else self._update_unfactored
+            return update(gradient, parameter, state)
         else:
             function = _FUSED.get(key)
             if function is not None:
@@ -217,78 +216,42 @@ class Adafactor(Optimizer):
         self._check_requirements()
         raise ValueError(f"no specialisation for static configuration {key}")
 
+    def _update_factored(self, gradient, parameter, state):
+        """The update with MLX ops for factored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        beta2t = _as(1 - t ** self.decay_rate, cdt)
+        alpha = _as(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
+        g2 = mx.square(grad) + self.eps[0]
+        row_sums = _as(_expand(state["row_sums"], "row"), cdt)
+        row_sums = beta2t * row_sums + (1 - beta2t) * mx.sum(g2, axis=-1, keepdims=True)
+        state["row_sums"] = _collapse(row_sums, state["row_sums"], "row")
+        col_sums = _as(_expand(state["col_sums"], "col"), cdt)
+        col_sums = beta2t * col_sums + (1 - beta2t) * mx.sum(g2, axis=-2, keepdims=True)
+        state["col_sums"] = _collapse(col_sums, state["col_sums"], "col")
+        sqrt_v = mx.sqrt(row_sums / mx.sum(row_sums, axis=(-2, -1), keepdims=True)) * mx.sqrt(col_sums)
+        u = grad / sqrt_v
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold)
+        return self._write_parameter(param, parameter)
 
-# ---------------------------------------------------------------------------------------
-# Specialised updates, one per distinct static configuration (MLX ops backend).
-# Values use a broadcast layout: row (*B, M, 1), col (*B, 1, N), batch (*B, 1, 1).
-# ---------------------------------------------------------------------------------------
-
-def _mlx_factored(self, gradient, parameter, state):
-    """Specialised for:
-    factored
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    max_step = self.max_step
-    row_sums = _as(_expand(state["row_sums"], "row"), cdt)
-    col_sums = _as(_expand(state["col_sums"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = mx.square(grad) + eps1
-    red1 = mx.sum(x0, axis=-1, keepdims=True)
-    red2 = mx.sum(x0, axis=-2, keepdims=True)
-    x1 = _as(1 - t ** decay_rate, cdt)
-    x2 = 1 - x1
-    x3 = x1 * row_sums + x2 * red1
-    red3 = mx.sum(x3, axis=(-2, -1), keepdims=True)
-    h0 = mx.sqrt(x3 / red3)
-    x5 = x1 * col_sums + x2 * red2
-    h1 = mx.sqrt(x5)
-    x4 = grad / (h0 * h1)
-    red4 = mx.mean(mx.square(x4))
-    h2 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t)), cdt)
-    h3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    state["row_sums"] = _collapse(x3, state["row_sums"], "row")
-    state["col_sums"] = _collapse(x5, state["col_sums"], "col")
-    return self._write_parameter(param - h2 * x4 / h3, parameter)
-
-
-def _mlx_flat(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    max_step = self.max_step
-    second_moment = _as(_expand(state["second_moment"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x2 = _as(1 - t ** decay_rate, cdt)
-    h0 = x2
-    h1 = 1 - x2
-    x0 = h0 * second_moment + h1 * (mx.square(grad) + eps1)
-    x1 = grad / mx.sqrt(x0)
-    red1 = mx.mean(mx.square(x1))
-    h2 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t)), cdt)
-    h3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    state["second_moment"] = _collapse(x0, state["second_moment"], "full")
-    return self._write_parameter(param - h2 * x1 / h3, parameter)
-
-
-_SPECIALISED = {
-    (True,): _mlx_factored,
-    (False,): _mlx_flat,
-}
+    def _update_unfactored(self, gradient, parameter, state):
+        """The update with MLX ops for unfactored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        beta2t = _as(1 - t ** self.decay_rate, cdt)
+        alpha = _as(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
+        g2 = mx.square(grad) + self.eps[0]
+        second_moment = _as(state["second_moment"], cdt)
+        second_moment = beta2t * second_moment + (1 - beta2t) * g2
+        state["second_moment"] = _collapse(second_moment, state["second_moment"], "full")
+        sqrt_v = mx.sqrt(second_moment)
+        u = grad / sqrt_v
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold)
+        return self._write_parameter(param, parameter)
 
 
 # ---------------------------------------------------------------------------------------

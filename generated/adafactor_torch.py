@@ -217,9 +217,8 @@ class Adafactor(Optimizer):
         axes = self._factor_axes(tuple(gradient.shape))
         key = self._static_key(axes is not None)
         if self.backend == "mlx":
-            function = _SPECIALISED.get(key)
-            if function is not None:
-                return function(self, gradient, parameter, state)
+            update = self._update_factored if axes is not None else self._update_unfactored
+            return update(gradient, parameter, state)
         else:
             function = _FUSED.get(key)
             if function is not None:
@@ -227,302 +226,48 @@ class Adafactor(Optimizer):
         self._check_requirements()
         raise ValueError(f"no specialisation for static configuration {key}")
 
+    def _update_factored(self, gradient, parameter, state):
+        """The update with MLX ops for factored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        dtype_eps = mx.finfo(parameter.dtype).eps
+        g = (-grad if self.maximize else grad)
+        e1 = (self.eps[0] if self.eps[0] is not None else dtype_eps)
+        w = _as(t ** self.beta2_decay, cdt)
+        alpha = _as(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
+        param = param * (1 - self.lr * self.weight_decay)
+        row_var = _as(_expand(state["row_var"], "row"), cdt)
+        row_var = row_var + w * (mx.mean(mx.square(g), axis=-1, keepdims=True) - row_var)
+        state["row_var"] = _collapse(row_var, state["row_var"], "row")
+        col_var = _as(_expand(state["col_var"], "col"), cdt)
+        col_var = col_var + w * (mx.mean(mx.square(g), axis=-2, keepdims=True) - col_var)
+        state["col_var"] = _collapse(col_var, state["col_var"], "col")
+        v = row_var * col_var / mx.maximum(mx.mean(row_var, axis=(-2, -1), keepdims=True), e1)
+        u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.d)
+        return self._write_parameter(param, parameter)
 
-# ---------------------------------------------------------------------------------------
-# Specialised updates, one per distinct static configuration (MLX ops backend).
-# Values use a broadcast layout: row (*B, M, 1), col (*B, 1, N), batch (*B, 1, 1).
-# ---------------------------------------------------------------------------------------
-
-def _mlx_factored__maximize__has_eps1(self, gradient, parameter, state):
-    """Specialised for:
-    factored maximize has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    row_var = _as(_expand(state["row_var"], "row"), cdt)
-    col_var = _as(_expand(state["col_var"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = -grad
-    x1 = mx.square(x0)
-    red1 = mx.mean(x1, axis=-1, keepdims=True)
-    red2 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _as(t ** beta2_decay, cdt)
-    x3 = row_var + x2 * (red1 - row_var)
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = x3
-    x5 = col_var + x2 * (red2 - col_var)
-    h1 = x5
-    x6 = eps1
-    h2 = mx.maximum(red3, x6)
-    h3 = x6 * x6
-    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
-    red4 = mx.mean(mx.square(x4))
-    h4 = 1 - lr * weight_decay
-    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h6 = mx.maximum(1, mx.sqrt(red4) / d)
-    state["row_var"] = _collapse(x3, state["row_var"], "row")
-    state["col_var"] = _collapse(x5, state["col_var"], "col")
-    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
-
-
-def _mlx_factored__maximize__no_has_eps1(self, gradient, parameter, state):
-    """Specialised for:
-    factored maximize !has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    dtype_eps = mx.finfo(parameter.dtype).eps
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    row_var = _as(_expand(state["row_var"], "row"), cdt)
-    col_var = _as(_expand(state["col_var"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = -grad
-    x1 = mx.square(x0)
-    red1 = mx.mean(x1, axis=-1, keepdims=True)
-    red2 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _as(t ** beta2_decay, cdt)
-    x3 = row_var + x2 * (red1 - row_var)
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = x3
-    x5 = col_var + x2 * (red2 - col_var)
-    h1 = x5
-    x6 = dtype_eps
-    h2 = mx.maximum(red3, x6)
-    h3 = x6 * x6
-    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
-    red4 = mx.mean(mx.square(x4))
-    h4 = 1 - lr * weight_decay
-    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h6 = mx.maximum(1, mx.sqrt(red4) / d)
-    state["row_var"] = _collapse(x3, state["row_var"], "row")
-    state["col_var"] = _collapse(x5, state["col_var"], "col")
-    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
-
-
-def _mlx_factored__has_eps1__no_maximize(self, gradient, parameter, state):
-    """Specialised for:
-    factored !maximize has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    row_var = _as(_expand(state["row_var"], "row"), cdt)
-    col_var = _as(_expand(state["col_var"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = grad
-    x1 = mx.square(x0)
-    red1 = mx.mean(x1, axis=-1, keepdims=True)
-    red2 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _as(t ** beta2_decay, cdt)
-    x3 = row_var + x2 * (red1 - row_var)
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = x3
-    x5 = col_var + x2 * (red2 - col_var)
-    h1 = x5
-    x6 = eps1
-    h2 = mx.maximum(red3, x6)
-    h3 = x6 * x6
-    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
-    red4 = mx.mean(mx.square(x4))
-    h4 = 1 - lr * weight_decay
-    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h6 = mx.maximum(1, mx.sqrt(red4) / d)
-    state["row_var"] = _collapse(x3, state["row_var"], "row")
-    state["col_var"] = _collapse(x5, state["col_var"], "col")
-    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
-
-
-def _mlx_factored__no_maximize_no_has_eps1(self, gradient, parameter, state):
-    """Specialised for:
-    factored !maximize !has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    dtype_eps = mx.finfo(parameter.dtype).eps
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    row_var = _as(_expand(state["row_var"], "row"), cdt)
-    col_var = _as(_expand(state["col_var"], "col"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x0 = grad
-    x1 = mx.square(x0)
-    red1 = mx.mean(x1, axis=-1, keepdims=True)
-    red2 = mx.mean(x1, axis=-2, keepdims=True)
-    x2 = _as(t ** beta2_decay, cdt)
-    x3 = row_var + x2 * (red1 - row_var)
-    red3 = mx.mean(x3, axis=(-2, -1), keepdims=True)
-    h0 = x3
-    x5 = col_var + x2 * (red2 - col_var)
-    h1 = x5
-    x6 = dtype_eps
-    h2 = mx.maximum(red3, x6)
-    h3 = x6 * x6
-    x4 = x0 * mx.rsqrt(mx.maximum(h0 * h1 / h2, h3))
-    red4 = mx.mean(mx.square(x4))
-    h4 = 1 - lr * weight_decay
-    h5 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h6 = mx.maximum(1, mx.sqrt(red4) / d)
-    state["row_var"] = _collapse(x3, state["row_var"], "row")
-    state["col_var"] = _collapse(x5, state["col_var"], "col")
-    return self._write_parameter(param * h4 - h5 * x4 / h6, parameter)
-
-
-def _mlx_flat__maximize__has_eps1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored maximize has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    variance = _as(_expand(state["variance"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x3 = eps1
-    h1 = x3 * x3
-    x0 = -grad
-    h0 = _as(t ** beta2_decay, cdt)
-    x1 = variance + h0 * (mx.square(x0) - variance)
-    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
-    red1 = mx.mean(mx.square(x2))
-    h2 = 1 - lr * weight_decay
-    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h4 = mx.maximum(1, mx.sqrt(red1) / d)
-    state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
-
-
-def _mlx_flat__maximize__no_has_eps1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored maximize !has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    dtype_eps = mx.finfo(parameter.dtype).eps
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    variance = _as(_expand(state["variance"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x3 = dtype_eps
-    h1 = x3 * x3
-    x0 = -grad
-    h0 = _as(t ** beta2_decay, cdt)
-    x1 = variance + h0 * (mx.square(x0) - variance)
-    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
-    red1 = mx.mean(mx.square(x2))
-    h2 = 1 - lr * weight_decay
-    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h4 = mx.maximum(1, mx.sqrt(red1) / d)
-    state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
-
-
-def _mlx_flat__has_eps1__no_maximize(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !maximize has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps1 = self.eps[0]
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    variance = _as(_expand(state["variance"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x3 = eps1
-    h1 = x3 * x3
-    x0 = grad
-    h0 = _as(t ** beta2_decay, cdt)
-    x1 = variance + h0 * (mx.square(x0) - variance)
-    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
-    red1 = mx.mean(mx.square(x2))
-    h2 = 1 - lr * weight_decay
-    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h4 = mx.maximum(1, mx.sqrt(red1) / d)
-    state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
-
-
-def _mlx_flat__no_maximize_no_has_eps1(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !maximize !has_eps1
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    dtype_eps = mx.finfo(parameter.dtype).eps
-    lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps2 = self.eps[1]
-    d = self.d
-    weight_decay = self.weight_decay
-    variance = _as(_expand(state["variance"], "full"), cdt)
-    red0 = mx.mean(mx.square(param))
-    x3 = dtype_eps
-    h1 = x3 * x3
-    x0 = grad
-    h0 = _as(t ** beta2_decay, cdt)
-    x1 = variance + h0 * (mx.square(x0) - variance)
-    x2 = x0 * mx.rsqrt(mx.maximum(x1, h1))
-    red1 = mx.mean(mx.square(x2))
-    h2 = 1 - lr * weight_decay
-    h3 = _as(mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t)), cdt)
-    h4 = mx.maximum(1, mx.sqrt(red1) / d)
-    state["variance"] = _collapse(x1, state["variance"], "full")
-    return self._write_parameter(param * h2 - h3 * x2 / h4, parameter)
-
-
-_SPECIALISED = {
-    (True, True, True): _mlx_factored__maximize__has_eps1,
-    (True, False, True): _mlx_factored__maximize__no_has_eps1,
-    (False, True, True): _mlx_factored__has_eps1__no_maximize,
-    (False, False, True): _mlx_factored__no_maximize_no_has_eps1,
-    (True, True, False): _mlx_flat__maximize__has_eps1,
-    (True, False, False): _mlx_flat__maximize__no_has_eps1,
-    (False, True, False): _mlx_flat__has_eps1__no_maximize,
-    (False, False, False): _mlx_flat__no_maximize_no_has_eps1,
-}
+    def _update_unfactored(self, gradient, parameter, state):
+        """The update with MLX ops for unfactored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        dtype_eps = mx.finfo(parameter.dtype).eps
+        g = (-grad if self.maximize else grad)
+        e1 = (self.eps[0] if self.eps[0] is not None else dtype_eps)
+        w = _as(t ** self.beta2_decay, cdt)
+        alpha = _as(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
+        param = param * (1 - self.lr * self.weight_decay)
+        variance = _as(state["variance"], cdt)
+        variance = variance + w * (mx.square(g) - variance)
+        state["variance"] = _collapse(variance, state["variance"], "full")
+        v = variance
+        u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.d)
+        return self._write_parameter(param, parameter)
 
 
 # ---------------------------------------------------------------------------------------

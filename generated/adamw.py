@@ -209,9 +209,8 @@ class AdamW(Optimizer):
         axes = self._factor_axes(tuple(gradient.shape))
         key = self._static_key(axes is not None)
         if self.backend == "mlx":
-            function = _SPECIALISED.get(key)
-            if function is not None:
-                return function(self, gradient, parameter, state)
+            update = self._update_unfactored
+            return update(gradient, parameter, state)
         else:
             function = _FUSED.get(key)
             if function is not None:
@@ -219,67 +218,26 @@ class AdamW(Optimizer):
         self._check_requirements()
         raise ValueError(f"no specialisation for static configuration {key}")
 
-
-# ---------------------------------------------------------------------------------------
-# Specialised updates, one per distinct static configuration (MLX ops backend).
-# Values use a broadcast layout: row (*B, M, 1), col (*B, 1, N), batch (*B, 1, 1).
-# ---------------------------------------------------------------------------------------
-
-def _mlx_flat__bias_correction(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored bias_correction
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    t = self.step.astype(mx.float32)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    beta1 = self.betas[0]
-    beta2 = self.betas[1]
-    eps = self.eps
-    weight_decay = self.weight_decay
-    m = _as(_expand(state["m"], "full"), cdt)
-    v = _as(_expand(state["v"], "full"), cdt)
-    h0 = 1 - learning_rate * weight_decay
-    h1 = _as(learning_rate / (1 - beta1 ** t), cdt)
-    h4 = _as(mx.rsqrt(1 - beta2 ** t), cdt)
-    h2 = 1 - beta1
-    x0 = beta1 * m + h2 * grad
-    h3 = 1 - beta2
-    x1 = beta2 * v + h3 * mx.square(grad)
-    state["m"] = _collapse(x0, state["m"], "full")
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(param * h0 - h1 * x0 / (mx.sqrt(x1) * h4 + eps), parameter)
-
-
-def _mlx_flat__no_bias_correction(self, gradient, parameter, state):
-    """Specialised for:
-    unfactored !bias_correction
-    """
-    cdt = mx.float32 if self.precision == "float32" else parameter.dtype
-    grad = _as(gradient, cdt)
-    param = _as(parameter, cdt)
-    learning_rate = _as(self.state["learning_rate"], cdt)
-    beta1 = self.betas[0]
-    beta2 = self.betas[1]
-    eps = self.eps
-    weight_decay = self.weight_decay
-    m = _as(_expand(state["m"], "full"), cdt)
-    v = _as(_expand(state["v"], "full"), cdt)
-    h0 = 1 - learning_rate * weight_decay
-    h1 = 1 - beta1
-    x0 = beta1 * m + h1 * grad
-    h2 = 1 - beta2
-    x1 = beta2 * v + h2 * mx.square(grad)
-    state["m"] = _collapse(x0, state["m"], "full")
-    state["v"] = _collapse(x1, state["v"], "full")
-    return self._write_parameter(param * h0 - learning_rate * x0 / (mx.sqrt(x1) + eps), parameter)
-
-
-_SPECIALISED = {
-    (True, False): _mlx_flat__bias_correction,
-    (False, False): _mlx_flat__no_bias_correction,
-}
+    def _update_unfactored(self, gradient, parameter, state):
+        """The update with MLX ops for unfactored parameters, in the spec's order."""
+        cdt = mx.float32 if self.precision == "float32" else parameter.dtype
+        grad = _as(gradient, cdt)
+        param = _as(parameter, cdt)
+        t = self.step.astype(mx.float32)
+        param = param * (1 - _as(self.state["learning_rate"], cdt) * self.weight_decay)
+        m = _as(state["m"], cdt)
+        m = self.betas[0] * m + (1 - self.betas[0]) * grad
+        state["m"] = _collapse(m, state["m"], "full")
+        v = _as(state["v"], cdt)
+        v = self.betas[1] * v + (1 - self.betas[1]) * mx.square(grad)
+        state["v"] = _collapse(v, state["v"], "full")
+        if self.bias_correction:
+            c1 = _as(_as(self.state["learning_rate"], cdt) / (1 - self.betas[0] ** t), cdt)
+            c2 = _as(mx.rsqrt(1 - self.betas[1] ** t), cdt)
+            param = param - c1 * m / (mx.sqrt(v) * c2 + self.eps)
+        else:
+            param = param - _as(self.state["learning_rate"], cdt) * m / (mx.sqrt(v) + self.eps)
+        return self._write_parameter(param, parameter)
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 import sympy
 
 from afgen import __version__
-from afgen.backends.functions import MLX, function_model
 from afgen.backends.gpu_driver import driver_model, headers, plan_kernels
 from afgen.backends.kernels import DIALECTS, THREADS
+from afgen.backends.mlx_function import layout_functions
+from afgen.backends.names import PYTHON_RESERVED, SymbolTable, spec_names
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
 from afgen.lower.compiler import Compiled
@@ -124,14 +125,27 @@ def _factored_code(spec: Spec) -> str:
          if s.name in hypers}))
 
 
+# What the generated module binds at top level and its methods read: spec names must
+# not shadow them (afgen.backends.names.check_spec_names refuses them).
+MODULE_NAMES = frozenset({"mx", "math", "numbers", "self", "Optimizer", "tree_map",
+                          "tree_map_with_path", "Callable", "NamedTuple", "Optional", "Tuple",
+                          "Union", "annotations"})
+
+
+def python_names(spec: Spec) -> SymbolTable:
+    """The module's symbol table: what Python and the module reserve, then every spec
+    name, so the generator's own names are drawn around them."""
+    return SymbolTable(PYTHON_RESERVED | MODULE_NAMES | set(spec_names(spec)))
+
+
 def module_context(compiled: Compiled, spec_path: str) -> dict:
     spec = compiled.spec
-    functions = [function_model(spec, plan, MLX, "_mlx_") for plan in compiled.plans]
-    dispatch = []
-    for plan, fn in zip(compiled.plans, functions):
-        for config in plan.configs:
-            key = tuple(v for _, v in config.values) + (config.factored,)
-            dispatch.append((repr(key), fn.name))
+    static_code = {str(k): str(v) for k, v in _static_code(spec).items()}
+    functions = layout_functions(spec, [plan.factored for plan in compiled.plans], static_code,
+                                 python_names(spec))
+    layouts = {fn.factored: fn.name.split("(")[0] for fn in functions}
+    mlx_dispatch = " if axes is not None else ".join(
+        f"self.{layouts[f]}" for f in (True, False) if f in layouts)
     shape_code = SHAPE_CODE if spec.factor_axes == "last" else SHAPE_CODE_ANY_AXES
     states = []
     for s in spec.state:
@@ -168,7 +182,8 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(compiled), "states": states,
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],
-        "any_axes": spec.factor_axes != "last", "functions": functions, "dispatch": dispatch,
+        "any_axes": spec.factor_axes != "last", "layout_functions": functions,
+        "mlx_dispatch": mlx_dispatch,
     }
 
 

@@ -217,13 +217,14 @@ class MLXPrinter(BasePrinter):
     ``t`` is float32, as MLX's ``step`` promotes to): a ``Rounded`` equation value built
     from one is cast to ``cdt``, which is how MLX's optimizers round such values."""
 
-    def __init__(self, wide: frozenset[str] = frozenset()):
+    def __init__(self, wide: frozenset[str] = frozenset(), cdt: str = "cdt"):
         super().__init__()
         self.wide = wide
+        self.cdt = cdt
 
     def _print_Rounded(self, expr: ops.Rounded) -> str:
         text = self._print(expr.args[0])
-        return f"_as({text}, cdt)" if is_wide(expr.args[0], self.wide) else text
+        return f"_as({text}, {self.cdt})" if is_wide(expr.args[0], self.wide) else text
 
     funcs = {name: f"mx.{name}" for name in (
         "sqrt", "rsqrt", "abs", "exp", "log", "sign", "maximum", "minimum", "where", "square",
