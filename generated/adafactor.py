@@ -322,26 +322,25 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
     s3 = 1 - beta_1
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s0 = mx.rsqrt(g1_2 / red3)
-    s1 = mx.rsqrt(g1_3)
-    s2 = -weight_decay * g1_4
-    s4 = g1_4
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
+    beta2t = 1 - t ** decay_rate
+    g1_1 = 1 - beta2t
+    exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
+    red3 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
+    s1 = mx.rsqrt(exp_avg_sq_col_1)
+    s2 = -weight_decay * alpha
+    new_exp_avg_sq_row = exp_avg_sq_row_1
+    new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = _launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_c86ffe9346", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([beta_1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -369,26 +368,25 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_4365f4067b", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red2
-    g1_4 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s0 = mx.rsqrt(g1_2 / red3)
-    s1 = mx.rsqrt(g1_3)
-    s2 = -weight_decay * g1_4
-    s3 = g1_4
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
+    beta2t = 1 - t ** decay_rate
+    g1_1 = 1 - beta2t
+    exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
+    red3 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
+    s1 = mx.rsqrt(exp_avg_sq_col_1)
+    s2 = -weight_decay * alpha
+    new_exp_avg_sq_row = exp_avg_sq_row_1
+    new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = _launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_f2_64fc427136", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([alpha, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -414,26 +412,25 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s2 = -weight_decay * g0_0
+    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s2 = -weight_decay * alpha
     s3 = 1 - beta_1
-    s4 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
+    beta2t = 1 - t ** decay_rate
+    g1_1 = 1 - beta2t
+    exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
+    red2 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
+    s0 = mx.rsqrt(exp_avg_sq_row_1 / red2)
+    s1 = mx.rsqrt(exp_avg_sq_col_1)
+    new_exp_avg_sq_row = exp_avg_sq_row_1
+    new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = _launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_c86ffe9346", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([beta_1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    new_param, new_exp_avg = _launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -460,25 +457,24 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     warmup_init = self.warmup_init
     exp_avg_sq_row = _as(_expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _as(_expand(state["exp_avg_sq_col"], "col"), cdt)
-    g0_0 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s2 = -weight_decay * g0_0
-    s3 = g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_c45a6d2dd3", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s2 = -weight_decay * alpha
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * exp_avg_sq_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_exp_avg_sq_row = g1_2
-    new_exp_avg_sq_col = g1_3
+    beta2t = 1 - t ** decay_rate
+    g1_1 = 1 - beta2t
+    exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
+    red2 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
+    s0 = mx.rsqrt(exp_avg_sq_row_1 / red2)
+    s1 = mx.rsqrt(exp_avg_sq_col_1)
+    new_exp_avg_sq_row = exp_avg_sq_row_1
+    new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = _launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_f2_64fc427136", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([alpha, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -503,18 +499,16 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s3 = 1 - beta_1
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    beta2t = 1 - t ** decay_rate
+    s0 = 1 - beta2t
+    s2 = 1 - beta_1
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s2 = -weight_decay * g1_0
-    s4 = g1_0
-    s5 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_550588ec89", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s1 = -weight_decay * alpha
+    s3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -540,17 +534,15 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_4f02b3454d", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    beta2t = 1 - t ** decay_rate
+    s0 = 1 - beta2t
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    g1_0 = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s2 = -weight_decay * g1_0
-    s3 = g1_0
-    s4 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_6f1733a70c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s1 = -weight_decay * alpha
+    s2 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -574,17 +566,15 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
-    g0_0 = 1 - t ** decay_rate
-    g0_1 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = -weight_decay * g0_1
-    s3 = 1 - beta_1
-    s4 = g0_1
-    red0_part, = _launch(backend, "afgen_adafactor_u0_c44d1e2a8c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    beta2t = 1 - t ** decay_rate
+    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s0 = 1 - beta2t
+    s1 = -weight_decay * alpha
+    s2 = 1 - beta_1
+    red0_part, = _launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s5 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_550588ec89", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([beta_1, eps1, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
+    new_param, new_exp_avg_sq, new_exp_avg = _launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -609,16 +599,14 @@ def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
-    g0_0 = 1 - t ** decay_rate
-    g0_1 = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = -weight_decay * g0_1
-    s3 = g0_1
-    red0_part, = _launch(backend, "afgen_adafactor_u0_c44d1e2a8c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    beta2t = 1 - t ** decay_rate
+    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
+    s0 = 1 - beta2t
+    s1 = -weight_decay * alpha
+    red0_part, = _launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s4 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_6f1733a70c", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([eps1, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
+    new_param, new_exp_avg_sq = _launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _pack([alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -646,11 +634,76 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
-        "afgen_adafactor_f0_4365f4067b": (
+        "afgen_adafactor_f0_566585e7b2": (
+            ["grad_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_f0_566585e7b2: pass 0, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float eps1 = scalars[0];
+float acc_red0[4];
+float acc_red1[8];
+for (uint c = 0; c < 8; ++c) {
+  acc_red1[c] = 0.0f;
+}
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  acc_red0[r] = 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float g2 = afg_sq(grad) + eps1;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
+
+  }
+}
+for (uint r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red0[r]);
+  const uint m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
+    red0_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+threadgroup float afg_cols_red1[2048];
+for (uint c = 0; c < 8; ++c) {
+  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+}
+threadgroup_barrier(mem_flags::mem_threadgroup);
+{
+  const uint j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (uint w = 0; w < 8; ++w) {
+      total += afg_cols_red1[w * 256 + lid];
+    }
+    red1_part[(b * nrb + rb) * N + j] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_f0_f2fa08580a": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_f0_4365f4067b: pass 0, factored layout
+// afgen_adafactor_f0_f2fa08580a: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -683,10 +736,10 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps1;
+    const float g2 = afg_sq(grad) + eps1;
     acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_0;
-    acc_red2[c] += x0_0;
+    acc_red1[r] += g2;
+    acc_red2[c] += g2;
 
   }
 }
@@ -721,71 +774,6 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_f0_c45a6d2dd3": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_f0_c45a6d2dd3: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps1;
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-        ),
         "afgen_adafactor_f1_2643e57e32": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red3_part"],
@@ -874,11 +862,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_f2_64fc427136": (
+        "afgen_adafactor_f2_66b17d107b": (
             ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_f2_64fc427136: pass 2, factored layout
+// afgen_adafactor_f2_66b17d107b: pass 2, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -892,9 +880,9 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const float s4 = scalars[2];
+const float alpha = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
 const uint afg_key = afg_bits(scalars[3]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
@@ -909,17 +897,17 @@ for (uint r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param + param * s2 - s3 * (s0 * s1 * grad / s4), idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param + param * s2 - alpha * (s0 * s1 * grad / s3), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_f2_c86ffe9346": (
+        "afgen_adafactor_f2_dcbcfebc5b": (
             ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param", "new_exp_avg"],
             """\
-// afgen_adafactor_f2_c86ffe9346: pass 2, factored layout
+// afgen_adafactor_f2_dcbcfebc5b: pass 2, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -933,11 +921,11 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float beta_1 = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const float s5 = scalars[4];
+const float alpha = scalars[0];
+const float beta_1 = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
 const uint afg_key = afg_bits(scalars[5]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
@@ -953,7 +941,7 @@ for (uint r = 0; r < 4; ++r) {
     const float exp_avg = afg_load(exp_avg_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x2_0 = beta_1 * exp_avg + s3 * (s4 * (s0 * s1 * grad / s5));
+    const float x2_0 = beta_1 * exp_avg + s3 * (alpha * (s0 * s1 * grad / s4));
     new_param[idx] = afg_store_rounded<T>(param + param * s2 - x2_0, idx, afg_key);
     new_exp_avg[idx] = afg_store<S>(x2_0);
 
@@ -961,11 +949,11 @@ for (uint r = 0; r < 4; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_u0_4f02b3454d": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
+        "afgen_adafactor_u0_a0892c8d90": (
+            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+            ["red0_part"],
             """\
-// afgen_adafactor_u0_4f02b3454d: pass 0, unfactored layout
+// afgen_adafactor_u0_a0892c8d90: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -979,9 +967,50 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
+const float beta2t = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
+float acc_red0 = 0.0f;
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  acc_red0 += afg_sq(metal::rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u0_e8b3be9882": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_u0_e8b3be9882: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float beta2t = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (uint c = 0; c < 4; ++c) {
@@ -993,7 +1022,7 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(metal::rsqrt(s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1)) * grad);
+  acc_red1 += afg_sq(metal::rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
 
 }
 threadgroup float afg_scratch[8];
@@ -1011,11 +1040,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_u0_c44d1e2a8c": (
-            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
-            ["red0_part"],
+        "afgen_adafactor_u1_1a6a5d12f2": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq"],
             """\
-// afgen_adafactor_u0_c44d1e2a8c: pass 0, unfactored layout
+// afgen_adafactor_u1_1a6a5d12f2: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -1029,10 +1058,13 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
+const float alpha = scalars[0];
+const float beta2t = scalars[1];
+const float eps1 = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -1040,23 +1072,19 @@ for (uint c = 0; c < 4; ++c) {
   }
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
-  acc_red0 += afg_sq(metal::rsqrt(s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1)) * grad);
+  const float param = afg_load(param_in[idx]);
+  const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
+  new_param[idx] = afg_store_rounded<T>(param + param * s1 - alpha * (metal::rsqrt(x1_0) * grad / s2), idx, afg_key);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
 
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
 }
 """,
         ),
-        "afgen_adafactor_u1_550588ec89": (
+        "afgen_adafactor_u1_52ab904c80": (
             ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq", "new_exp_avg"],
             """\
-// afgen_adafactor_u1_550588ec89: pass 1, unfactored layout
+// afgen_adafactor_u1_52ab904c80: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -1070,14 +1098,14 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float beta_1 = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float s5 = scalars[7];
+const float alpha = scalars[0];
+const float beta2t = scalars[1];
+const float beta_1 = scalars[2];
+const float eps1 = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float s3 = scalars[7];
 const uint afg_key = afg_bits(scalars[8]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -1088,62 +1116,87 @@ for (uint c = 0; c < 4; ++c) {
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float x1_0 = s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1);
-  const float x1_1 = beta_1 * exp_avg + s3 * (s4 * (metal::rsqrt(x1_0) * grad / s5));
-  new_param[idx] = afg_store_rounded<T>(param + param * s2 - x1_1, idx, afg_key);
+  const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
+  const float x1_1 = beta_1 * exp_avg + s2 * (alpha * (metal::rsqrt(x1_0) * grad / s3));
+  new_param[idx] = afg_store_rounded<T>(param + param * s1 - x1_1, idx, afg_key);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
   new_exp_avg[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_u1_6f1733a70c": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq"],
+    },
+    "cuda": {
+        "afgen_adafactor_f0_566585e7b2": (
+            ["grad_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_u1_6f1733a70c: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
+// afgen_adafactor_f0_566585e7b2: pass 0, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const float s4 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x1_0 = s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1);
-  new_param[idx] = afg_store_rounded<T>(param + param * s2 - s3 * (metal::rsqrt(x1_0) * grad / s4), idx, afg_key);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
+float acc_red0[4];
+float acc_red1[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red1[c] = 0.0f;
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  acc_red0[r] = 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float g2 = afg_sq(grad) + eps1;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
+  }
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red0[r]);
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  if (lane == 0 && m < M) {
+    red0_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+__shared__ float afg_cols_red1[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+}
+__syncthreads();
+{
+  const unsigned int j = cc * 256 + lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red1[w * 256 + lid];
+    }
+    red1_part[(b * nrb + rb) * N + j] = total;
+  }
 }
 """,
         ),
-    },
-    "cuda": {
-        "afgen_adafactor_f0_4365f4067b": (
+        "afgen_adafactor_f0_f2fa08580a": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_f0_4365f4067b: pass 0, factored layout
+// afgen_adafactor_f0_f2fa08580a: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1176,10 +1229,10 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps1;
+    const float g2 = afg_sq(grad) + eps1;
     acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_0;
-    acc_red2[c] += x0_0;
+    acc_red1[r] += g2;
+    acc_red2[c] += g2;
 
   }
 }
@@ -1214,71 +1267,6 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_f0_c45a6d2dd3": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_f0_c45a6d2dd3: pass 0, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps1 = scalars[0];
-float acc_red0[4];
-float acc_red1[8];
-for (unsigned int c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps1;
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
-
-  }
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-__shared__ float afg_cols_red1[2048];
-for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-__syncthreads();
-{
-  const unsigned int j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-        ),
         "afgen_adafactor_f1_2643e57e32": (
             ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
             ["red3_part"],
@@ -1367,11 +1355,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_f2_64fc427136": (
+        "afgen_adafactor_f2_66b17d107b": (
             ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_f2_64fc427136: pass 2, factored layout
+// afgen_adafactor_f2_66b17d107b: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1385,9 +1373,9 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const float s4 = scalars[2];
+const float alpha = scalars[0];
+const float s2 = scalars[1];
+const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
@@ -1402,17 +1390,17 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param + param * s2 - s3 * (s0 * s1 * grad / s4), idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param + param * s2 - alpha * (s0 * s1 * grad / s3), idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_f2_c86ffe9346": (
+        "afgen_adafactor_f2_dcbcfebc5b": (
             ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param", "new_exp_avg"],
             """\
-// afgen_adafactor_f2_c86ffe9346: pass 2, factored layout
+// afgen_adafactor_f2_dcbcfebc5b: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1426,11 +1414,11 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float beta_1 = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const float s5 = scalars[4];
+const float alpha = scalars[0];
+const float beta_1 = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const float s4 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
@@ -1446,7 +1434,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float exp_avg = afg_load(exp_avg_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x2_0 = beta_1 * exp_avg + s3 * (s4 * (s0 * s1 * grad / s5));
+    const float x2_0 = beta_1 * exp_avg + s3 * (alpha * (s0 * s1 * grad / s4));
     new_param[idx] = afg_store_rounded<T>(param + param * s2 - x2_0, idx, afg_key);
     new_exp_avg[idx] = afg_store<S>(x2_0);
 
@@ -1454,11 +1442,11 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_u0_4f02b3454d": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
+        "afgen_adafactor_u0_a0892c8d90": (
+            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+            ["red0_part"],
             """\
-// afgen_adafactor_u0_4f02b3454d: pass 0, unfactored layout
+// afgen_adafactor_u0_a0892c8d90: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1472,9 +1460,50 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
+const float beta2t = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
+float acc_red0 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  acc_red0 += afg_sq(rsqrtf(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_u0_e8b3be9882": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_u0_e8b3be9882: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float beta2t = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
@@ -1486,7 +1515,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(rsqrtf(s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1)) * grad);
+  acc_red1 += afg_sq(rsqrtf(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
 
 }
 __shared__ float afg_scratch[8];
@@ -1504,11 +1533,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_u0_c44d1e2a8c": (
-            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
-            ["red0_part"],
+        "afgen_adafactor_u1_1a6a5d12f2": (
+            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+            ["new_param", "new_exp_avg_sq"],
             """\
-// afgen_adafactor_u0_c44d1e2a8c: pass 0, unfactored layout
+// afgen_adafactor_u1_1a6a5d12f2: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1522,10 +1551,13 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
+const float alpha = scalars[0];
+const float beta2t = scalars[1];
+const float eps1 = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -1533,23 +1565,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   }
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
-  acc_red0 += afg_sq(rsqrtf(s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1)) * grad);
+  const float param = afg_load(param_in[idx]);
+  const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
+  new_param[idx] = afg_store_rounded<T>(param + param * s1 - alpha * (rsqrtf(x1_0) * grad / s2), idx, afg_key);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
 
-}
-__shared__ float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
 }
 """,
         ),
-        "afgen_adafactor_u1_550588ec89": (
+        "afgen_adafactor_u1_52ab904c80": (
             ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
             ["new_param", "new_exp_avg_sq", "new_exp_avg"],
             """\
-// afgen_adafactor_u1_550588ec89: pass 1, unfactored layout
+// afgen_adafactor_u1_52ab904c80: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1563,14 +1591,14 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float beta_1 = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float s5 = scalars[7];
+const float alpha = scalars[0];
+const float beta2t = scalars[1];
+const float beta_1 = scalars[2];
+const float eps1 = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float s3 = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -1581,51 +1609,11 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float x1_0 = s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1);
-  const float x1_1 = beta_1 * exp_avg + s3 * (s4 * (rsqrtf(x1_0) * grad / s5));
-  new_param[idx] = afg_store_rounded<T>(param + param * s2 - x1_1, idx, afg_key);
+  const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
+  const float x1_1 = beta_1 * exp_avg + s2 * (alpha * (rsqrtf(x1_0) * grad / s3));
+  new_param[idx] = afg_store_rounded<T>(param + param * s1 - x1_1, idx, afg_key);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
   new_exp_avg[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_u1_6f1733a70c": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq"],
-            """\
-// afgen_adafactor_u1_6f1733a70c: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const float s4 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x1_0 = s0 * exp_avg_sq + s1 * (afg_sq(grad) + eps1);
-  new_param[idx] = afg_store_rounded<T>(param + param * s2 - s3 * (rsqrtf(x1_0) * grad / s4), idx, afg_key);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
 
 }
 """,

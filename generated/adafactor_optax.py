@@ -324,20 +324,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -367,20 +367,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -409,20 +409,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -448,20 +448,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -489,20 +489,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_1fb65205b5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -528,20 +528,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_1740352910", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -566,20 +566,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_35001b1345", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -601,20 +601,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_406674ad5a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -639,20 +639,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -681,20 +681,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -722,20 +722,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -760,20 +760,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_fd28743349", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -800,20 +800,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_c65cd8fa49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -838,20 +838,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_06ca77de49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -875,20 +875,20 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_73b0717022", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -909,20 +909,20 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_6121e9c093", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_733afc921f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -948,18 +948,18 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -989,18 +989,18 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1029,18 +1029,18 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1066,18 +1066,18 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1105,18 +1105,18 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_d1fe97f624", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1142,18 +1142,18 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_bb6a17e489", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([learning_rate, momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1178,18 +1178,18 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_3a44e1eab6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -1211,18 +1211,18 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_6be43eacd3", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([learning_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -1247,18 +1247,18 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1287,18 +1287,18 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1326,18 +1326,18 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1362,18 +1362,18 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     red3_part, = _launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = mx.sum(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
@@ -1400,18 +1400,18 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_02bf117c51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1436,18 +1436,18 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s1 = mx.rsqrt(g1_2 / red2)
-    s2 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s1 = mx.rsqrt(v_row_1 / red2)
+    s2 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, new_ema = _launch(backend, "afgen_adafactor_optax_f1_35fae15e9c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rows(s1, geo), _cols(s2, geo), _pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1471,18 +1471,18 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_72acf63220", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -1503,18 +1503,18 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     eps = self.eps
     v_row = _as(_expand(state["v_row"], "row"), cdt)
     v_col = _as(_expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_5073e8f6d8", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _row_total(red0_part, geo) / geo.N
     red1 = _col_total(red1_part, geo) / geo.M
-    g1_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * v_row + g1_1 * red0
-    red2 = mx.mean(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * v_col + g1_1 * red1
-    s0 = mx.rsqrt(g1_2 / red2)
-    s1 = mx.rsqrt(g1_3)
-    new_v_row = g1_2
-    new_v_col = g1_3
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    g1_1 = 1 - decay
+    v_row_1 = decay * v_row + g1_1 * red0
+    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    v_col_1 = decay * v_col + g1_1 * red1
+    s0 = mx.rsqrt(v_row_1 / red2)
+    s1 = mx.rsqrt(v_col_1)
+    new_v_row = v_row_1
+    new_v_col = v_col_1
     new_param, = _launch(backend, "afgen_adafactor_optax_f1_16f61fa55f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _collapse(new_v_row, state["v_row"], "row")
@@ -1538,16 +1538,15 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_4c2cbd529d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_9ef415e76f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1571,16 +1570,15 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_03a2d2d4eb", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_c1929612e5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1604,15 +1602,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     clipping_threshold = self.clipping_threshold
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_52810f91de", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s2 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_615025fb38", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1633,15 +1630,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_3173b74ce3", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s2 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_bc96f9f5fa", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1663,14 +1659,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
+    s1 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_8eb2059895", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_10164be6f2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1693,14 +1688,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
+    s1 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_63acf92f11", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_6093285407", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1723,13 +1717,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     decay_offset = self.decay_offset
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_37455e1aeb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_c0df32ce34", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1749,13 +1742,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_3cdb422d4b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_ad3bab1c99", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1777,16 +1769,15 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_0dce8d3cf7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_e425bd9031", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1809,16 +1800,15 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s4 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_eff28fa80b", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s3 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_9b85adc914", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1841,15 +1831,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     clipping_threshold = self.clipping_threshold
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_a7f920e183", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s2 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_baede38030", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1869,15 +1858,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_c667f2f2f8", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_eb3b3e37d1", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    s2 = mx.maximum(mx.sqrt(red1), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_3ce49f4884", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1898,14 +1886,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
+    s1 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_1e69e661f4", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_dfa32f3685", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1927,14 +1914,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
+    s1 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_23dd7dd587", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_e6188fd26d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1956,13 +1942,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     decay_offset = self.decay_offset
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_6ae9c4b240", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_776e811870", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1981,13 +1966,12 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
     red0_part, = _launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_0483101663", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(mx.sqrt(red0), 0.001)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_788741f968", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2010,14 +1994,13 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_fb3bbdf38c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_f673bd03f3", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2041,14 +2024,13 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_f2c74ffccf", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_ef66f0e1e7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2072,13 +2054,12 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     clipping_threshold = self.clipping_threshold
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_1ae323b635", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_fbdee229ff", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2099,13 +2080,12 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_ae71515918", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_462bad4011", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2127,11 +2107,10 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_5dfed218ee", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s1 = 1 - decay
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_4642334248", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2154,11 +2133,10 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_a982e004b1", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s1 = 1 - decay
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_1d10d2d05f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2181,10 +2159,9 @@ def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     decay_offset = self.decay_offset
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_69ff7c7d37", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_b135c29868", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2204,10 +2181,9 @@ def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_663261ce5a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_2b9217b440", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, learning_rate, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2229,14 +2205,13 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_0fd76be40c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_7b68b4eb43", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2259,14 +2234,13 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    s2 = 1 - momentum
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - momentum
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_b089ee40df", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u1_977603948e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2289,13 +2263,12 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     clipping_threshold = self.clipping_threshold
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_d61d82a814", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_e4682a888a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2315,13 +2288,12 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_cf9f65a5ce", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    red0_part, = _launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
-    s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_b064cc0b55", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u1_c171adee39", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2342,11 +2314,10 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     momentum = self.momentum
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_f146bb5955", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s1 = 1 - decay
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_e28a26533a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2368,11 +2339,10 @@ def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
-    s1 = g0_0
-    s2 = 1 - g0_0
-    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_80d58c3ac8", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    s1 = 1 - decay
+    new_param, new_v, new_ema = _launch(backend, "afgen_adafactor_optax_u0_28a3a487d4", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2394,10 +2364,9 @@ def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     decay_offset = self.decay_offset
     weight_decay_rate = (_as(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_4a4c7dbb2d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_8b08dbe66b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2416,10 +2385,9 @@ def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clippi
     decay_rate = self.decay_rate
     decay_offset = self.decay_offset
     eps = self.eps
-    g0_0 = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = g0_0
-    s1 = 1 - g0_0
-    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_65176e9699", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    decay = 1 - (t - decay_offset) ** (-decay_rate)
+    s0 = 1 - decay
+    new_param, new_v = _launch(backend, "afgen_adafactor_optax_u0_d444779966", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([decay, eps, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2527,11 +2495,11 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
-        "afgen_adafactor_optax_f0_5073e8f6d8": (
+        "afgen_adafactor_optax_f0_3f8f9e339c": (
             ["grad_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_5073e8f6d8: pass 0, factored layout
+// afgen_adafactor_optax_f0_3f8f9e339c: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2562,9 +2530,9 @@ for (uint r = 0; r < 4; ++r) {
     }
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
+    const float g2 = afg_sq(grad) + eps;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
   }
 }
@@ -2592,11 +2560,11 @@ threadgroup_barrier(mem_flags::mem_threadgroup);
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_6121e9c093": (
+        "afgen_adafactor_optax_f0_4a01c567bb": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red3_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_6121e9c093: pass 0, factored layout
+// afgen_adafactor_optax_f0_4a01c567bb: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2629,10 +2597,10 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
+    const float g2 = afg_sq(grad) + eps;
     acc_red3 += afg_sq(param);
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
   }
 }
@@ -2667,11 +2635,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_fd28743349": (
+        "afgen_adafactor_optax_f0_c8047b4aab": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red4_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_fd28743349: pass 0, factored layout
+// afgen_adafactor_optax_f0_c8047b4aab: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -2704,10 +2672,10 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
+    const float g2 = afg_sq(grad) + eps;
     acc_red4 += afg_sq(param);
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
   }
 }
@@ -4146,11 +4114,11 @@ for (uint r = 0; r < 4; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_4a4c7dbb2d": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
+        "afgen_adafactor_optax_u0_06a6b519f1": (
+            ["grad_in", "v_in", "scalars", "dims"],
+            ["red0_part"],
             """\
-// afgen_adafactor_optax_u0_4a4c7dbb2d: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_06a6b519f1: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4164,10 +4132,136 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float weight_decay_rate = scalars[3];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+float acc_red0 = 0.0f;
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  acc_red0 += afg_sq(grad * metal::rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_1d10d2d05f": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_1d10d2d05f: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_28a3a487d4": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_28a3a487d4: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_2b9217b440": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_2b9217b440: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
 const uint afg_key = afg_bits(scalars[4]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -4177,18 +4271,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x0_0)), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_5dfed218ee": (
+        "afgen_adafactor_optax_u0_4642334248": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u0_5dfed218ee: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_4642334248: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4202,12 +4296,12 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const uint afg_key = afg_bits(scalars[7]);
 for (uint c = 0; c < 4; ++c) {
@@ -4219,7 +4313,7 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
   const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
@@ -4228,210 +4322,11 @@ for (uint c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_65176e9699": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_65176e9699: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x0_0), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_663261ce5a": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_663261ce5a: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x0_0)), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_69ff7c7d37": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_69ff7c7d37: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_80d58c3ac8": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_80d58c3ac8: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_a982e004b1": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_a982e004b1: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_c667f2f2f8": (
+        "afgen_adafactor_optax_u0_5d3bcb261e": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_u0_c667f2f2f8: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_5d3bcb261e: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4445,9 +4340,9 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (uint c = 0; c < 4; ++c) {
@@ -4458,7 +4353,7 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * metal::rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
+  acc_red0 += afg_sq(grad * metal::rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
   acc_red1 += afg_sq(param);
 
 }
@@ -4477,11 +4372,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_cf9f65a5ce": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
+        "afgen_adafactor_optax_u0_8b08dbe66b": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_cf9f65a5ce: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_8b08dbe66b: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4495,34 +4390,31 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * metal::rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
 
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_f146bb5955": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
+        "afgen_adafactor_optax_u0_b135c29868": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_f146bb5955: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_b135c29868: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4536,11 +4428,87 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_d444779966": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_d444779966: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
+const uint afg_key = afg_bits(scalars[3]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x0_0), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_e28a26533a": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_e28a26533a: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const uint afg_key = afg_bits(scalars[6]);
 for (uint c = 0; c < 4; ++c) {
@@ -4552,7 +4520,7 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
   const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
@@ -4598,11 +4566,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_03a2d2d4eb": (
+        "afgen_adafactor_optax_u1_10164be6f2": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_03a2d2d4eb: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_10164be6f2: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4616,96 +4584,13 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float s4 = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3) * s4);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0483101663": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_0483101663: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0dce8d3cf7": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_0dce8d3cf7: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const uint afg_key = afg_bits(scalars[8]);
 for (uint c = 0; c < 4; ++c) {
@@ -4717,8 +4602,8 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3 * s4);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s2);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -4726,55 +4611,11 @@ for (uint c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_0fd76be40c": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_0fd76be40c: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_1ae323b635": (
+        "afgen_adafactor_optax_u1_3ce49f4884": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_1ae323b635: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_3ce49f4884: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -4788,215 +4629,8 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_1e69e661f4": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_1e69e661f4: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_23dd7dd587": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_23dd7dd587: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3173b74ce3": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3173b74ce3: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_37455e1aeb": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_37455e1aeb: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3cdb422d4b": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3cdb422d4b: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float s0 = scalars[2];
 const float s1 = scalars[3];
 const float s2 = scalars[4];
@@ -5009,18 +4643,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0)) * s2, idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s1 * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_4c2cbd529d": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
+        "afgen_adafactor_optax_u1_462bad4011": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_4c2cbd529d: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_462bad4011: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5034,14 +4668,346 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s1), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_6093285407": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_6093285407: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s2);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_615025fb38": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_615025fb38: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s1) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_776e811870": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_776e811870: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) * s1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_788741f968": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_788741f968: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) * s1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_7b68b4eb43": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_7b68b4eb43: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_977603948e": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_977603948e: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_9b85adc914": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_9b85adc914: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float momentum = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
 const float s2 = scalars[5];
 const float s3 = scalars[6];
-const float s4 = scalars[7];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2 * s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_9ef415e76f": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_9ef415e76f: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float s3 = scalars[7];
 const float weight_decay_rate = scalars[8];
 const uint afg_key = afg_bits(scalars[9]);
 for (uint c = 0; c < 4; ++c) {
@@ -5053,8 +5019,8 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3) * s4);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -5062,11 +5028,11 @@ for (uint c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_52810f91de": (
+        "afgen_adafactor_optax_u1_ad3bab1c99": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_52810f91de: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_ad3bab1c99: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5080,96 +5046,11 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_63acf92f11": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_63acf92f11: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_6ae9c4b240": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_6ae9c4b240: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float weight_decay_rate = scalars[4];
 const uint afg_key = afg_bits(scalars[5]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -5179,63 +5060,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0)) * s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_8eb2059895": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_8eb2059895: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_a7f920e183": (
+        "afgen_adafactor_optax_u1_baede38030": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_a7f920e183: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_baede38030: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5249,11 +5085,11 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const uint afg_key = afg_bits(scalars[6]);
 for (uint c = 0; c < 4; ++c) {
@@ -5264,18 +5100,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s1 * s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_ae71515918": (
+        "afgen_adafactor_optax_u1_bc96f9f5fa": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_ae71515918: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_bc96f9f5fa: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5289,12 +5125,13 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -5303,18 +5140,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s2), idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s1) * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_b064cc0b55": (
+        "afgen_adafactor_optax_u1_c0df32ce34": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_b064cc0b55: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_c0df32ce34: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5328,10 +5165,50 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0)) * s1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_c171adee39": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_c171adee39: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
 const uint afg_key = afg_bits(scalars[4]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -5341,18 +5218,18 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s2, idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_b089ee40df": (
+        "afgen_adafactor_optax_u1_c1929612e5": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_b089ee40df: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_c1929612e5: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5366,13 +5243,15 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float s3 = scalars[7];
+const uint afg_key = afg_bits(scalars[8]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -5382,8 +5261,8 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -5391,89 +5270,11 @@ for (uint c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_d61d82a814": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_d61d82a814: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_eb3b3e37d1": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_eb3b3e37d1: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s2 * s3, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_eff28fa80b": (
+        "afgen_adafactor_optax_u1_dfa32f3685": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_eff28fa80b: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_dfa32f3685: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5487,57 +5288,13 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3 * s4);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_f2c74ffccf": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_f2c74ffccf: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float momentum = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
 const float s2 = scalars[5];
-const float s3 = scalars[6];
+const float weight_decay_rate = scalars[6];
 const uint afg_key = afg_bits(scalars[7]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -5548,20 +5305,20 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3));
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s2);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_fb3bbdf38c": (
+        "afgen_adafactor_optax_u1_e425bd9031": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_fb3bbdf38c: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_e425bd9031: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -5575,8 +5332,8 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float momentum = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
@@ -5593,8 +5350,8 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3));
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2 * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -5602,13 +5359,224 @@ for (uint c = 0; c < 4; ++c) {
 }
 """,
         ),
+        "afgen_adafactor_optax_u1_e4682a888a": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_e4682a888a: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const uint afg_key = afg_bits(scalars[5]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_e6188fd26d": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_e6188fd26d: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s2);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_ef66f0e1e7": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_ef66f0e1e7: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const uint afg_key = afg_bits(scalars[7]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2));
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_f673bd03f3": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_f673bd03f3: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float weight_decay_rate = scalars[7];
+const uint afg_key = afg_bits(scalars[8]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2));
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_fbdee229ff": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_fbdee229ff: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const uint afg_key = afg_bits(scalars[6]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s1) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
     },
     "cuda": {
-        "afgen_adafactor_optax_f0_5073e8f6d8": (
+        "afgen_adafactor_optax_f0_3f8f9e339c": (
             ["grad_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_5073e8f6d8: pass 0, factored layout
+// afgen_adafactor_optax_f0_3f8f9e339c: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -5639,9 +5607,9 @@ for (unsigned int r = 0; r < 4; ++r) {
     }
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
+    const float g2 = afg_sq(grad) + eps;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
   }
 }
@@ -5669,11 +5637,11 @@ __syncthreads();
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_6121e9c093": (
+        "afgen_adafactor_optax_f0_4a01c567bb": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red3_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_6121e9c093: pass 0, factored layout
+// afgen_adafactor_optax_f0_4a01c567bb: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -5706,10 +5674,10 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
+    const float g2 = afg_sq(grad) + eps;
     acc_red3 += afg_sq(param);
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
   }
 }
@@ -5744,11 +5712,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_f0_fd28743349": (
+        "afgen_adafactor_optax_f0_c8047b4aab": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red4_part", "red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_f0_fd28743349: pass 0, factored layout
+// afgen_adafactor_optax_f0_c8047b4aab: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -5781,10 +5749,10 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
+    const float g2 = afg_sq(grad) + eps;
     acc_red4 += afg_sq(param);
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
+    acc_red0[r] += g2;
+    acc_red1[c] += g2;
 
   }
 }
@@ -7223,11 +7191,11 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_4a4c7dbb2d": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
+        "afgen_adafactor_optax_u0_06a6b519f1": (
+            ["grad_in", "v_in", "scalars", "dims"],
+            ["red0_part"],
             """\
-// afgen_adafactor_optax_u0_4a4c7dbb2d: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_06a6b519f1: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7241,10 +7209,136 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float weight_decay_rate = scalars[3];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+float acc_red0 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  acc_red0 += afg_sq(grad * rsqrtf(decay * v + s0 * (afg_sq(grad) + eps)));
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_1d10d2d05f": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_1d10d2d05f: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_28a3a487d4": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_28a3a487d4: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+  new_ema[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_2b9217b440": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_2b9217b440: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -7254,18 +7348,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x0_0) + weight_decay_rate * param), idx, afg_key);
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x0_0)), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_5dfed218ee": (
+        "afgen_adafactor_optax_u0_4642334248": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u0_5dfed218ee: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_4642334248: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7279,12 +7373,12 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
@@ -7296,7 +7390,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
   const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
@@ -7305,210 +7399,11 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_65176e9699": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_65176e9699: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x0_0), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_663261ce5a": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_663261ce5a: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x0_0)), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_69ff7c7d37": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_69ff7c7d37: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x0_0)) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_80d58c3ac8": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_80d58c3ac8: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_a982e004b1": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_a982e004b1: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_c667f2f2f8": (
+        "afgen_adafactor_optax_u0_5d3bcb261e": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_optax_u0_c667f2f2f8: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_5d3bcb261e: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7522,9 +7417,9 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
@@ -7535,7 +7430,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * rsqrtf(s0 * v + s1 * (afg_sq(grad) + eps)));
+  acc_red0 += afg_sq(grad * rsqrtf(decay * v + s0 * (afg_sq(grad) + eps)));
   acc_red1 += afg_sq(param);
 
 }
@@ -7554,11 +7449,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_cf9f65a5ce": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
+        "afgen_adafactor_optax_u0_8b08dbe66b": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_cf9f65a5ce: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_8b08dbe66b: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7572,34 +7467,31 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float weight_decay_rate = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * rsqrtf(s0 * v + s1 * (afg_sq(grad) + eps)));
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x0_0) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
 
-}
-__shared__ float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
 }
 """,
         ),
-        "afgen_adafactor_optax_u0_f146bb5955": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
+        "afgen_adafactor_optax_u0_b135c29868": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u0_f146bb5955: pass 0, unfactored layout
+// afgen_adafactor_optax_u0_b135c29868: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7613,11 +7505,87 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x0_0)) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_d444779966": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u0_d444779966: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[3]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x0_0), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u0_e28a26533a": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u0_e28a26533a: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
@@ -7629,7 +7597,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
+  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
   const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
@@ -7675,11 +7643,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_03a2d2d4eb": (
+        "afgen_adafactor_optax_u1_10164be6f2": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_03a2d2d4eb: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_10164be6f2: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7693,96 +7661,13 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float s4 = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3) * s4);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0483101663": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_0483101663: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0dce8d3cf7": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_0dce8d3cf7: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
@@ -7794,8 +7679,8 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3 * s4);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s2);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -7803,55 +7688,11 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_0fd76be40c": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_0fd76be40c: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_1ae323b635": (
+        "afgen_adafactor_optax_u1_3ce49f4884": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_1ae323b635: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_3ce49f4884: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -7865,215 +7706,8 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_1e69e661f4": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_1e69e661f4: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_23dd7dd587": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_23dd7dd587: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3173b74ce3": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3173b74ce3: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s2) * s3, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_37455e1aeb": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_37455e1aeb: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3cdb422d4b": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3cdb422d4b: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float s0 = scalars[2];
 const float s1 = scalars[3];
 const float s2 = scalars[4];
@@ -8086,18 +7720,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0)) * s2, idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s1 * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_4c2cbd529d": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
+        "afgen_adafactor_optax_u1_462bad4011": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_4c2cbd529d: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_462bad4011: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8111,14 +7745,346 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s1), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_6093285407": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_6093285407: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s2);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_615025fb38": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_615025fb38: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s1) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_776e811870": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_776e811870: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) * s1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_788741f968": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_788741f968: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) * s1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_7b68b4eb43": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_7b68b4eb43: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const float weight_decay_rate = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_977603948e": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_977603948e: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_9b85adc914": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_9b85adc914: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float momentum = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
 const float s2 = scalars[5];
 const float s3 = scalars[6];
-const float s4 = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2 * s3);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_9ef415e76f": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_9ef415e76f: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float s3 = scalars[7];
 const float weight_decay_rate = scalars[8];
 const unsigned int afg_key = afg_bits(scalars[9]);
 for (unsigned int c = 0; c < 4; ++c) {
@@ -8130,8 +8096,8 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3) * s4);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -8139,11 +8105,11 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_52810f91de": (
+        "afgen_adafactor_optax_u1_ad3bab1c99": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_52810f91de: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_ad3bab1c99: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8157,96 +8123,11 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_63acf92f11": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_63acf92f11: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_6ae9c4b240": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_6ae9c4b240: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -8256,63 +8137,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0)) * s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_8eb2059895": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_8eb2059895: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_a7f920e183": (
+        "afgen_adafactor_optax_u1_baede38030": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_a7f920e183: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_baede38030: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8326,11 +8162,11 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float s2 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
@@ -8341,18 +8177,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s1 * s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_ae71515918": (
+        "afgen_adafactor_optax_u1_bc96f9f5fa": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_ae71515918: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_bc96f9f5fa: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8366,12 +8202,13 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -8380,18 +8217,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s2), idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s1) * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_b064cc0b55": (
+        "afgen_adafactor_optax_u1_c0df32ce34": (
             ["grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v"],
             """\
-// afgen_adafactor_optax_u1_b064cc0b55: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_c0df32ce34: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8405,10 +8242,50 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0)) * s1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_c171adee39": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_c171adee39: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -8418,18 +8295,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s2, idx, afg_key);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_b089ee40df": (
+        "afgen_adafactor_optax_u1_c1929612e5": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_b089ee40df: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_c1929612e5: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8443,13 +8320,15 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float s3 = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
@@ -8459,8 +8338,8 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
@@ -8468,89 +8347,11 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_d61d82a814": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_d61d82a814: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_eb3b3e37d1": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_eb3b3e37d1: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s2 * s3, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_eff28fa80b": (
+        "afgen_adafactor_optax_u1_dfa32f3685": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_eff28fa80b: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_dfa32f3685: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8564,57 +8365,13 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3 * s4);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_f2c74ffccf": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_f2c74ffccf: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float momentum = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
 const float s2 = scalars[5];
-const float s3 = scalars[6];
+const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -8625,20 +8382,20 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3));
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s2);
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_optax_u1_fb3bbdf38c": (
+        "afgen_adafactor_optax_u1_e425bd9031": (
             ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_v", "new_ema"],
             """\
-// afgen_adafactor_optax_u1_fb3bbdf38c: pass 1, unfactored layout
+// afgen_adafactor_optax_u1_e425bd9031: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -8652,8 +8409,8 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
+const float decay = scalars[0];
+const float eps = scalars[1];
 const float momentum = scalars[2];
 const float s0 = scalars[3];
 const float s1 = scalars[4];
@@ -8670,11 +8427,222 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3));
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2 * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_e4682a888a": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_e4682a888a: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float s0 = scalars[2];
+const float s1 = scalars[3];
+const float weight_decay_rate = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[5]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_e6188fd26d": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_e6188fd26d: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float momentum = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float s2 = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s2);
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_ef66f0e1e7": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_ef66f0e1e7: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const unsigned int afg_key = afg_bits(scalars[7]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2));
+  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_f673bd03f3": (
+            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v", "new_ema"],
+            """\
+// afgen_adafactor_optax_u1_f673bd03f3: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float momentum = scalars[3];
+const float s0 = scalars[4];
+const float s1 = scalars[5];
+const float s2 = scalars[6];
+const float weight_decay_rate = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[8]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float ema = afg_load(ema_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2));
+  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
+  new_ema[idx] = afg_store<S>(x1_1);
+
+}
+""",
+        ),
+        "afgen_adafactor_optax_u1_fbdee229ff": (
+            ["grad_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_v"],
+            """\
+// afgen_adafactor_optax_u1_fbdee229ff: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float decay = scalars[0];
+const float eps = scalars[1];
+const float learning_rate = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
+const float weight_decay_rate = scalars[5];
+const unsigned int afg_key = afg_bits(scalars[6]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s1) + weight_decay_rate * param), idx, afg_key);
+  new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,

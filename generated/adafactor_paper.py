@@ -275,24 +275,24 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     max_step = self.max_step
     row_sums = _as(_expand(state["row_sums"], "row"), cdt)
     col_sums = _as(_expand(state["col_sums"], "col"), cdt)
-    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_paper_f0_53f8fb60fb", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_paper_f0_8006deeeca", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo)
     red2 = _col_total(red2_part, geo)
-    g1_0 = 1 - t ** decay_rate
-    g1_1 = 1 - g1_0
-    g1_2 = g1_0 * row_sums + g1_1 * red1
-    red3 = mx.sum(g1_2, axis=(-2, -1), keepdims=True)
-    g1_3 = g1_0 * col_sums + g1_1 * red2
-    s0 = mx.sqrt(g1_2 / red3)
-    s1 = mx.sqrt(g1_3)
-    s2 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
-    new_row_sums = g1_2
-    new_col_sums = g1_3
+    beta2t = 1 - t ** decay_rate
+    g1_1 = 1 - beta2t
+    row_sums_1 = beta2t * row_sums + g1_1 * red1
+    red3 = mx.sum(row_sums_1, axis=(-2, -1), keepdims=True)
+    col_sums_1 = beta2t * col_sums + g1_1 * red2
+    s0 = mx.sqrt(row_sums_1 / red3)
+    s1 = mx.sqrt(col_sums_1)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
+    new_row_sums = row_sums_1
+    new_col_sums = col_sums_1
     red4_part, = _launch(backend, "afgen_adafactor_paper_f1_d97444e0af", geo, [gradient.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, = _launch(backend, "afgen_adafactor_paper_f2_7069f7bab5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s2 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
+    new_param, = _launch(backend, "afgen_adafactor_paper_f2_f9635637e5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rows(s0, geo), _cols(s1, geo), _pack([alpha, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_sums"] = _collapse(new_row_sums, state["row_sums"], "row")
     state["col_sums"] = _collapse(new_col_sums, state["col_sums"], "col")
@@ -312,15 +312,14 @@ def _gpu_flat(self, gradient, parameter, state, backend):
     clip_threshold = self.clip_threshold
     decay_rate = self.decay_rate
     max_step = self.max_step
-    g0_0 = 1 - t ** decay_rate
-    s0 = g0_0
-    s1 = 1 - g0_0
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_paper_u0_b00c3b6e61", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _pack([eps1, s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    beta2t = 1 - t ** decay_rate
+    s0 = 1 - beta2t
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_paper_u0_fced218a40", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s2 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
-    s3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_second_moment = _launch(backend, "afgen_adafactor_paper_u1_09becd8b21", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _pack([eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
+    s1 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
+    new_param, new_second_moment = _launch(backend, "afgen_adafactor_paper_u1_c2ed20bba0", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _pack([alpha, beta2t, eps1, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_second_moment = new_second_moment.reshape(state["second_moment"].shape)
     state["second_moment"] = new_second_moment
@@ -334,11 +333,11 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
-        "afgen_adafactor_paper_f0_53f8fb60fb": (
+        "afgen_adafactor_paper_f0_8006deeeca": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_paper_f0_53f8fb60fb: pass 0, factored layout
+// afgen_adafactor_paper_f0_8006deeeca: pass 0, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -371,10 +370,10 @@ for (uint r = 0; r < 4; ++r) {
     const uint idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps1;
+    const float g2 = afg_sq(grad) + eps1;
     acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_0;
-    acc_red2[c] += x0_0;
+    acc_red1[r] += g2;
+    acc_red2[c] += g2;
 
   }
 }
@@ -453,11 +452,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_paper_f2_7069f7bab5": (
+        "afgen_adafactor_paper_f2_f9635637e5": (
             ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_paper_f2_7069f7bab5: pass 2, factored layout
+// afgen_adafactor_paper_f2_f9635637e5: pass 2, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -471,8 +470,8 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float s3 = scalars[1];
+const float alpha = scalars[0];
+const float s2 = scalars[1];
 const uint afg_key = afg_bits(scalars[2]);
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
@@ -487,17 +486,17 @@ for (uint r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - s2 * (grad / (s0 * s1)) / s3, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - alpha * (grad / (s0 * s1)) / s2, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_paper_u0_b00c3b6e61": (
+        "afgen_adafactor_paper_u0_fced218a40": (
             ["grad_in", "param_in", "second_moment_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_paper_u0_b00c3b6e61: pass 0, unfactored layout
+// afgen_adafactor_paper_u0_fced218a40: pass 0, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -511,9 +510,9 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
+const float beta2t = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (uint c = 0; c < 4; ++c) {
@@ -525,7 +524,7 @@ for (uint c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float second_moment = afg_load(second_moment_in[idx]);
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(grad / metal::sqrt(s0 * second_moment + s1 * (afg_sq(grad) + eps1)));
+  acc_red1 += afg_sq(grad / metal::sqrt(beta2t * second_moment + s0 * (afg_sq(grad) + eps1)));
 
 }
 threadgroup float afg_scratch[8];
@@ -543,11 +542,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_paper_u1_09becd8b21": (
+        "afgen_adafactor_paper_u1_c2ed20bba0": (
             ["grad_in", "param_in", "second_moment_in", "scalars", "dims"],
             ["new_param", "new_second_moment"],
             """\
-// afgen_adafactor_paper_u1_09becd8b21: pass 1, unfactored layout
+// afgen_adafactor_paper_u1_c2ed20bba0: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -561,11 +560,11 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
+const float alpha = scalars[0];
+const float beta2t = scalars[1];
+const float eps1 = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
 const uint afg_key = afg_bits(scalars[5]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -575,8 +574,8 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float second_moment = afg_load(second_moment_in[idx]);
-  const float x1_0 = s0 * second_moment + s1 * (afg_sq(grad) + eps1);
-  new_param[idx] = afg_store_rounded<T>(param - s2 * (grad / metal::sqrt(x1_0)) / s3, idx, afg_key);
+  const float x1_0 = beta2t * second_moment + s0 * (afg_sq(grad) + eps1);
+  new_param[idx] = afg_store_rounded<T>(param - alpha * (grad / metal::sqrt(x1_0)) / s1, idx, afg_key);
   new_second_moment[idx] = afg_store<S>(x1_0);
 
 }
@@ -584,11 +583,11 @@ for (uint c = 0; c < 4; ++c) {
         ),
     },
     "cuda": {
-        "afgen_adafactor_paper_f0_53f8fb60fb": (
+        "afgen_adafactor_paper_f0_8006deeeca": (
             ["grad_in", "param_in", "scalars", "dims"],
             ["red0_part", "red1_part", "red2_part"],
             """\
-// afgen_adafactor_paper_f0_53f8fb60fb: pass 0, factored layout
+// afgen_adafactor_paper_f0_8006deeeca: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -621,10 +620,10 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps1;
+    const float g2 = afg_sq(grad) + eps1;
     acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_0;
-    acc_red2[c] += x0_0;
+    acc_red1[r] += g2;
+    acc_red2[c] += g2;
 
   }
 }
@@ -703,11 +702,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_paper_f2_7069f7bab5": (
+        "afgen_adafactor_paper_f2_f9635637e5": (
             ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_paper_f2_7069f7bab5: pass 2, factored layout
+// afgen_adafactor_paper_f2_f9635637e5: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -721,8 +720,8 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s2 = scalars[0];
-const float s3 = scalars[1];
+const float alpha = scalars[0];
+const float s2 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
@@ -737,17 +736,17 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float s1 = s1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - s2 * (grad / (s0 * s1)) / s3, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param - alpha * (grad / (s0 * s1)) / s2, idx, afg_key);
 
   }
 }
 """,
         ),
-        "afgen_adafactor_paper_u0_b00c3b6e61": (
+        "afgen_adafactor_paper_u0_fced218a40": (
             ["grad_in", "param_in", "second_moment_in", "scalars", "dims"],
             ["red0_part", "red1_part"],
             """\
-// afgen_adafactor_paper_u0_b00c3b6e61: pass 0, unfactored layout
+// afgen_adafactor_paper_u0_fced218a40: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -761,9 +760,9 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
+const float beta2t = scalars[0];
+const float eps1 = scalars[1];
+const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
@@ -775,7 +774,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float second_moment = afg_load(second_moment_in[idx]);
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(grad / sqrtf(s0 * second_moment + s1 * (afg_sq(grad) + eps1)));
+  acc_red1 += afg_sq(grad / sqrtf(beta2t * second_moment + s0 * (afg_sq(grad) + eps1)));
 
 }
 __shared__ float afg_scratch[8];
@@ -793,11 +792,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_paper_u1_09becd8b21": (
+        "afgen_adafactor_paper_u1_c2ed20bba0": (
             ["grad_in", "param_in", "second_moment_in", "scalars", "dims"],
             ["new_param", "new_second_moment"],
             """\
-// afgen_adafactor_paper_u1_09becd8b21: pass 1, unfactored layout
+// afgen_adafactor_paper_u1_c2ed20bba0: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -811,11 +810,11 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float eps1 = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
+const float alpha = scalars[0];
+const float beta2t = scalars[1];
+const float eps1 = scalars[2];
+const float s0 = scalars[3];
+const float s1 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -825,8 +824,8 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float second_moment = afg_load(second_moment_in[idx]);
-  const float x1_0 = s0 * second_moment + s1 * (afg_sq(grad) + eps1);
-  new_param[idx] = afg_store_rounded<T>(param - s2 * (grad / sqrtf(x1_0)) / s3, idx, afg_key);
+  const float x1_0 = beta2t * second_moment + s0 * (afg_sq(grad) + eps1);
+  new_param[idx] = afg_store_rounded<T>(param - alpha * (grad / sqrtf(x1_0)) / s1, idx, afg_key);
   new_second_moment[idx] = afg_store<S>(x1_0);
 
 }

@@ -292,27 +292,25 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    g0_0 = eps1
-    s3 = g0_0 * g0_0
-    s4 = 1 - lr * weight_decay
+    e1 = eps1
+    s1 = e1 * e1
+    s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = t ** beta2_decay
-    g1_1 = row_var + g1_0 * (red1 - row_var)
-    red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
-    g1_2 = col_var + g1_0 * (red2 - col_var)
-    s0 = g1_1
-    s1 = g1_2
-    s2 = mx.maximum(red3, eps1)
-    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    new_row_var = g1_1
-    new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3ef6a32cf1", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    w = t ** beta2_decay
+    row_var_1 = row_var + w * (red1 - row_var)
+    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    col_var_1 = col_var + w * (red2 - col_var)
+    s0 = mx.maximum(red3, eps1)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    new_row_var = row_var_1
+    new_col_var = col_var_1
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s6 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_a130e87d99", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -335,27 +333,25 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    g0_0 = dtype_eps
-    s3 = g0_0 * g0_0
-    s4 = 1 - lr * weight_decay
+    e1 = dtype_eps
+    s1 = e1 * e1
+    s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = t ** beta2_decay
-    g1_1 = row_var + g1_0 * (red1 - row_var)
-    red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
-    g1_2 = col_var + g1_0 * (red2 - col_var)
-    s0 = g1_1
-    s1 = g1_2
-    s2 = mx.maximum(red3, dtype_eps)
-    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    new_row_var = g1_1
-    new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3ef6a32cf1", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    w = t ** beta2_decay
+    row_var_1 = row_var + w * (red1 - row_var)
+    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    col_var_1 = col_var + w * (red2 - col_var)
+    s0 = mx.maximum(red3, dtype_eps)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    new_row_var = row_var_1
+    new_col_var = col_var_1
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s6 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_a130e87d99", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -378,27 +374,25 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    g0_0 = eps1
-    s3 = g0_0 * g0_0
-    s4 = 1 - lr * weight_decay
+    e1 = eps1
+    s1 = e1 * e1
+    s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = t ** beta2_decay
-    g1_1 = row_var + g1_0 * (red1 - row_var)
-    red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
-    g1_2 = col_var + g1_0 * (red2 - col_var)
-    s0 = g1_1
-    s1 = g1_2
-    s2 = mx.maximum(red3, eps1)
-    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    new_row_var = g1_1
-    new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3143ad09d5", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    w = t ** beta2_decay
+    row_var_1 = row_var + w * (red1 - row_var)
+    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    col_var_1 = col_var + w * (red2 - col_var)
+    s0 = mx.maximum(red3, eps1)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    new_row_var = row_var_1
+    new_col_var = col_var_1
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s6 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_6fdcfe53cc", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -421,27 +415,25 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     weight_decay = self.weight_decay
     row_var = _as(_expand(state["row_var"], "row"), cdt)
     col_var = _as(_expand(state["col_var"], "col"), cdt)
-    g0_0 = dtype_eps
-    s3 = g0_0 * g0_0
-    s4 = 1 - lr * weight_decay
+    e1 = dtype_eps
+    s1 = e1 * e1
+    s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = _launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = _row_total(red1_part, geo) / geo.N
     red2 = _col_total(red2_part, geo) / geo.M
-    g1_0 = t ** beta2_decay
-    g1_1 = row_var + g1_0 * (red1 - row_var)
-    red3 = mx.mean(g1_1, axis=(-2, -1), keepdims=True)
-    g1_2 = col_var + g1_0 * (red2 - col_var)
-    s0 = g1_1
-    s1 = g1_2
-    s2 = mx.maximum(red3, dtype_eps)
-    s5 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    new_row_var = g1_1
-    new_col_var = g1_2
-    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_3143ad09d5", geo, [gradient.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    w = t ** beta2_decay
+    row_var_1 = row_var + w * (red1 - row_var)
+    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    col_var_1 = col_var + w * (red2 - col_var)
+    s0 = mx.maximum(red3, dtype_eps)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    new_row_var = row_var_1
+    new_col_var = col_var_1
+    red4_part, = _launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = mx.sum(red4_part) / size
-    s6 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = _launch(backend, "afgen_adafactor_torch_f2_6fdcfe53cc", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s2, geo), _rows(s0, geo), _cols(s1, geo), _pack([s3, s4, s5, s6, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    s3 = mx.maximum(1, mx.sqrt(red4) / d)
+    new_param, = _launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _batches(s0, geo), _rows(row_var_1, geo), _cols(col_var_1, geo), _pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _collapse(new_col_var, state["col_var"], "col")
@@ -462,16 +454,16 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    g0_0 = eps1
-    s0 = t ** beta2_decay
-    s1 = g0_0 * g0_0
-    s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_dadcca23cb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    e1 = eps1
+    w = t ** beta2_decay
+    s0 = e1 * e1
+    s1 = 1 - lr * weight_decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    s4 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_ca5c88cc3e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s2 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -492,16 +484,16 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    g0_0 = dtype_eps
-    s0 = t ** beta2_decay
-    s1 = g0_0 * g0_0
-    s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_dadcca23cb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    e1 = dtype_eps
+    w = t ** beta2_decay
+    s0 = e1 * e1
+    s1 = 1 - lr * weight_decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    s4 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_ca5c88cc3e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s2 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -522,16 +514,16 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    g0_0 = eps1
-    s0 = t ** beta2_decay
-    s1 = g0_0 * g0_0
-    s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_08e1bd2a9e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    e1 = eps1
+    w = t ** beta2_decay
+    s0 = e1 * e1
+    s1 = 1 - lr * weight_decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    s4 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_daa2d5d79b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s2 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -552,16 +544,16 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     eps2 = self.eps[1]
     d = self.d
     weight_decay = self.weight_decay
-    g0_0 = dtype_eps
-    s0 = t ** beta2_decay
-    s1 = g0_0 * g0_0
-    s2 = 1 - lr * weight_decay
-    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_08e1bd2a9e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    e1 = dtype_eps
+    w = t ** beta2_decay
+    s0 = e1 * e1
+    s1 = 1 - lr * weight_decay
+    red0_part, red1_part = _launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = mx.sum(red0_part) / size
     red1 = mx.sum(red1_part) / size
-    s3 = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
-    s4 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_daa2d5d79b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
+    s2 = mx.maximum(1, mx.sqrt(red1) / d)
+    new_param, new_variance = _launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -729,11 +721,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f1_3143ad09d5": (
-            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+        "afgen_adafactor_torch_f1_2a7821355a": (
+            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
             ["red4_part"],
             """\
-// afgen_adafactor_torch_f1_3143ad09d5: pass 1, factored layout
+// afgen_adafactor_torch_f1_2a7821355a: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -747,22 +739,22 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s3 = scalars[0];
-const float s2 = s2_in[b];
+const float s1 = scalars[0];
+const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
+    const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad * metal::rsqrt(afg_max(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq((-grad) * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1)));
 
   }
 }
@@ -775,11 +767,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f1_3ef6a32cf1": (
-            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+        "afgen_adafactor_torch_f1_cd85fa309e": (
+            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
             ["red4_part"],
             """\
-// afgen_adafactor_torch_f1_3ef6a32cf1: pass 1, factored layout
+// afgen_adafactor_torch_f1_cd85fa309e: pass 1, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -793,22 +785,22 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s3 = scalars[0];
-const float s2 = s2_in[b];
+const float s1 = scalars[0];
+const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (uint r = 0; r < 4; ++r) {
   const uint m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (uint c = 0; c < 8; ++c) {
     const uint j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
+    const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq((-grad) * metal::rsqrt(afg_max(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq(grad * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1)));
 
   }
 }
@@ -821,11 +813,11 @@ threadgroup float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f2_6fdcfe53cc": (
-            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+        "afgen_adafactor_torch_f2_10f776886e": (
+            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_torch_f2_6fdcfe53cc: pass 2, factored layout
+// afgen_adafactor_torch_f2_10f776886e: pass 2, factored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -839,197 +831,197 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s3 = scalars[0];
-const float s4 = scalars[1];
-const float s5 = scalars[2];
-const float s6 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-const float s2 = s2_in[b];
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * metal::rsqrt(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f2_a130e87d99": (
-            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_torch_f2_a130e87d99: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s3 = scalars[0];
-const float s4 = scalars[1];
-const float s5 = scalars[2];
-const float s6 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-const float s2 = s2_in[b];
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * metal::rsqrt(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u0_08e1bd2a9e": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_torch_u0_08e1bd2a9e: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const float s1 = scalars[1];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float x0_0 = grad;
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * metal::rsqrt(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u0_dadcca23cb": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_torch_u0_dadcca23cb: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const float s1 = scalars[1];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float x0_0 = -grad;
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * metal::rsqrt(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u1_ca5c88cc3e": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["new_param", "new_variance"],
-            """\
-// afgen_adafactor_torch_u1_ca5c88cc3e: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
+const float alpha = scalars[0];
 const float s1 = scalars[1];
 const float s2 = scalars[2];
 const float s3 = scalars[3];
-const float s4 = scalars[4];
+const uint afg_key = afg_bits(scalars[4]);
+const float s0 = s0_in[b];
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float col_var_1 = col_var_1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * ((-grad) * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_f2_3805fa4066": (
+            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_torch_f2_3805fa4066: pass 2, factored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float alpha = scalars[0];
+const float s1 = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const uint afg_key = afg_bits(scalars[4]);
+const float s0 = s0_in[b];
+for (uint r = 0; r < 4; ++r) {
+  const uint m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
+  for (uint c = 0; c < 8; ++c) {
+    const uint j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const uint idx = (b * M + m) * N + j;
+    const float col_var_1 = col_var_1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * (grad * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u0_1181eda8f2": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_torch_u0_1181eda8f2: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s0 = scalars[0];
+const float w = scalars[1];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float g = -grad;
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(g * metal::rsqrt(afg_max(variance + w * (afg_sq(g) - variance), s0)));
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u0_853464140d": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_torch_u0_853464140d: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float s0 = scalars[0];
+const float w = scalars[1];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float g = grad;
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(g * metal::rsqrt(afg_max(variance + w * (afg_sq(g) - variance), s0)));
+
+}
+threadgroup float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u1_146f278efb": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["new_param", "new_variance"],
+            """\
+// afgen_adafactor_torch_u1_146f278efb: pass 1, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float alpha = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float w = scalars[4];
 const uint afg_key = afg_bits(scalars[5]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -1039,19 +1031,19 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x1_0 = -grad;
-  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(afg_max(x1_1, s1))) / s4, idx, afg_key);
+  const float g_1 = grad;
+  const float x1_1 = variance + w * (afg_sq(g_1) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * metal::rsqrt(afg_max(x1_1, s0))) / s2, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_torch_u1_daa2d5d79b": (
+        "afgen_adafactor_torch_u1_6fa05931f4": (
             ["grad_in", "param_in", "variance_in", "scalars", "dims"],
             ["new_param", "new_variance"],
             """\
-// afgen_adafactor_torch_u1_daa2d5d79b: pass 1, unfactored layout
+// afgen_adafactor_torch_u1_6fa05931f4: pass 1, unfactored layout
 const uint M = dims[1];
 const uint N = dims[2];
 const uint nrb = dims[3];
@@ -1065,11 +1057,11 @@ const uint b = group / (ncc * nrb);
 const uint lid = thread_position_in_threadgroup.x;
 const uint lane = thread_index_in_simdgroup;
 const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const float s1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
+const float alpha = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float w = scalars[4];
 const uint afg_key = afg_bits(scalars[5]);
 for (uint c = 0; c < 4; ++c) {
   const uint idx = cc * 1024 + c * 256 + lid;
@@ -1079,9 +1071,9 @@ for (uint c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x1_0 = grad;
-  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * metal::rsqrt(afg_max(x1_1, s1))) / s4, idx, afg_key);
+  const float g_1 = -grad;
+  const float x1_1 = variance + w * (afg_sq(g_1) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * metal::rsqrt(afg_max(x1_1, s0))) / s2, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
@@ -1237,11 +1229,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f1_3143ad09d5": (
-            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+        "afgen_adafactor_torch_f1_2a7821355a": (
+            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
             ["red4_part"],
             """\
-// afgen_adafactor_torch_f1_3143ad09d5: pass 1, factored layout
+// afgen_adafactor_torch_f1_2a7821355a: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1255,22 +1247,22 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s3 = scalars[0];
-const float s2 = s2_in[b];
+const float s1 = scalars[0];
+const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
+    const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad * rsqrtf(afg_max(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq((-grad) * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1)));
 
   }
 }
@@ -1283,11 +1275,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f1_3ef6a32cf1": (
-            ["grad_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+        "afgen_adafactor_torch_f1_cd85fa309e": (
+            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
             ["red4_part"],
             """\
-// afgen_adafactor_torch_f1_3ef6a32cf1: pass 1, factored layout
+// afgen_adafactor_torch_f1_cd85fa309e: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1301,22 +1293,22 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s3 = scalars[0];
-const float s2 = s2_in[b];
+const float s1 = scalars[0];
+const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + warp;
   const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
+    const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq((-grad) * rsqrtf(afg_max(s0 * s1 / s2, s3)));
+    acc_red4 += afg_sq(grad * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1)));
 
   }
 }
@@ -1329,11 +1321,11 @@ __shared__ float afg_scratch[8];
 }
 """,
         ),
-        "afgen_adafactor_torch_f2_6fdcfe53cc": (
-            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
+        "afgen_adafactor_torch_f2_10f776886e": (
+            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
             ["new_param"],
             """\
-// afgen_adafactor_torch_f2_6fdcfe53cc: pass 2, factored layout
+// afgen_adafactor_torch_f2_10f776886e: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1347,197 +1339,197 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s3 = scalars[0];
-const float s4 = scalars[1];
-const float s5 = scalars[2];
-const float s6 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
-const float s2 = s2_in[b];
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * (grad * rsqrtf(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f2_a130e87d99": (
-            ["grad_in", "param_in", "s2_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_torch_f2_a130e87d99: pass 2, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float s3 = scalars[0];
-const float s4 = scalars[1];
-const float s5 = scalars[2];
-const float s6 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
-const float s2 = s2_in[b];
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s4 - s5 * ((-grad) * rsqrtf(afg_max(s0 * s1 / s2, s3))) / s6, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u0_08e1bd2a9e": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_torch_u0_08e1bd2a9e: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
-const float s1 = scalars[1];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float x0_0 = grad;
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * rsqrtf(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
-
-}
-__shared__ float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u0_dadcca23cb": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_torch_u0_dadcca23cb: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
-const float s1 = scalars[1];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float x0_0 = -grad;
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(x0_0 * rsqrtf(afg_max(variance + s0 * (afg_sq(x0_0) - variance), s1)));
-
-}
-__shared__ float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u1_ca5c88cc3e": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["new_param", "new_variance"],
-            """\
-// afgen_adafactor_torch_u1_ca5c88cc3e: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
+const float alpha = scalars[0];
 const float s1 = scalars[1];
 const float s2 = scalars[2];
 const float s3 = scalars[3];
-const float s4 = scalars[4];
+const unsigned int afg_key = afg_bits(scalars[4]);
+const float s0 = s0_in[b];
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float col_var_1 = col_var_1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * ((-grad) * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_f2_3805fa4066": (
+            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+            ["new_param"],
+            """\
+// afgen_adafactor_torch_f2_3805fa4066: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float alpha = scalars[0];
+const float s1 = scalars[1];
+const float s2 = scalars[2];
+const float s3 = scalars[3];
+const unsigned int afg_key = afg_bits(scalars[4]);
+const float s0 = s0_in[b];
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + warp;
+  const bool m_ok = m < M;
+  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float col_var_1 = col_var_1_in[b * N + j];
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * (grad * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
+
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u0_1181eda8f2": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_torch_u0_1181eda8f2: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s0 = scalars[0];
+const float w = scalars[1];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float g = -grad;
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(g * rsqrtf(afg_max(variance + w * (afg_sq(g) - variance), s0)));
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u0_853464140d": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["red0_part", "red1_part"],
+            """\
+// afgen_adafactor_torch_u0_853464140d: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float s0 = scalars[0];
+const float w = scalars[1];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float variance = afg_load(variance_in[idx]);
+  const float g = grad;
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(g * rsqrtf(afg_max(variance + w * (afg_sq(g) - variance), s0)));
+
+}
+__shared__ float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
+  if (lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+        ),
+        "afgen_adafactor_torch_u1_146f278efb": (
+            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+            ["new_param", "new_variance"],
+            """\
+// afgen_adafactor_torch_u1_146f278efb: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
+const float alpha = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float w = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -1547,19 +1539,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x1_0 = -grad;
-  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(afg_max(x1_1, s1))) / s4, idx, afg_key);
+  const float g_1 = grad;
+  const float x1_1 = variance + w * (afg_sq(g_1) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * rsqrtf(afg_max(x1_1, s0))) / s2, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
 """,
         ),
-        "afgen_adafactor_torch_u1_daa2d5d79b": (
+        "afgen_adafactor_torch_u1_6fa05931f4": (
             ["grad_in", "param_in", "variance_in", "scalars", "dims"],
             ["new_param", "new_variance"],
             """\
-// afgen_adafactor_torch_u1_daa2d5d79b: pass 1, unfactored layout
+// afgen_adafactor_torch_u1_6fa05931f4: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1573,11 +1565,11 @@ const unsigned int b = group / (ncc * nrb);
 const unsigned int lid = threadIdx.x;
 const unsigned int lane = (threadIdx.x & 31u);
 const unsigned int warp = (threadIdx.x >> 5);
-const float s0 = scalars[0];
-const float s1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
+const float alpha = scalars[0];
+const float s0 = scalars[1];
+const float s1 = scalars[2];
+const float s2 = scalars[3];
+const float w = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
   const unsigned int idx = cc * 1024 + c * 256 + lid;
@@ -1587,9 +1579,9 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
-  const float x1_0 = grad;
-  const float x1_1 = variance + s0 * (afg_sq(x1_0) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s2 - s3 * (x1_0 * rsqrtf(afg_max(x1_1, s1))) / s4, idx, afg_key);
+  const float g_1 = -grad;
+  const float x1_1 = variance + w * (afg_sq(g_1) - variance);
+  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * rsqrtf(afg_max(x1_1, s0))) / s2, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }

@@ -260,11 +260,11 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
     eps = self.eps
     weight_decay = self.weight_decay
     s0 = 1 - learning_rate * weight_decay
-    s1 = learning_rate / (1 - beta1 ** t)
-    s2 = 1 - beta1
-    s3 = 1 - beta2
-    s4 = mx.rsqrt(1 - beta2 ** t)
-    new_param, new_m, new_v = _launch(backend, "afgen_adamw_u0_dffeb0126f", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([beta1, beta2, eps, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    c1 = learning_rate / (1 - beta1 ** t)
+    s1 = 1 - beta1
+    s2 = 1 - beta2
+    c2 = mx.rsqrt(1 - beta2 ** t)
+    new_param, new_m, new_v = _launch(backend, "afgen_adamw_u0_4b5341bf28", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _pack([beta1, beta2, c1, c2, eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -304,6 +304,51 @@ _FUSED = {
 # Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
 _KERNELS = {
     "metal": {
+        "afgen_adamw_u0_4b5341bf28": (
+            ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
+            ["new_param", "new_m", "new_v"],
+            """\
+// afgen_adamw_u0_4b5341bf28: pass 0, unfactored layout
+const uint M = dims[1];
+const uint N = dims[2];
+const uint nrb = dims[3];
+const uint ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const uint group = threadgroup_position_in_grid.x;
+const uint cc = group % ncc;
+const uint rb = (group / ncc) % nrb;
+const uint b = group / (ncc * nrb);
+const uint lid = thread_position_in_threadgroup.x;
+const uint lane = thread_index_in_simdgroup;
+const uint warp = simdgroup_index_in_threadgroup;
+const float beta1 = scalars[0];
+const float beta2 = scalars[1];
+const float c1 = scalars[2];
+const float c2 = scalars[3];
+const float eps = scalars[4];
+const float s0 = scalars[5];
+const float s1 = scalars[6];
+const float s2 = scalars[7];
+const uint afg_key = afg_bits(scalars[8]);
+for (uint c = 0; c < 4; ++c) {
+  const uint idx = cc * 1024 + c * 256 + lid;
+  if (idx >= N) {
+    continue;
+  }
+  const float grad = afg_load(grad_in[idx]);
+  const float m = afg_load(m_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = beta1 * m + s1 * grad;
+  const float x0_1 = beta2 * v + s2 * afg_sq(grad);
+  new_param[idx] = afg_store_rounded<T>(param * s0 - c1 * x0_0 / (metal::sqrt(x0_1) * c2 + eps), idx, afg_key);
+  new_m[idx] = afg_store<S>(x0_0);
+  new_v[idx] = afg_store<S>(x0_1);
+
+}
+""",
+        ),
         "afgen_adamw_u0_549e8948ef": (
             ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_m", "new_v"],
@@ -348,35 +393,37 @@ for (uint c = 0; c < 4; ++c) {
 }
 """,
         ),
-        "afgen_adamw_u0_dffeb0126f": (
+    },
+    "cuda": {
+        "afgen_adamw_u0_4b5341bf28": (
             ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_m", "new_v"],
             """\
-// afgen_adamw_u0_dffeb0126f: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
+// afgen_adamw_u0_4b5341bf28: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
+const unsigned int group = blockIdx.x;
+const unsigned int cc = group % ncc;
+const unsigned int rb = (group / ncc) % nrb;
+const unsigned int b = group / (ncc * nrb);
+const unsigned int lid = threadIdx.x;
+const unsigned int lane = (threadIdx.x & 31u);
+const unsigned int warp = (threadIdx.x >> 5);
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
-const float eps = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float s4 = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
+const float c1 = scalars[2];
+const float c2 = scalars[3];
+const float eps = scalars[4];
+const float s0 = scalars[5];
+const float s1 = scalars[6];
+const float s2 = scalars[7];
+const unsigned int afg_key = afg_bits(scalars[8]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int idx = cc * 1024 + c * 256 + lid;
   if (idx >= N) {
     continue;
   }
@@ -384,17 +431,15 @@ for (uint c = 0; c < 4; ++c) {
   const float m = afg_load(m_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  const float x0_0 = beta1 * m + s2 * grad;
-  const float x0_1 = beta2 * v + s3 * afg_sq(grad);
-  new_param[idx] = afg_store_rounded<T>(param * s0 - s1 * x0_0 / (metal::sqrt(x0_1) * s4 + eps), idx, afg_key);
+  const float x0_0 = beta1 * m + s1 * grad;
+  const float x0_1 = beta2 * v + s2 * afg_sq(grad);
+  new_param[idx] = afg_store_rounded<T>(param * s0 - c1 * x0_0 / (sqrtf(x0_1) * c2 + eps), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_0);
   new_v[idx] = afg_store<S>(x0_1);
 
 }
 """,
         ),
-    },
-    "cuda": {
         "afgen_adamw_u0_549e8948ef": (
             ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
             ["new_param", "new_m", "new_v"],
@@ -433,51 +478,6 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float x0_0 = beta1 * m + s1 * grad;
   const float x0_1 = beta2 * v + s2 * afg_sq(grad);
   new_param[idx] = afg_store_rounded<T>(param * s0 - learning_rate * x0_0 / (sqrtf(x0_1) + eps), idx, afg_key);
-  new_m[idx] = afg_store<S>(x0_0);
-  new_v[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adamw_u0_dffeb0126f": (
-            ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_m", "new_v"],
-            """\
-// afgen_adamw_u0_dffeb0126f: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
-const float beta1 = scalars[0];
-const float beta2 = scalars[1];
-const float eps = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float s4 = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float m = afg_load(m_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = beta1 * m + s2 * grad;
-  const float x0_1 = beta2 * v + s3 * afg_sq(grad);
-  new_param[idx] = afg_store_rounded<T>(param * s0 - s1 * x0_0 / (sqrtf(x0_1) * s4 + eps), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_0);
   new_v[idx] = afg_store<S>(x0_1);
 

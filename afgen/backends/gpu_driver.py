@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sympy
+
 from afgen.backends.functions import MLX, atom_loads
 from afgen.backends.kernels import DIALECTS, PassKernel, kernel_header, pass_kernel, tile
 from afgen.backends.printers import mlx_code
@@ -46,7 +48,8 @@ def _glue_lines(sched: Schedule) -> list[str]:
         if step.is_reduction:
             code = MLX.reduce(step, code)
         lines.append(f"{step.name} = {code}")
-    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results]
+    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results
+              if expr != sympy.Symbol(name, real=True)]
     return lines
 
 

@@ -20,7 +20,11 @@ import keyword
 from collections.abc import Iterable
 
 from afgen.errors import SpecError
+from afgen.names import SymbolTable, spec_names
 from afgen.spec.model import Spec
+
+__all__ = ["C_FAMILY_RESERVED", "PYTHON_RESERVED", "SymbolTable", "check_spec_names",
+           "spec_names"]
 
 # Python: keywords (soft ones too: ``match``/``case``/``type`` are legal names, but a
 # reader should not meet them as values) and every builtin.
@@ -48,51 +52,6 @@ __shfl_down_sync __shfl_xor_sync __float_as_uint __uint_as_float __half __nv_bfl
 blockIdx blockDim threadIdx gridDim warpSize dim3 uint32_t int32_t uint64_t int64_t
 uint16_t int16_t uint8_t int8_t
 """.split())
-
-
-class SymbolTable:
-    """The names taken in one scope of generated code (a module, a function, a kernel).
-
-    ``claim`` takes a name exactly (a spec's name, or a name the template spells
-    literally) and refuses a second claim; ``fresh`` gives a generator-owned name: the
-    hint if free, else the hint with the first free numeric suffix."""
-
-    def __init__(self, taken: Iterable[str] = ()) -> None:
-        self._taken: set[str] = set(taken)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._taken
-
-    def claim(self, name: str) -> str:
-        if name in self._taken:
-            raise ValueError(f"'{name}' is already taken in this scope")
-        self._taken.add(name)
-        return name
-
-    def fresh(self, hint: str) -> str:
-        name, suffix = hint, 1
-        while name in self._taken:
-            name = f"{hint}_{suffix}"
-            suffix += 1
-        self._taken.add(name)
-        return name
-
-    def child(self) -> SymbolTable:
-        """A nested scope: sees every name taken here, adds its own without leaking back."""
-        return SymbolTable(self._taken)
-
-
-def spec_names(spec: Spec) -> dict[str, object]:
-    """Every name the spec introduces, mapped to where it first writes it (a Loc)."""
-    found: dict[str, object] = {}
-    for h in spec.hyperparameters:
-        for name in (h.name, *h.component_names):
-            found.setdefault(name, h.loc)
-    for s in spec.state:
-        found.setdefault(s.name, s.loc)
-    for equation in spec.equations():
-        found.setdefault(equation.target, equation.loc)
-    return found
 
 
 def check_spec_names(spec: Spec, module_names: Iterable[str],

@@ -13,12 +13,14 @@ Two views of the same specialisation:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
 from afgen.lower.config import StaticConfig
 from afgen.lower.specialise import Program, Reduction, shape_of
+from afgen.names import SymbolTable
+from afgen.spec.ops import Negate
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
@@ -98,29 +100,55 @@ class KernelPlan:
 
 
 class _Namer:
-    def __init__(self, prefix: str):
+    """Temporaries: ``<prefix><n>``, or the spec's name for a value an equation assigned
+    (``beta2t``, ``u_1`` for a second ``u``), always fresh in the plan's symbol table."""
+
+    def __init__(self, prefix: str, names: SymbolTable, value_names: dict[sympy.Basic, str]):
         self.prefix = prefix
         self.count = 0
+        self.names = names
+        self.value_names = value_names
 
     def __iter__(self):
         return self
 
     def __next__(self) -> sympy.Symbol:
-        symbol = sympy.Symbol(f"{self.prefix}{self.count}", real=True)
+        symbol = sympy.Symbol(self.names.fresh(f"{self.prefix}{self.count}"), real=True)
         self.count += 1
         return symbol
 
+    def for_value(self, expr: sympy.Basic) -> sympy.Symbol:
+        if expr in self.value_names:
+            return sympy.Symbol(self.names.fresh(self.value_names[expr]), real=True)
+        return next(self)
+
+    def rename_values(self, replacements: list[tuple[sympy.Symbol, sympy.Expr]],
+                      exprs: list[sympy.Expr]) -> tuple[list, list]:
+        """Rename CSE temporaries that hold exactly an equation's value."""
+        expanded: dict[sympy.Symbol, sympy.Expr] = {}
+        renames: dict[sympy.Symbol, sympy.Symbol] = {}
+        for symbol, expr in replacements:
+            expanded[symbol] = expr.xreplace(expanded)
+            if expanded[symbol] in self.value_names:
+                renames[symbol] = self.for_value(expanded[symbol])
+        if not renames:
+            return replacements, exprs
+        return ([(renames.get(s, s), e.xreplace(renames)) for s, e in replacements],
+                [e.xreplace(renames) for e in exprs])
+
 
 def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
-             shapes: dict[sympy.Symbol, ShapeClass], prefix: str,
+             shapes: dict[sympy.Symbol, ShapeClass], namer: _Namer,
              defs: list[tuple[sympy.Symbol, sympy.Expr]] = ()) -> Schedule:
     """CSE ``results``, named ``defs`` and the reduction operands together, then order
     everything so each step follows what it reads. ``shapes`` gains the temporaries'
     classes."""
     defs = list(defs)
     exprs = [r.operand for r in reductions] + [e for _, e in defs] + list(results.values())
-    replacements, reduced = sympy.cse(exprs, symbols=_Namer(prefix), order="none")
+    replacements, reduced = sympy.cse(exprs, symbols=namer, order="none")
+    replacements, reduced = namer.rename_values(replacements, reduced)
     nodes: dict[sympy.Symbol, Step] = {}
+    aliases: dict[sympy.Symbol, sympy.Symbol] = {}
     for symbol, expr in replacements:
         shapes[symbol] = shape_of(expr, shapes)
         nodes[symbol] = Step(symbol, expr, shapes[symbol])
@@ -129,7 +157,19 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
                                      reduction.mean, shape_of(operand, shapes))
     def_exprs = reduced[len(reductions):len(reductions) + len(defs)]
     for (symbol, _), expr in zip(defs, def_exprs):
+        if expr in nodes and not nodes[expr].is_reduction:  # CSE named the whole value:
+            nodes[symbol] = replace(nodes.pop(expr), name=symbol)  # one name, no alias
+            aliases[expr] = symbol
+            continue
         nodes[symbol] = Step(symbol, expr, shapes[symbol])
+    for name, expr in zip(results, reduced[len(reductions) + len(defs):]):
+        if not name.startswith("new_") and expr in nodes and not nodes[expr].is_reduction:
+            symbol = sympy.Symbol(name, real=True)  # a named small value: keep its name
+            nodes[symbol] = replace(nodes.pop(expr), name=symbol)
+            aliases[expr] = symbol
+    if aliases:
+        nodes = {s: replace(n, expr=n.expr.xreplace(aliases)) for s, n in nodes.items()}
+        reduced = [e.xreplace(aliases) for e in reduced]
     ordered: list[Step] = []
     done: set[sympy.Symbol] = set()
 
@@ -168,11 +208,11 @@ class _Hoister:
     they are computed once in glue, not per element."""
 
     def __init__(self, shapes: dict[sympy.Symbol, ShapeClass], levels: dict[sympy.Symbol, int],
-                 prefix: str = "s"):
+                 namer: _Namer):
         self.shapes = shapes
         self.levels = levels
         self.defs: dict[sympy.Expr, sympy.Symbol] = {}
-        self.namer = _Namer(prefix)
+        self.namer = namer
 
     def small_defs(self) -> list[tuple[sympy.Symbol, sympy.Expr]]:
         return [(symbol, expr) for expr, symbol in self.defs.items()]
@@ -193,8 +233,10 @@ class _Hoister:
     def _name(self, expr: sympy.Expr) -> sympy.Expr:
         if expr.is_Atom or (expr.is_Number):
             return expr
+        if isinstance(expr, Negate):  # pass x, not both x and -x: negating is free
+            return Negate(self._name(expr.args[0]))
         if expr not in self.defs:
-            symbol = next(self.namer)
+            symbol = self.namer.for_value(expr)
             self.defs[expr] = symbol
             self.shapes[symbol] = shape_of(expr, self.shapes)
             self.levels[symbol] = _level(expr, self.levels)
@@ -206,13 +248,15 @@ def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
                    ) -> Schedule:
     """Whole-update schedule for eager backends: small sub-trees are computed once as
     small arrays, before the full-size operations that use them."""
-    hoister = _Hoister(shapes, levels, "h")
+    names = SymbolTable(program.atom_names)
+    hoister = _Hoister(shapes, levels, _Namer("h", names, program.value_names))
     reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand)
                             if r.operand_shape is ShapeClass.FULL else r.operand,
                             r.operand_shape, r.shape) for r in program.reductions]
     results = {f"new_{k}": hoister.hoist(v) if shape_of(v, shapes) is ShapeClass.FULL else v
                for k, v in changed.items()}
-    return schedule(results, reductions, shapes, "x", hoister.small_defs())
+    return schedule(results, reductions, shapes, _Namer("x", names, program.value_names),
+                    hoister.small_defs())
 
 
 def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
@@ -228,7 +272,8 @@ def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
     last = max([_level(r.operand, levels) for r in full_reductions]
                + [_level(v, levels) for v in full_outputs.values()] + [0])
 
-    hoister = _Hoister(shapes, levels)
+    names = SymbolTable(program.atom_names)
+    hoister = _Hoister(shapes, levels, _Namer("s", names, program.value_names))
     passes = []
     for index in range(last + 1):
         reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand),
@@ -236,7 +281,8 @@ def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
                       for r in full_reductions if _level(r.operand, levels) == index]
         outputs = ({f"new_{k}": hoister.hoist(v) for k, v in full_outputs.items()}
                    if index == last else {})
-        sched = schedule(outputs, reductions, shapes, f"x{index}_")
+        sched = schedule(outputs, reductions, shapes,
+                         _Namer(f"x{index}_", names, program.value_names))
         used = set().union(*[s.expr.free_symbols for s in sched.steps],
                            *[e.free_symbols for _, e in sched.results])
         defined = {s.name for s in sched.steps}
@@ -253,6 +299,7 @@ def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
         values.update({f"new_{k}": v for k, v in small_outputs.items()
                        if _level(v, levels) == index})
         reductions = [r for r in small_reductions if levels[r.name] == index]
-        glue.append(schedule(values, reductions, shapes, f"g{index}_"))
+        glue.append(schedule(values, reductions, shapes,
+                             _Namer(f"g{index}_", names, program.value_names)))
     program.shapes.update(shapes)
     return KernelPlan(tuple(configs), program, flat, tuple(glue), tuple(passes))

@@ -16,6 +16,7 @@ from sympy.core.function import AppliedUndef
 from afgen.errors import SpecError
 from afgen.lower.config import StaticConfig, dynamic_statics, satisfiable
 from afgen.lower.config import shape_class_of as shape_of
+from afgen.names import SymbolTable, spec_names
 from afgen.spec.expressions import reduction_of, undefined_constant
 from afgen.spec.model import (
     DTYPE_EPS,
@@ -57,6 +58,11 @@ class Program:
     outputs: dict[str, sympy.Expr]
     live_state: list[str]
     used_statics: frozenset[str] = field(default_factory=frozenset)
+    # Each equation's value (its Rounded node) -> the spec name it was assigned to, so a
+    # temporary holding exactly that value is named after it.
+    value_names: dict[sympy.Basic, str] = field(default_factory=dict)
+    # The names of the program's inputs (and reductions): temporaries are drawn around them.
+    atom_names: frozenset[str] = field(default_factory=frozenset)
 
     def shape_of(self, expr: sympy.Basic) -> ShapeClass:
         return shape_of(expr, self.shapes)
@@ -88,6 +94,8 @@ class _Specialiser:
         self.used_statics: set[str] = set()
         self.reductions: list[Reduction] = []
         self.reduction_keys: dict[tuple, sympy.Symbol] = {}
+        self.value_names: dict[sympy.Basic, str] = {}
+        self.names = SymbolTable(spec_names(spec))
         self.shapes: dict[sympy.Symbol, ShapeClass] = {}
         self.live_state = [s.name for s in spec.state if self._holds(s.when)]
         self.env: dict[str, sympy.Expr] = {}
@@ -125,7 +133,13 @@ class _Specialiser:
         for name in self.live_state:
             outputs[name] = self.env[name]
         return Program(self.config, self.shapes, self.reductions, outputs, self.live_state,
-                       frozenset(self.used_statics))
+                       frozenset(self.used_statics), self.value_names,
+                       frozenset(self._atom_names()))
+
+    def _atom_names(self) -> set[str]:
+        locals_ = {e.target for e in self.spec.equations()} - {s.name for s in self.spec.state}
+        return (set(spec_names(self.spec)) - locals_) | {GRAD, PARAM, STEP, DTYPE_EPS} | {
+            str(r.name) for r in self.reductions}
 
     def _walk(self, statements: tuple[Statement, ...]) -> None:
         for statement in statements:
@@ -185,6 +199,7 @@ class _Specialiser:
             raise SpecError(eq.loc, f"'{eq.target}' has {problem} once earlier equations are "
                             f"substituted {where}")
         self.env[eq.target] = Rounded(self._extract_reductions(value, eq))
+        self.value_names[self.env[eq.target]] = eq.target
 
     def _extract_reductions(self, expr: sympy.Expr, eq: Equation) -> sympy.Expr:
         """Replace reduction calls (innermost first) by symbols and record them."""
@@ -203,7 +218,8 @@ class _Specialiser:
                                 f"(configuration: {self.config.label})")
             key = (axes, mean, operand)
             if key not in self.reduction_keys:
-                symbol = sympy.Symbol(f"red{len(self.reductions)}", real=True)
+                symbol = sympy.Symbol(self.names.fresh(f"red{len(self.reductions)}"),
+                                      real=True)
                 shape = axes.result(operand_shape)
                 self.reductions.append(Reduction(symbol, axes, mean, operand, operand_shape, shape))
                 self.reduction_keys[key] = symbol
