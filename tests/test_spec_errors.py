@@ -148,9 +148,9 @@ def _module(text: str, path: str = "ok.yaml"):
     return getattr(load_module(compile_spec(spec)), spec.class_name)
 
 
-def _with_check(check: str) -> str:
+def _with_check(check: str, default: float = 0.1) -> str:
     return _spec().replace("lr: {type: float, default: 0.1}",
-                           f"lr: {{type: float, default: 0.1, check: '{check}'}}")
+                           f"lr: {{type: float, default: {default}, check: '{check}'}}")
 
 
 CHECKS = [  # check, values it accepts, values it refuses (undefined there: refused)
@@ -168,7 +168,7 @@ CHECKS = [  # check, values it accepts, values it refuses (undefined there: refu
 
 @pytest.mark.parametrize("check,good,bad", CHECKS, ids=[c[0] for c in CHECKS])
 def test_check_functions_run_in_the_constructor(check, good, bad):
-    optimizer = _module(_with_check(check))
+    optimizer = _module(_with_check(check, good[0]))
     for value in good:
         assert optimizer(lr=value).lr == value
     for value in bad:
@@ -243,3 +243,18 @@ def test_requires_that_nothing_satisfies_is_refused_at_it(checks, line, message)
     error = _error(_spec().replace("layout:", f"requires:\n{block}layout:"))
     assert re.search(message, error.message), error.message
     assert (error.loc.line, error.loc.col) == (line, 12), str(error)
+
+
+@pytest.mark.parametrize("transform,message,line", [
+    (lambda t: t.replace("default: 0.1}", "default: 0.1, check: 'lr > 1'}"),
+     r"the default 0.1 of 'lr' fails its own check 'lr > 1'", 3),
+    (lambda t: t.replace("default: 0.1}", "default: 0.1, example: 0, check: '1 / lr > 0'}"),
+     r"the example 0.0 of 'lr' fails its own check", 3),
+    (lambda t: t.replace("  lr: {type: float, default: 0.1}", "  lr: {type: float, default: 0.1}"
+                         "\n  n: {type: int, default: 10000000000000000000000}"),
+     r"at most 2\*\*53", 4),
+])
+def test_defaults_that_could_never_run_are_refused(transform, message, line):
+    error = _error(transform(_spec()))
+    assert re.search(message, error.message), error.message
+    assert error.loc.line == line, str(error)

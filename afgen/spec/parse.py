@@ -16,6 +16,7 @@ from afgen.spec.expressions import (
     CHECK_FORMS,
     DYN_BOOL,
     FUNCTIONS,
+    MAX_INT_LITERAL,
     NUM,
     STATIC_BOOL,
     STATIC_INT,
@@ -43,6 +44,7 @@ from afgen.spec.model import (
     Statement,
     StateTensor,
 )
+from afgen.spec.ops import to_sympy
 from afgen.spec.shapes import ShapeClass
 from afgen.spec.yamlnodes import Node, parse_yaml
 
@@ -202,6 +204,8 @@ def _number(node: Node, what: str) -> float:
 def _integer(node: Node, what: str) -> int:
     """An int from YAML (an int hyperparameter sizes things, so 128.0 is not accepted)."""
     if isinstance(node.value, int) and not isinstance(node.value, bool):
+        if abs(node.value) > MAX_INT_LITERAL:  # MLX has no int64 beyond +-2**63
+            raise SpecError(node.loc, f"{what} must be at most 2**53 in magnitude")
         return node.value
     raise SpecError(node.loc, f"{what} must be an integer, got {_type_word(node.value)}")
 
@@ -427,6 +431,8 @@ class _SpecBuilder:
             if typed.kind != DYN_BOOL:
                 raise SpecError(check_node.loc, "'check' must be a condition on the value "
                                 f"such as 'x > 0': {CHECK_FORMS}")
+            for what in ("default", "example"):
+                _check_holds(h, typed.expr, text, spec.value.get(what), what)
             # One line: the text is quoted into a one-line string of the generated module.
             out.append(dataclasses.replace(h, check=typed.expr, check_text=" ".join(text.split())))
         return out
@@ -632,6 +638,28 @@ def _inlined_size(expr: sympy.Basic, known: dict[str, tuple[int, int]]) -> tuple
         return memo[key]
 
     return walk(expr)
+
+
+def _check_holds(h: Hyperparameter, check: sympy.Basic, text: str, node: Node | None,
+                 what: str) -> None:
+    """A default (or example) that fails the hyperparameter's own check would make the
+    constructor refuse its own defaults (or verification refuse its example)."""
+    value = getattr(h, what)
+    if node is None or value is None:
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    if any(v is None for v in values):
+        return
+    subs = {sympy.Symbol(n, real=True): sympy.Float(v) if isinstance(v, float) else
+            sympy.Integer(v) for n, v in zip(h.value_names, values)}
+    try:
+        holds = bool(to_sympy(check).subs(subs)) is True
+    except (TypeError, ValueError, ArithmeticError):  # undefined there (1 / 0)
+        holds = False
+    if not holds:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise SpecError(node.loc, f"the {what} {shown} of '{h.name}' fails its own check "
+                        f"'{' '.join(text.split())}'")
 
 
 def _assigns(statements: tuple[Statement, ...] | list[Statement], name: str) -> bool:
