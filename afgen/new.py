@@ -6,7 +6,7 @@ from pathlib import Path
 
 from afgen.errors import Loc, SpecError, one_line
 from afgen.spec import parse_spec_text
-from afgen.spec.parse import CLASS_NAME
+from afgen.spec.parse import class_name_problem
 
 
 def snake_case(name: str) -> str:
@@ -15,9 +15,11 @@ def snake_case(name: str) -> str:
 
 def new_variant(name: str, source: str | Path, out: str | Path | None = None) -> Path:
     """Copy ``source`` to ``out`` (default ``<snake_case(name)>.yaml``) as optimizer
-    ``name``. A variant is no longer the reference optimizer, so ``reference:`` goes."""
-    if not CLASS_NAME.match(name):
-        raise SpecError(None, f"'{name}' is not a class name (like MyAdafactor)")
+    ``name``. A variant is no longer the reference optimizer, so ``reference:`` goes.
+    Nothing is written unless the variant is a valid spec."""
+    problem = class_name_problem(name)
+    if problem:
+        raise SpecError(None, f"afgen new: {problem}")
     source = Path(source)
     try:
         text = source.read_text(encoding="utf-8")
@@ -34,7 +36,13 @@ def new_variant(name: str, source: str | Path, out: str | Path | None = None) ->
     text = re.sub(r"(?m)^reference:.*\n", "", text)
     origin = one_line(source.as_posix())
     text = f"# {name}: a variant of {origin} (started with afgen new).\n" + text
-    parse_spec_text(text, str(target))
+    try:
+        parse_spec_text(text, str(target))
+    except SpecError as exc:  # located in a file that does not exist yet
+        if exc.loc is None or exc.loc.path != str(target):
+            raise
+        raise SpecError(None, f"afgen new: cannot write {one_line(str(target))}: "
+                        f"{exc.message}") from None
     with target.open("x", encoding="utf-8") as handle:  # never through a symlink made since
         handle.write(text)
     return target

@@ -137,3 +137,124 @@ def test_afgen_new_copies_a_spec_under_a_new_name(tmp_path):
     assert spec.class_name == "MyVariant" and spec.reference == ""
     assert main(["new", "MyVariant", "--from", "specs/adafactor.yaml", "--out", str(out)]) == 2
     assert main(["new", "lower_case", "--from", "specs/adafactor.yaml"]) == 2
+
+
+# -- bad input that once built a broken module or raised a traceback ----------------------
+
+def _module(text: str, path: str = "ok.yaml"):
+    from afgen.build import load_module
+
+    spec = parse_spec_text(text, path)
+    return getattr(load_module(compile_spec(spec)), spec.class_name)
+
+
+def _with_check(check: str, default: float = 0.1) -> str:
+    return _spec().replace("lr: {type: float, default: 0.1}",
+                           f"lr: {{type: float, default: {default}, check: '{check}'}}")
+
+
+CHECKS = [  # check, values it accepts, values it refuses (undefined there: refused)
+    ("lr ** 2 < 4", [1.0, -1.0], [3.0, 1e300]),
+    ("pow(lr, 0.5) < 2", [1.0, 0.0], [9.0, -1.0]),
+    ("sqrt(lr) > 0.5", [1.0], [0.1, -1.0]),
+    ("log(lr) < 0", [0.5], [2.0, 0.0, -1.0]),
+    ("rsqrt(lr) > 1", [0.5], [4.0, 0.0]),
+    ("exp(lr) < 10 and square(lr) > 0", [1.0], [3.0, 1000.0, 0.0]),
+    ("where(lr > 1, lr, 1 / lr) >= 1", [0.5, 2.0], [0.0]),
+    ("sign(lr) * abs(lr) == lr and max(lr, 1) < 2 and min(lr, -1) < 0", [1.5], [3.0]),
+    ("1 / lr > 1", [0.5], [0.0, 2.0]),
+]
+
+
+@pytest.mark.parametrize("check,good,bad", CHECKS, ids=[c[0] for c in CHECKS])
+def test_check_functions_run_in_the_constructor(check, good, bad):
+    optimizer = _module(_with_check(check, good[0]))
+    for value in good:
+        assert optimizer(lr=value).lr == value
+    for value in bad:
+        with pytest.raises(ValueError, match=rf"lr must satisfy {re.escape(check)}, got"):
+            optimizer(lr=value)
+
+
+@pytest.mark.parametrize("check,col", [("mean(lr) > 0", 43), ("rms(lr) > 0", 43),
+                                       ("lr", 42)])
+def test_check_says_what_it_allows(check, col):
+    error = _error(_with_check(check))
+    assert "sqrt, rsqrt, abs" in error.message, error.message
+    assert (error.loc.line, error.loc.col) == (3, col), str(error)
+
+
+@pytest.mark.parametrize("where,text", [
+    ("class", lambda t: t.replace("optimizer: Tiny", 'optimizer: "Tiny\\n"')),
+    ("hyperparameter", lambda t: t.replace("  lr: {", '  "lr\\n": {')),
+    ("state", lambda t: t.replace("  m: {", '  "m\\n": {')),
+])
+def test_names_ending_in_a_newline_are_refused(where, text):
+    error = _error(text(_spec()))
+    assert re.search(r"class name|plain identifier", error.message), error.message
+
+
+@pytest.mark.parametrize("constant", ["10**20", "10**10 * 10**10", "(-3)**41",
+                                      "9007199254740992 * 9007199254740992 - 1"])
+def test_integer_constants_beyond_int64_compute_as_floats(constant):
+    import mlx.core as mx
+
+    optimizer = _module(_spec().replace("param - lr * g", f"param - g / ({constant})"))
+    params = optimizer(backend="mlx").apply_gradients({"w": mx.ones((3,))}, {"w": mx.ones((3,))})
+    expected = 1 - 1 / float(eval(constant))  # noqa: S307 - a literal of this test
+    assert mx.allclose(params["w"], mx.full((3,), expected)).item()
+
+
+def test_zero_default_as_a_divisor_gives_float_results_in_the_oracle():
+    import numpy as np
+
+    from afgen.check.oracle import Oracle
+
+    text = _spec().replace("  nesterov:", "  d: {type: float, default: 0.0}\n  nesterov:")
+    text = text.replace("  - param = param - lr * g", "  - c = lr / d\n  - param = param - c * g")
+    compiled = compile_spec(parse_spec_text(text, "ok.yaml"))
+    out = Oracle(compiled, {}).step({"w": np.ones(3)}, {"w": np.array([1.0, -1.0, 0.0])})
+    assert np.isneginf(out["w"][0]) and np.isposinf(out["w"][1]) and np.isnan(out["w"][2])
+
+
+def test_requires_message_with_an_emoji_is_raised_as_written():
+    text = _spec().replace("layout:", "requires:\n  - check: not nesterov\n"
+                           "    message: \"no nesterov \U0001F680 'yet' \\\"{x}\\\" \\\\\"\n"
+                           "layout:")
+    with pytest.raises(ValueError) as info:
+        _module(text)(nesterov=True)
+    assert str(info.value) == "no nesterov \U0001F680 'yet' \"{x}\" \\"
+    str(info.value).encode("utf-8")  # no lone surrogates
+
+
+def test_update_that_never_assigns_param_is_refused_at_update():
+    error = _error(_spec().replace("  - param = param - lr * g", "  - p = param - lr * g"))
+    assert re.search(r"never assigns 'param'", error.message), error.message
+    assert (error.loc.line, error.loc.col) == (12, 1), str(error)
+
+
+@pytest.mark.parametrize("checks,line,message", [
+    (["nesterov and not nesterov"], 7, r"false for every value"),
+    (["false"], 7, r"false for every value"),
+    (["nesterov or has(beta)", "not nesterov", "not has(beta)"], 11, r"together with"),
+])
+def test_requires_that_nothing_satisfies_is_refused_at_it(checks, line, message):
+    block = "".join(f"  - check: {c}\n    message: m\n" for c in checks)
+    error = _error(_spec().replace("layout:", f"requires:\n{block}layout:"))
+    assert re.search(message, error.message), error.message
+    assert (error.loc.line, error.loc.col) == (line, 12), str(error)
+
+
+@pytest.mark.parametrize("transform,message,line", [
+    (lambda t: t.replace("default: 0.1}", "default: 0.1, check: 'lr > 1'}"),
+     r"the default 0.1 of 'lr' fails its own check 'lr > 1'", 3),
+    (lambda t: t.replace("default: 0.1}", "default: 0.1, example: 0, check: '1 / lr > 0'}"),
+     r"the example 0.0 of 'lr' fails its own check", 3),
+    (lambda t: t.replace("  lr: {type: float, default: 0.1}", "  lr: {type: float, default: 0.1}"
+                         "\n  n: {type: int, default: 10000000000000000000000}"),
+     r"at most 2\*\*53", 4),
+])
+def test_defaults_that_could_never_run_are_refused(transform, message, line):
+    error = _error(transform(_spec()))
+    assert re.search(message, error.message), error.message
+    assert error.loc.line == line, str(error)

@@ -13,6 +13,7 @@ from afgen.backends.names import PYTHON_RESERVED, SymbolTable, spec_names
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
 from afgen.lower.compiler import Compiled
+from afgen.spec import ops
 from afgen.spec.model import FACTORED, Hyperparameter, Spec
 from afgen.spec.shapes import ShapeClass
 
@@ -69,6 +70,15 @@ def _condition_code(condition: sympy.Basic, spec: Spec) -> str:
     return python_code(condition.xreplace(_static_code(spec)))
 
 
+# Operations that raise on some Python numbers (ZeroDivisionError, a math domain error,
+# OverflowError) where MLX would give inf or NaN.
+_RAISING_OPS = (ops.Divide, ops.Power, ops.Sqrt, ops.Rsqrt, ops.Exp, ops.Log, ops.Square)
+
+
+def _may_raise(check: sympy.Basic) -> bool:
+    return any(isinstance(node, _RAISING_OPS) for node in sympy.preorder_traversal(check))
+
+
 def _hyper_view(h: Hyperparameter) -> HyperView:
     lines: list[str] = []
     if h.kind == "schedule" and h.required:
@@ -94,6 +104,10 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
             for component in h.optional_components:
                 if component in checked:
                     test = f"{component} is not None and {test}"
+            if _may_raise(h.check):  # undefined there (1 / 0, sqrt(-1)): the check fails
+                lines += ["try:", f"    _failed = {test}",
+                          "except (ArithmeticError, ValueError):", "    _failed = True"]
+                test = "_failed"
             lines += [f"if {test}:",
                       f'    raise ValueError(f"{h.name} must satisfy {h.check_text}, got '
                       f'{{{h.name}!r}}")']
@@ -115,6 +129,16 @@ def _key_lines(compiled: Compiled) -> list[str]:
         lines.append(f"bool({code})" if code.startswith("self.") and " " not in code else code)
     lines.append("factored")
     return lines
+
+
+def _string_literal(text: str) -> str:
+    """``text`` as a Python string literal, in double quotes where it has none. (JSON
+    would escape an emoji as a surrogate pair, which Python reads as two lone surrogates
+    that no encoding can print.)"""
+    literal = repr(text)
+    if literal.startswith("'") and '"' not in text:  # then it has no "'" either
+        literal = f'"{literal[1:-1]}"'
+    return literal
 
 
 def _factored_code(spec: Spec) -> str:
@@ -157,7 +181,8 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
             else f"({shape_code[s.shape]} if factored else None)",
             "init": repr(s.init),
         })
-    requires = [{"code": _condition_code(r.condition, spec), "message": r.message}
+    requires = [{"code": _condition_code(r.condition, spec),
+                 "message_code": _string_literal(r.message)}
                 for r in spec.requires]
     prefix = f"afgen_{spec.stem}"
     kernel_tables: dict[str, list] = {}

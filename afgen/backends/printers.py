@@ -240,9 +240,33 @@ class NumPyPrinter(BasePrinter):
 
 
 class PythonPrinter(BasePrinter):
-    """Plain Python for constructor checks on Python numbers and static conditions."""
+    """Plain Python for constructor checks on Python numbers and static conditions.
 
-    funcs = {"maximum": "max", "minimum": "min", "abs": "abs"}
+    Functions are the ``math`` module's, and a general power is ``math.pow``: Python's
+    ``**`` makes a complex number of ``(-8.0) ** 0.5`` where ``math.pow`` raises. Where a
+    check is undefined (``1 / 0``, ``sqrt(-1)``, an overflow) evaluating it raises
+    ArithmeticError or ValueError, which the constructor reads as the check failing."""
+
+    funcs = {"maximum": "max", "minimum": "min", "abs": "abs", "sqrt": "math.sqrt",
+             "exp": "math.exp", "log": "math.log", "pow": "math.pow"}
+
+    def square(self, base: sympy.Expr) -> str:
+        return self.operand(base, PRECEDENCE["Pow"], True) + " ** 2"
+
+    def power(self, base: sympy.Expr, exp: sympy.Expr) -> str:
+        return self.call("pow", self._print(base), self._print(exp))
+
+    def call(self, name: str, *args: str) -> str:
+        if name == "rsqrt":
+            return self.reciprocal(super().call("sqrt", *args))
+        return super().call(name, *args)
+
+    def _print_Sign(self, expr: ops.Sign) -> str:
+        text = self.operand(expr.args[0], PRECEDENCE["Relational"], True)
+        return f"(({text} > 0) - ({text} < 0))"
+
+    def select(self, cond: str, a: str, b: str) -> str:
+        return f"({a} if {cond} else {b})"
 
     def _print_And(self, expr: sympy.And) -> str:
         return "(" + " and ".join(self._print(a) for a in expr.args) + ")"

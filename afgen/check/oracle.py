@@ -47,10 +47,15 @@ class Oracle(Stepper):
 
     def update(self, grad: np.ndarray, param: np.ndarray, state: dict[str, np.ndarray],
                scalars: dict[str, float], axes: tuple[int, int] | None) -> np.ndarray:
+        """Scalars are NumPy float64, not Python floats: a hyperparameter of 0 as a
+        divisor gives inf (as MLX and the kernels do), not ZeroDivisionError, and a
+        negative base to a fractional power NaN, not a complex number."""
         function = self.module.FUNCTIONS[f"_np_{self._plan(axes is not None).name}"]
-        values = static_values(self.spec, self.hyper)
-        scalars = {**scalars, **{name: values[name] for name in self.compiled.dynamic}}
-        return function(grad, param, float(self.step_count), scalars, state)
+        statics = static_values(self.spec, self.hyper)
+        values = {name: np.float64(value) for name, value in scalars.items()}
+        values.update({name: statics[name] for name in self.compiled.dynamic})
+        with np.errstate(all="ignore"):
+            return function(grad, param, np.float64(self.step_count), values, state)
 
 
 __all__ = ["Oracle", "render_oracle"]

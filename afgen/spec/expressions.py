@@ -109,6 +109,10 @@ def undefined_constant(expr: sympy.Basic) -> str | None:
     return None
 
 
+# What a hyperparameter's ``check`` may use (it runs on Python numbers in the constructor).
+CHECK_FORMS = ("comparisons joined by and/or/not, over arithmetic (+ - * / **), "
+               "where(c, a, b), sqrt, rsqrt, abs, square, exp, log, sign, "
+               "min, max and pow")
 FUNCTIONS = sorted([*UNARY_FUNCTIONS, "min", "max", "pow", "where", "rms", "has", *REDUCTIONS])
 
 _FORBIDDEN_NODES = {
@@ -155,10 +159,12 @@ def _parse(text: str, loc: Loc, mode: str) -> ast.AST:
 class ExpressionConverter:
     """Converts one whitelisted Python AST to SymPy, checking names, arity and shapes."""
 
-    def __init__(self, scope: Scope, loc: Loc, col_shift: int = 0):
+    def __init__(self, scope: Scope, loc: Loc, col_shift: int = 0,
+                 reductions: bool = True):
         self.scope = scope
         self.loc = loc
         self.col_shift = col_shift
+        self.reductions = reductions
 
     def where(self, node: ast.AST) -> Loc:
         line = getattr(node, "lineno", 1) - 1
@@ -234,7 +240,8 @@ class ExpressionConverter:
         except ShapeMismatch as exc:
             raise self.fail(node, f"shape-class mismatch: {left.shape.label} "
                             f"{_OP_WORD[op]} {right.shape.label}: {exc}") from None
-        return Typed(BINARY_OPERATORS[_OP_WORD[op]](left.expr, right.expr), NUM, shape)
+        return _wide_integers_as_floats(
+            Typed(BINARY_OPERATORS[_OP_WORD[op]](left.expr, right.expr), NUM, shape))
 
     def _power(self, node: ast.AST, base: Typed, exponent: Typed) -> Typed:
         if exponent.shape is not ShapeClass.SCALAR:
@@ -246,7 +253,7 @@ class ExpressionConverter:
             raise self.fail(node, f"constant exponents are limited to +-{MAX_CONST_EXPONENT}")
         if base_value.is_Number and abs(float(base_value)) > 1e300:
             raise self.fail(node, "constant too large")
-        return Typed(Power(base.expr, exponent.expr), NUM, base.shape)
+        return _wide_integers_as_floats(Typed(Power(base.expr, exponent.expr), NUM, base.shape))
 
     def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> Typed:
         if isinstance(node.op, ast.Not):
@@ -327,6 +334,9 @@ class ExpressionConverter:
             raise self.fail(node, f"unknown function '{name}' (known: {', '.join(FUNCTIONS)})")
         if name == "has":
             return self._has(node)
+        if not self.reductions and (name in REDUCTIONS or name == "rms"):
+            raise self.fail(node, f"{name}() reduces a tensor, and a 'check' is about plain "
+                            f"numbers: {CHECK_FORMS}")
         args = [self.convert(a, depth) for a in node.args]
         if name == "where":
             return self._where(node, args)
@@ -384,13 +394,27 @@ class ExpressionConverter:
         return Typed(sympy.Piecewise((a.expr, cond.expr), (b.expr, True)), NUM, shape)
 
 
+def _wide_integers_as_floats(value: Typed) -> Typed:
+    """Integer constants compute as Python ints in the generated code, so ``10**20`` is
+    an int that no int64 holds, and MLX fails on it at run time. A constant operation
+    whose exact value is an integer beyond ``MAX_INT_LITERAL`` computes in floats instead
+    (what the kernels do anyway)."""
+    folded = to_sympy(value.expr)
+    if not (folded.is_Integer and abs(folded) > MAX_INT_LITERAL):
+        return value
+    floats = {i: sympy.Float(int(i)) for i in value.expr.atoms(sympy.Integer)}
+    return Typed(value.expr.xreplace(floats), value.kind, value.shape)
+
+
 _OP_WORD = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
 
-def parse_expression(text: str, loc: Loc, scope: Scope, col_shift: int = 0) -> Typed:
-    """Parse and convert a single expression."""
+def parse_expression(text: str, loc: Loc, scope: Scope, col_shift: int = 0,
+                     reductions: bool = True) -> Typed:
+    """Parse and convert a single expression; ``reductions=False`` where the names are
+    plain numbers (a hyperparameter's ``check``), so ``mean(x)`` has nothing to reduce."""
     tree = _parse(text, loc.shifted(0, col_shift), "eval")
-    return ExpressionConverter(scope, loc, col_shift).convert(tree.body)
+    return ExpressionConverter(scope, loc, col_shift, reductions).convert(tree.body)
 
 
 def parse_assignment(text: str, loc: Loc, scope: Scope, col_shift: int = 0

@@ -9,10 +9,14 @@ import re
 from pathlib import Path
 
 import sympy
+from sympy.logic.inference import satisfiable
 
 from afgen.errors import Loc, SpecError
 from afgen.spec.expressions import (
+    CHECK_FORMS,
+    DYN_BOOL,
     FUNCTIONS,
+    MAX_INT_LITERAL,
     NUM,
     STATIC_BOOL,
     STATIC_INT,
@@ -40,6 +44,7 @@ from afgen.spec.model import (
     Statement,
     StateTensor,
 )
+from afgen.spec.ops import to_sympy
 from afgen.spec.shapes import ShapeClass
 from afgen.spec.yamlnodes import Node, parse_yaml
 
@@ -47,14 +52,22 @@ TOP_KEYS = {"optimizer": True, "summary": False, "reference": False, "hyperparam
             "requires": False, "layout": False, "state": True, "update": True}
 HYPER_KEYS = {"type", "default", "doc", "names", "check", "example"}
 STATE_KEYS = {"shape", "when", "init", "doc"}
-IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
+# Names are matched with ``fullmatch``: ``$`` also matches before a final newline, so
+# ``re.match(r"^x$", "x\n")`` accepts a name that breaks the generated module.
+IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
 RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS,
             "has", "self", "mx", "state", "shape", "gradient", "parameter"}
 # What every generated optimizer already has (MLX's Optimizer API, the generated
 # constructor's own arguments); a hyperparameter is stored as ``self.<name>``.
 OPTIMIZER_ATTRIBUTES = {"apply_gradients", "apply_single", "init", "init_single", "state",
                         "step", "update", "backend", "precision"}
+# What the generated module itself binds at top level (besides private ``_`` names) that
+# a class name could collide with: its imports and constants (the build checks the
+# rendered module too).
+MODULE_NAMES = {"AFGEN_VERSION", "BACKENDS", "Callable", "NONFINITE", "NamedTuple",
+                "Optimizer", "Optional", "PRECISIONS", "SPEC_SHA256", "THREADS", "Tuple",
+                "Union"}
 MAX_STATEMENTS = 500
 DEFAULT_PATH = "<spec>"
 # Nodes in one value once earlier names are substituted (every binary operation is one:
@@ -80,6 +93,19 @@ def parse_spec_text(text: str, path: str = DEFAULT_PATH) -> Spec:
     """Validate spec text (the whole pipeline's entry point for in-memory variants)."""
     root = parse_yaml(text, path)
     return _SpecBuilder(root, text, path).build()
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the generated optimizer class, or None."""
+    if not CLASS_NAME.fullmatch(name):
+        return (f"'{name}' is not a class name (an uppercase ASCII letter, then letters, "
+                "digits or '_', like 'Adafactor')")
+    if keyword.iskeyword(name) or hasattr(builtins, name):
+        return f"'{name}' is a Python keyword or built-in name and cannot name the optimizer class"
+    if name in MODULE_NAMES:
+        return (f"'{name}' is a name the generated module already uses; choose another "
+                "class name")
+    return None
 
 
 def _module_stem(path: str) -> str:
@@ -178,6 +204,8 @@ def _number(node: Node, what: str) -> float:
 def _integer(node: Node, what: str) -> int:
     """An int from YAML (an int hyperparameter sizes things, so 128.0 is not accepted)."""
     if isinstance(node.value, int) and not isinstance(node.value, bool):
+        if abs(node.value) > MAX_INT_LITERAL:  # MLX has no int64 beyond +-2**63
+            raise SpecError(node.loc, f"{what} must be at most 2**53 in magnitude")
         return node.value
     raise SpecError(node.loc, f"{what} must be an integer, got {_type_word(node.value)}")
 
@@ -241,12 +269,9 @@ class _SpecBuilder:
         _check_keys(self.root, set(TOP_KEYS), "the spec",
                     {k for k, required in TOP_KEYS.items() if required})
         class_name = _expect_str(top["optimizer"], "'optimizer'")
-        if not CLASS_NAME.match(class_name):
-            raise SpecError(top["optimizer"].loc, f"'optimizer' must be a class name like "
-                            f"'Adafactor', got '{class_name}'")
-        if keyword.iskeyword(class_name) or hasattr(builtins, class_name):
-            raise SpecError(top["optimizer"].loc, f"'{class_name}' is a Python keyword or "
-                            "built-in name and cannot name the optimizer class")
+        problem = class_name_problem(class_name)
+        if problem:
+            raise SpecError(top["optimizer"].loc, problem)
         hypers = self._hyperparameters(top["hyperparameters"])
         optional = {h.name: h.has_symbol for h in hypers if h.is_optional}
         optional.update({c: sympy.Symbol(f"has_{c}") for h in hypers
@@ -278,6 +303,9 @@ class _SpecBuilder:
                                          {s.name: s.shape for s in state}, [0])
         if not statements:
             raise SpecError(update_node.loc, "'update' needs at least one equation")
+        if not _assigns(statements, PARAM):
+            raise SpecError(self.root.key_locs["update"], f"'update' never assigns '{PARAM}', "
+                            f"so it would change nothing: end it with '{PARAM} = ...'")
         return Spec(
             path=self.path, stem=stem, class_name=class_name,
             summary=_doc_text(top["summary"], "'summary'") if "summary" in top else class_name,
@@ -340,7 +368,7 @@ class _SpecBuilder:
         return _number(node, f"the example of '{name}'")
 
     def _identifier(self, name: str, loc: Loc, what: str) -> None:
-        if not IDENT.match(name):
+        if not IDENT.fullmatch(name):
             raise SpecError(loc, f"{what} name '{name}' must be a plain identifier "
                             "(letters, digits, '_', not starting with '_')")
         if (name in RESERVED or name in FUNCTIONS or keyword.iskeyword(name)
@@ -398,9 +426,13 @@ class _SpecBuilder:
                 raise SpecError(check_node.loc, f"'check' is for numeric hyperparameters, "
                                 f"not {h.kind} '{h.name}'")
             scope = _Scope({n: numbers[n] for n in h.value_names}, {})
-            typed = parse_expression(text, check_node.loc, scope, _expr_col_shift(check_node))
-            if typed.kind not in ("condition",):
-                raise SpecError(check_node.loc, "'check' must be a comparison such as 'x > 0'")
+            typed = parse_expression(text, check_node.loc, scope, _expr_col_shift(check_node),
+                                     reductions=False)
+            if typed.kind != DYN_BOOL:
+                raise SpecError(check_node.loc, "'check' must be a condition on the value "
+                                f"such as 'x > 0': {CHECK_FORMS}")
+            for what in ("default", "example"):
+                _check_holds(h, typed.expr, text, spec.value.get(what), what)
             # One line: the text is quoted into a one-line string of the generated module.
             out.append(dataclasses.replace(h, check=typed.expr, check_text=" ".join(text.split())))
         return out
@@ -409,6 +441,7 @@ class _SpecBuilder:
         if node is None:
             return []
         out = []
+        together: sympy.Basic = sympy.true
         for item in _expect_list(node, "'requires'"):
             _expect_map(item, "a requirement")
             _check_keys(item, {"check", "message"}, "a requirement", {"check", "message"})
@@ -417,6 +450,14 @@ class _SpecBuilder:
                 raise SpecError(item.value["check"].loc, "'requires' is checked when the "
                                 "optimizer is constructed, before it sees a parameter: it "
                                 "cannot use 'factored'")
+            # A requirement nothing satisfies makes every constructor call raise.
+            if not satisfiable(cond):
+                raise SpecError(item.value["check"].loc, "no configuration satisfies this "
+                                "requirement: it is false for every value of the options")
+            together = sympy.And(together, cond)
+            if not satisfiable(together):
+                raise SpecError(item.value["check"].loc, "no configuration satisfies this "
+                                "requirement together with the ones before it")
             out.append(Requirement(cond, _expect_str(item.value["message"], "'message'"),
                                    item.value["check"].loc))
         return out
@@ -597,6 +638,39 @@ def _inlined_size(expr: sympy.Basic, known: dict[str, tuple[int, int]]) -> tuple
         return memo[key]
 
     return walk(expr)
+
+
+def _check_holds(h: Hyperparameter, check: sympy.Basic, text: str, node: Node | None,
+                 what: str) -> None:
+    """A default (or example) that fails the hyperparameter's own check would make the
+    constructor refuse its own defaults (or verification refuse its example)."""
+    value = getattr(h, what)
+    if node is None or value is None:
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    if any(v is None for v in values):
+        return
+    subs = {sympy.Symbol(n, real=True): sympy.Float(v) if isinstance(v, float) else
+            sympy.Integer(v) for n, v in zip(h.value_names, values)}
+    try:
+        holds = bool(to_sympy(check).subs(subs)) is True
+    except (TypeError, ValueError, ArithmeticError):  # undefined there (1 / 0)
+        holds = False
+    if not holds:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise SpecError(node.loc, f"the {what} {shown} of '{h.name}' fails its own check "
+                        f"'{' '.join(text.split())}'")
+
+
+def _assigns(statements: tuple[Statement, ...] | list[Statement], name: str) -> bool:
+    """Whether any equation, in any branch, assigns ``name``."""
+    for statement in statements:
+        if isinstance(statement, Equation) and statement.target == name:
+            return True
+        if isinstance(statement, Branch) and (_assigns(statement.then, name)
+                                              or _assigns(statement.orelse, name)):
+            return True
+    return False
 
 
 def _implies(a: sympy.Basic, b: sympy.Basic) -> bool:
