@@ -4556,3090 +4556,14 @@ _FUSED = {
     (False, False, False, False, False, False, False): _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
 }
 
-# Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
+# Kernel bodies, one text for every target (MLX writes the signatures): name ->
+# (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "metal": {
-        "afgen_adafactor_optax_f0_5073e8f6d8": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_f0_5073e8f6d8: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f0_6121e9c093": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red3_part", "red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_f0_6121e9c093: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-float acc_red3 = 0.0f;
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
-    acc_red3 += afg_sq(param);
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red3_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f0_fd28743349": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red4_part", "red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_f0_fd28743349: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-float acc_red4 = 0.0f;
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad) + eps;
-    acc_red4 += afg_sq(param);
-    acc_red0[r] += x0_0;
-    acc_red1[c] += x0_0;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red4_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_02bf117c51": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_02bf117c51: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_06ca77de49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_06ca77de49: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_16f61fa55f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_16f61fa55f: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const uint afg_key = afg_bits(scalars[0]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_1740352910": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_1740352910: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_1fb65205b5": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_1fb65205b5: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s3 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_35001b1345": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_35001b1345: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) * s2 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_35fae15e9c": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_35fae15e9c: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_3a44e1eab6": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_3a44e1eab6: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float weight_decay_rate = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_406674ad5a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_406674ad5a: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1) * s2, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_635aa4bfd1": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
-            """\
-// afgen_adafactor_optax_f1_635aa4bfd1: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red3 = 0.0f;
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    acc_red3 += afg_sq(grad * s0 * s1);
-
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red3_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_6be43eacd3": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_6be43eacd3: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_72acf63220": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_72acf63220: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float weight_decay_rate = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_733afc921f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_733afc921f: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 * s2, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_73b0717022": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_73b0717022: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float weight_decay_rate = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 * s2 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_bb6a17e489": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_bb6a17e489: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_c65cd8fa49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_c65cd8fa49: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_d1fe97f624": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_d1fe97f624: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_08dcde8f8a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_08dcde8f8a: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_133ca7ffb2": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_133ca7ffb2: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_1cd966491b": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_1cd966491b: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) * s3 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_24acae2e4c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_24acae2e4c: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_27378df6f9": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_27378df6f9: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_34f5a63f21": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_34f5a63f21: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_393d38ba51": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_393d38ba51: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_50e9801fa7": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_50e9801fa7: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float weight_decay_rate = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_6ecc74172c": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_6ecc74172c: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 * s3 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_788dbf7cbe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_788dbf7cbe: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_8491f41583": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_8491f41583: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_9e2616e65a": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_9e2616e65a: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_dd7215b12e": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_dd7215b12e: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_dd8badfbfe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_dd8badfbfe: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2) * s3, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_e898ca7f6c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_e898ca7f6c: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_ecc4f21468": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_ecc4f21468: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2 * s3, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_4a4c7dbb2d": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_4a4c7dbb2d: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_5dfed218ee": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_5dfed218ee: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
-  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_65176e9699": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_65176e9699: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x0_0), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_663261ce5a": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_663261ce5a: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x0_0)), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_69ff7c7d37": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_69ff7c7d37: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_80d58c3ac8": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_80d58c3ac8: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_a982e004b1": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_a982e004b1: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_c667f2f2f8": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_u0_c667f2f2f8: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * metal::rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
-  acc_red1 += afg_sq(param);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_cf9f65a5ce": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_cf9f65a5ce: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * metal::rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_f146bb5955": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_f146bb5955: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_fd5bc4007a": (
-            ["param_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_fd5bc4007a: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float param = afg_load(param_in[idx]);
-  acc_red0 += afg_sq(param);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_03a2d2d4eb": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_03a2d2d4eb: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float s4 = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3) * s4);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0483101663": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_0483101663: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0dce8d3cf7": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_0dce8d3cf7: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3 * s4);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_0fd76be40c": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_0fd76be40c: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_1ae323b635": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_1ae323b635: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_1e69e661f4": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_1e69e661f4: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_23dd7dd587": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_23dd7dd587: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3173b74ce3": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3173b74ce3: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_37455e1aeb": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_37455e1aeb: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3cdb422d4b": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3cdb422d4b: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0)) * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_4c2cbd529d": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_4c2cbd529d: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float s4 = scalars[7];
-const float weight_decay_rate = scalars[8];
-const uint afg_key = afg_bits(scalars[9]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3) * s4);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_52810f91de": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_52810f91de: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_63acf92f11": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_63acf92f11: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_6ae9c4b240": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_6ae9c4b240: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_8eb2059895": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_8eb2059895: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_a7f920e183": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_a7f920e183: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_ae71515918": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_ae71515918: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s2), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_b064cc0b55": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_b064cc0b55: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_b089ee40df": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_b089ee40df: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_d61d82a814": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_d61d82a814: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_eb3b3e37d1": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_eb3b3e37d1: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float s3 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s2 * s3, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_eff28fa80b": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_eff28fa80b: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float s3 = scalars[5];
-const float s4 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * metal::rsqrt(x1_0) / s3 * s4);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_f2c74ffccf": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_f2c74ffccf: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3));
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_fb3bbdf38c": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_fb3bbdf38c: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-const float learning_rate = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * metal::rsqrt(x1_0) / s3));
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-    },
-    "cuda": {
-        "afgen_adafactor_optax_f0_5073e8f6d8": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    "afgen_adafactor_optax_f0_5073e8f6d8": (
+        ["grad_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f0_5073e8f6d8: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7647,13 +4571,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 float acc_red0[4];
 float acc_red1[8];
@@ -7661,11 +4581,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7679,32 +4599,33 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f0_6121e9c093": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red3_part", "red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_f0_6121e9c093": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red3_part", "red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f0_6121e9c093: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7712,13 +4633,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 float acc_red3 = 0.0f;
 float acc_red0[4];
@@ -7727,11 +4644,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7747,39 +4664,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red3, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f0_fd28743349": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red4_part", "red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_f0_fd28743349": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red4_part", "red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f0_fd28743349: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7787,13 +4705,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 float acc_red4 = 0.0f;
 float acc_red0[4];
@@ -7802,11 +4716,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7822,39 +4736,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_02bf117c51": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_02bf117c51": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_02bf117c51: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7862,23 +4777,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7894,11 +4805,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_06ca77de49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_06ca77de49": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_06ca77de49: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7906,23 +4818,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7938,11 +4846,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_16f61fa55f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_16f61fa55f": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_16f61fa55f: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7950,20 +4859,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const unsigned int afg_key = afg_bits(scalars[0]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7976,11 +4881,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_1740352910": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_1740352910": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_1740352910: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7988,24 +4894,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
 const float s3 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8021,11 +4923,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_1fb65205b5": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_1fb65205b5": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_1fb65205b5: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8033,13 +4936,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -8047,11 +4946,11 @@ const float s3 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8067,11 +4966,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_35001b1345": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_35001b1345": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_35001b1345: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8079,23 +4979,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8108,11 +5004,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_35fae15e9c": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_35fae15e9c": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_35fae15e9c: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8120,22 +5017,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8151,11 +5044,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_3a44e1eab6": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_3a44e1eab6": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_3a44e1eab6: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8163,22 +5057,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float weight_decay_rate = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8191,11 +5081,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_406674ad5a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_406674ad5a": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_406674ad5a: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8203,22 +5094,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8231,11 +5118,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_635aa4bfd1": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_635aa4bfd1": (
+        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["red3_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_635aa4bfd1: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8243,20 +5131,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red3 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8267,19 +5151,20 @@ for (unsigned int r = 0; r < 4; ++r) {
 
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red3, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_6be43eacd3": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_6be43eacd3": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_6be43eacd3: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8287,21 +5172,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8314,11 +5195,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_72acf63220": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_72acf63220": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_72acf63220: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8326,21 +5208,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float weight_decay_rate = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8353,11 +5231,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_733afc921f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_733afc921f": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_733afc921f: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8365,21 +5244,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8392,11 +5267,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_73b0717022": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_73b0717022": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_73b0717022: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8404,22 +5280,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float weight_decay_rate = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8432,11 +5304,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_bb6a17e489": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_bb6a17e489": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_bb6a17e489: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8444,23 +5317,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8476,11 +5345,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_c65cd8fa49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_c65cd8fa49": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_c65cd8fa49: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8488,24 +5358,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const float s3 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8521,11 +5387,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_d1fe97f624": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_d1fe97f624": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_d1fe97f624: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8533,24 +5400,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8566,11 +5429,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_08dcde8f8a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_08dcde8f8a": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_08dcde8f8a: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8578,21 +5442,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8605,11 +5465,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_133ca7ffb2": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_133ca7ffb2": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_133ca7ffb2: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8617,22 +5478,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8645,11 +5502,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_1cd966491b": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_1cd966491b": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_1cd966491b: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8657,24 +5515,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8687,11 +5541,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_24acae2e4c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_24acae2e4c": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_24acae2e4c: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8699,24 +5554,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const float s4 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8732,11 +5583,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_27378df6f9": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_27378df6f9": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_27378df6f9: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8744,24 +5596,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8777,11 +5625,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_34f5a63f21": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_34f5a63f21": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_34f5a63f21: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8789,13 +5638,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
@@ -8803,11 +5648,11 @@ const float s3 = scalars[3];
 const float s4 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8823,11 +5668,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_393d38ba51": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_393d38ba51": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_393d38ba51: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8835,13 +5681,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
@@ -8850,11 +5692,11 @@ const float s4 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8870,11 +5712,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_50e9801fa7": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_50e9801fa7": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_50e9801fa7: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8882,22 +5725,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float weight_decay_rate = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8910,11 +5749,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_6ecc74172c": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_6ecc74172c": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_6ecc74172c: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8922,23 +5762,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float s3 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8951,11 +5787,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_788dbf7cbe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_788dbf7cbe": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_788dbf7cbe: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8963,23 +5800,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -8992,11 +5825,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_8491f41583": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_8491f41583": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_8491f41583: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9004,13 +5838,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
@@ -9018,11 +5848,11 @@ const float s4 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -9038,11 +5868,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_9e2616e65a": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_9e2616e65a": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_9e2616e65a: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9050,23 +5881,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -9082,11 +5909,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_dd7215b12e": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_dd7215b12e": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_dd7215b12e: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9094,13 +5922,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
@@ -9108,11 +5932,11 @@ const float s3 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -9128,11 +5952,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_dd8badfbfe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_dd8badfbfe": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_dd8badfbfe: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9140,23 +5965,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -9169,11 +5990,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_e898ca7f6c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_e898ca7f6c": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_e898ca7f6c: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9181,24 +6003,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
 const float s3 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -9214,11 +6032,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_ecc4f21468": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_ecc4f21468": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_ecc4f21468: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9226,22 +6045,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float s3 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -9254,11 +6069,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_4a4c7dbb2d": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_4a4c7dbb2d": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_4a4c7dbb2d: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9266,20 +6082,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9287,16 +6099,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x0_0) + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_5dfed218ee": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_5dfed218ee": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_5dfed218ee: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9304,13 +6117,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -9320,7 +6129,7 @@ const float s2 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9329,18 +6138,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x0_0)));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_65176e9699": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_65176e9699": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_65176e9699: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9348,19 +6158,15 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9368,16 +6174,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x0_0), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x0_0), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_663261ce5a": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_663261ce5a": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_663261ce5a: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9385,20 +6192,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
 const float s1 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9406,16 +6209,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x0_0)), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x0_0)), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_69ff7c7d37": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_69ff7c7d37": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_69ff7c7d37: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9423,13 +6227,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -9437,7 +6237,7 @@ const float s1 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9445,16 +6245,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x0_0)) + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_80d58c3ac8": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_80d58c3ac8": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_80d58c3ac8: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9462,13 +6263,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -9476,7 +6273,7 @@ const float s1 = scalars[3];
 const float s2 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9485,18 +6282,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  const float x0_1 = momentum * ema + s0 * (grad * afg_rsqrt(x0_0));
   new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_a982e004b1": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_a982e004b1": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_a982e004b1: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9504,13 +6302,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -9519,7 +6313,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9528,18 +6322,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x0_0)));
   new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_c667f2f2f8": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_c667f2f2f8": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_c667f2f2f8: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9547,49 +6342,46 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * rsqrtf(s0 * v + s1 * (afg_sq(grad) + eps)));
+  acc_red0 += afg_sq(grad * afg_rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
   acc_red1 += afg_sq(param);
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_cf9f65a5ce": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_cf9f65a5ce": (
+        ["grad_in", "v_in", "scalars", "dims"],
+        ["red0_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_cf9f65a5ce: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9597,40 +6389,37 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * rsqrtf(s0 * v + s1 * (afg_sq(grad) + eps)));
+  acc_red0 += afg_sq(grad * afg_rsqrt(s0 * v + s1 * (afg_sq(grad) + eps)));
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_f146bb5955": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_f146bb5955": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_f146bb5955: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9638,13 +6427,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -9653,7 +6438,7 @@ const float s2 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9662,18 +6447,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  const float x0_1 = momentum * ema + s0 * (grad * afg_rsqrt(x0_0));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_fd5bc4007a": (
-            ["param_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_fd5bc4007a": (
+        ["param_in", "scalars", "dims"],
+        ["red0_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_fd5bc4007a: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9681,16 +6467,12 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9698,19 +6480,20 @@ for (unsigned int c = 0; c < 4; ++c) {
   acc_red0 += afg_sq(param);
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_03a2d2d4eb": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_03a2d2d4eb": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_03a2d2d4eb: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9718,13 +6501,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -9735,7 +6514,7 @@ const float s3 = scalars[6];
 const float s4 = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9744,18 +6523,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3) * s4);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * afg_rsqrt(x1_0) / s3) * s4);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_0483101663": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_0483101663": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_0483101663: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9763,20 +6543,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 const float s2 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9784,16 +6560,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) * s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x1_0) * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_0dce8d3cf7": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_0dce8d3cf7": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_0dce8d3cf7: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9801,13 +6578,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -9818,7 +6591,7 @@ const float s4 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9827,18 +6600,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3 * s4);
+  const float x1_1 = momentum * ema + s2 * (grad * afg_rsqrt(x1_0) / s3 * s4);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_0fd76be40c": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_0fd76be40c": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_0fd76be40c: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9846,13 +6620,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -9862,7 +6632,7 @@ const float s3 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9871,18 +6641,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3);
+  const float x1_1 = momentum * ema + s2 * (grad * afg_rsqrt(x1_0) / s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_1ae323b635": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_1ae323b635": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_1ae323b635: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9890,13 +6661,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -9905,7 +6672,7 @@ const float s2 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9913,16 +6680,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x1_0) / s2) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_1e69e661f4": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_1e69e661f4": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_1e69e661f4: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9930,13 +6698,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -9946,7 +6710,7 @@ const float s3 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9955,18 +6719,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s3);
+  const float x1_1 = momentum * ema + s0 * (grad * afg_rsqrt(x1_0) * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_23dd7dd587": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_23dd7dd587": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_23dd7dd587: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -9974,13 +6739,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -9989,7 +6750,7 @@ const float s2 = scalars[4];
 const float s3 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -9998,18 +6759,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s3);
+  const float x1_1 = momentum * ema + s0 * (grad * afg_rsqrt(x1_0) * s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_3173b74ce3": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_3173b74ce3": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_3173b74ce3: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10017,13 +6779,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -10032,7 +6790,7 @@ const float s2 = scalars[4];
 const float s3 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10040,16 +6798,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s2) * s3, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x1_0) / s2) * s3, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_37455e1aeb": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_37455e1aeb": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_37455e1aeb: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10057,13 +6816,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -10072,7 +6827,7 @@ const float s2 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10080,16 +6835,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x1_0)) * s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_3cdb422d4b": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_3cdb422d4b": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_3cdb422d4b: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10097,13 +6853,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -10111,7 +6863,7 @@ const float s1 = scalars[3];
 const float s2 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10119,16 +6871,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0)) * s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x1_0)) * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_4c2cbd529d": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_4c2cbd529d": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_4c2cbd529d: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10136,13 +6889,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -10154,7 +6903,7 @@ const float s4 = scalars[7];
 const float weight_decay_rate = scalars[8];
 const unsigned int afg_key = afg_bits(scalars[9]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10163,18 +6912,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3) * s4);
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * afg_rsqrt(x1_0) / s3) * s4);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_52810f91de": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_52810f91de": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_52810f91de: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10182,13 +6932,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -10198,7 +6944,7 @@ const float s3 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10206,16 +6952,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x1_0) / s2) * s3 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_63acf92f11": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_63acf92f11": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_63acf92f11: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10223,13 +6970,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -10239,7 +6982,7 @@ const float s2 = scalars[5];
 const float s3 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10248,18 +6991,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s3);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x1_0)) * s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_6ae9c4b240": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_6ae9c4b240": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_6ae9c4b240: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10267,13 +7011,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
@@ -10281,7 +7021,7 @@ const float s2 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10289,16 +7029,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x1_0) * s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_8eb2059895": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_8eb2059895": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_8eb2059895: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10306,13 +7047,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -10323,7 +7060,7 @@ const float s3 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10332,18 +7069,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s1 * v + s2 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s3);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x1_0)) * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_a7f920e183": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_a7f920e183": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_a7f920e183: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10351,13 +7089,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
@@ -10366,7 +7100,7 @@ const float s3 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10374,16 +7108,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x1_0) / s2 * s3 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_ae71515918": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_ae71515918": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_ae71515918: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10391,13 +7126,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float s0 = scalars[2];
@@ -10405,7 +7136,7 @@ const float s1 = scalars[3];
 const float s2 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10413,16 +7144,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s2), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x1_0) / s2), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_b064cc0b55": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_b064cc0b55": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_b064cc0b55: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10430,20 +7162,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
 const float s2 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10451,16 +7179,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x1_0) / s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_b089ee40df": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_b089ee40df": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_b089ee40df: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10468,13 +7197,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -10483,7 +7208,7 @@ const float s2 = scalars[4];
 const float s3 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10492,18 +7217,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3);
+  const float x1_1 = momentum * ema + s2 * (grad * afg_rsqrt(x1_0) / s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_d61d82a814": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_d61d82a814": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_d61d82a814: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10511,13 +7237,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
@@ -10525,7 +7247,7 @@ const float s2 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10533,16 +7255,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x1_0) / s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_eb3b3e37d1": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_eb3b3e37d1": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_eb3b3e37d1: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10550,13 +7273,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
@@ -10564,7 +7283,7 @@ const float s2 = scalars[3];
 const float s3 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10572,16 +7291,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s2 * s3, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x1_0) / s2 * s3, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_eff28fa80b": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_eff28fa80b": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_eff28fa80b: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10589,13 +7309,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -10605,7 +7321,7 @@ const float s3 = scalars[5];
 const float s4 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10614,18 +7330,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (grad * rsqrtf(x1_0) / s3 * s4);
+  const float x1_1 = momentum * ema + s2 * (grad * afg_rsqrt(x1_0) / s3 * s4);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_f2c74ffccf": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_f2c74ffccf": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_f2c74ffccf: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10633,13 +7350,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -10649,7 +7362,7 @@ const float s2 = scalars[5];
 const float s3 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10658,18 +7371,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3));
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * afg_rsqrt(x1_0) / s3));
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_fb3bbdf38c": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_fb3bbdf38c": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_fb3bbdf38c: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -10677,13 +7391,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 const float learning_rate = scalars[1];
 const float momentum = scalars[2];
@@ -10694,7 +7404,7 @@ const float s3 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -10703,21 +7413,50 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = s0 * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * rsqrtf(x1_0) / s3));
+  const float x1_1 = momentum * ema + s2 * (learning_rate * (grad * afg_rsqrt(x1_0) / s3));
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-    },
+    ),
+}
+
+# Per target: what the launch puts before every body (the thread and group indices),
+# the helpers the bodies call, and the MLX factory.
+_PROLOGUES = {
+    "metal": """\
+// Metal: this thread's place in the grid.
+const unsigned int afg_group = threadgroup_position_in_grid.x;
+const unsigned int afg_lid = thread_position_in_threadgroup.x;
+const unsigned int afg_lane = thread_index_in_simdgroup;
+const unsigned int afg_warp = simdgroup_index_in_threadgroup;
+""",
+    "cuda": """\
+// CUDA: this thread's place in the grid.
+const unsigned int afg_group = blockIdx.x;
+const unsigned int afg_lid = threadIdx.x;
+const unsigned int afg_lane = (threadIdx.x & 31u);
+const unsigned int afg_warp = (threadIdx.x >> 5);
+""",
 }
 
 _HEADERS = {
     "metal": """\
-// afgen kernel helpers (Metal). Every kernel accumulates in float32.
+// afgen kernel helpers (Metal). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+inline float afg_sqrt(float x) { return metal::sqrt(x); }
+inline float afg_rsqrt(float x) { return metal::rsqrt(x); }
+inline float afg_abs(float x) { return metal::fabs(x); }
+inline float afg_exp(float x) { return metal::exp(x); }
+inline float afg_log(float x) { return metal::log(x); }
+inline float afg_sign(float x) { return metal::sign(x); }
+inline float afg_pow(float x, float y) { return metal::pow(x, y); }
 inline float afg_sq(float x) { return x * x; }
+// Threadgroup memory and its barrier.
+#define afg_shared threadgroup
+inline void afg_barrier() { threadgroup_barrier(mem_flags::mem_threadgroup); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
 // (metal::fmax would return the other operand).
 inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
@@ -10766,8 +7505,18 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
 inline float afg_warp_sum(float v) { return simd_sum(v); }
 """,
     "cuda": """\
-// afgen kernel helpers (CUDA). Every kernel accumulates in float32.
+// afgen kernel helpers (CUDA). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+__device__ __forceinline__ float afg_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ float afg_rsqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float afg_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ float afg_exp(float x) { return expf(x); }
+__device__ __forceinline__ float afg_log(float x) { return logf(x); }
+__device__ __forceinline__ float afg_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// Shared memory and its barrier.
+#define afg_shared __shared__
+__device__ __forceinline__ void afg_barrier() { __syncthreads(); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
 // would return the other operand).
 __device__ __forceinline__ float afg_max(float a, float b) {
@@ -10847,6 +7596,11 @@ __device__ __forceinline__ float afg_warp_sum(float v) {
 """,
 }
 
+_FACTORIES = {
+    "metal": "metal_kernel",
+    "cuda": "cuda_kernel",
+}
+
 # Set to a callable to run kernel text somewhere other than MLX (afgen's verifier uses
 # this to execute the exact kernel source on a CPU when there is no GPU).
 _KERNEL_RUNNER = None
@@ -10908,8 +7662,9 @@ def _col_total(part, geo):
 
 
 def _launch(backend, name, geo, inputs, outputs, T, S):
-    input_names, output_names, source = _KERNELS[backend][name]
-    call = dict(inputs=inputs, template=[("T", T), ("S", S)], grid=geo.grid,
+    input_names, output_names, (t_name, s_name), body = _KERNELS[name]
+    source = _PROLOGUES[backend] + body
+    call = dict(inputs=inputs, template=[(t_name, T), (s_name, S)], grid=geo.grid,
                 threadgroup=(THREADS, 1, 1), output_shapes=[shape for shape, _ in outputs],
                 output_dtypes=[dtype for _, dtype in outputs])
     if _KERNEL_RUNNER is not None:
@@ -10917,7 +7672,7 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
                               _HEADERS[backend], call)
     kernel = _KERNEL_OBJECTS.get((backend, name))
     if kernel is None:
-        factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        factory = getattr(mx.fast, _FACTORIES[backend])
         kernel = factory(name=name, input_names=input_names, output_names=output_names,
                          source=source, header=_HEADERS[backend], ensure_row_contiguous=True)
         _KERNEL_OBJECTS[(backend, name)] = kernel
@@ -10930,10 +7685,9 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
 def _available(backend: str) -> bool:
     if _KERNEL_RUNNER is not None:
         return True
-    if backend == "metal":
-        return mx.metal.is_available()
-    if backend == "cuda":
-        return hasattr(mx, "cuda") and mx.cuda.is_available()
+    if backend in _FACTORIES:  # a kernel target: MLX's device module of the same name
+        device = getattr(mx, backend, None)
+        return device is not None and device.is_available()
     return True
 
 
@@ -10941,7 +7695,7 @@ def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in ("metal", "cuda"):
+        for candidate in _FACTORIES:
             if _KERNEL_RUNNER is None and _available(candidate):
                 return candidate
         return "mlx"
