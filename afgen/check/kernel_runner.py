@@ -75,7 +75,8 @@ class CpuKernelRunner:
                    zip(output_names, call["output_shapes"], call["output_dtypes"])}
         bound = {n: as_numpy_input(v) for n, v in zip(input_names, call["inputs"])}
         options = {} if self.schedules is None else {"schedules": self.schedules}
-        result = TARGETS[backend].run(full, bound, outputs, call["grid"], call["threadgroup"], **options)
+        result = TARGETS[backend].run(full, bound, outputs, call["grid"], call["threadgroup"],
+                                      **options)
         return [_to_mx(result[n], d) for n, d in zip(output_names, call["output_dtypes"])]
 
 
