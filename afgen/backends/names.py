@@ -88,7 +88,7 @@ def check_kernel_names(spec: Spec) -> None:
         if name.startswith(GENERATOR_PREFIX):
             why = f"in the generator's own namespace ('{GENERATOR_PREFIX}*')"
         elif name in reserved:
-            why = f"a keyword or built-in name of {reserved[name].title} kernels"
+            why = f"a keyword or built-in name of {reserved[name]} kernels"
         else:
             continue
         raise SpecError(loc, f"'{name}' is {why}; spec names are written verbatim into the "

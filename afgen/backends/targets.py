@@ -157,13 +157,14 @@ def kernel_reductions() -> frozenset[ReduceAxes]:
     return frozenset.intersection(*(t.reductions for t in TARGETS.values()))
 
 
-def reserved_in_kernels() -> dict[str, KernelTarget]:
-    """Each name reserved in some target's kernels, with the first target reserving it."""
-    out: dict[str, KernelTarget] = {}
+def reserved_in_kernels() -> dict[str, str]:
+    """Each name some target's kernels reserve, with the targets that do ("Metal and
+    CUDA")."""
+    out: dict[str, list[str]] = {}
     for target in TARGETS.values():
         for name in target.reserved:
-            out.setdefault(name, target)
-    return out
+            out.setdefault(name, []).append(target.title)
+    return {name: " and ".join(titles) for name, titles in out.items()}
 
 
 def smallest_limits() -> Limits:
