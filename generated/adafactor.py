@@ -631,506 +631,14 @@ _FUSED = {
     (False, False, False, False): _gpu_flat__no_scale_parameter_no_has_beta_1,
 }
 
-# Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
+# Kernel bodies, one text for every target (MLX writes the signatures): name ->
+# (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "metal": {
-        "afgen_adafactor_f0_566585e7b2": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_f0_566585e7b2: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float g2 = afg_sq(grad) + eps1;
-    acc_red0[r] += g2;
-    acc_red1[c] += g2;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f0_f2fa08580a": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part", "red2_part"],
-            """\
-// afgen_adafactor_f0_f2fa08580a: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps1 = scalars[0];
-float acc_red0 = 0.0f;
-float acc_red1[4];
-float acc_red2[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red2[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red1[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g2 = afg_sq(grad) + eps1;
-    acc_red0 += afg_sq(param);
-    acc_red1[r] += g2;
-    acc_red2[c] += g2;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red1[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red1_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red2[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + lid];
-    }
-    red2_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f1_2643e57e32": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
-            """\
-// afgen_adafactor_f1_2643e57e32: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red3 = 0.0f;
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    acc_red3 += afg_sq(s0 * s1 * grad);
-
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red3_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f1_4abdd69733": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red4_part"],
-            """\
-// afgen_adafactor_f1_4abdd69733: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red4 = 0.0f;
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(s0 * s1 * grad);
-
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red4_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f2_66b17d107b": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_f2_66b17d107b: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param + param * s2 - alpha * (s0 * s1 * grad / s3), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_f2_dcbcfebc5b": (
-            ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg"],
-            """\
-// afgen_adafactor_f2_dcbcfebc5b: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float beta_1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = beta_1 * exp_avg + s3 * (alpha * (s0 * s1 * grad / s4));
-    new_param[idx] = afg_store_rounded<T>(param + param * s2 - x2_0, idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_u0_a0892c8d90": (
-            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_u0_a0892c8d90: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float beta2t = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  acc_red0 += afg_sq(metal::rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_u0_e8b3be9882": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_u0_e8b3be9882: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float beta2t = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(metal::rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_u1_1a6a5d12f2": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq"],
-            """\
-// afgen_adafactor_u1_1a6a5d12f2: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float beta2t = scalars[1];
-const float eps1 = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
-  new_param[idx] = afg_store_rounded<T>(param + param * s1 - alpha * (metal::rsqrt(x1_0) * grad / s2), idx, afg_key);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_u1_52ab904c80": (
-            ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq", "new_exp_avg"],
-            """\
-// afgen_adafactor_u1_52ab904c80: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float beta2t = scalars[1];
-const float beta_1 = scalars[2];
-const float eps1 = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float s3 = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
-  const float x1_1 = beta_1 * exp_avg + s2 * (alpha * (metal::rsqrt(x1_0) * grad / s3));
-  new_param[idx] = afg_store_rounded<T>(param + param * s1 - x1_1, idx, afg_key);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_0);
-  new_exp_avg[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-    },
-    "cuda": {
-        "afgen_adafactor_f0_566585e7b2": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    "afgen_adafactor_f0_566585e7b2": (
+        ["grad_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_f0_566585e7b2: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1138,13 +646,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps1 = scalars[0];
 float acc_red0[4];
 float acc_red1[8];
@@ -1152,11 +656,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1170,32 +674,33 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_f0_f2fa08580a": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part", "red2_part"],
-            """\
+    ),
+    "afgen_adafactor_f0_f2fa08580a": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red0_part", "red1_part", "red2_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_f0_f2fa08580a: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1203,13 +708,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps1 = scalars[0];
 float acc_red0 = 0.0f;
 float acc_red1[4];
@@ -1218,11 +719,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red2[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red1[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1238,39 +739,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red1[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red1_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red2[2048];
+afg_shared float afg_cols_red2[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+  afg_cols_red2[afg_warp * 256 + c * 32 + afg_lane] = acc_red2[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + lid];
+      total += afg_cols_red2[w * 256 + afg_lid];
     }
     red2_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_f1_2643e57e32": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
-            """\
+    ),
+    "afgen_adafactor_f1_2643e57e32": (
+        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["red3_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_f1_2643e57e32: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1278,20 +780,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red3 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1302,19 +800,20 @@ for (unsigned int r = 0; r < 4; ++r) {
 
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red3, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_f1_4abdd69733": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red4_part"],
-            """\
+    ),
+    "afgen_adafactor_f1_4abdd69733": (
+        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["red4_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_f1_4abdd69733: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1322,20 +821,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1346,19 +841,20 @@ for (unsigned int r = 0; r < 4; ++r) {
 
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_f2_66b17d107b": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_f2_66b17d107b": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_f2_66b17d107b: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1366,23 +862,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1395,11 +887,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_f2_dcbcfebc5b": (
-            ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg"],
-            """\
+    ),
+    "afgen_adafactor_f2_dcbcfebc5b": (
+        ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_exp_avg"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_f2_dcbcfebc5b: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1407,13 +900,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float beta_1 = scalars[1];
 const float s2 = scalars[2];
@@ -1421,11 +910,11 @@ const float s3 = scalars[3];
 const float s4 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1441,11 +930,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_u0_a0892c8d90": (
-            ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
+    ),
+    "afgen_adafactor_u0_a0892c8d90": (
+        ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+        ["red0_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_u0_a0892c8d90: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1453,40 +943,37 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float beta2t = scalars[0];
 const float eps1 = scalars[1];
 const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
-  acc_red0 += afg_sq(rsqrtf(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
+  acc_red0 += afg_sq(afg_rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_u0_e8b3be9882": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_u0_e8b3be9882": (
+        ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_u0_e8b3be9882: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1494,20 +981,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float beta2t = scalars[0];
 const float eps1 = scalars[1];
 const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1515,28 +998,29 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(rsqrtf(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
+  acc_red1 += afg_sq(afg_rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_u1_1a6a5d12f2": (
-            ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq"],
-            """\
+    ),
+    "afgen_adafactor_u1_1a6a5d12f2": (
+        ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+        ["new_param", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_u1_1a6a5d12f2: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1544,13 +1028,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float beta2t = scalars[1];
 const float eps1 = scalars[2];
@@ -1559,7 +1039,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1567,16 +1047,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
-  new_param[idx] = afg_store_rounded<T>(param + param * s1 - alpha * (rsqrtf(x1_0) * grad / s2), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param + param * s1 - alpha * (afg_rsqrt(x1_0) * grad / s2), idx, afg_key);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_u1_52ab904c80": (
-            ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
-            ["new_param", "new_exp_avg_sq", "new_exp_avg"],
-            """\
+    ),
+    "afgen_adafactor_u1_52ab904c80": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+        ["new_param", "new_exp_avg_sq", "new_exp_avg"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_u1_52ab904c80: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1584,13 +1065,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float beta2t = scalars[1];
 const float beta_1 = scalars[2];
@@ -1601,7 +1078,7 @@ const float s2 = scalars[6];
 const float s3 = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1610,21 +1087,50 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float x1_0 = beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1);
-  const float x1_1 = beta_1 * exp_avg + s2 * (alpha * (rsqrtf(x1_0) * grad / s3));
+  const float x1_1 = beta_1 * exp_avg + s2 * (alpha * (afg_rsqrt(x1_0) * grad / s3));
   new_param[idx] = afg_store_rounded<T>(param + param * s1 - x1_1, idx, afg_key);
   new_exp_avg_sq[idx] = afg_store<S>(x1_0);
   new_exp_avg[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-    },
+    ),
+}
+
+# Per target: what the launch puts before every body (the thread and group indices),
+# the helpers the bodies call, and the MLX factory.
+_PROLOGUES = {
+    "metal": """\
+// Metal: this thread's place in the grid.
+const unsigned int afg_group = threadgroup_position_in_grid.x;
+const unsigned int afg_lid = thread_position_in_threadgroup.x;
+const unsigned int afg_lane = thread_index_in_simdgroup;
+const unsigned int afg_warp = simdgroup_index_in_threadgroup;
+""",
+    "cuda": """\
+// CUDA: this thread's place in the grid.
+const unsigned int afg_group = blockIdx.x;
+const unsigned int afg_lid = threadIdx.x;
+const unsigned int afg_lane = (threadIdx.x & 31u);
+const unsigned int afg_warp = (threadIdx.x >> 5);
+""",
 }
 
 _HEADERS = {
     "metal": """\
-// afgen kernel helpers (Metal). Every kernel accumulates in float32.
+// afgen kernel helpers (Metal). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+inline float afg_sqrt(float x) { return metal::sqrt(x); }
+inline float afg_rsqrt(float x) { return metal::rsqrt(x); }
+inline float afg_abs(float x) { return metal::fabs(x); }
+inline float afg_exp(float x) { return metal::exp(x); }
+inline float afg_log(float x) { return metal::log(x); }
+inline float afg_sign(float x) { return metal::sign(x); }
+inline float afg_pow(float x, float y) { return metal::pow(x, y); }
 inline float afg_sq(float x) { return x * x; }
+// Threadgroup memory and its barrier.
+#define afg_shared threadgroup
+inline void afg_barrier() { threadgroup_barrier(mem_flags::mem_threadgroup); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
 // (metal::fmax would return the other operand).
 inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
@@ -1673,8 +1179,18 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
 inline float afg_warp_sum(float v) { return simd_sum(v); }
 """,
     "cuda": """\
-// afgen kernel helpers (CUDA). Every kernel accumulates in float32.
+// afgen kernel helpers (CUDA). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+__device__ __forceinline__ float afg_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ float afg_rsqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float afg_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ float afg_exp(float x) { return expf(x); }
+__device__ __forceinline__ float afg_log(float x) { return logf(x); }
+__device__ __forceinline__ float afg_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// Shared memory and its barrier.
+#define afg_shared __shared__
+__device__ __forceinline__ void afg_barrier() { __syncthreads(); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
 // would return the other operand).
 __device__ __forceinline__ float afg_max(float a, float b) {
@@ -1754,6 +1270,11 @@ __device__ __forceinline__ float afg_warp_sum(float v) {
 """,
 }
 
+_FACTORIES = {
+    "metal": "metal_kernel",
+    "cuda": "cuda_kernel",
+}
+
 # Set to a callable to run kernel text somewhere other than MLX (afgen's verifier uses
 # this to execute the exact kernel source on a CPU when there is no GPU).
 _KERNEL_RUNNER = None
@@ -1815,8 +1336,9 @@ def _col_total(part, geo):
 
 
 def _launch(backend, name, geo, inputs, outputs, T, S):
-    input_names, output_names, source = _KERNELS[backend][name]
-    call = dict(inputs=inputs, template=[("T", T), ("S", S)], grid=geo.grid,
+    input_names, output_names, (t_name, s_name), body = _KERNELS[name]
+    source = _PROLOGUES[backend] + body
+    call = dict(inputs=inputs, template=[(t_name, T), (s_name, S)], grid=geo.grid,
                 threadgroup=(THREADS, 1, 1), output_shapes=[shape for shape, _ in outputs],
                 output_dtypes=[dtype for _, dtype in outputs])
     if _KERNEL_RUNNER is not None:
@@ -1824,7 +1346,7 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
                               _HEADERS[backend], call)
     kernel = _KERNEL_OBJECTS.get((backend, name))
     if kernel is None:
-        factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        factory = getattr(mx.fast, _FACTORIES[backend])
         kernel = factory(name=name, input_names=input_names, output_names=output_names,
                          source=source, header=_HEADERS[backend], ensure_row_contiguous=True)
         _KERNEL_OBJECTS[(backend, name)] = kernel
@@ -1837,10 +1359,9 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
 def _available(backend: str) -> bool:
     if _KERNEL_RUNNER is not None:
         return True
-    if backend == "metal":
-        return mx.metal.is_available()
-    if backend == "cuda":
-        return hasattr(mx, "cuda") and mx.cuda.is_available()
+    if backend in _FACTORIES:  # a kernel target: MLX's device module of the same name
+        device = getattr(mx, backend, None)
+        return device is not None and device.is_available()
     return True
 
 
@@ -1848,7 +1369,7 @@ def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in ("metal", "cuda"):
+        for candidate in _FACTORIES:
             if _KERNEL_RUNNER is None and _available(candidate):
                 return candidate
         return "mlx"

@@ -2492,3090 +2492,14 @@ _FUSED = {
     (False, False, False, False, False, False, False): _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
 }
 
-# Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
+# Kernel bodies, one text for every target (MLX writes the signatures): name ->
+# (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "metal": {
-        "afgen_adafactor_optax_f0_3f8f9e339c": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_f0_3f8f9e339c: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float g2 = afg_sq(grad) + eps;
-    acc_red0[r] += g2;
-    acc_red1[c] += g2;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f0_4a01c567bb": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red3_part", "red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_f0_4a01c567bb: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-float acc_red3 = 0.0f;
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g2 = afg_sq(grad) + eps;
-    acc_red3 += afg_sq(param);
-    acc_red0[r] += g2;
-    acc_red1[c] += g2;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red3_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f0_c8047b4aab": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red4_part", "red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_f0_c8047b4aab: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float eps = scalars[0];
-float acc_red4 = 0.0f;
-float acc_red0[4];
-float acc_red1[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red1[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red0[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g2 = afg_sq(grad) + eps;
-    acc_red4 += afg_sq(param);
-    acc_red0[r] += g2;
-    acc_red1[c] += g2;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red0[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red0_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red1[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
-    }
-    red1_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red4_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_02bf117c51": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_02bf117c51: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_06ca77de49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_06ca77de49: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_16f61fa55f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_16f61fa55f: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const uint afg_key = afg_bits(scalars[0]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_1740352910": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_1740352910: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_1fb65205b5": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_1fb65205b5: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s3 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3);
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_35001b1345": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_35001b1345: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) * s2 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_35fae15e9c": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_35fae15e9c: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2);
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_3a44e1eab6": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_3a44e1eab6: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float weight_decay_rate = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1) + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_406674ad5a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_406674ad5a: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1) * s2, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_635aa4bfd1": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
-            """\
-// afgen_adafactor_optax_f1_635aa4bfd1: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red3 = 0.0f;
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    acc_red3 += afg_sq(grad * s0 * s1);
-
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red3_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_6be43eacd3": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_6be43eacd3: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_72acf63220": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_72acf63220: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float weight_decay_rate = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_733afc921f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_733afc921f: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 * s2, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_73b0717022": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f1_73b0717022: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float weight_decay_rate = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 * s2 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_bb6a17e489": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_bb6a17e489: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
-    new_param[idx] = afg_store_rounded<T>(param - x1_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_c65cd8fa49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_c65cd8fa49: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3);
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f1_d1fe97f624": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f1_d1fe97f624: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2));
-    new_param[idx] = afg_store_rounded<T>(param - (x1_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x1_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_08dcde8f8a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_08dcde8f8a: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const uint afg_key = afg_bits(scalars[1]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_133ca7ffb2": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_133ca7ffb2: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_1cd966491b": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_1cd966491b: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) * s3 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_24acae2e4c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_24acae2e4c: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_27378df6f9": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_27378df6f9: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_34f5a63f21": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_34f5a63f21: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_393d38ba51": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_393d38ba51: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4);
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_50e9801fa7": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_50e9801fa7: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float weight_decay_rate = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_6ecc74172c": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_6ecc74172c: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (grad * s0 * s1 / s2 * s3 + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_788dbf7cbe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_788dbf7cbe: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * s0 * s1 / s2) + weight_decay_rate * param), idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_8491f41583": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_8491f41583: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4);
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_9e2616e65a": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_9e2616e65a: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3);
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_dd7215b12e": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_dd7215b12e: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
-    new_param[idx] = afg_store_rounded<T>(param - (x2_0 + weight_decay_rate * param), idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_dd8badfbfe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_dd8badfbfe: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * s0 * s1 / s2) * s3, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_e898ca7f6c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
-// afgen_adafactor_optax_f2_e898ca7f6c: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float ema = afg_load(ema_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3));
-    new_param[idx] = afg_store_rounded<T>(param - x2_0, idx, afg_key);
-    new_ema[idx] = afg_store<S>(x2_0);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_f2_ecc4f21468": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_optax_f2_ecc4f21468: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const uint afg_key = afg_bits(scalars[2]);
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param - grad * s0 * s1 / s2 * s3, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_06a6b519f1": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_06a6b519f1: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * metal::rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_1d10d2d05f": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_1d10d2d05f: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_28a3a487d4": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_28a3a487d4: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_2b9217b440": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_2b9217b440: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x0_0)), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_4642334248": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_4642334248: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x0_0)));
-  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_5d3bcb261e": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_optax_u0_5d3bcb261e: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * metal::rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
-  acc_red1 += afg_sq(param);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_8b08dbe66b": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_8b08dbe66b: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_b135c29868": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_b135c29868: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_d444779966": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u0_d444779966: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const uint afg_key = afg_bits(scalars[3]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x0_0), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_e28a26533a": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u0_e28a26533a: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * metal::rsqrt(x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_0);
-  new_ema[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u0_fd5bc4007a": (
-            ["param_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
-// afgen_adafactor_optax_u0_fd5bc4007a: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red0 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float param = afg_load(param_in[idx]);
-  acc_red0 += afg_sq(param);
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_10164be6f2": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_10164be6f2: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s2);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_3ce49f4884": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_3ce49f4884: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s1 * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_462bad4011": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_462bad4011: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s1), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_6093285407": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_6093285407: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * metal::rsqrt(x1_0)) * s2);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_615025fb38": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_615025fb38: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s1) * s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_776e811870": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_776e811870: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) * s1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_788741f968": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_788741f968: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) * s1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_7b68b4eb43": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_7b68b4eb43: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_977603948e": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_977603948e: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_9b85adc914": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_9b85adc914: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2 * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_9ef415e76f": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_9ef415e76f: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float s3 = scalars[7];
-const float weight_decay_rate = scalars[8];
-const uint afg_key = afg_bits(scalars[9]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_ad3bab1c99": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_ad3bab1c99: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0)) * s1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_baede38030": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_baede38030: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s1 * s2 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_bc96f9f5fa": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_bc96f9f5fa: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * metal::rsqrt(x1_0) / s1) * s2, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_c0df32ce34": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_c0df32ce34: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0)) * s1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_c171adee39": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_c171adee39: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * metal::rsqrt(x1_0) / s1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_c1929612e5": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_c1929612e5: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float s3 = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2) * s3);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_dfa32f3685": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_dfa32f3685: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s2);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_e425bd9031": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_e425bd9031: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * metal::rsqrt(x1_0) / s2 * s3);
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_e4682a888a": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_e4682a888a: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * metal::rsqrt(x1_0) / s1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_e6188fd26d": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_e6188fd26d: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * metal::rsqrt(x1_0) * s2);
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_ef66f0e1e7": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_ef66f0e1e7: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2));
-  new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_f673bd03f3": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
-// afgen_adafactor_optax_u1_f673bd03f3: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const uint afg_key = afg_bits(scalars[8]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float ema = afg_load(ema_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * metal::rsqrt(x1_0) / s2));
-  new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-  new_ema[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_optax_u1_fbdee229ff": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
-// afgen_adafactor_optax_u1_fbdee229ff: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * metal::rsqrt(x1_0) / s1) + weight_decay_rate * param), idx, afg_key);
-  new_v[idx] = afg_store<S>(x1_0);
-
-}
-""",
-        ),
-    },
-    "cuda": {
-        "afgen_adafactor_optax_f0_3f8f9e339c": (
-            ["grad_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    "afgen_adafactor_optax_f0_3f8f9e339c": (
+        ["grad_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f0_3f8f9e339c: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5583,13 +2507,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 float acc_red0[4];
 float acc_red1[8];
@@ -5597,11 +2517,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5615,32 +2535,33 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f0_4a01c567bb": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red3_part", "red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_f0_4a01c567bb": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red3_part", "red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f0_4a01c567bb: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5648,13 +2569,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 float acc_red3 = 0.0f;
 float acc_red0[4];
@@ -5663,11 +2580,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5683,39 +2600,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red3, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f0_c8047b4aab": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red4_part", "red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_f0_c8047b4aab": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red4_part", "red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f0_c8047b4aab: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5723,13 +2641,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float eps = scalars[0];
 float acc_red4 = 0.0f;
 float acc_red0[4];
@@ -5738,11 +2652,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red1[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red0[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5758,39 +2672,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red0[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red0_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red1[2048];
+afg_shared float afg_cols_red1[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red1[warp * 256 + c * 32 + lane] = acc_red1[c];
+  afg_cols_red1[afg_warp * 256 + c * 32 + afg_lane] = acc_red1[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red1[w * 256 + lid];
+      total += afg_cols_red1[w * 256 + afg_lid];
     }
     red1_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_02bf117c51": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_02bf117c51": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_02bf117c51: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5798,23 +2713,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5830,11 +2741,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_06ca77de49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_06ca77de49": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_06ca77de49: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5842,23 +2754,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5874,11 +2782,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_16f61fa55f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_16f61fa55f": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_16f61fa55f: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5886,20 +2795,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const unsigned int afg_key = afg_bits(scalars[0]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5912,11 +2817,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_1740352910": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_1740352910": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_1740352910: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5924,24 +2830,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
 const float s3 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -5957,11 +2859,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_1fb65205b5": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_1fb65205b5": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_1fb65205b5: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -5969,13 +2872,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
@@ -5983,11 +2882,11 @@ const float s3 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6003,11 +2902,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_35001b1345": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_35001b1345": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_35001b1345: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6015,23 +2915,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6044,11 +2940,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_35fae15e9c": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_35fae15e9c": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_35fae15e9c: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6056,22 +2953,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6087,11 +2980,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_3a44e1eab6": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_3a44e1eab6": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_3a44e1eab6: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6099,22 +2993,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float weight_decay_rate = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6127,11 +3017,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_406674ad5a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_406674ad5a": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_406674ad5a: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6139,22 +3030,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6167,11 +3054,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_635aa4bfd1": (
-            ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["red3_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_635aa4bfd1": (
+        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["red3_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_635aa4bfd1: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6179,20 +3067,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red3 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6203,19 +3087,20 @@ for (unsigned int r = 0; r < 4; ++r) {
 
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red3, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red3, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red3_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_6be43eacd3": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_6be43eacd3": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_6be43eacd3: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6223,21 +3108,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6250,11 +3131,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_72acf63220": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_72acf63220": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_72acf63220: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6262,21 +3144,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float weight_decay_rate = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6289,11 +3167,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_733afc921f": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_733afc921f": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_733afc921f: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6301,21 +3180,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6328,11 +3203,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_73b0717022": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_73b0717022": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_73b0717022: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6340,22 +3216,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float weight_decay_rate = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6368,11 +3240,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_bb6a17e489": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_bb6a17e489": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_bb6a17e489: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6380,23 +3253,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6412,11 +3281,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_c65cd8fa49": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_c65cd8fa49": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_c65cd8fa49: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6424,24 +3294,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s0 = scalars[1];
 const float s3 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6457,11 +3323,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f1_d1fe97f624": (
-            ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f1_d1fe97f624": (
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f1_d1fe97f624: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6469,24 +3336,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s0 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6502,11 +3365,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_08dcde8f8a": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_08dcde8f8a": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_08dcde8f8a: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6514,21 +3378,17 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const unsigned int afg_key = afg_bits(scalars[1]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6541,11 +3401,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_133ca7ffb2": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_133ca7ffb2": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_133ca7ffb2: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6553,22 +3414,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6581,11 +3438,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_1cd966491b": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_1cd966491b": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_1cd966491b: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6593,24 +3451,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6623,11 +3477,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_24acae2e4c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_24acae2e4c": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_24acae2e4c: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6635,24 +3490,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const float s4 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6668,11 +3519,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_27378df6f9": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_27378df6f9": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_27378df6f9: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6680,24 +3532,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6713,11 +3561,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_34f5a63f21": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_34f5a63f21": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_34f5a63f21: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6725,13 +3574,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
@@ -6739,11 +3584,11 @@ const float s3 = scalars[3];
 const float s4 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6759,11 +3604,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_393d38ba51": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_393d38ba51": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_393d38ba51: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6771,13 +3617,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
@@ -6786,11 +3628,11 @@ const float s4 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6806,11 +3648,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_50e9801fa7": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_50e9801fa7": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_50e9801fa7: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6818,22 +3661,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float weight_decay_rate = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6846,11 +3685,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_6ecc74172c": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_6ecc74172c": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_6ecc74172c: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6858,23 +3698,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float s3 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6887,11 +3723,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_788dbf7cbe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_788dbf7cbe": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_788dbf7cbe: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6899,23 +3736,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float weight_decay_rate = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6928,11 +3761,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_8491f41583": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_8491f41583": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_8491f41583: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6940,13 +3774,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
@@ -6954,11 +3784,11 @@ const float s4 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -6974,11 +3804,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_9e2616e65a": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_9e2616e65a": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_9e2616e65a: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -6986,23 +3817,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float momentum = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7018,11 +3845,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_dd7215b12e": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_dd7215b12e": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_dd7215b12e: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7030,13 +3858,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
@@ -7044,11 +3868,11 @@ const float s3 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7064,11 +3888,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_dd8badfbfe": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_dd8badfbfe": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_dd8badfbfe: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7076,23 +3901,19 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float s2 = scalars[1];
 const float s3 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7105,11 +3926,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_e898ca7f6c": (
-            ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_e898ca7f6c": (
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_e898ca7f6c: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7117,24 +3939,20 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float learning_rate = scalars[0];
 const float momentum = scalars[1];
 const float s2 = scalars[2];
 const float s3 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7150,11 +3968,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_f2_ecc4f21468": (
-            ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_optax_f2_ecc4f21468": (
+        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_f2_ecc4f21468: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7162,22 +3981,18 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s2 = scalars[0];
 const float s3 = scalars[1];
 const unsigned int afg_key = afg_bits(scalars[2]);
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -7190,11 +4005,12 @@ for (unsigned int r = 0; r < 4; ++r) {
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_06a6b519f1": (
-            ["grad_in", "v_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_06a6b519f1": (
+        ["grad_in", "v_in", "scalars", "dims"],
+        ["red0_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_06a6b519f1: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7202,40 +4018,37 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * rsqrtf(decay * v + s0 * (afg_sq(grad) + eps)));
+  acc_red0 += afg_sq(grad * afg_rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_1d10d2d05f": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_1d10d2d05f": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_1d10d2d05f: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7243,13 +4056,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7258,7 +4067,7 @@ const float s0 = scalars[4];
 const float s1 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7267,18 +4076,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x0_0)));
   new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_28a3a487d4": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_28a3a487d4": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_28a3a487d4: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7286,13 +4096,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -7300,7 +4106,7 @@ const float s0 = scalars[3];
 const float s1 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7309,18 +4115,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  const float x0_1 = momentum * ema + s0 * (grad * afg_rsqrt(x0_0));
   new_param[idx] = afg_store_rounded<T>(param - x0_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_2b9217b440": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_2b9217b440": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_2b9217b440: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7328,20 +4135,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
 const float s0 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7349,16 +4152,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x0_0)), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x0_0)), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_4642334248": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_4642334248": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_4642334248: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7366,13 +4170,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7382,7 +4182,7 @@ const float s1 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7391,18 +4191,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x0_0)));
+  const float x0_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x0_0)));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_5d3bcb261e": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_5d3bcb261e": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_5d3bcb261e: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7410,49 +4211,46 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
-  acc_red0 += afg_sq(grad * rsqrtf(decay * v + s0 * (afg_sq(grad) + eps)));
+  acc_red0 += afg_sq(grad * afg_rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
   acc_red1 += afg_sq(param);
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_8b08dbe66b": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_8b08dbe66b": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_8b08dbe66b: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7460,20 +4258,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
 const float weight_decay_rate = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7481,16 +4275,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x0_0) + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x0_0) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_b135c29868": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_b135c29868": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_b135c29868: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7498,13 +4293,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7512,7 +4303,7 @@ const float s0 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7520,16 +4311,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x0_0)) + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x0_0)) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_d444779966": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_d444779966": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_d444779966: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7537,19 +4329,15 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
 const unsigned int afg_key = afg_bits(scalars[3]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7557,16 +4345,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x0_0), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x0_0), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_e28a26533a": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_e28a26533a": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_e28a26533a: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7574,13 +4363,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -7589,7 +4374,7 @@ const float s1 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7598,18 +4383,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x0_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x0_1 = momentum * ema + s0 * (grad * rsqrtf(x0_0));
+  const float x0_1 = momentum * ema + s0 * (grad * afg_rsqrt(x0_0));
   new_param[idx] = afg_store_rounded<T>(param - (x0_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x0_0);
   new_ema[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u0_fd5bc4007a": (
-            ["param_in", "scalars", "dims"],
-            ["red0_part"],
-            """\
+    ),
+    "afgen_adafactor_optax_u0_fd5bc4007a": (
+        ["param_in", "scalars", "dims"],
+        ["red0_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u0_fd5bc4007a: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7617,16 +4403,12 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7634,19 +4416,20 @@ for (unsigned int c = 0; c < 4; ++c) {
   acc_red0 += afg_sq(param);
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_10164be6f2": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_10164be6f2": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_10164be6f2: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7654,13 +4437,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7671,7 +4450,7 @@ const float s2 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7680,18 +4459,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s2);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x1_0)) * s2);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_3ce49f4884": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_3ce49f4884": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_3ce49f4884: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7699,13 +4479,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
@@ -7713,7 +4489,7 @@ const float s1 = scalars[3];
 const float s2 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7721,16 +4497,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s1 * s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x1_0) / s1 * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_462bad4011": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_462bad4011": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_462bad4011: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7738,13 +4515,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7752,7 +4525,7 @@ const float s0 = scalars[3];
 const float s1 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7760,16 +4533,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s1), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x1_0) / s1), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_6093285407": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_6093285407": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_6093285407: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7777,13 +4551,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7793,7 +4563,7 @@ const float s1 = scalars[5];
 const float s2 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7802,18 +4572,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * rsqrtf(x1_0)) * s2);
+  const float x1_1 = momentum * ema + s0 * (learning_rate * (grad * afg_rsqrt(x1_0)) * s2);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_615025fb38": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_615025fb38": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_615025fb38: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7821,13 +4592,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -7837,7 +4604,7 @@ const float s2 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7845,16 +4612,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s1) * s2 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x1_0) / s1) * s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_776e811870": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_776e811870": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_776e811870: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7862,13 +4630,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
@@ -7876,7 +4640,7 @@ const float s1 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7884,16 +4648,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) * s1 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x1_0) * s1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_788741f968": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_788741f968": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_788741f968: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7901,20 +4666,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
 const float s1 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7922,16 +4683,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) * s1, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x1_0) * s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_7b68b4eb43": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_7b68b4eb43": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_7b68b4eb43: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7939,13 +4701,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -7955,7 +4713,7 @@ const float s2 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -7964,18 +4722,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2);
+  const float x1_1 = momentum * ema + s1 * (grad * afg_rsqrt(x1_0) / s2);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_977603948e": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_977603948e": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_977603948e: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -7983,13 +4742,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -7998,7 +4753,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8007,18 +4762,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2);
+  const float x1_1 = momentum * ema + s1 * (grad * afg_rsqrt(x1_0) / s2);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_9b85adc914": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_9b85adc914": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_9b85adc914: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8026,13 +4782,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -8042,7 +4794,7 @@ const float s2 = scalars[5];
 const float s3 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8051,18 +4803,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2 * s3);
+  const float x1_1 = momentum * ema + s1 * (grad * afg_rsqrt(x1_0) / s2 * s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_9ef415e76f": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_9ef415e76f": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_9ef415e76f: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8070,13 +4823,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8088,7 +4837,7 @@ const float s3 = scalars[7];
 const float weight_decay_rate = scalars[8];
 const unsigned int afg_key = afg_bits(scalars[9]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8097,18 +4846,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * afg_rsqrt(x1_0) / s2) * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_ad3bab1c99": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_ad3bab1c99": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_ad3bab1c99: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8116,13 +4866,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8130,7 +4876,7 @@ const float s0 = scalars[3];
 const float s1 = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8138,16 +4884,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0)) * s1, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x1_0)) * s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_baede38030": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_baede38030": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_baede38030: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8155,13 +4902,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
@@ -8170,7 +4913,7 @@ const float s2 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8178,16 +4921,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s1 * s2 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x1_0) / s1 * s2 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_bc96f9f5fa": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_bc96f9f5fa": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_bc96f9f5fa: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8195,13 +4939,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8210,7 +4950,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8218,16 +4958,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * rsqrtf(x1_0) / s1) * s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (grad * afg_rsqrt(x1_0) / s1) * s2, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_c0df32ce34": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_c0df32ce34": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_c0df32ce34: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8235,13 +4976,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8250,7 +4987,7 @@ const float s1 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8258,16 +4995,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0)) * s1 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x1_0)) * s1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_c171adee39": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_c171adee39": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_c171adee39: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8275,20 +5013,16 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
 const float s1 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8296,16 +5030,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - grad * rsqrtf(x1_0) / s1, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - grad * afg_rsqrt(x1_0) / s1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_c1929612e5": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_c1929612e5": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_c1929612e5: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8313,13 +5048,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8330,7 +5061,7 @@ const float s2 = scalars[6];
 const float s3 = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8339,18 +5070,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2) * s3);
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * afg_rsqrt(x1_0) / s2) * s3);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_dfa32f3685": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_dfa32f3685": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_dfa32f3685: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8358,13 +5090,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -8374,7 +5102,7 @@ const float s2 = scalars[5];
 const float weight_decay_rate = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8383,18 +5111,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s2);
+  const float x1_1 = momentum * ema + s0 * (grad * afg_rsqrt(x1_0) * s2);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_e425bd9031": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_e425bd9031": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_e425bd9031: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8402,13 +5131,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -8419,7 +5144,7 @@ const float s3 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8428,18 +5153,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (grad * rsqrtf(x1_0) / s2 * s3);
+  const float x1_1 = momentum * ema + s1 * (grad * afg_rsqrt(x1_0) / s2 * s3);
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_e4682a888a": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_e4682a888a": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_e4682a888a: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8447,13 +5173,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float s0 = scalars[2];
@@ -8461,7 +5183,7 @@ const float s1 = scalars[3];
 const float weight_decay_rate = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8469,16 +5191,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (grad * rsqrtf(x1_0) / s1 + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (grad * afg_rsqrt(x1_0) / s1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_e6188fd26d": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_e6188fd26d": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_e6188fd26d: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8486,13 +5209,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float momentum = scalars[2];
@@ -8501,7 +5220,7 @@ const float s1 = scalars[4];
 const float s2 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8510,18 +5229,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s1 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s0 * (grad * rsqrtf(x1_0) * s2);
+  const float x1_1 = momentum * ema + s0 * (grad * afg_rsqrt(x1_0) * s2);
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_ef66f0e1e7": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_ef66f0e1e7": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_ef66f0e1e7: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8529,13 +5249,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8545,7 +5261,7 @@ const float s1 = scalars[5];
 const float s2 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8554,18 +5270,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2));
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * afg_rsqrt(x1_0) / s2));
   new_param[idx] = afg_store_rounded<T>(param - x1_1, idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_f673bd03f3": (
-            ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v", "new_ema"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_f673bd03f3": (
+        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v", "new_ema"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_f673bd03f3: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8573,13 +5290,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8590,7 +5303,7 @@ const float s2 = scalars[6];
 const float weight_decay_rate = scalars[7];
 const unsigned int afg_key = afg_bits(scalars[8]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8599,18 +5312,19 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * rsqrtf(x1_0) / s2));
+  const float x1_1 = momentum * ema + s1 * (learning_rate * (grad * afg_rsqrt(x1_0) / s2));
   new_param[idx] = afg_store_rounded<T>(param - (x1_1 + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
   new_ema[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_optax_u1_fbdee229ff": (
-            ["grad_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_v"],
-            """\
+    ),
+    "afgen_adafactor_optax_u1_fbdee229ff": (
+        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_optax_u1_fbdee229ff: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -8618,13 +5332,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float decay = scalars[0];
 const float eps = scalars[1];
 const float learning_rate = scalars[2];
@@ -8633,7 +5343,7 @@ const float s1 = scalars[4];
 const float weight_decay_rate = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -8641,19 +5351,48 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
   const float x1_0 = decay * v + s0 * (afg_sq(grad) + eps);
-  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * rsqrtf(x1_0) / s1) + weight_decay_rate * param), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - (learning_rate * (grad * afg_rsqrt(x1_0) / s1) + weight_decay_rate * param), idx, afg_key);
   new_v[idx] = afg_store<S>(x1_0);
 
 }
 """,
-        ),
-    },
+    ),
+}
+
+# Per target: what the launch puts before every body (the thread and group indices),
+# the helpers the bodies call, and the MLX factory.
+_PROLOGUES = {
+    "metal": """\
+// Metal: this thread's place in the grid.
+const unsigned int afg_group = threadgroup_position_in_grid.x;
+const unsigned int afg_lid = thread_position_in_threadgroup.x;
+const unsigned int afg_lane = thread_index_in_simdgroup;
+const unsigned int afg_warp = simdgroup_index_in_threadgroup;
+""",
+    "cuda": """\
+// CUDA: this thread's place in the grid.
+const unsigned int afg_group = blockIdx.x;
+const unsigned int afg_lid = threadIdx.x;
+const unsigned int afg_lane = (threadIdx.x & 31u);
+const unsigned int afg_warp = (threadIdx.x >> 5);
+""",
 }
 
 _HEADERS = {
     "metal": """\
-// afgen kernel helpers (Metal). Every kernel accumulates in float32.
+// afgen kernel helpers (Metal). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+inline float afg_sqrt(float x) { return metal::sqrt(x); }
+inline float afg_rsqrt(float x) { return metal::rsqrt(x); }
+inline float afg_abs(float x) { return metal::fabs(x); }
+inline float afg_exp(float x) { return metal::exp(x); }
+inline float afg_log(float x) { return metal::log(x); }
+inline float afg_sign(float x) { return metal::sign(x); }
+inline float afg_pow(float x, float y) { return metal::pow(x, y); }
 inline float afg_sq(float x) { return x * x; }
+// Threadgroup memory and its barrier.
+#define afg_shared threadgroup
+inline void afg_barrier() { threadgroup_barrier(mem_flags::mem_threadgroup); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
 // (metal::fmax would return the other operand).
 inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
@@ -8702,8 +5441,18 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
 inline float afg_warp_sum(float v) { return simd_sum(v); }
 """,
     "cuda": """\
-// afgen kernel helpers (CUDA). Every kernel accumulates in float32.
+// afgen kernel helpers (CUDA). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+__device__ __forceinline__ float afg_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ float afg_rsqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float afg_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ float afg_exp(float x) { return expf(x); }
+__device__ __forceinline__ float afg_log(float x) { return logf(x); }
+__device__ __forceinline__ float afg_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// Shared memory and its barrier.
+#define afg_shared __shared__
+__device__ __forceinline__ void afg_barrier() { __syncthreads(); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
 // would return the other operand).
 __device__ __forceinline__ float afg_max(float a, float b) {
@@ -8783,6 +5532,11 @@ __device__ __forceinline__ float afg_warp_sum(float v) {
 """,
 }
 
+_FACTORIES = {
+    "metal": "metal_kernel",
+    "cuda": "cuda_kernel",
+}
+
 # Set to a callable to run kernel text somewhere other than MLX (afgen's verifier uses
 # this to execute the exact kernel source on a CPU when there is no GPU).
 _KERNEL_RUNNER = None
@@ -8844,8 +5598,9 @@ def _col_total(part, geo):
 
 
 def _launch(backend, name, geo, inputs, outputs, T, S):
-    input_names, output_names, source = _KERNELS[backend][name]
-    call = dict(inputs=inputs, template=[("T", T), ("S", S)], grid=geo.grid,
+    input_names, output_names, (t_name, s_name), body = _KERNELS[name]
+    source = _PROLOGUES[backend] + body
+    call = dict(inputs=inputs, template=[(t_name, T), (s_name, S)], grid=geo.grid,
                 threadgroup=(THREADS, 1, 1), output_shapes=[shape for shape, _ in outputs],
                 output_dtypes=[dtype for _, dtype in outputs])
     if _KERNEL_RUNNER is not None:
@@ -8853,7 +5608,7 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
                               _HEADERS[backend], call)
     kernel = _KERNEL_OBJECTS.get((backend, name))
     if kernel is None:
-        factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        factory = getattr(mx.fast, _FACTORIES[backend])
         kernel = factory(name=name, input_names=input_names, output_names=output_names,
                          source=source, header=_HEADERS[backend], ensure_row_contiguous=True)
         _KERNEL_OBJECTS[(backend, name)] = kernel
@@ -8866,10 +5621,9 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
 def _available(backend: str) -> bool:
     if _KERNEL_RUNNER is not None:
         return True
-    if backend == "metal":
-        return mx.metal.is_available()
-    if backend == "cuda":
-        return hasattr(mx, "cuda") and mx.cuda.is_available()
+    if backend in _FACTORIES:  # a kernel target: MLX's device module of the same name
+        device = getattr(mx, backend, None)
+        return device is not None and device.is_available()
     return True
 
 
@@ -8877,7 +5631,7 @@ def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in ("metal", "cuda"):
+        for candidate in _FACTORIES:
             if _KERNEL_RUNNER is None and _available(candidate):
                 return candidate
         return "mlx"

@@ -570,521 +570,14 @@ _FUSED = {
     (False, False, False): _gpu_flat__no_maximize_no_has_eps1,
 }
 
-# Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
+# Kernel bodies, one text for every target (MLX writes the signatures): name ->
+# (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "metal": {
-        "afgen_adafactor_torch_f0_3873098176": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part", "red2_part"],
-            """\
-// afgen_adafactor_torch_f0_3873098176: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red0 = 0.0f;
-float acc_red1[4];
-float acc_red2[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red2[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red1[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(grad);
-    acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_0;
-    acc_red2[c] += x0_0;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red1[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red1_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red2[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + lid];
-    }
-    red2_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f0_3b37edc0b6": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part", "red2_part"],
-            """\
-// afgen_adafactor_torch_f0_3b37edc0b6: pass 0, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-float acc_red0 = 0.0f;
-float acc_red1[4];
-float acc_red2[8];
-for (uint c = 0; c < 8; ++c) {
-  acc_red2[c] = 0.0f;
-}
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  acc_red1[r] = 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x0_0 = afg_sq(-grad);
-    acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_0;
-    acc_red2[c] += x0_0;
-
-  }
-}
-for (uint r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red1[r]);
-  const uint m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
-    red1_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-threadgroup float afg_cols_red2[2048];
-for (uint c = 0; c < 8; ++c) {
-  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
-}
-threadgroup_barrier(mem_flags::mem_threadgroup);
-{
-  const uint j = cc * 256 + lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (uint w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + lid];
-    }
-    red2_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f1_2a7821355a": (
-            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["red4_part"],
-            """\
-// afgen_adafactor_torch_f1_2a7821355a: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s1 = scalars[0];
-const float s0 = s0_in[b];
-float acc_red4 = 0.0f;
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float col_var_1 = col_var_1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq((-grad) * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1)));
-
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red4_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f1_cd85fa309e": (
-            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["red4_part"],
-            """\
-// afgen_adafactor_torch_f1_cd85fa309e: pass 1, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s1 = scalars[0];
-const float s0 = s0_in[b];
-float acc_red4 = 0.0f;
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float col_var_1 = col_var_1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1)));
-
-  }
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red4_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f2_10f776886e": (
-            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_torch_f2_10f776886e: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float s1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-const float s0 = s0_in[b];
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float col_var_1 = col_var_1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * ((-grad) * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_f2_3805fa4066": (
-            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
-// afgen_adafactor_torch_f2_3805fa4066: pass 2, factored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float s1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const uint afg_key = afg_bits(scalars[4]);
-const float s0 = s0_in[b];
-for (uint r = 0; r < 4; ++r) {
-  const uint m = rb * 32 + r * 8 + warp;
-  const bool m_ok = m < M;
-  const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
-  for (uint c = 0; c < 8; ++c) {
-    const uint j = cc * 256 + c * 32 + lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const uint idx = (b * M + m) * N + j;
-    const float col_var_1 = col_var_1_in[b * N + j];
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * (grad * metal::rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
-
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u0_1181eda8f2": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_torch_u0_1181eda8f2: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const float w = scalars[1];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float g = -grad;
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(g * metal::rsqrt(afg_max(variance + w * (afg_sq(g) - variance), s0)));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u0_853464140d": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
-// afgen_adafactor_torch_u0_853464140d: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float s0 = scalars[0];
-const float w = scalars[1];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float g = grad;
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(g * metal::rsqrt(afg_max(variance + w * (afg_sq(g) - variance), s0)));
-
-}
-threadgroup float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-        ),
-        "afgen_adafactor_torch_u1_146f278efb": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["new_param", "new_variance"],
-            """\
-// afgen_adafactor_torch_u1_146f278efb: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float w = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float g_1 = grad;
-  const float x1_1 = variance + w * (afg_sq(g_1) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * metal::rsqrt(afg_max(x1_1, s0))) / s2, idx, afg_key);
-  new_variance[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-        "afgen_adafactor_torch_u1_6fa05931f4": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["new_param", "new_variance"],
-            """\
-// afgen_adafactor_torch_u1_6fa05931f4: pass 1, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float alpha = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float w = scalars[4];
-const uint afg_key = afg_bits(scalars[5]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float variance = afg_load(variance_in[idx]);
-  const float g_1 = -grad;
-  const float x1_1 = variance + w * (afg_sq(g_1) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * metal::rsqrt(afg_max(x1_1, s0))) / s2, idx, afg_key);
-  new_variance[idx] = afg_store<S>(x1_1);
-
-}
-""",
-        ),
-    },
-    "cuda": {
-        "afgen_adafactor_torch_f0_3873098176": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part", "red2_part"],
-            """\
+    "afgen_adafactor_torch_f0_3873098176": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red0_part", "red1_part", "red2_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_f0_3873098176: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1092,13 +585,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red0 = 0.0f;
 float acc_red1[4];
 float acc_red2[8];
@@ -1106,11 +595,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red2[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red1[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1126,39 +615,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red1[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red1_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red2[2048];
+afg_shared float afg_cols_red2[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+  afg_cols_red2[afg_warp * 256 + c * 32 + afg_lane] = acc_red2[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + lid];
+      total += afg_cols_red2[w * 256 + afg_lid];
     }
     red2_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_f0_3b37edc0b6": (
-            ["grad_in", "param_in", "scalars", "dims"],
-            ["red0_part", "red1_part", "red2_part"],
-            """\
+    ),
+    "afgen_adafactor_torch_f0_3b37edc0b6": (
+        ["grad_in", "param_in", "scalars", "dims"],
+        ["red0_part", "red1_part", "red2_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_f0_3b37edc0b6: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1166,13 +656,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 float acc_red0 = 0.0f;
 float acc_red1[4];
 float acc_red2[8];
@@ -1180,11 +666,11 @@ for (unsigned int c = 0; c < 8; ++c) {
   acc_red2[c] = 0.0f;
 }
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   acc_red1[r] = 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1200,39 +686,40 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 for (unsigned int r = 0; r < 4; ++r) {
   const float total = afg_warp_sum(acc_red1[r]);
-  const unsigned int m = rb * 32 + r * 8 + warp;
-  if (lane == 0 && m < M) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
     red1_part[(b * M + m) * ncc + cc] = total;
   }
 }
-__shared__ float afg_cols_red2[2048];
+afg_shared float afg_cols_red2[2048];
 for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red2[warp * 256 + c * 32 + lane] = acc_red2[c];
+  afg_cols_red2[afg_warp * 256 + c * 32 + afg_lane] = acc_red2[c];
 }
-__syncthreads();
+afg_barrier();
 {
-  const unsigned int j = cc * 256 + lid;
+  const unsigned int j = cc * 256 + afg_lid;
   if (j < N) {
     float total = 0.0f;
     for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + lid];
+      total += afg_cols_red2[w * 256 + afg_lid];
     }
     red2_part[(b * nrb + rb) * N + j] = total;
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_f1_2a7821355a": (
-            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["red4_part"],
-            """\
+    ),
+    "afgen_adafactor_torch_f1_2a7821355a": (
+        ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["red4_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_f1_2a7821355a: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1240,45 +727,42 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s1 = scalars[0];
 const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
     const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq((-grad) * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1)));
+    acc_red4 += afg_sq((-grad) * afg_rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1)));
 
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_f1_cd85fa309e": (
-            ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["red4_part"],
-            """\
+    ),
+    "afgen_adafactor_torch_f1_cd85fa309e": (
+        ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["red4_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_f1_cd85fa309e: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1286,45 +770,42 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s1 = scalars[0];
 const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
     const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
-    acc_red4 += afg_sq(grad * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1)));
+    acc_red4 += afg_sq(grad * afg_rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1)));
 
   }
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red4, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red4_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_f2_10f776886e": (
-            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_torch_f2_10f776886e": (
+        ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_f2_10f776886e: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1332,13 +813,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float s1 = scalars[1];
 const float s2 = scalars[2];
@@ -1346,11 +823,11 @@ const float s3 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 const float s0 = s0_in[b];
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1358,16 +835,17 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * ((-grad) * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * ((-grad) * afg_rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
 
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_f2_3805fa4066": (
-            ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
-            ["new_param"],
-            """\
+    ),
+    "afgen_adafactor_torch_f2_3805fa4066": (
+        ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["new_param"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_f2_3805fa4066: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1375,13 +853,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float s1 = scalars[1];
 const float s2 = scalars[2];
@@ -1389,11 +863,11 @@ const float s3 = scalars[3];
 const unsigned int afg_key = afg_bits(scalars[4]);
 const float s0 = s0_in[b];
 for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + warp;
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
   const float row_var_1 = m_ok ? row_var_1_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + lane;
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
@@ -1401,16 +875,17 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float col_var_1 = col_var_1_in[b * N + j];
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * (grad * rsqrtf(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
+    new_param[idx] = afg_store_rounded<T>(param * s2 - alpha * (grad * afg_rsqrt(afg_max(row_var_1 * col_var_1 / s0, s1))) / s3, idx, afg_key);
 
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_u0_1181eda8f2": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_torch_u0_1181eda8f2": (
+        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_u0_1181eda8f2: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1418,19 +893,15 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s0 = scalars[0];
 const float w = scalars[1];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1439,28 +910,29 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float g = -grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(g * rsqrtf(afg_max(variance + w * (afg_sq(g) - variance), s0)));
+  acc_red1 += afg_sq(g * afg_rsqrt(afg_max(variance + w * (afg_sq(g) - variance), s0)));
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_u0_853464140d": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["red0_part", "red1_part"],
-            """\
+    ),
+    "afgen_adafactor_torch_u0_853464140d": (
+        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_u0_853464140d: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1468,19 +940,15 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float s0 = scalars[0];
 const float w = scalars[1];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1489,28 +957,29 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float g = grad;
   acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(g * rsqrtf(afg_max(variance + w * (afg_sq(g) - variance), s0)));
+  acc_red1 += afg_sq(g * afg_rsqrt(afg_max(variance + w * (afg_sq(g) - variance), s0)));
 
 }
-__shared__ float afg_scratch[8];
+afg_shared float afg_scratch[8];
 {
-  const float total = afg_block_sum(acc_red0, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red0_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 {
-  const float total = afg_block_sum(acc_red1, afg_scratch, lid, lane, warp, 8);
-  if (lid == 0) {
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
     red1_part[(b * nrb + rb) * ncc + cc] = total;
   }
 }
 """,
-        ),
-        "afgen_adafactor_torch_u1_146f278efb": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["new_param", "new_variance"],
-            """\
+    ),
+    "afgen_adafactor_torch_u1_146f278efb": (
+        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["new_param", "new_variance"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_u1_146f278efb: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1518,13 +987,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
@@ -1532,7 +997,7 @@ const float s2 = scalars[3];
 const float w = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1541,16 +1006,17 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float g_1 = grad;
   const float x1_1 = variance + w * (afg_sq(g_1) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * rsqrtf(afg_max(x1_1, s0))) / s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * afg_rsqrt(afg_max(x1_1, s0))) / s2, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-        "afgen_adafactor_torch_u1_6fa05931f4": (
-            ["grad_in", "param_in", "variance_in", "scalars", "dims"],
-            ["new_param", "new_variance"],
-            """\
+    ),
+    "afgen_adafactor_torch_u1_6fa05931f4": (
+        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["new_param", "new_variance"],
+        ["T", "S"],
+        """\
 // afgen_adafactor_torch_u1_6fa05931f4: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -1558,13 +1024,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float alpha = scalars[0];
 const float s0 = scalars[1];
 const float s1 = scalars[2];
@@ -1572,7 +1034,7 @@ const float s2 = scalars[3];
 const float w = scalars[4];
 const unsigned int afg_key = afg_bits(scalars[5]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -1581,19 +1043,48 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float variance = afg_load(variance_in[idx]);
   const float g_1 = -grad;
   const float x1_1 = variance + w * (afg_sq(g_1) - variance);
-  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * rsqrtf(afg_max(x1_1, s0))) / s2, idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param * s1 - alpha * (g_1 * afg_rsqrt(afg_max(x1_1, s0))) / s2, idx, afg_key);
   new_variance[idx] = afg_store<S>(x1_1);
 
 }
 """,
-        ),
-    },
+    ),
+}
+
+# Per target: what the launch puts before every body (the thread and group indices),
+# the helpers the bodies call, and the MLX factory.
+_PROLOGUES = {
+    "metal": """\
+// Metal: this thread's place in the grid.
+const unsigned int afg_group = threadgroup_position_in_grid.x;
+const unsigned int afg_lid = thread_position_in_threadgroup.x;
+const unsigned int afg_lane = thread_index_in_simdgroup;
+const unsigned int afg_warp = simdgroup_index_in_threadgroup;
+""",
+    "cuda": """\
+// CUDA: this thread's place in the grid.
+const unsigned int afg_group = blockIdx.x;
+const unsigned int afg_lid = threadIdx.x;
+const unsigned int afg_lane = (threadIdx.x & 31u);
+const unsigned int afg_warp = (threadIdx.x >> 5);
+""",
 }
 
 _HEADERS = {
     "metal": """\
-// afgen kernel helpers (Metal). Every kernel accumulates in float32.
+// afgen kernel helpers (Metal). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+inline float afg_sqrt(float x) { return metal::sqrt(x); }
+inline float afg_rsqrt(float x) { return metal::rsqrt(x); }
+inline float afg_abs(float x) { return metal::fabs(x); }
+inline float afg_exp(float x) { return metal::exp(x); }
+inline float afg_log(float x) { return metal::log(x); }
+inline float afg_sign(float x) { return metal::sign(x); }
+inline float afg_pow(float x, float y) { return metal::pow(x, y); }
 inline float afg_sq(float x) { return x * x; }
+// Threadgroup memory and its barrier.
+#define afg_shared threadgroup
+inline void afg_barrier() { threadgroup_barrier(mem_flags::mem_threadgroup); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
 // (metal::fmax would return the other operand).
 inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
@@ -1642,8 +1133,18 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
 inline float afg_warp_sum(float v) { return simd_sum(v); }
 """,
     "cuda": """\
-// afgen kernel helpers (CUDA). Every kernel accumulates in float32.
+// afgen kernel helpers (CUDA). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+__device__ __forceinline__ float afg_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ float afg_rsqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float afg_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ float afg_exp(float x) { return expf(x); }
+__device__ __forceinline__ float afg_log(float x) { return logf(x); }
+__device__ __forceinline__ float afg_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// Shared memory and its barrier.
+#define afg_shared __shared__
+__device__ __forceinline__ void afg_barrier() { __syncthreads(); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
 // would return the other operand).
 __device__ __forceinline__ float afg_max(float a, float b) {
@@ -1723,6 +1224,11 @@ __device__ __forceinline__ float afg_warp_sum(float v) {
 """,
 }
 
+_FACTORIES = {
+    "metal": "metal_kernel",
+    "cuda": "cuda_kernel",
+}
+
 # Set to a callable to run kernel text somewhere other than MLX (afgen's verifier uses
 # this to execute the exact kernel source on a CPU when there is no GPU).
 _KERNEL_RUNNER = None
@@ -1784,8 +1290,9 @@ def _col_total(part, geo):
 
 
 def _launch(backend, name, geo, inputs, outputs, T, S):
-    input_names, output_names, source = _KERNELS[backend][name]
-    call = dict(inputs=inputs, template=[("T", T), ("S", S)], grid=geo.grid,
+    input_names, output_names, (t_name, s_name), body = _KERNELS[name]
+    source = _PROLOGUES[backend] + body
+    call = dict(inputs=inputs, template=[(t_name, T), (s_name, S)], grid=geo.grid,
                 threadgroup=(THREADS, 1, 1), output_shapes=[shape for shape, _ in outputs],
                 output_dtypes=[dtype for _, dtype in outputs])
     if _KERNEL_RUNNER is not None:
@@ -1793,7 +1300,7 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
                               _HEADERS[backend], call)
     kernel = _KERNEL_OBJECTS.get((backend, name))
     if kernel is None:
-        factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        factory = getattr(mx.fast, _FACTORIES[backend])
         kernel = factory(name=name, input_names=input_names, output_names=output_names,
                          source=source, header=_HEADERS[backend], ensure_row_contiguous=True)
         _KERNEL_OBJECTS[(backend, name)] = kernel
@@ -1806,10 +1313,9 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
 def _available(backend: str) -> bool:
     if _KERNEL_RUNNER is not None:
         return True
-    if backend == "metal":
-        return mx.metal.is_available()
-    if backend == "cuda":
-        return hasattr(mx, "cuda") and mx.cuda.is_available()
+    if backend in _FACTORIES:  # a kernel target: MLX's device module of the same name
+        device = getattr(mx, backend, None)
+        return device is not None and device.is_available()
     return True
 
 
@@ -1817,7 +1323,7 @@ def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in ("metal", "cuda"):
+        for candidate in _FACTORIES:
             if _KERNEL_RUNNER is None and _available(candidate):
                 return candidate
         return "mlx"

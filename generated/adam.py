@@ -292,102 +292,14 @@ _FUSED = {
     (False, False): _gpu_flat__no_bias_correction,
 }
 
-# Kernel bodies (MLX writes the signatures): name -> (input names, output names, source).
+# Kernel bodies, one text for every target (MLX writes the signatures): name ->
+# (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "metal": {
-        "afgen_adam_u0_e23577fa33": (
-            ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_m", "new_v"],
-            """\
-// afgen_adam_u0_e23577fa33: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float beta1 = scalars[0];
-const float beta2 = scalars[1];
-const float eps = scalars[2];
-const float learning_rate = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const uint afg_key = afg_bits(scalars[6]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float m = afg_load(m_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = beta1 * m + s0 * grad;
-  const float x0_1 = beta2 * v + s1 * afg_sq(grad);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * x0_0 / (metal::sqrt(x0_1) + eps), idx, afg_key);
-  new_m[idx] = afg_store<S>(x0_0);
-  new_v[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-        "afgen_adam_u0_e2d90f8583": (
-            ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_m", "new_v"],
-            """\
-// afgen_adam_u0_e2d90f8583: pass 0, unfactored layout
-const uint M = dims[1];
-const uint N = dims[2];
-const uint nrb = dims[3];
-const uint ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const uint group = threadgroup_position_in_grid.x;
-const uint cc = group % ncc;
-const uint rb = (group / ncc) % nrb;
-const uint b = group / (ncc * nrb);
-const uint lid = thread_position_in_threadgroup.x;
-const uint lane = thread_index_in_simdgroup;
-const uint warp = simdgroup_index_in_threadgroup;
-const float beta1 = scalars[0];
-const float beta2 = scalars[1];
-const float c1 = scalars[2];
-const float c2 = scalars[3];
-const float eps = scalars[4];
-const float s0 = scalars[5];
-const float s1 = scalars[6];
-const uint afg_key = afg_bits(scalars[7]);
-for (uint c = 0; c < 4; ++c) {
-  const uint idx = cc * 1024 + c * 256 + lid;
-  if (idx >= N) {
-    continue;
-  }
-  const float grad = afg_load(grad_in[idx]);
-  const float m = afg_load(m_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = beta1 * m + s0 * grad;
-  const float x0_1 = beta2 * v + s1 * afg_sq(grad);
-  new_param[idx] = afg_store_rounded<T>(param - c1 * x0_0 / (metal::sqrt(x0_1) * c2 + eps), idx, afg_key);
-  new_m[idx] = afg_store<S>(x0_0);
-  new_v[idx] = afg_store<S>(x0_1);
-
-}
-""",
-        ),
-    },
-    "cuda": {
-        "afgen_adam_u0_e23577fa33": (
-            ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_m", "new_v"],
-            """\
+    "afgen_adam_u0_e23577fa33": (
+        ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_m", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adam_u0_e23577fa33: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -395,13 +307,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
 const float eps = scalars[2];
@@ -410,7 +318,7 @@ const float s0 = scalars[4];
 const float s1 = scalars[5];
 const unsigned int afg_key = afg_bits(scalars[6]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -420,17 +328,18 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float v = afg_load(v_in[idx]);
   const float x0_0 = beta1 * m + s0 * grad;
   const float x0_1 = beta2 * v + s1 * afg_sq(grad);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * x0_0 / (sqrtf(x0_1) + eps), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * x0_0 / (afg_sqrt(x0_1) + eps), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_0);
   new_v[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-        "afgen_adam_u0_e2d90f8583": (
-            ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
-            ["new_param", "new_m", "new_v"],
-            """\
+    ),
+    "afgen_adam_u0_e2d90f8583": (
+        ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
+        ["new_param", "new_m", "new_v"],
+        ["T", "S"],
+        """\
 // afgen_adam_u0_e2d90f8583: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
@@ -438,13 +347,9 @@ const unsigned int nrb = dims[3];
 const unsigned int ncc = dims[4];
 // Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
 // column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int group = blockIdx.x;
-const unsigned int cc = group % ncc;
-const unsigned int rb = (group / ncc) % nrb;
-const unsigned int b = group / (ncc * nrb);
-const unsigned int lid = threadIdx.x;
-const unsigned int lane = (threadIdx.x & 31u);
-const unsigned int warp = (threadIdx.x >> 5);
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
 const float beta1 = scalars[0];
 const float beta2 = scalars[1];
 const float c1 = scalars[2];
@@ -454,7 +359,7 @@ const float s0 = scalars[5];
 const float s1 = scalars[6];
 const unsigned int afg_key = afg_bits(scalars[7]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + lid;
+  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
   if (idx >= N) {
     continue;
   }
@@ -464,20 +369,49 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float v = afg_load(v_in[idx]);
   const float x0_0 = beta1 * m + s0 * grad;
   const float x0_1 = beta2 * v + s1 * afg_sq(grad);
-  new_param[idx] = afg_store_rounded<T>(param - c1 * x0_0 / (sqrtf(x0_1) * c2 + eps), idx, afg_key);
+  new_param[idx] = afg_store_rounded<T>(param - c1 * x0_0 / (afg_sqrt(x0_1) * c2 + eps), idx, afg_key);
   new_m[idx] = afg_store<S>(x0_0);
   new_v[idx] = afg_store<S>(x0_1);
 
 }
 """,
-        ),
-    },
+    ),
+}
+
+# Per target: what the launch puts before every body (the thread and group indices),
+# the helpers the bodies call, and the MLX factory.
+_PROLOGUES = {
+    "metal": """\
+// Metal: this thread's place in the grid.
+const unsigned int afg_group = threadgroup_position_in_grid.x;
+const unsigned int afg_lid = thread_position_in_threadgroup.x;
+const unsigned int afg_lane = thread_index_in_simdgroup;
+const unsigned int afg_warp = simdgroup_index_in_threadgroup;
+""",
+    "cuda": """\
+// CUDA: this thread's place in the grid.
+const unsigned int afg_group = blockIdx.x;
+const unsigned int afg_lid = threadIdx.x;
+const unsigned int afg_lane = (threadIdx.x & 31u);
+const unsigned int afg_warp = (threadIdx.x >> 5);
+""",
 }
 
 _HEADERS = {
     "metal": """\
-// afgen kernel helpers (Metal). Every kernel accumulates in float32.
+// afgen kernel helpers (Metal). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+inline float afg_sqrt(float x) { return metal::sqrt(x); }
+inline float afg_rsqrt(float x) { return metal::rsqrt(x); }
+inline float afg_abs(float x) { return metal::fabs(x); }
+inline float afg_exp(float x) { return metal::exp(x); }
+inline float afg_log(float x) { return metal::log(x); }
+inline float afg_sign(float x) { return metal::sign(x); }
+inline float afg_pow(float x, float y) { return metal::pow(x, y); }
 inline float afg_sq(float x) { return x * x; }
+// Threadgroup memory and its barrier.
+#define afg_shared threadgroup
+inline void afg_barrier() { threadgroup_barrier(mem_flags::mem_threadgroup); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result
 // (metal::fmax would return the other operand).
 inline float afg_max(float a, float b) { return isnan(a) ? a : (a > b ? a : b); }
@@ -526,8 +460,18 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
 inline float afg_warp_sum(float v) { return simd_sum(v); }
 """,
     "cuda": """\
-// afgen kernel helpers (CUDA). Every kernel accumulates in float32.
+// afgen kernel helpers (CUDA). Every kernel accumulates in float32; kernel bodies
+// call only these, so the same body text runs on every target.
+__device__ __forceinline__ float afg_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ float afg_rsqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ float afg_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ float afg_exp(float x) { return expf(x); }
+__device__ __forceinline__ float afg_log(float x) { return logf(x); }
+__device__ __forceinline__ float afg_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ float afg_sq(float x) { return x * x; }
+// Shared memory and its barrier.
+#define afg_shared __shared__
+__device__ __forceinline__ void afg_barrier() { __syncthreads(); }
 // max/min as MLX's mx.maximum/mx.minimum: a NaN on either side is the result (fmaxf
 // would return the other operand).
 __device__ __forceinline__ float afg_max(float a, float b) {
@@ -607,6 +551,11 @@ __device__ __forceinline__ float afg_warp_sum(float v) {
 """,
 }
 
+_FACTORIES = {
+    "metal": "metal_kernel",
+    "cuda": "cuda_kernel",
+}
+
 # Set to a callable to run kernel text somewhere other than MLX (afgen's verifier uses
 # this to execute the exact kernel source on a CPU when there is no GPU).
 _KERNEL_RUNNER = None
@@ -668,8 +617,9 @@ def _col_total(part, geo):
 
 
 def _launch(backend, name, geo, inputs, outputs, T, S):
-    input_names, output_names, source = _KERNELS[backend][name]
-    call = dict(inputs=inputs, template=[("T", T), ("S", S)], grid=geo.grid,
+    input_names, output_names, (t_name, s_name), body = _KERNELS[name]
+    source = _PROLOGUES[backend] + body
+    call = dict(inputs=inputs, template=[(t_name, T), (s_name, S)], grid=geo.grid,
                 threadgroup=(THREADS, 1, 1), output_shapes=[shape for shape, _ in outputs],
                 output_dtypes=[dtype for _, dtype in outputs])
     if _KERNEL_RUNNER is not None:
@@ -677,7 +627,7 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
                               _HEADERS[backend], call)
     kernel = _KERNEL_OBJECTS.get((backend, name))
     if kernel is None:
-        factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        factory = getattr(mx.fast, _FACTORIES[backend])
         kernel = factory(name=name, input_names=input_names, output_names=output_names,
                          source=source, header=_HEADERS[backend], ensure_row_contiguous=True)
         _KERNEL_OBJECTS[(backend, name)] = kernel
@@ -690,10 +640,9 @@ def _launch(backend, name, geo, inputs, outputs, T, S):
 def _available(backend: str) -> bool:
     if _KERNEL_RUNNER is not None:
         return True
-    if backend == "metal":
-        return mx.metal.is_available()
-    if backend == "cuda":
-        return hasattr(mx, "cuda") and mx.cuda.is_available()
+    if backend in _FACTORIES:  # a kernel target: MLX's device module of the same name
+        device = getattr(mx, backend, None)
+        return device is not None and device.is_available()
     return True
 
 
@@ -701,7 +650,7 @@ def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in ("metal", "cuda"):
+        for candidate in _FACTORIES:
             if _KERNEL_RUNNER is None and _available(candidate):
                 return candidate
         return "mlx"

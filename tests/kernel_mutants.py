@@ -12,6 +12,7 @@ mutated) finds the places to mutate, whatever arithmetic the lowering prints.
 - ``index``: a subscript ``[e]`` becomes ``[e + 1]`` and ``[e - 1]``; inside subscripts
   and index definitions (``const uint m = ...;``) a tile variable becomes the one it is
   easiest to confuse with (M/N, m/j, rb/cc, nrb/ncc, r/c, lane/warp, b/rb, lid/lane).
+  The same edits apply to a target's prologue (the thread and group indices).
 - ``delete``: a statement that is not a declaration (assignment, call, ``continue``) is
   removed (deleting a declaration only makes a compile error).
 """
@@ -34,11 +35,11 @@ ARITHMETIC = ("+", "-", "*", "/")
 COMPOUND = ("+=", "-=", "*=", "/=")
 RELATIONS = ("<", "<=", ">", ">=", "==", "!=")
 CONFUSABLE = {"M": "N", "N": "M", "m": "j", "j": "m", "rb": "cc", "cc": "rb", "nrb": "ncc",
-              "ncc": "nrb", "r": "c", "c": "r", "lane": "warp", "warp": "lane", "b": "rb",
-              "lid": "lane"}
+              "ncc": "nrb", "r": "c", "c": "r", "afg_lane": "afg_warp", "afg_warp": "afg_lane",
+              "b": "rb", "afg_lid": "afg_lane"}
 TYPES = {"float", "uint", "int", "unsigned", "bool", "half", "bfloat16_t", "T", "S", "const",
-         "__shared__", "threadgroup"}
-DECLARATION = re.compile(r"^\s*(?:const\s+)?(?:__shared__\s+|threadgroup\s+)?"
+         "__shared__", "threadgroup", "afg_shared"}
+DECLARATION = re.compile(r"^\s*(?:const\s+)?(?:__shared__\s+|threadgroup\s+|afg_shared\s+)?"
                          r"(?:float|uint|int|unsigned int|unsigned|bool|T|S)\s+\w+\s*[\[=;]")
 
 

@@ -243,6 +243,21 @@ def test_metal_rowsum_reduction(rows, cols, tg, dtype):
     np.testing.assert_allclose(out, exact.sum(axis=1, dtype=np.float64), rtol=1e-5, atol=1e-4)
 
 
+def test_metal_threadgroup_storage_through_a_header_macro():
+    """A header may name threadgroup memory with a macro (``#define afg_shared
+    threadgroup``): the array is still one copy per threadgroup, so SIMD group 0 reads
+    the partials the other groups wrote."""
+    rows, cols, tg = 2, 700, 256
+    x, exact = _bf16_input(rows, cols, seed=4)
+    body = METAL_ROWSUM.replace("threadgroup float partial", "tg_shared float partial")
+    out = run_metal_kernel(
+        "rowsum", ["x"], ["out"], body, [x], [(rows,)], [mx.float32],
+        (tg, rows, 1), (tg, 1, 1), template=[("N", cols), ("TG", tg)],
+        header="#define tg_shared threadgroup\n",
+    )["out"]  # fmt: skip
+    np.testing.assert_allclose(out, exact.sum(axis=1, dtype=np.float64), rtol=1e-5, atol=1e-4)
+
+
 def test_metal_scalar_small_and_strided_inputs():
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
     xt = base[:, ::2].T  # (3, 4), non-contiguous

@@ -1,7 +1,8 @@
 """Mutation test of kernel verification: does `afgen verify` notice a broken kernel?
 
-Every pass kernel of one specialisation, the default factored Adafactor with beta_1 (and
-verification's example weight decay), in Metal and in CUDA, is mutated textually by
+Every pass kernel body of one specialisation, the default factored Adafactor with beta_1
+(and verification's example weight decay), and the prologue each target puts before it,
+run in Metal and in CUDA, is mutated textually by
 tests/kernel_mutants.py (operators, relations, integer and float constants, index
 expressions, deleted statements), generically from the rendered text, so the test follows
 whatever arithmetic the lowering prints. Each mutant goes through what verification runs
@@ -40,13 +41,14 @@ from afgen.executor import KernelError
 PER_KIND = 8
 SEED = 0
 KINDS = ("operator", "relation", "int", "float", "index", "delete")
+PROLOGUE = "prologue"  # mutants of the target's prologue, which every kernel starts with
 
 RELATION = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
             "==": operator.eq, "!=": operator.ne}
 FOR = re.compile(r"for \((?:uint|unsigned int) (\w+) = (\d+); \1 (<|<=|>|>=|==|!=) (\d+); "
                  r"\+\+\1\)")
-ARRAY = re.compile(r"^(?:__shared__ |threadgroup )?float (\w+)\[(\d+)\];$")
-GUARD = re.compile(r"if \((lane|lid) (<|<=|>|>=|==|!=) (\d+)")
+ARRAY = re.compile(r"^(?:afg_shared )?float (\w+)\[(\d+)\];$")
+GUARD = re.compile(r"if \((afg_lane|afg_lid) (<|<=|>|>=|==|!=) (\d+)")
 FALLBACK = re.compile(r"^(.* = m_ok \? [^:]*: )(\S+);$")
 
 
@@ -111,7 +113,7 @@ def total_holders(m: Mutant, body: str) -> bool:
     if not (a and b and GUARD.sub("", m.before) == GUARD.sub("", m.after)):
         return False
     who, test, value = b.group(1), RELATION[b.group(2)], int(b.group(3))
-    picked = {t for t in range(32 if who == "lane" else 256) if test(t, value)}
+    picked = {t for t in range(32 if who == "afg_lane" else 256) if test(t, value)}
     holders = set(range(32)) if m.dialect == "metal" else {0}
     return bool(picked) and picked <= holders
 
@@ -142,11 +144,12 @@ def _plan(compiled):
 
 def _run(compiled, module, plan, mutant: Mutant) -> str:
     """How verification treats the mutant: 'survived', or what caught it."""
-    table = dict(module._KERNELS[mutant.dialect])
-    ins, outs, _ = table[mutant.kernel]
-    table[mutant.kernel] = (ins, outs, mutant.source)
-    original = module._KERNELS
-    module._KERNELS = {**original, mutant.dialect: table}
+    kernels, prologues = module._KERNELS, module._PROLOGUES
+    if mutant.kernel == PROLOGUE:
+        module._PROLOGUES = {**prologues, mutant.dialect: mutant.source}
+    else:
+        ins, outs, params, _ = kernels[mutant.kernel]
+        module._KERNELS = {**kernels, mutant.kernel: (ins, outs, params, mutant.source)}
     try:
         with cpu_kernels(module, CpuKernelRunner()):
             result = verify_class(compiled, module.Adafactor, plan, mutant.dialect, "float32",
@@ -155,7 +158,7 @@ def _run(compiled, module, plan, mutant: Mutant) -> str:
     except KernelError as exc:
         return type(exc).__name__
     finally:
-        module._KERNELS = original
+        module._KERNELS, module._PROLOGUES = kernels, prologues
 
 
 def _reason(mutant: Mutant, body: str) -> str | None:
@@ -182,11 +185,13 @@ def test_every_non_equivalent_mutant_is_caught(compiled, module, tmp_path, monke
                                                dialect):
     monkeypatch.setenv("AFGEN_EXECUTOR_CACHE", str(tmp_path))  # ~100 throw-away binaries
     plan = _plan(compiled)
-    names = [k.name for k in plan_kernels(plan, dialect, f"afgen_{compiled.spec.stem}")]
-    bodies = {n: module._KERNELS[dialect][n][2] for n in names}
-    population = [m for n in names for m in mutants(n, dialect, bodies[n])]
+    names = [k.name for k in plan_kernels(plan, f"afgen_{compiled.spec.stem}")]
+    bodies = {n: module._KERNELS[n][3] for n in names}
+    bodies[PROLOGUE] = module._PROLOGUES[dialect]
+    population = [m for n in bodies for m in mutants(n, dialect, bodies[n])]
     picked = sample(population, PER_KIND, SEED)
-    assert {m.kind for m in picked} == set(KINDS) and len(picked) <= PER_KIND * len(KINDS) * 3
+    assert {m.kind for m in picked} == set(KINDS)
+    assert len(picked) <= PER_KIND * len(KINDS) * len(bodies)
     survivors, unexplained = [], []
     for mutant in picked:
         if _run(compiled, module, plan, mutant) != "survived":

@@ -84,8 +84,8 @@ def test_dynamic_scalars_do_not_change_kernel_source(compiled, module):
 MUTATIONS = {
     "dropped barrier": ("header", r"threadgroup_barrier\(mem_flags::mem_threadgroup\);|"
                                   r"__syncthreads\(\);", ""),
-    "simd width 16": ("body", r"const (?:uint|unsigned int) warp = [^;]+;",
-                      "const unsigned int warp = lid / 16;"),
+    "simd width 16": ("prologue", r"const unsigned int afg_warp = [^;]+;",
+                      "const unsigned int afg_warp = afg_lid / 16;"),
     "wrong index": ("body", r"\(b \* M \+ m\) \* N \+ j;", "(b * M + m) * M + j;"),
     "off-by-one bound": ("body", r"m_ok = m < M;", "m_ok = m <= M;"),
     "wrong constant": ("body", r"acc_red0 = 0\.0f;", "acc_red0 = 1.0f;"),
@@ -97,18 +97,17 @@ MUTATIONS = {
 def test_mutated_kernel_fails_verification(compiled, module, monkeypatch, backend, mutation):
     where, pattern, replacement = MUTATIONS[mutation]
     plan = _plan(compiled, factored=True)
-    if where == "header":
-        text, count = re.subn(pattern, replacement, module._HEADERS[backend], count=1)
-        monkeypatch.setitem(module._HEADERS, backend, text)
+    if where in ("header", "prologue"):
+        texts = module._HEADERS if where == "header" else module._PROLOGUES
+        text, count = re.subn(pattern, replacement, texts[backend], count=1)
+        monkeypatch.setitem(texts, backend, text)
     else:
-        table = dict(module._KERNELS[backend])
         count = 0
-        for name, (ins, outs, source) in table.items():
+        for name, (ins, outs, params, source) in list(module._KERNELS.items()):
             if name.startswith("afgen_adafactor_f0"):
                 source, n = re.subn(pattern, replacement, source, count=1)
-                table[name] = (ins, outs, source)
+                monkeypatch.setitem(module._KERNELS, name, (ins, outs, params, source))
                 count += n
-        monkeypatch.setitem(module._KERNELS, backend, table)
     assert count, f"mutation '{mutation}' did not apply"
     from afgen.executor import KernelError
 
@@ -130,13 +129,9 @@ def test_out_of_bounds_local_array_fails_verification(compiled, module, monkeypa
 
     pattern = re.compile(r"(for \((?:uint|unsigned int) c = 0; c )<( \d+; \+\+c\) \{\n"
                          r"\s*acc_\w+\[c\] = 0\.0f;)")
-    kernels = {}
-    for backend in ("metal", "cuda"):
-        table = dict(module._KERNELS[backend])
-        for name, (ins, outs, source) in table.items():
-            table[name] = (ins, outs, pattern.sub(r"\1<=\2", source))
-        assert table != module._KERNELS[backend], "no accumulator loop to mutate"
-        kernels[backend] = table
+    kernels = {name: (ins, outs, params, pattern.sub(r"\1<=\2", source))
+               for name, (ins, outs, params, source) in module._KERNELS.items()}
+    assert kernels != module._KERNELS, "no accumulator loop to mutate"
     monkeypatch.setattr(module, "_KERNELS", kernels)
     monkeypatch.setattr(afgen.check.verify, "load_module", lambda _: module)
     small = type(compiled)(compiled.spec, [_plan(compiled, factored=True)])
@@ -163,10 +158,10 @@ def test_nvcc_rejects_a_broken_kernel(module):
     from afgen.executor import KernelCompileError
     from afgen.executor.cuda_source import cuda_full_source
 
-    name, (ins, outs, src) = next(iter(module._KERNELS["cuda"].items()))
+    name, (ins, outs, (t, s), body) = next(iter(module._KERNELS.items()))
     inputs = [mx.zeros((9,), mx.uint32 if n == "dims" else mx.float32) for n in ins]
-    bad = cuda_full_source(name, ins, outs, src.replace("afg_sq(", "afg_square("),
-                           module._HEADERS["cuda"], inputs, [mx.float32] * len(outs),
-                           [("T", mx.float32), ("S", mx.float32)])
+    source = module._PROLOGUES["cuda"] + body.replace("afg_sq(", "afg_square(")
+    bad = cuda_full_source(name, ins, outs, source, module._HEADERS["cuda"], inputs,
+                           [mx.float32] * len(outs), [(t, mx.float32), (s, mx.float32)])
     with pytest.raises(KernelCompileError, match="afg_square"):
         nvcc_check_all([bad])

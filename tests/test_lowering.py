@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import sympy
 
-from afgen.backends.printers import cuda_code, mlx_code
+from afgen.backends.printers import kernel_code, mlx_code
 from afgen.build import compile_path
 from afgen.lower.config import all_configs
 from afgen.spec.ops import Op, Times, to_sympy
@@ -99,7 +99,7 @@ def test_products_keep_the_order_written():
     left, right = Times(Times(a, b), c), Times(a, Times(b, c))
     assert left != right and to_sympy(left) == to_sympy(right)
     assert mlx_code(left) == "a * b * c" and mlx_code(right) == "a * (b * c)"
-    assert cuda_code(right) == "a * (b * c)"
+    assert kernel_code(right) == "a * (b * c)"
     assert isinstance(left, Op) and left.args == (Times(a, b), c)
 
 

@@ -29,7 +29,7 @@ def test_every_source_verification_launches_compiles(module, cuda_sources, nvrtc
     combos = {re.search(r"using T = (\w+);\n  using S = (\w+);", s).groups() for s in cuda_sources}
     assert combos == {("float", "float"), ("__half", "float"), ("__half", "__half"),
                       ("__nv_bfloat16", "float"), ("__nv_bfloat16", "__nv_bfloat16")}
-    assert len(cuda_sources) == len(combos) * len(module._KERNELS["cuda"])
+    assert len(cuda_sources) == len(combos) * len(module._KERNELS)
     assert any("__nv_bfloat16* new_exp_avg" in s for s in cuda_sources)
     nvrtc_check_all(nvrtc_compiler, cuda_sources)
 
@@ -42,7 +42,7 @@ def test_one_source_alone_exactly_as_mlx_builds_it(cuda_sources, nvrtc_compiler)
 
 def test_nvrtc_rejects_a_broken_kernel(module, cuda_sources, nvrtc_compiler):
     """The kernel's own line in the message; nothing is cached for a failed batch."""
-    body = module._KERNELS["cuda"][next(iter(module._KERNELS["cuda"]))][2]
+    body = next(iter(module._KERNELS.values()))[3]
     source = next(s for s in cuda_sources if body in s)
     broken = [s for s in cuda_sources if s != source][:1]
     broken.append(source.replace(body, body.replace("afg_load(", "afg_lod(", 1)))

@@ -648,3 +648,39 @@ def test_afgen_new_errors_are_one_line(tmp_path, argv, pattern):
     outcome = run_cli(tmp_path, argv)
     assert_one_error_line(outcome, pattern)
     assert outcome.changed == {}
+
+
+# -- identifiers named like what the generated code uses itself ------------------------------
+# Kernel locals, buffers, template parameters and temporaries (the generator must move out
+# of their way), and C++/Metal/CUDA keywords, built-ins and afg_* helpers (refused).
+GENERATED_NAMES = ["j", "idx", "M", "N", "b", "c", "r", "m_ok", "w", "cc", "rb", "nrb",
+                   "ncc", "lane", "warp", "total", "scalars", "dims", "acc_red0", "red0_part",
+                   "grad_in", "T", "S", "x0_0", "s0", "float", "half", "kernel", "device",
+                   "threadgroup", "__shared__", "blockIdx", "afg_sq", "afg_key", "NAN", "uint",
+                   "simd_sum", "thread_position_in_grid", "exp", "sum", "max"]
+
+
+def rename(text: str, names: dict[str, str]) -> str:
+    """``text`` with each whole-word old name replaced by its new one."""
+    return re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b",
+                  lambda m: names[m.group(0)], text)
+
+
+@settings(FUZZ, max_examples=6)
+@given(st.lists(st.sampled_from(GENERATED_NAMES), min_size=3, max_size=3, unique=True))
+def test_generated_names_as_spec_names_build_and_verify_or_are_refused(names):
+    """A hyperparameter, a state and a value of TINY renamed: the build is refused at a
+    location, or it succeeds and every fused kernel, run on the CPU executor, matches the
+    oracle on every specialisation."""
+    from afgen.check.verify import verify
+    from afgen.lower.compiler import compile_spec
+    from afgen.spec.parse import parse_spec_text
+
+    text = rename(tiny(), dict(zip(["lr", "m", "g"], names)))
+    outcome = build(text)
+    assert_contract(outcome)
+    if outcome.rc != 0:
+        return
+    report = verify(compile_spec(parse_spec_text(text, SPEC)), steps=1,
+                    backends=["metal", "cuda"], dtypes=["float32"], adversarial=False)
+    assert report.results and all(r.passed for r in report.results), report.table()

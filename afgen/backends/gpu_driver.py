@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import sympy
 
 from afgen.backends.functions import MLX, atom_loads
-from afgen.backends.kernels import DIALECTS, PassKernel, kernel_header, pass_kernel, tile
+from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
 from afgen.backends.printers import mlx_code
+from afgen.backends.targets import TARGETS, smallest_limits
 from afgen.lower.plan import KernelPlan, Schedule
 from afgen.spec.model import GRAD, PARAM, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
@@ -36,9 +37,13 @@ def _full_dtypes(plan: KernelPlan) -> dict[str, str]:
     return types
 
 
-def plan_kernels(plan: KernelPlan, dialect: str, prefix: str) -> list[PassKernel]:
-    return [pass_kernel(plan, p, DIALECTS[dialect], _full_dtypes(plan), prefix)
-            for p in plan.passes]
+def plan_kernels(plan: KernelPlan, prefix: str) -> list[PassKernel]:
+    """One kernel per pass, its body the same text for every target; each must fit the
+    limits every target guarantees."""
+    kernels = [pass_kernel(plan, p, _full_dtypes(plan), prefix) for p in plan.passes]
+    for kernel in kernels:
+        check_fits(kernel, smallest_limits())
+    return kernels
 
 
 def _glue_lines(sched: Schedule) -> list[str]:
@@ -53,13 +58,13 @@ def _glue_lines(sched: Schedule) -> list[str]:
     return lines
 
 
-def _finish_reduction(name: str, axes: ReduceAxes, mean: bool) -> str:
+def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool) -> str:
     if axes is ReduceAxes.ALL:
-        total, count = f"mx.sum({name}_part)", "size"
+        total, count = f"mx.sum({part})", "size"
     elif axes is ReduceAxes.ROWWISE:
-        total, count = f"_row_total({name}_part, geo)", "geo.N"
+        total, count = f"_row_total({part}, geo)", "geo.N"
     else:
-        total, count = f"_col_total({name}_part, geo)", "geo.M"
+        total, count = f"_col_total({part}, geo)", "geo.M"
     return f"{name} = {total} / {count}" if mean else f"{name} = {total}"
 
 
@@ -114,8 +119,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
             like = "parameter" if out.name == f"new_{PARAM}" else \
                 f'state["{out.name.removeprefix("new_")}"]'
             lines.append(f"{out.name} = {out.name}.reshape({like}.shape)")
-        for red in (*kernel.all_reductions, *kernel.row_reductions, *kernel.col_reductions):
-            lines.append(_finish_reduction(red.name, red.axes, red.mean))
+        for red in kernel.reductions:
+            lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.mean))
     lines += _glue_lines(plan.glue[len(kernels)])
     state_shapes = {s.name: s.shape for s in spec.state}
     result = "parameter"
@@ -137,4 +142,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
 
 
 def headers() -> dict[str, str]:
-    return {name: kernel_header(d) for name, d in DIALECTS.items()}
+    return {name: target.header for name, target in TARGETS.items()}
+
+
+def prologues() -> dict[str, str]:
+    return {name: target.prologue for name, target in TARGETS.items()}

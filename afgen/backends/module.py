@@ -6,12 +6,13 @@ from dataclasses import dataclass
 import sympy
 
 from afgen import __version__
-from afgen.backends.gpu_driver import driver_model, headers, plan_kernels
-from afgen.backends.kernels import DIALECTS, THREADS
+from afgen.backends.gpu_driver import driver_model, headers, plan_kernels, prologues
+from afgen.backends.kernels import THREADS
 from afgen.backends.mlx_function import layout_functions
 from afgen.backends.names import PYTHON_RESERVED, SymbolTable, spec_names
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
+from afgen.backends.targets import TARGETS
 from afgen.lower.compiler import Compiled
 from afgen.spec import ops
 from afgen.spec.model import FACTORED, Hyperparameter, Spec
@@ -185,25 +186,21 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
                  "message_code": _string_literal(r.message)}
                 for r in spec.requires]
     prefix = f"afgen_{spec.stem}"
-    kernel_tables: dict[str, list] = {}
-    drivers, gpu_dispatch = [], []
-    for dialect in DIALECTS:
-        table = {}
-        for plan in compiled.plans:
-            kernels = plan_kernels(plan, dialect, prefix)
-            table.update({k.name: k for k in kernels})
-            if dialect == "metal":
-                drivers.append(driver_model(spec, plan, kernels))
-        kernel_tables[dialect] = sorted(table.values(), key=lambda k: k.name)
+    kernel_table, drivers, gpu_dispatch = {}, [], []
+    for plan in compiled.plans:
+        kernels = plan_kernels(plan, prefix)
+        kernel_table.update({k.name: k for k in kernels})
+        drivers.append(driver_model(spec, plan, kernels))
     for plan, drv in zip(compiled.plans, drivers):
         for config in plan.configs:
             key = tuple(v for _, v in config.values) + (config.factored,)
             gpu_dispatch.append((repr(key), drv.name))
     return {
         "spec": spec, "spec_path": spec_path, "spec_sha": compiled.spec_sha256,
-        "version": __version__, "backends": ["auto", "mlx", *DIALECTS], "threads": THREADS,
-        "drivers": drivers, "gpu_dispatch": gpu_dispatch, "kernel_tables": kernel_tables,
-        "headers": headers(),
+        "version": __version__, "backends": ["auto", "mlx", *TARGETS], "threads": THREADS,
+        "drivers": drivers, "gpu_dispatch": gpu_dispatch,
+        "kernels": sorted(kernel_table.values(), key=lambda k: k.name),
+        "targets": list(TARGETS.values()), "headers": headers(), "prologues": prologues(),
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(compiled), "states": states,
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],

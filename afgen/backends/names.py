@@ -6,7 +6,9 @@ so a reader finds ``beta2t`` where the spec says ``beta2t``. Two things make tha
 
 * a spec name that a target language or the generated module itself cannot give up is
   refused where the spec writes it (:func:`check_spec_names`): keywords and builtins of
-  Python, keywords and built-in names of C++/Metal/CUDA, the names the generated module
+  Python, the names each kernel target reserves (``afgen.backends.targets``: keywords
+  and built-in names of C++/Metal/CUDA, and the ``afg_*`` names of the generator's
+  headers; :func:`check_kernel_names`), the names the generated module
   binds at top level, and (for hyperparameters, stored as ``self.<name>``) every attribute
   a generated optimizer already has;
 * every other name (temporaries, kernel locals, buffers, loop indices) is drawn from a
@@ -19,11 +21,12 @@ import builtins
 import keyword
 from collections.abc import Iterable
 
+from afgen.backends.targets import reserved_in_kernels
 from afgen.errors import SpecError
 from afgen.names import SymbolTable, spec_names
 from afgen.spec.model import Spec
 
-__all__ = ["C_FAMILY_RESERVED", "PYTHON_RESERVED", "SymbolTable", "check_spec_names",
+__all__ = ["PYTHON_RESERVED", "SymbolTable", "check_kernel_names", "check_spec_names",
            "spec_names"]
 
 # Python: keywords (soft ones too: ``match``/``case``/``type`` are legal names, but a
@@ -31,27 +34,24 @@ __all__ = ["C_FAMILY_RESERVED", "PYTHON_RESERVED", "SymbolTable", "check_spec_na
 PYTHON_RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(
     name for name in dir(builtins) if not name.startswith("_"))
 
-# C++ keywords and alternative tokens, plus what Metal and CUDA add: address spaces,
-# attribute and built-in type names, and the kernel-function qualifiers.
-C_FAMILY_RESERVED = frozenset("""
-alignas alignof and and_eq asm auto bitand bitor bool break case catch char char8_t
-char16_t char32_t class compl concept const consteval constexpr constinit const_cast
-continue co_await co_return co_yield decltype default delete do double dynamic_cast else
-enum explicit export extern false float for friend goto if inline int long mutable
-namespace new noexcept not not_eq nullptr operator or or_eq private protected public
-register reinterpret_cast requires return short signed sizeof static static_assert
-static_cast struct switch template this thread_local throw true try typedef typeid typename
-union unsigned using virtual void volatile wchar_t while xor xor_eq
-NULL main std metal
-device constant thread threadgroup threadgroup_imageblock ray_data object_data kernel
-vertex fragment visible stitchable half uint ushort uchar ulong size_t ptrdiff_t
-bfloat bfloat16_t float2 float3 float4 half2 half3 half4 uint2 uint3 uint4 int2 int3 int4
-simd_sum simd_shuffle simd_shuffle_down threadgroup_barrier mem_flags
-__global__ __device__ __host__ __shared__ __constant__ __restrict__ __syncthreads
-__shfl_down_sync __shfl_xor_sync __float_as_uint __uint_as_float __half __nv_bfloat16
-blockIdx blockDim threadIdx gridDim warpSize dim3 uint32_t int32_t uint64_t int64_t
-uint16_t int16_t uint8_t int8_t
-""".split())
+# Every generator name of kernel text that a header or prologue defines starts with this.
+GENERATOR_PREFIX = "afg_"
+
+
+def check_kernel_names(spec: Spec) -> None:
+    """Refuse a spec name that a kernel target reserves (its keywords, the built-in names
+    its kernels meet, the ``afg_*`` names of the generator's headers): spec names are
+    written verbatim into every kernel."""
+    reserved = reserved_in_kernels()
+    for name, loc in spec_names(spec).items():
+        if name.startswith(GENERATOR_PREFIX):
+            why = f"in the generator's own namespace ('{GENERATOR_PREFIX}*')"
+        elif name in reserved:
+            why = f"a keyword or built-in name of {reserved[name]} kernels"
+        else:
+            continue
+        raise SpecError(loc, f"'{name}' is {why}; spec names are written verbatim into the "
+                        "generated code, so choose another name")
 
 
 def check_spec_names(spec: Spec, module_names: Iterable[str],
@@ -59,11 +59,10 @@ def check_spec_names(spec: Spec, module_names: Iterable[str],
     """Refuse a spec name the generated code cannot keep verbatim (see the module doc)."""
     module_names = frozenset(module_names)
     attributes = frozenset(optimizer_attributes)
+    check_kernel_names(spec)
     for name, loc in spec_names(spec).items():
         if name in PYTHON_RESERVED:
             why = "a Python keyword or builtin"
-        elif name in C_FAMILY_RESERVED:
-            why = "a C++/Metal/CUDA keyword or built-in name"
         elif name in module_names:
             why = "a name the generated module already binds"
         else:

@@ -358,26 +358,15 @@ class CStylePrinter(BasePrinter):
         return f"(!{self._print(expr.args[0])})"
 
 
-class MetalPrinter(CStylePrinter):
-    """Metal Shading Language: ``metal::`` math on float (safe math mode)."""
+class KernelPrinter(CStylePrinter):
+    """The kernel body text, the same for every target: each function is an ``afg_*``
+    helper that the target's header spells (``afg_sqrt`` is ``metal::sqrt`` on Metal,
+    ``sqrtf`` on CUDA), so one body serves Metal and CUDA."""
 
-    funcs = {"sqrt": "metal::sqrt", "rsqrt": "metal::rsqrt", "abs": "metal::fabs",
-             "exp": "metal::exp", "log": "metal::log", "sign": "metal::sign",
-             "maximum": "afg_max", "minimum": "afg_min", "pow": "metal::pow",
-             "square": "afg_sq"}
-
-
-class CudaPrinter(CStylePrinter):
-    """CUDA C++: the float (``f``-suffixed) math library."""
-
-    funcs = {"sqrt": "sqrtf", "rsqrt": "rsqrtf", "abs": "fabsf", "exp": "expf", "log": "logf",
-             "sign": "afg_sign", "maximum": "afg_max", "minimum": "afg_min", "pow": "powf",
-             "square": "afg_sq"}
+    funcs = {name: f"afg_{name}" for name in
+             ("sqrt", "rsqrt", "abs", "exp", "log", "sign", "maximum", "minimum", "pow")}
+    funcs["maximum"], funcs["minimum"], funcs["square"] = "afg_max", "afg_min", "afg_sq"
 
 
-def metal_code(expr: sympy.Basic) -> str:
-    return MetalPrinter().doprint(expr)
-
-
-def cuda_code(expr: sympy.Basic) -> str:
-    return CudaPrinter().doprint(expr)
+def kernel_code(expr: sympy.Basic) -> str:
+    return KernelPrinter().doprint(expr)

@@ -53,27 +53,20 @@ class CpuKernelRunner:
                     output_names: list[str], source: str, header: str, call: dict) -> str:
         """The text MLX would compile; it depends only on dtypes, ranks and which inputs
         are small enough for constant memory, so it is cached on those."""
-        from afgen.executor.cuda_source import cuda_full_source
-        from afgen.executor.metal_source import metal_full_source
+        from afgen.backends.targets import TARGETS
 
         inputs = call["inputs"]
         key = (backend, name, source, tuple((str(a.dtype), a.ndim, a.size < 8) for a in inputs),
                tuple(str(d) for d in call["output_dtypes"]),
                tuple((k, str(v)) for k, v in call["template"]))
         if key not in self.sources:
-            if backend == "metal":
-                full = metal_full_source(name, input_names, output_names, source, header,
-                                         inputs, call["output_shapes"], call["output_dtypes"],
-                                         call["grid"], call["threadgroup"], call["template"])
-            else:
-                full = cuda_full_source(name, input_names, output_names, source, header,
-                                        inputs, call["output_dtypes"], call["template"])
-            self.sources[key] = full
+            self.sources[key] = TARGETS[backend].launch_source(
+                name, input_names, output_names, source, header, call)
         return self.sources[key]
 
     def __call__(self, backend: str, name: str, input_names: list[str],
                  output_names: list[str], source: str, header: str, call: dict) -> list:
-        from afgen.executor import run_cuda, run_metal
+        from afgen.backends.targets import TARGETS
         from afgen.executor.cpu_run import as_numpy_input, canonical_dtype
 
         self.launches[name] = self.launches.get(name, 0) + 1
@@ -81,9 +74,9 @@ class CpuKernelRunner:
         outputs = {n: (tuple(s), canonical_dtype(d)) for n, s, d in
                    zip(output_names, call["output_shapes"], call["output_dtypes"])}
         bound = {n: as_numpy_input(v) for n, v in zip(input_names, call["inputs"])}
-        run = run_metal if backend == "metal" else run_cuda
         options = {} if self.schedules is None else {"schedules": self.schedules}
-        result = run(full, bound, outputs, call["grid"], call["threadgroup"], **options)
+        result = TARGETS[backend].run(full, bound, outputs, call["grid"], call["threadgroup"],
+                                      **options)
         return [_to_mx(result[n], d) for n, d in zip(output_names, call["output_dtypes"])]
 
 

@@ -356,13 +356,9 @@ def _adversarial_case(compiled: Compiled, cls: type, plan: KernelPlan, backend: 
 
 
 def device_available(backend: str) -> bool:
-    import mlx.core as mx
+    from afgen.backends.targets import TARGETS
 
-    if backend == "metal":
-        return mx.metal.is_available()
-    if backend == "cuda":
-        return hasattr(mx, "cuda") and mx.cuda.is_available()
-    return True
+    return backend not in TARGETS or TARGETS[backend].available()
 
 
 def fused_cases(plan: KernelPlan, dtypes: list[str] | None = None) -> list[tuple]:

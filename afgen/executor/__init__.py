@@ -33,10 +33,15 @@ from afgen.executor.cpu_run import (
 from afgen.executor.cuda_source import (
     cuda_full_source,
     cuda_kernel_name,
+    cuda_launch_source,
     nvcc_check,
     run_cuda_kernel,
 )
-from afgen.executor.metal_source import metal_full_source, run_metal_kernel
+from afgen.executor.metal_source import (
+    metal_full_source,
+    metal_launch_source,
+    run_metal_kernel,
+)
 
 __all__ = [
     "BFLOAT16",
@@ -53,8 +58,10 @@ __all__ = [
     "compile_kernel",
     "cuda_full_source",
     "cuda_kernel_name",
+    "cuda_launch_source",
     "from_bf16_bits",
     "metal_full_source",
+    "metal_launch_source",
     "nvcc_check",
     "parse_cuda_signature",
     "parse_metal_signature",

@@ -731,14 +731,20 @@ def _mark_threadgroup_storage(source: str) -> str:
     In MSL the keyword both declares threadgroup variables
     (``threadgroup float buf[32];``) and qualifies pointees
     (``threadgroup float* p``). Only the first needs shared static storage;
-    the qualifier use stays an empty macro. Lines and text are otherwise
-    unchanged.
+    the qualifier use stays an empty macro. A macro that stands for the
+    keyword alone (``#define afg_shared threadgroup``) spells the storage
+    class too: a header gives kernels a name for threadgroup memory that way.
+    Lines and text are otherwise unchanged.
     """
     code = _strip_comments(source)
     out, last = [], 0
     for m in re.finditer(r"\bthreadgroup\b", code):
+        line_start = code.rfind("\n", 0, m.start()) + 1
+        line_end = code.find("\n", m.end())
+        line = code[line_start : len(code) if line_end < 0 else line_end]
+        alias = re.fullmatch(r"\s*#\s*define\s+\w+\s+threadgroup\s*", line)
         rest = re.match(r"[^;\[=(){},]*", code[m.end() :]).group(0)
-        if "*" in rest or "&" in rest or not rest.strip():
+        if not alias and ("*" in rest or "&" in rest or not rest.strip()):
             continue
         out.append(source[last : m.start()] + "afgen_threadgroup_storage")
         last = m.end()

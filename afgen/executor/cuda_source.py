@@ -200,6 +200,22 @@ def cuda_full_source(
     return text + source + "\n}\n\n} // namespace mlx::core::cu\n"
 
 
+
+def cuda_launch_source(
+    name: str,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    source: str,
+    header: str,
+    call: Mapping[str, Any],
+) -> str:
+    """:func:`cuda_full_source` of one launch: ``call`` holds the keyword arguments of
+    the MLX kernel call (only the inputs, output dtypes and template matter)."""
+    return cuda_full_source(
+        name, input_names, output_names, source, header, call["inputs"],
+        call["output_dtypes"], call.get("template"),
+    )  # fmt: skip
+
 def _nvcc() -> str:
     path = shutil.which("nvcc") or (
         "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None

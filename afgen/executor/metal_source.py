@@ -127,6 +127,23 @@ def metal_full_source(
     return _extract_source(printed)
 
 
+def metal_launch_source(
+    name: str,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    source: str,
+    header: str,
+    call: Mapping[str, Any],
+) -> str:
+    """:func:`metal_full_source` of one launch: ``call`` holds the keyword arguments of
+    the MLX kernel call (inputs, output shapes and dtypes, grid, threadgroup, template)."""
+    return metal_full_source(
+        name, input_names, output_names, source, header, call["inputs"],
+        call["output_shapes"], call["output_dtypes"], call["grid"], call["threadgroup"],
+        call.get("template"),
+    )  # fmt: skip
+
+
 def run_metal_kernel(
     name: str,
     input_names: Sequence[str],

@@ -192,8 +192,12 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
 
 def reduction_levels(program: Program) -> dict[sympy.Symbol, int]:
     """Level of a reduction = number of streaming passes needed before its value exists."""
+    return _reduction_levels(program.reductions)
+
+
+def _reduction_levels(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     levels: dict[sympy.Symbol, int] = {}
-    for r in program.reductions:
+    for r in reductions:
         below = _level(r.operand, levels)
         levels[r.name] = below + 1 if r.operand_shape is ShapeClass.FULL else below
     return levels
@@ -259,14 +263,43 @@ def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
                     hoister.small_defs())
 
 
-def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
-    """Lower a specialised program to the flat schedule and the pass/glue plan."""
+def pass_reductions(reductions: list[Reduction], foldable: frozenset[ReduceAxes],
+                    shapes: dict[sympy.Symbol, ShapeClass]) -> list[Reduction]:
+    """The reductions as passes and glue compute them, when a pass kernel folds only the
+    axes in ``foldable``: a matrixwise reduction of a full value becomes a rowwise one in
+    the pass and a matrixwise one of its (small) result in the glue (every row has the
+    same length, so a mean of row means is the mean). ``shapes`` gains the row values."""
+    out = []
+    taken = {str(s) for s in shapes}
+    for r in reductions:
+        if r.operand_shape is not ShapeClass.FULL or r.axes in foldable:
+            out.append(r)
+            continue
+        if r.axes is not ReduceAxes.MATRIXWISE or ReduceAxes.ROWWISE not in foldable:
+            raise ValueError(f"{r.kind} of a full value: no pass kernel can fold it")
+        name, suffix = f"{r.name}_rows", 1
+        while name in taken:
+            name, suffix = f"{r.name}_rows_{suffix}", suffix + 1
+        taken.add(name)
+        rows = sympy.Symbol(name, real=True)
+        shapes[rows] = ShapeClass.ROW
+        out.append(Reduction(rows, ReduceAxes.ROWWISE, r.mean, r.operand, ShapeClass.FULL,
+                             ShapeClass.ROW))
+        out.append(Reduction(r.name, r.axes, r.mean, rows, ShapeClass.ROW, r.shape))
+    return out
+
+
+def build_plan(program: Program, configs: list[StaticConfig],
+               foldable: frozenset[ReduceAxes] = frozenset(ReduceAxes)) -> KernelPlan:
+    """Lower a specialised program to the flat schedule and the pass/glue plan, whose
+    passes fold only the reductions in ``foldable`` (the rest go to the glue)."""
     shapes = dict(program.shapes)
     changed = {k: v for k, v in program.outputs.items() if v != sympy.Symbol(k, real=True)}
-    levels = reduction_levels(program)
-    flat = _flat_schedule(program, changed, shapes, dict(levels))
+    flat = _flat_schedule(program, changed, shapes, dict(reduction_levels(program)))
 
-    full_reductions = [r for r in program.reductions if r.operand_shape is ShapeClass.FULL]
+    planned = pass_reductions(program.reductions, foldable, shapes)
+    levels = _reduction_levels(planned)
+    full_reductions = [r for r in planned if r.operand_shape is ShapeClass.FULL]
     full_outputs = {k: v for k, v in changed.items() if shape_of(v, shapes) is ShapeClass.FULL}
     small_outputs = {k: v for k, v in changed.items() if k not in full_outputs}
     last = max([_level(r.operand, levels) for r in full_reductions]
@@ -291,7 +324,7 @@ def build_plan(program: Program, configs: list[StaticConfig]) -> KernelPlan:
                        if s in shapes and shapes[s] is not ShapeClass.FULL)
         passes.append(Pass(index, tuple(reads), tuple(small), sched))
 
-    small_reductions = [r for r in program.reductions if r.operand_shape is not ShapeClass.FULL]
+    small_reductions = [r for r in planned if r.operand_shape is not ShapeClass.FULL]
     glue = []
     for index in range(last + 2):  # glue k runs before pass k; the last one after all passes
         values = {str(sym): expr for sym, expr in hoister.small_defs()
