@@ -163,11 +163,3 @@ def test_too_many_specialising_options_are_refused_at_the_first_past_the_cap():
         _compiled(_flags_spec(flags, update))
     assert info.value.loc.line == 4 + MAX_SPECIALISING  # the hyperparameter past the cap
     assert "static options change the program" in str(info.value)
-
-
-def test_a_requirement_no_configuration_satisfies_is_refused():
-    from afgen.errors import SpecError
-
-    requires = "requires:\n  - check: pick and not pick\n    message: never\n"
-    with pytest.raises(SpecError, match="no combination of the static options"):
-        _compiled(_flags_spec(["pick"], ["  - m = grad"], requires))

@@ -184,9 +184,6 @@ def all_configs(spec: Spec) -> list[StaticConfig]:
             config = StaticConfig(values, factored)
             if requirement_holds(spec, config, dynamic):
                 out.append(config)
-    if not out and spec.requires:
-        raise SpecError(spec.requires[0].loc, "no combination of the static options "
-                        "satisfies every 'requires' check")
     return sorted(out, key=lambda c: not c.factored)
 
 
