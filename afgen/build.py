@@ -54,7 +54,7 @@ def _check_compiles(spec: Spec, tree: ast.Module) -> None:
 
 def _check_class_name_is_free(spec: Spec, tree: ast.Module) -> None:
     """The optimizer class must be the only top-level binding of its name: a spec naming
-    it ``NamedTuple`` or ``BACKENDS`` would shadow what the module itself uses."""
+    it ``Optional`` or ``BACKENDS`` would shadow what the module itself uses."""
     if _top_level_names(tree).count(spec.class_name) == 1:
         return
     match = re.search(r"(?m)^optimizer:[ \t]*", spec.text)

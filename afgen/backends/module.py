@@ -1,4 +1,6 @@
-"""Render the self-contained generated optimizer module (MLX ops backend and dispatch)."""
+"""Render the generated optimizer module: the class's spec-dependent hooks, the update
+functions and kernel tables. What every module shares is afgen/runtime.py, which the module
+imports from beside it (``from . import afgen_runtime as _rt``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
