@@ -118,6 +118,6 @@ def test_launch_grid_keeps_blocks_on_x():
     from generated import adafactor
 
     for shape in [(70000, 2, 3), (3_000_000, 2)]:
-        geo = adafactor._geometry(shape, True, 32, 256)
+        geo = adafactor._rt.geometry(shape, True, 32, 256, adafactor.THREADS)
         assert geo.grid[1:] == (1, 1)
         assert geo.grid[0] == geo.B * geo.nrb * geo.ncc * adafactor.THREADS

@@ -21,18 +21,47 @@ def test_generated_equals_fresh_build(spec, monkeypatch):
     assert committed.read_text() == fresh, f"generated/{spec.stem}.py is stale: run afgen build"
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
-def test_generated_imports_only_mlx_and_stdlib(spec):
-    tree = ast.parse((ROOT / "generated" / f"{spec.stem}.py").read_text())
-    for node in ast.walk(tree):
+def _imported_roots(path: Path) -> list[str]:
+    """The top-level names a file imports; a relative import is ``.`` plus its module."""
+    roots = []
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in node.names]
+            roots += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            roots += ["." + (node.module or alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            roots = [(node.module or "").split(".")[0]]
-        else:
-            continue
-        for root in roots:
-            assert root == "mlx" or root in STDLIB, f"generated module imports {root}"
+            roots.append((node.module or "").split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_generated_imports_only_mlx_stdlib_and_the_runtime(spec):
+    for root in _imported_roots(ROOT / "generated" / f"{spec.stem}.py"):
+        assert root in ("mlx", ".afgen_runtime") or root in STDLIB, \
+            f"generated module imports {root}"
+
+
+def test_runtime_imports_only_mlx_and_stdlib():
+    for root in _imported_roots(ROOT / "afgen" / "runtime.py"):
+        assert root == "mlx" or root in STDLIB, f"the runtime imports {root}"
+
+
+def test_generated_runtime_equals_afgen_runtime():
+    committed = ROOT / "generated" / "afgen_runtime.py"
+    assert committed.exists(), "run: afgen build (it writes generated/afgen_runtime.py)"
+    assert committed.read_text() == (ROOT / "afgen" / "runtime.py").read_text(), \
+        "generated/afgen_runtime.py is stale: run afgen build"
+
+
+def test_runtime_backends_are_the_kernel_targets():
+    from afgen import runtime
+    from afgen.backends.kernels import THREADS
+    from afgen.backends.targets import TARGETS
+    from generated import adam
+
+    assert runtime.BACKENDS == ("auto", "mlx", *TARGETS)
+    assert adam.THREADS == THREADS
+    assert set(adam._FACTORIES) == set(TARGETS) == set(adam._PROLOGUES) == set(adam._HEADERS)
 
 
 def test_generated_module_names_its_spec_and_version():
@@ -51,3 +80,37 @@ def test_build_writes_the_module(tmp_path, monkeypatch):
     assert main(["build", "specs/adafactor.yaml", "--out", str(tmp_path), "--no-verify"]) == 0
     assert (tmp_path / "adafactor.py").read_text() == (ROOT / "generated/adafactor.py").read_text()
     assert (tmp_path / "__init__.py").exists()
+    assert (tmp_path / "afgen_runtime.py").read_text() == (ROOT / "afgen/runtime.py").read_text()
+
+
+def test_built_package_imports_and_steps(tmp_path, monkeypatch):
+    """A build directory is a package that needs nothing of afgen: its module imports the
+    runtime written beside it, whose kernel runner is its own."""
+    import importlib
+
+    import mlx.core as mx
+
+    import afgen.runtime
+    from afgen.check.kernel_runner import cpu_kernels, runtime_of
+    from afgen.cli import main
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "built_opts"
+    assert main(["build", "specs/adam.yaml", "--out", str(out), "--no-verify"]) == 0
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("built_opts.adam")
+    runtime = runtime_of(module)
+    assert runtime.__name__ == "built_opts.afgen_runtime" and runtime is not afgen.runtime
+    assert issubclass(module.Adam, runtime.GeneratedOptimizer)
+    params = {"w": mx.ones((2, 3))}
+    opt = module.Adam(learning_rate=0.5, backend="mlx")
+    new = opt.apply_gradients({"w": mx.ones((2, 3))}, params)
+    assert mx.all(new["w"] < 1).item() and opt.step.item() == 1
+    with cpu_kernels(module) as runner:
+        assert runtime.kernel_runner() is runner and afgen.runtime.kernel_runner() is None
+        module.Adam(learning_rate=0.5, backend="metal").apply_gradients(
+            {"w": mx.ones((2, 3))}, params)
+    assert runtime.kernel_runner() is None and sum(runner.launches.values()) == 1
+    for name in [m for m in sys.modules if m.startswith("built_opts")]:
+        monkeypatch.delitem(sys.modules, name)
+

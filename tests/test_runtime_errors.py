@@ -167,6 +167,13 @@ def test_failure_on_the_first_step_leaves_the_optimizer_fresh(stem, monkeypatch)
     (dict(beta_1=1.5), "beta_1 must satisfy"),
     (dict(backend="tpu"), "backend must be one of"),
     (dict(precision="float8"), "precision must be one of"),
+    (dict(scale_parameter="no"), r"scale_parameter must be a bool, got 'no'"),
+    (dict(warmup_init=2), r"warmup_init must be a bool, got 2"),
+    (dict(stochastic_rounding="yes"), r"stochastic_rounding must be a bool, got 'yes'"),
+    (dict(nonfinite="ignore"), "nonfinite must be one of"),
+    (dict(seed=-1), r"seed must be an int in \[0, 2\*\*32\)"),
+    (dict(stochastic_rounding=True, precision="param"), "stochastic_rounding needs "
+     "precision='float32'"),
 ])
 def test_bad_constructor_arguments(module, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -181,3 +188,53 @@ def test_keys_with_dots_and_lists(module):
     assert set(opt.state["l0.qkv"]) == {"exp_avg_sq_row", "exp_avg_sq_col"}
     with pytest.raises(ValueError, match=r"'blocks.1.w' has shape \(3, 2\)"):
         opt.apply_gradients({"blocks": [mx.ones((2,)), {"w": mx.ones((3, 2))}]}, params)
+
+
+def test_bool_arguments_take_bools_and_zero_or_one(module):
+    assert module.Adafactor(scale_parameter=0).scale_parameter is False
+    assert module.Adafactor(stochastic_rounding=1).stochastic_rounding is True
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("nonfinite", "bogus", "nonfinite must be one of"),
+    ("nonfinite", None, "nonfinite must be one of"),
+    ("precision", "bfloat16", "precision must be one of"),
+    ("backend", "tpu", "backend must be one of"),
+    ("backend", "metal", r"backend 'metal' is not available in this MLX build"),
+    ("stochastic_rounding", "yes", "stochastic_rounding must be a bool"),
+    ("seed", 2 ** 32, r"seed must be an int in \[0, 2\*\*32\)"),
+])
+def test_options_set_mid_run_are_checked(primed, option, value, message):
+    """An option set between steps is checked as the constructor checks it; a refused
+    value leaves the option, the state and the next step as they were."""
+    opt, params = primed
+    was, before = getattr(opt, option), _snapshot(opt.state)
+    with pytest.raises(ValueError, match=message):
+        setattr(opt, option, value)
+    assert getattr(opt, option) == was
+    _assert_untouched(opt, before)
+    mx.eval(opt.apply_gradients(_params(), params))
+    assert opt.step.item() == 2
+
+
+def test_precision_and_stochastic_rounding_stay_compatible_mid_run(module):
+    opt = module.Adafactor(stochastic_rounding=True)
+    with pytest.raises(ValueError, match="stochastic_rounding needs precision='float32'"):
+        opt.precision = "param"
+    assert opt.precision == "float32"
+    opt.stochastic_rounding = False
+    opt.precision = "param"
+    with pytest.raises(ValueError, match="stochastic_rounding needs precision='float32'"):
+        opt.stochastic_rounding = True
+    assert opt.stochastic_rounding is False
+
+
+def test_nonfinite_switched_to_skip_mid_run_skips(primed):
+    opt, params = primed
+    opt.nonfinite = "skip"
+    bad = dict(_params(), b=mx.array([1.0, float("nan"), 0.0]))
+    before = tree_bits(params)
+    new = opt.apply_gradients(bad, params)
+    mx.eval(new, opt.state)
+    assert tree_bits(new) == before
+    assert opt.step.item() == 1 and opt.state["skipped_steps"].item() == 1

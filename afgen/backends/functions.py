@@ -73,7 +73,7 @@ def _hyper_source(spec: Spec, name: str, owner: str) -> str:
 def _schedule_load(spec: Spec, name: str) -> str:
     """An optional schedule is absent from the state when not given; only a run-time
     branch that ``requires`` rules out then reads it, so None never reaches an op."""
-    load = f'_as(self.state["{name}"], cdt)'
+    load = f'_rt.cast(self.state["{name}"], cdt)'
     if spec.hyper(name).required:
         return load
     return f'({load} if "{name}" in self.state else None)'
@@ -81,15 +81,15 @@ def _schedule_load(spec: Spec, name: str) -> str:
 
 MLX = Dialect(
     printer=mlx_code,
-    load_grad="_as(gradient, cdt)",
-    load_param="_as(parameter, cdt)",
+    load_grad="_rt.cast(gradient, cdt)",
+    load_param="_rt.cast(parameter, cdt)",
     load_step="self.step.astype(mx.float32)",
-    load_state=lambda key, shape: f'_as(_expand(state["{key}"], "{shape.label}"), cdt)',
+    load_state=lambda key, shape: f'_rt.cast(_rt.expand(state["{key}"], "{shape.label}"), cdt)',
     load_hyper=lambda spec, name: (  # MLX keeps schedule values in the state, as arrays
         _schedule_load(spec, name) if name in spec.schedule_names
         else _hyper_source(spec, name, "self")),
     reduce=_reduce("mx"),
-    store_state=lambda key, code, shape: f'_collapse({code}, state["{key}"], "{shape.label}")',
+    store_state=lambda key, code, shape: f'_rt.collapse({code}, state["{key}"], "{shape.label}")',
     result=lambda code: f"self._write_parameter({code}, parameter)",
     load_dtype_eps="mx.finfo(parameter.dtype).eps",
     wide_atoms=frozenset({STEP}),  # MLX's step promotes to float32

@@ -19,7 +19,8 @@ from afgen.lower.plan import KernelPlan, Schedule
 from afgen.spec.model import GRAD, PARAM, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
-SMALL_PACKERS = {ShapeClass.ROW: "_rows", ShapeClass.COL: "_cols", ShapeClass.BATCH: "_batches"}
+SMALL_PACKERS = {ShapeClass.ROW: "_rt.rows", ShapeClass.COL: "_rt.cols",
+                 ShapeClass.BATCH: "_rt.batches"}
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool) -> str
     if axes is ReduceAxes.ALL:
         total, count = f"mx.sum({part})", "size"
     elif axes is ReduceAxes.ROWWISE:
-        total, count = f"_row_total({part}, geo)", "geo.N"
+        total, count = f"_rt.row_total({part}, geo)", "geo.N"
     else:
-        total, count = f"_col_total({part}, geo)", "geo.M"
+        total, count = f"_rt.col_total({part}, geo)", "geo.M"
     return f"{name} = {total} / {count}" if mean else f"{name} = {total}"
 
 
@@ -77,7 +78,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         for _, expr in sched.results:
             glue_atoms |= {str(s) for s in expr.free_symbols}
     rows, cols = tile(plan.factored)
-    lines = [f"geo = _geometry(parameter.shape, {plan.factored}, {rows}, {cols})",
+    lines = [f"geo = self._geometry(parameter.shape, {plan.factored}, {rows}, {cols})",
              "size = max(parameter.size, 1)",
              'sdt = mx.float32 if self.precision == "float32" else parameter.dtype',
              "cdt = mx.float32"]
@@ -100,7 +101,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         scalars = list(kernel.scalar_names)
         if kernel.rounding_key_index is not None:
             scalars.append("self._kernel_rounding_key(parameter)")
-        inputs += [f"_pack([{', '.join(scalars)}])", "geo.dims"]
+        inputs += [f"_rt.pack([{', '.join(scalars)}])", "geo.dims"]
         outputs = []
         for out in kernel.full_outputs:
             like = "parameter" if out.name == f"new_{PARAM}" else \
@@ -113,7 +114,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         if not kernel.output_names:  # an update that changes nothing here: no launch
             continue
         targets = ", ".join(kernel.output_names) + ("," if len(kernel.output_names) == 1 else "")
-        lines.append(f'{targets} = _launch(backend, "{kernel.name}", geo, '
+        lines.append(f'{targets} = self._launch(backend, "{kernel.name}", geo, '
                      f"[{', '.join(inputs)}], [{', '.join(outputs)}], parameter.dtype, sdt)")
         for out in kernel.full_outputs:
             like = "parameter" if out.name == f"new_{PARAM}" else \
@@ -133,7 +134,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         elif name in full_written:
             lines.append(f'state["{key}"] = {name}')
         else:
-            lines.append(f'state["{key}"] = _collapse({name}, state["{key}"], '
+            lines.append(f'state["{key}"] = _rt.collapse({name}, state["{key}"], '
                          f'"{state_shapes[key].label}")')
     lines.append(f"return {result}")
     configs = "\n    ".join(c.label for c in plan.configs)

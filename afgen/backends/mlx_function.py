@@ -99,7 +99,7 @@ class _Renderer:
         code = dict(self.static_code)
         for h in self.spec.hyperparameters:
             if h.kind == "schedule":
-                code[h.name] = f'_as(self.state["{h.name}"], {self.cdt})'
+                code[h.name] = f'_rt.cast(self.state["{h.name}"], {self.cdt})'
             elif h.kind == "pair":
                 code.update({c: f"self.{h.name}[{i}]" for i, c in enumerate(h.component_names)})
             elif not h.is_static:
@@ -110,8 +110,8 @@ class _Renderer:
     def render(self) -> list[str]:
         loads = [f"{self.cdt} = mx.float32 if self.precision == \"float32\" "
                  f"else {self.parameter}.dtype",
-                 f"{GRAD} = _as({self.gradient}, {self.cdt})",
-                 f"{PARAM} = _as({self.parameter}, {self.cdt})"]
+                 f"{GRAD} = _rt.cast({self.gradient}, {self.cdt})",
+                 f"{PARAM} = _rt.cast({self.parameter}, {self.cdt})"]
         used = self._atoms_used()
         if STEP in used:
             loads.append(f"{STEP} = self.step.astype(mx.float32)")
@@ -171,14 +171,14 @@ class _Renderer:
             loaded.add(eq.target)
             label = self.state_shapes[eq.target].label
             slot = f'{self.state}["{eq.target}"]'
-            self.lines.append(f'{indent}{slot} = _collapse({eq.target}, {slot}, "{label}")')
+            self.lines.append(f'{indent}{slot} = _rt.collapse({eq.target}, {slot}, "{label}")')
 
     def _load_state(self, name: str) -> str:
         label = self.state_shapes[name].label
         slot = f'{self.state}["{name}"]'
         if label == "full":
-            return f"_as({slot}, {self.cdt})"
-        return f'_as(_expand({slot}, "{label}"), {self.cdt})'
+            return f"_rt.cast({slot}, {self.cdt})"
+        return f'_rt.cast(_rt.expand({slot}, "{label}"), {self.cdt})'
 
 
 def layout_functions(spec: Spec, layouts: list[bool], static_code: dict[str, str],

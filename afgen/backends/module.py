@@ -1,4 +1,6 @@
-"""Render the self-contained generated optimizer module (MLX ops backend and dispatch)."""
+"""Render the generated optimizer module: the class's spec-dependent hooks, the update
+functions and kernel tables. What every module shares is afgen/runtime.py, which the module
+imports from beside it (``from . import afgen_runtime as _rt``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,10 +35,10 @@ SHAPE_CODE = {ShapeClass.FULL: "shape", ShapeClass.ROW: "shape[:-1]",
               ShapeClass.SCALAR: "()"}
 # The same shapes when the factored axes may be any two (``layout.axes: largest``): a row
 # state drops the col axis, a col state the row axis, wherever they are.
-SHAPE_CODE_ANY_AXES = {ShapeClass.FULL: "shape", ShapeClass.ROW: "_without(shape, axes[1])",
-                       ShapeClass.COL: "_without(shape, axes[0])",
-                       ShapeClass.BATCH: "_without(shape, *axes)", ShapeClass.SCALAR: "()"}
-AXES_CODE = {"last": "len(shape) - 2, len(shape) - 1", "largest": "_largest_two(shape)"}
+SHAPE_CODE_ANY_AXES = {ShapeClass.FULL: "shape", ShapeClass.ROW: "_rt.without(shape, axes[1])",
+                       ShapeClass.COL: "_rt.without(shape, axes[0])",
+                       ShapeClass.BATCH: "_rt.without(shape, *axes)", ShapeClass.SCALAR: "()"}
+AXES_CODE = {"last": "len(shape) - 2, len(shape) - 1", "largest": "_rt.largest_two(shape)"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,10 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
             lines += [f"if {test}:",
                       f'    raise ValueError(f"{h.name} must satisfy {h.check_text}, got '
                       f'{{{h.name}!r}}")']
-        lines.append(f"self.{h.name} = {h.name}")
+        if h.kind == "bool":  # Python would take "no" as true: only bools are flags
+            lines.append(f'self.{h.name} = _rt.check_bool("{h.name}", {h.name})')
+        else:
+            lines.append(f"self.{h.name} = {h.name}")
     default = h.default
     default_repr = repr(tuple(default)) if isinstance(default, tuple) else repr(default)
     if h.required:
@@ -169,7 +174,7 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
     functions = layout_functions(spec, [plan.factored for plan in compiled.plans], static_code,
                                  python_names(spec))
     layouts = {fn.factored: fn.name.split("(")[0] for fn in functions}
-    mlx_dispatch = " if axes is not None else ".join(
+    mlx_dispatch = " if factored else ".join(
         f"self.{layouts[f]}" for f in (True, False) if f in layouts)
     shape_code = SHAPE_CODE if spec.factor_axes == "last" else SHAPE_CODE_ANY_AXES
     states = []
@@ -197,7 +202,7 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
             gpu_dispatch.append((repr(key), drv.name))
     return {
         "spec": spec, "spec_path": spec_path, "spec_sha": compiled.spec_sha256,
-        "version": __version__, "backends": ["auto", "mlx", *TARGETS], "threads": THREADS,
+        "version": __version__, "threads": THREADS,
         "drivers": drivers, "gpu_dispatch": gpu_dispatch,
         "kernels": sorted(kernel_table.values(), key=lambda k: k.name),
         "targets": list(TARGETS.values()), "headers": headers(), "prologues": prologues(),

@@ -224,7 +224,7 @@ class MLXPrinter(BasePrinter):
 
     def _print_Rounded(self, expr: ops.Rounded) -> str:
         text = self._print(expr.args[0])
-        return f"_as({text}, {self.cdt})" if is_wide(expr.args[0], self.wide) else text
+        return f"_rt.cast({text}, {self.cdt})" if is_wide(expr.args[0], self.wide) else text
 
     funcs = {name: f"mx.{name}" for name in (
         "sqrt", "rsqrt", "abs", "exp", "log", "sign", "maximum", "minimum", "where", "square",

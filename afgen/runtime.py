@@ -1,0 +1,825 @@
+"""The run-time support every generated optimizer shares.
+
+A generated module holds only what its spec decides (hyperparameters, state shapes, the
+update functions and kernel text); tree handling, validation, staging, the non-finite
+policies, stochastic rounding and kernel launches live here, once. ``afgen build`` writes
+this file's exact text as ``afgen_runtime.py`` beside the modules it generates, which
+import it relatively, so a generated package still needs nothing but MLX and the Python
+standard library.
+
+A generated class subclasses :class:`GeneratedOptimizer` and provides its hooks (see
+there). The update functions it renders call the helpers below as ``_rt.<name>``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import mlx.core as mx
+from mlx.optimizers import Optimizer
+from mlx.utils import tree_map, tree_map_with_path
+
+BACKENDS = ("auto", "mlx", "metal", "cuda")
+PRECISIONS = ("float32", "param")
+NONFINITE = ("propagate", "skip", "raise")
+FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+SHAPE_CLASSES = ("full", "row", "col", "batch", "scalar")
+
+Axes = tuple[int, int] | None
+Leaf = tuple[str, Any, Any, Any]  # (path, gradient, parameter, state slot)
+# (backend, kernel name, input names, output names, body, header, launch arguments)
+KernelRunner = Callable[[str, str, list, list, str, str, dict], list]
+
+
+# ---------------------------------------------------------------------------------------
+# Option checks
+# ---------------------------------------------------------------------------------------
+def check_bool(name: str, value: object) -> bool:
+    """A flag as a bool. Python would take any object as one, so ``"no"`` would switch a
+    feature on; only bools and the integers 0 and 1 are accepted."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_seed(value: object) -> int:
+    """The rounding seed is mixed as a uint32, so only those values are distinct seeds."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or \
+            not 0 <= value < 2 ** 32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Trees
+# ---------------------------------------------------------------------------------------
+class Beside:
+    """A tree walked beside the gradients. MLX's tree_map indexes the other trees with the
+    gradient tree's keys; through this wrapper a key the tree lacks (or a place where it
+    is not a container) gives None instead of an exception, so the checks can name the
+    path. ``tree`` is what the tree holds at that place."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self, tree: Any):
+        self.tree = tree
+
+    def __getitem__(self, key: Any) -> Beside:
+        tree = self.tree
+        if isinstance(tree, dict):
+            return Beside(tree.get(key))
+        if isinstance(tree, (list, tuple)) and isinstance(key, int) and 0 <= key < len(tree):
+            return Beside(tree[key])
+        return Beside(None)
+
+
+def leaves(gradients: Any, parameters: Any, state: Any) -> list[Leaf]:
+    """(path, gradient, parameter, state slot) for every gradient leaf, the path as
+    tree_flatten writes it (keys may contain dots: the trees are walked, not looked up by
+    path). As in MLX, an empty container in the gradients, nn.value_and_grad's ``{}`` for
+    a model's list of strings, has no leaves, so whatever the parameters hold there is
+    never looked at."""
+    found: list[Leaf] = []
+    tree_map_with_path(lambda path, g, p, s: found.append((path or "<root>", g, p.tree, s.tree)),
+                       gradients, Beside(parameters), Beside(state))
+    return found
+
+
+def as_array(leaf: Any) -> Any:
+    """A gradient leaf as an mx.array: MLX's ops take NumPy arrays and numbers, so its
+    optimizers do, and converting once here lets every check read dtype and shape. What
+    does not convert is left for ``check_leaf`` to name."""
+    if isinstance(leaf, mx.array):
+        return leaf
+    try:
+        return mx.array(leaf)
+    except (TypeError, ValueError):
+        return leaf
+
+
+def copy_containers(tree: Any) -> Any:
+    """New containers all the way down around the same leaves: a copy to stage a step in."""
+    return tree_map(lambda leaf: leaf, tree)
+
+
+def merge_into(target: dict | list, staged: dict | list) -> None:
+    """Write staged values into the live state containers in place (mx.compile captures
+    those containers, so they must not be replaced); a list grows as ``init`` grew it."""
+    if isinstance(target, list):
+        target.extend(staged[len(target):])
+    for key, value in staged.items() if isinstance(staged, dict) else enumerate(staged):
+        old = target.get(key) if isinstance(target, dict) else target[key]
+        if isinstance(value, (dict, list)) and type(old) is type(value) and old is not value:
+            merge_into(old, value)
+        else:
+            target[key] = value
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+def dtype_name(dtype: mx.Dtype) -> str:
+    return str(dtype).removeprefix("mlx.core.")
+
+
+def check_dtype(array: mx.array, what: str, owner: str) -> None:
+    """``owner`` (the optimizer's class name) trains only floating arrays."""
+    if array.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{what} has dtype {dtype_name(array.dtype)}; {owner} supports "
+                         "float32, float16 and bfloat16")
+
+
+def check_leaf(name: str, gradient: Any, parameter: Any, owner: str) -> None:
+    """A gradient and its parameter, checked before anything is changed."""
+    if not isinstance(gradient, mx.array):
+        raise ValueError(f"gradient for parameter '{name}' is a {type(gradient).__name__}, "
+                         "not an array")
+    if not isinstance(parameter, mx.array):
+        kind = "" if parameter is None else f" (it is a {type(parameter).__name__})"
+        raise ValueError(f"gradient for '{name}' has no matching parameter{kind}")
+    if gradient.shape != parameter.shape:
+        raise ValueError(f"gradient for parameter '{name}' has shape {tuple(gradient.shape)}"
+                         f" but the parameter has shape {tuple(parameter.shape)}")
+    check_dtype(gradient, f"gradient for parameter '{name}'", owner)
+    check_dtype(parameter, f"parameter '{name}'", owner)
+
+
+def check_slot(name: str, parameter: mx.array, slot: Any, shapes: Mapping[str, Any],
+               precision: str, owner: str) -> None:
+    """A parameter's state as a checkpoint may have left it: tensors of the expected
+    ``shapes`` (None: any shape) and a floating dtype. precision="float32" promotes
+    16-bit tensors (exactly; an MLX checkpoint of a bfloat16 model has them) in ``slot``,
+    the staged copy; precision="param" keeps the parameter's dtype and refuses another
+    rather than round."""
+    if not isinstance(slot, dict):
+        raise ValueError(f"optimizer state of parameter '{name}' is a {type(slot).__name__}, "
+                         "not a dict")
+    shape = tuple(parameter.shape)
+    dtype = mx.float32 if precision == "float32" else parameter.dtype
+    for key, expected in shapes.items():
+        value = slot.get(key)
+        if value is None:
+            continue
+        what = f"state '{key}' of parameter '{name}'"
+        if not isinstance(value, mx.array):
+            raise ValueError(f"{what} is a {type(value).__name__}, not an mx.array")
+        check_dtype(value, what, owner)
+        if expected is not None and tuple(value.shape) != tuple(expected):
+            raise ValueError(f"parameter '{name}' has shape {shape} but its state '{key}' has "
+                             f"shape {tuple(value.shape)} (expected {tuple(expected)})")
+        if value.dtype != dtype and precision == "param":
+            raise ValueError(f"parameter '{name}' is {dtype_name(dtype)} but its state '{key}' "
+                             f"is {dtype_name(value.dtype)}; precision='param' keeps the state "
+                             "in the parameter's dtype: cast the state (or the model) to match, "
+                             "or use precision='float32'")
+        slot[key] = cast(value, dtype)
+
+
+def check_assigned_state(state: dict, found: list[Leaf],
+                         init_single: Callable[[mx.array, dict], None]) -> None:
+    """A state assigned from a checkpoint is checked before anything changes: a missing
+    ``step`` or state tensor (say, saved without ``beta_1``) would otherwise surface as a
+    KeyError halfway through the step. The counters become the uint64 arrays MLX keeps
+    (in ``state``, the staged copy, so a refused step leaves them as assigned)."""
+    if "step" not in state:
+        raise ValueError("optimizer state has no 'step'; assign the whole saved state")
+    for key in ("step", "skipped_steps"):
+        if key in state:
+            state[key] = counter(key, state[key])
+    for name, gradient, _, slot in found:
+        if not slot:
+            continue  # not initialised yet: init() creates it
+        expected: dict = {}
+        init_single(gradient, expected)  # lazy arrays, never evaluated
+        missing = sorted(set(expected) - set(slot))
+        if missing:
+            raise ValueError(f"parameter '{name}' has optimizer state without {missing} "
+                             f"(it has {sorted(slot)}); was it saved with other options?")
+
+
+def counter(key: str, value: Any) -> mx.array:
+    """A loaded ``step`` (or ``skipped_steps``) as the 0-D uint64 array MLX keeps, from an
+    integer array or a plain int (a JSON checkpoint, say). Anything else is refused; a
+    negative number would wrap around to about 1.8e19 in uint64."""
+    if isinstance(value, mx.array):
+        if value.ndim or not mx.issubdtype(value.dtype, mx.integer):
+            shape = f" of shape {tuple(value.shape)}" if value.ndim else ""
+            got = f"a {dtype_name(value.dtype)} array{shape}"
+        elif mx.issubdtype(value.dtype, mx.signedinteger) and read_counter(key, value) < 0:
+            got = str(value.item())
+        else:
+            return cast(value, mx.uint64)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
+            0 <= value < 2 ** 64:
+        return mx.array(int(value), mx.uint64)
+    else:
+        got = repr(value)
+    raise ValueError(f"optimizer state '{key}' must be a non-negative integer (a 0-D integer "
+                     f"array or an int); got {got}")
+
+
+def read_counter(key: str, value: mx.array) -> int:
+    """A signed counter's value, read on the host to check its sign (once, after the state
+    is assigned); mx.compile cannot read it, so that case says what to do instead."""
+    try:
+        return value.item()
+    except ValueError as exc:
+        raise ValueError(f"optimizer state '{key}' is a signed integer array, whose sign is "
+                         "checked on the host, which mx.compile does not allow; assign it "
+                         "as uint64 (as MLX keeps it) or take the first step eagerly") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Non-finite gradients
+# ---------------------------------------------------------------------------------------
+def finite_flag(found: list[Leaf], mode: str) -> mx.array | None:
+    """None when nothing is to be selected afterwards ("propagate", MLX's behaviour, costs
+    nothing; "raise" has already checked). For "skip", a 0-D bool array, true when every
+    gradient is finite: it stays on the device (no host sync), so mx.compile can trace it."""
+    if mode == "propagate":
+        return None
+    named = [(name, g) for name, g, *_ in found]
+    if not named:
+        return None
+    flags = mx.stack([mx.all(mx.isfinite(g)) for _, g in named])
+    if mode == "raise":
+        raise_if_nonfinite(named, flags)
+        return None
+    return mx.all(flags)
+
+
+def raise_if_nonfinite(named: list[tuple[str, mx.array]], flags: mx.array) -> None:
+    """nonfinite="raise": read the flags on the host and name the first bad gradient. The
+    read is a sync, which mx.compile (and vmap) refuse with a generic message, so that case
+    is re-raised with the way out."""
+    try:
+        finite = flags.tolist()
+    except ValueError as exc:
+        raise ValueError("nonfinite='raise' reads the gradients' finiteness on the host (a "
+                         "sync), which mx.compile and other function transformations do "
+                         "not allow; use nonfinite='skip' inside compiled steps") from exc
+    for (name, gradient), ok in zip(named, finite):
+        if not ok:
+            kind = "NaN" if mx.any(mx.isnan(gradient)).item() else "Inf"
+            raise ValueError(f"gradient for parameter '{name}' is not finite (it contains "
+                             f"{kind}); nonfinite='raise' left the parameters and the "
+                             "optimizer state unchanged")
+
+
+def keep_unless_finite(finite: mx.array, updated: Any, parameters: Any, staged: dict,
+                       before: dict) -> tuple[Any, dict]:
+    """nonfinite="skip": every new parameter and state value where all gradients were
+    finite, else the old one bit for bit (``step`` included), and one more skipped step.
+    mx.where instead of a Python branch, so no host sync is needed."""
+    kept = select(finite, updated, parameters)
+    staged = select(finite, staged, before)
+    count = before.get("skipped_steps", mx.array(0, mx.uint64))
+    staged["skipped_steps"] = count + mx.logical_not(finite).astype(count.dtype)
+    return kept, staged
+
+
+def select(flag: mx.array, new: Any, old: Any) -> Any:
+    """``new`` where ``flag`` else ``old``, leaf by leaf over ``new``'s tree (``old`` may
+    hold more, or lack a key the step added); leaves that did not change are passed
+    through without a graph node."""
+    def pick(value: Any, previous: Beside) -> Any:
+        before = previous.tree
+        if value is before or not isinstance(value, mx.array) or \
+                not isinstance(before, mx.array):
+            return value
+        return mx.where(flag, value, before)
+
+    return tree_map(pick, new, Beside(old))
+
+
+# ---------------------------------------------------------------------------------------
+# Stochastic rounding
+# ---------------------------------------------------------------------------------------
+def mix32(x: mx.array) -> mx.array:
+    """A 32-bit integer hash (lowbias32): consecutive inputs give unrelated outputs. The
+    kernels compute the same function, so every backend draws the same noise."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+def rounding_key(seed: int, salt: int, step: mx.array) -> mx.array:
+    """The key of one parameter's rounding noise at one step: a uint32, never 0 (0 means
+    round to nearest in the kernels). It mixes the seed, the parameter's place in the tree
+    (``salt``) and the step, so no two writes share noise."""
+    base = mix32(mx.array(seed, dtype=mx.uint32) ^
+                 (mx.array(salt, dtype=mx.uint32) * 0x85EBCA6B))
+    return mix32((mx.array(step).astype(mx.uint32) * 0x9E3779B9) ^ base) | 1
+
+
+def stochastic_bfloat16(value: mx.array, key: mx.array) -> mx.array:
+    """float32 -> bfloat16, rounding up with probability (remainder / gap): add 16 random
+    bits below the kept ones, then truncate. Unbiased: E[result] = value."""
+    index = mx.arange(value.size, dtype=mx.uint32).reshape(value.shape)
+    noise = mix32(index ^ key) & 0xFFFF
+    bits = (value.view(mx.uint32) + noise) & 0xFFFF0000
+    rounded = bits.view(mx.float32).astype(mx.bfloat16)  # exact: the low bits are zero
+    return mx.where(mx.isnan(value), value.astype(mx.bfloat16), rounded)
+
+
+# ---------------------------------------------------------------------------------------
+# Layouts: state layout, broadcast layout, reoriented views
+# ---------------------------------------------------------------------------------------
+def cast(value: mx.array, dtype: mx.Dtype) -> mx.array:
+    """Cast only when needed: a same-dtype astype is still a copy in MLX's graph."""
+    return value if value.dtype == dtype else value.astype(dtype)
+
+
+def expand(x: mx.array, shape_class: str) -> mx.array:
+    """State layout -> broadcast layout: row (*B, M, 1), col (*B, 1, N), batch (*B, 1, 1)."""
+    if shape_class == "row":
+        return mx.expand_dims(x, -1)
+    if shape_class == "col":
+        return mx.expand_dims(x, -2)
+    if shape_class == "batch":
+        return mx.expand_dims(x, (-2, -1))
+    return x
+
+
+def collapse(value: Any, like: mx.array, shape_class: str) -> mx.array:
+    """Broadcast layout -> the layout and dtype of ``like`` (a value may still be a scalar
+    or broadcast smaller, as an update that leaves a tensor constant computes it)."""
+    shape = tuple(like.shape)
+    if shape_class == "row":
+        layout = shape + (1,)
+    elif shape_class == "col":
+        layout = shape[:-1] + (1,) + shape[-1:]
+    elif shape_class == "batch":
+        layout = shape + (1, 1)
+    else:
+        layout = shape
+    value = mx.array(value) if not isinstance(value, mx.array) else value
+    if tuple(value.shape) != layout:
+        value = mx.broadcast_to(value, layout)
+    if tuple(value.shape) != shape:
+        value = value.reshape(shape)
+    return cast(value, like.dtype)
+
+
+def largest_two(shape: Sequence[int]) -> tuple[int, int]:
+    """The factored axes are the two largest (sizes sorted stably, so ties go to the later
+    axis): the second largest gives the rows, the largest the cols."""
+    order = sorted(range(len(shape)), key=lambda axis: shape[axis])
+    return order[-2], order[-1]
+
+
+def without(shape: Sequence[int], *axes: int) -> tuple[int, ...]:
+    """``shape`` less the given axes: the shape of a state that reduces over them."""
+    return tuple(size for axis, size in enumerate(shape) if axis not in axes)
+
+
+def view_permutation(axes: tuple[int, int], ndim: int, shape_class: str) -> list[int]:
+    """Axis order that moves the factored axes last in a tensor of this class (the update
+    is written for rows and cols last); a row state lacks the col axis, a col state the
+    row axis, a batch state both. ``ndim`` is the parameter's."""
+    row, col = axes
+    kept = {"full": (row, col), "row": (row,), "col": (col,)}.get(shape_class, ())
+    dropped = {"row": (col,), "col": (row,), "batch": (row, col)}.get(shape_class, ())
+    own = [a for a in range(ndim) if a not in dropped]
+    return [own.index(a) for a in own if a not in kept] + [own.index(a) for a in kept]
+
+
+def inverse(permutation: Sequence[int]) -> list[int]:
+    out = [0] * len(permutation)
+    for position, axis in enumerate(permutation):
+        out[axis] = position
+    return out
+
+
+def reoriented(update: Callable[[mx.array, mx.array, dict], mx.array], axes: Axes,
+               gradient: mx.array, parameter: mx.array, state: dict,
+               state_classes: Mapping[str, str]) -> mx.array:
+    """Run an update written for the factored axes last on a parameter factored over
+    other axes: transposed views in, the update, transposed back. State keeps its own
+    layout (each state tensor is the parameter's shape without the axes it reduces);
+    ``state_classes`` gives each state key's shape class (a key not there is a scalar)."""
+    ndim = gradient.ndim
+    if axes is None or tuple(axes) == (ndim - 2, ndim - 1):
+        return update(gradient, parameter, state)
+    full = view_permutation(axes, ndim, "full")
+    view = dict(state)
+    for key, shape_class in state_classes.items():
+        if key in view and shape_class != "scalar":
+            view[key] = mx.transpose(view[key], view_permutation(axes, ndim, shape_class))
+    new = update(mx.transpose(gradient, full), mx.transpose(parameter, full), view)
+    for key, value in view.items():
+        shape_class = state_classes.get(key, "scalar")
+        state[key] = value if shape_class == "scalar" else mx.transpose(
+            value, inverse(view_permutation(axes, ndim, shape_class)))
+    return mx.transpose(new, inverse(full))
+
+
+# ---------------------------------------------------------------------------------------
+# Fused kernels: geometry, small inputs, partial reductions, launches
+# ---------------------------------------------------------------------------------------
+class Geometry(NamedTuple):
+    """A parameter viewed as B matrices of M x N, tiled into nrb row blocks and ncc col
+    chunks; ``dims`` is what the kernels read, ``grid`` how many threads they launch with
+    (all on x: CUDA caps grid y and z at 65535 blocks)."""
+
+    shape: tuple
+    B: int
+    M: int
+    N: int
+    nrb: int
+    ncc: int
+    dims: mx.array
+    grid: tuple
+    threads: int
+
+
+def geometry(shape: Sequence[int], factored: bool, rows_per_group: int, cols_per_group: int,
+             threads: int) -> Geometry:
+    """View the parameter as B matrices of M x N (unfactored: one 1 x size row)."""
+    shape = tuple(shape)
+    if factored:
+        B, M, N = math.prod(shape[:-2]), shape[-2], shape[-1]
+    else:
+        B, M, N = 1, 1, math.prod(shape)
+    nrb = -(-M // rows_per_group)
+    ncc = -(-N // cols_per_group)
+    dims = mx.array([B, M, N, nrb, ncc], dtype=mx.uint32)
+    return Geometry(shape, B, M, N, nrb, ncc, dims, (B * nrb * ncc * threads, 1, 1), threads)
+
+
+def rows(value: Any, geo: Geometry) -> mx.array:
+    """A per-row value (broadcast layout) as the flat float32 array a kernel reads."""
+    return mx.broadcast_to(mx.array(value, dtype=mx.float32), geo.shape[:-1] + (1,)).reshape(-1)
+
+
+def cols(value: Any, geo: Geometry) -> mx.array:
+    """A per-col value (broadcast layout) as the flat float32 array a kernel reads."""
+    layout = geo.shape[:-2] + (1, geo.N)
+    return mx.broadcast_to(mx.array(value, dtype=mx.float32), layout).reshape(-1)
+
+
+def batches(value: Any, geo: Geometry) -> mx.array:
+    """A per-matrix value (broadcast layout) as the flat float32 array a kernel reads."""
+    layout = geo.shape[:-2] + (1, 1)
+    return mx.broadcast_to(mx.array(value, dtype=mx.float32), layout).reshape(-1)
+
+
+def pack(values: Sequence[Any]) -> mx.array:
+    """Dynamic scalars travel as one float32 array, so new values never recompile."""
+    if not values:
+        return mx.zeros((1,), dtype=mx.float32)
+    return mx.concatenate([mx.array(v, dtype=mx.float32).reshape(1) for v in values])
+
+
+def row_total(part: mx.array, geo: Geometry) -> mx.array:
+    """Per-row totals (broadcast layout) from a kernel's partial sums, one per col chunk."""
+    return part.reshape(geo.B, geo.M, geo.ncc).sum(-1).reshape(geo.shape[:-1] + (1,))
+
+
+def col_total(part: mx.array, geo: Geometry) -> mx.array:
+    """Per-col totals (broadcast layout) from a kernel's partial sums, one per row block."""
+    total = part.reshape(geo.B, geo.nrb, geo.N).sum(1)
+    return total.reshape(geo.shape[:-2] + (1, geo.N))
+
+
+class KernelTables(NamedTuple):
+    """A generated module's kernel text. ``kernels[name]`` is (input names, output names,
+    the names of the parameter and state dtype template parameters, body): one body for
+    every target, MLX writes the signatures. Per target: ``prologues`` (put before every
+    body: the thread and group indices), ``headers`` (the helpers the bodies call) and
+    ``factories`` (the ``mx.fast`` function that builds its kernels). ``threads`` is the
+    threadgroup size the kernels are written for."""
+
+    kernels: Mapping[str, tuple]
+    prologues: Mapping[str, str]
+    headers: Mapping[str, str]
+    factories: Mapping[str, str]
+    threads: int
+
+
+_kernel_runner: KernelRunner | None = None
+_kernel_objects: dict[tuple, Any] = {}
+
+
+def use_kernel_runner(runner: KernelRunner | None) -> KernelRunner | None:
+    """Run kernel text through ``runner`` instead of MLX (None: MLX again); returns the
+    previous runner. afgen's verifier executes the exact kernel source on a CPU this way
+    when there is no GPU; while a runner is set every fused backend counts as available
+    and ``"auto"`` picks MLX ops. It applies to every optimizer using this runtime."""
+    global _kernel_runner
+    previous, _kernel_runner = _kernel_runner, runner
+    return previous
+
+
+def kernel_runner() -> KernelRunner | None:
+    return _kernel_runner
+
+
+def launch(tables: KernelTables, backend: str, name: str, geo: Geometry,
+           inputs: list[mx.array], outputs: list[tuple[tuple, mx.Dtype]], T: mx.Dtype,
+           S: mx.Dtype) -> list[mx.array]:
+    """Run kernel ``name`` of ``backend`` over ``geo``'s grid. ``outputs`` are (shape,
+    dtype); T and S are the parameter and state dtypes the text is templated on. Kernel
+    objects are built once per text (a changed body or header builds a new one)."""
+    input_names, output_names, (t_name, s_name), body = tables.kernels[name]
+    source = tables.prologues[backend] + body
+    header = tables.headers[backend]
+    call = dict(inputs=inputs, template=[(t_name, T), (s_name, S)], grid=geo.grid,
+                threadgroup=(geo.threads, 1, 1), output_shapes=[shape for shape, _ in outputs],
+                output_dtypes=[dtype for _, dtype in outputs])
+    if _kernel_runner is not None:
+        return _kernel_runner(backend, name, list(input_names), list(output_names), source,
+                              header, call)
+    cache_key = (backend, name, source, header)
+    kernel = _kernel_objects.get(cache_key)
+    if kernel is None:
+        factory = getattr(mx.fast, tables.factories[backend])
+        kernel = factory(name=name, input_names=list(input_names),
+                         output_names=list(output_names), source=source, header=header,
+                         ensure_row_contiguous=True)
+        _kernel_objects[cache_key] = kernel
+    return kernel(**call)
+
+
+def available(backend: str) -> bool:
+    """Whether this MLX build can run ``backend`` (any, while a kernel runner is set)."""
+    if _kernel_runner is not None or backend == "mlx":
+        return True
+    device = getattr(mx, backend, None)  # a kernel target: MLX's device module of its name
+    return device is not None and device.is_available()
+
+
+def resolve_backend(backend: object) -> str:
+    """The backend to run: ``"auto"`` is Metal or CUDA when MLX has it, else MLX ops; a
+    fused backend this MLX build lacks is refused rather than failing at the first step."""
+    backend = check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        for candidate in ("metal", "cuda"):
+            if _kernel_runner is None and available(candidate):
+                return candidate
+        return "mlx"
+    if not available(backend):
+        raise ValueError(f"backend {backend!r} is not available in this MLX build "
+                         f"(mx.{backend}.is_available() is False); use 'mlx' or 'auto'")
+    return backend
+
+
+def trainable(parameter: Any) -> bool:
+    """Whether a leaf gets optimizer state: a frozen quantized layer's uint32 weight, say,
+    which ``init(model.parameters())`` passes too, gets none (MLX's own classes give it
+    state that nothing uses); a gradient for it is refused by name."""
+    return isinstance(parameter, mx.array) and parameter.dtype in FLOAT_DTYPES
+
+
+# ---------------------------------------------------------------------------------------
+# The base class of generated optimizers
+# ---------------------------------------------------------------------------------------
+class GeneratedOptimizer(Optimizer):
+    """What every generated optimizer does the same way: the common options, staged and
+    checked steps, the non-finite policies, rounding and dispatch to the update function
+    of the parameter's static configuration.
+
+    A generated class sets its hyperparameters after ``super().__init__(...)``, then calls
+    ``self._check_requirements()``, and provides these hooks:
+
+    * ``_STATE_CLASSES``: state key -> shape class (``"full"``, ``"row"``, ``"col"``,
+      ``"batch"``, ``"scalar"``), to reorient state when the factored axes are not last;
+    * ``_factor_axes(shape)``: the (row, col) axes a parameter is factored over, or None;
+    * ``_static_key(factored)``: the key of the update function for this configuration;
+    * ``_state_shapes(shape, axes)``: every state key's expected shape (None: any);
+    * ``_initial_state(shape, axes)``: the state a parameter gets, key -> (shape, value);
+    * ``_check_requirements()``: raise ValueError when the hyperparameters conflict;
+    * ``_mlx_update(factored)``: the MLX-ops update method of a layout;
+    * ``_fused_update(key)``: the fused-kernel update of a static configuration, or None;
+    * ``_kernel_tables()``: the module's :class:`KernelTables`, read at each launch.
+    """
+
+    _STATE_CLASSES: Mapping[str, str] = {}
+
+    def __init__(self, *, backend: str = "auto", precision: str = "float32",
+                 nonfinite: str = "propagate", stochastic_rounding: bool = False,
+                 seed: int = 0):
+        super().__init__()
+        self._stochastic_rounding = False
+        self.precision = precision
+        self.nonfinite = nonfinite
+        self.stochastic_rounding = stochastic_rounding
+        self.seed = seed
+        self._rounding_salt = 0
+        self.backend = backend
+
+    # Options: validated whenever they are set, at construction or between steps.
+    @property
+    def precision(self) -> str:
+        """``"float32"`` or ``"param"`` (state and math in the parameter's dtype)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        value = check_choice("precision", value, PRECISIONS)
+        if self._stochastic_rounding and value != "float32":
+            raise ValueError("stochastic_rounding needs precision='float32' (it rounds the "
+                             "float32 result when writing a bfloat16 parameter)")
+        self._precision = value
+
+    @property
+    def nonfinite(self) -> str:
+        """``"propagate"``, ``"skip"`` or ``"raise"``: what a step with a NaN or Inf
+        gradient does."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        self._nonfinite = check_choice("nonfinite", value, NONFINITE)
+        if value == "skip" and "skipped_steps" not in self.state:
+            self.state["skipped_steps"] = mx.array(0, mx.uint64)
+
+    @property
+    def stochastic_rounding(self) -> bool:
+        return self._stochastic_rounding
+
+    @stochastic_rounding.setter
+    def stochastic_rounding(self, value: bool) -> None:
+        value = check_bool("stochastic_rounding", value)
+        if value and self.precision != "float32":
+            raise ValueError("stochastic_rounding needs precision='float32' (it rounds the "
+                             "float32 result when writing a bfloat16 parameter)")
+        self._stochastic_rounding = value
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = check_seed(value)
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: ``"mlx"``, ``"metal"`` or ``"cuda"`` (``"auto"`` resolved)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = resolve_backend(value)
+
+    # Hooks a generated class provides.
+    def _factor_axes(self, shape: tuple) -> Axes:
+        raise NotImplementedError
+
+    def _static_key(self, factored: bool) -> tuple:
+        raise NotImplementedError
+
+    def _state_shapes(self, shape: tuple, axes: Axes) -> dict:
+        raise NotImplementedError
+
+    def _initial_state(self, shape: tuple, axes: Axes) -> dict:
+        raise NotImplementedError
+
+    def _check_requirements(self) -> None:
+        return None
+
+    def _mlx_update(self, factored: bool) -> Callable:
+        raise NotImplementedError
+
+    def _fused_update(self, key: tuple) -> Callable | None:
+        raise NotImplementedError
+
+    def _kernel_tables(self) -> KernelTables:
+        raise NotImplementedError
+
+    # Writing parameters.
+    def _rounding_key(self, parameter: mx.array) -> mx.array | None:
+        """The key of this parameter's rounding noise at this step, or None when writes
+        round to nearest; each call draws a new place in the tree."""
+        if not self.stochastic_rounding or parameter.dtype != mx.bfloat16:
+            return None
+        self._rounding_salt += 1
+        return rounding_key(self.seed, self._rounding_salt, self.step)
+
+    def _write_parameter(self, value: Any, parameter: mx.array) -> mx.array:
+        """The new parameter in its own dtype: stochastically rounded if asked for."""
+        key = self._rounding_key(parameter)
+        if key is None:
+            return collapse(value, parameter, "full")
+        full = mx.broadcast_to(cast(mx.array(value), mx.float32), parameter.shape)
+        return stochastic_bfloat16(full, key)
+
+    def _kernel_rounding_key(self, parameter: mx.array) -> mx.array:
+        """The rounding key as the float32 whose bits it is (kernels take one packed
+        float32 array of scalars); 0.0 means round to nearest."""
+        key = self._rounding_key(parameter)
+        return mx.array(0.0) if key is None else key.view(mx.float32)
+
+    # Fused kernels of the generated module.
+    def _geometry(self, shape: Sequence[int], factored: bool, rows_per_group: int,
+                  cols_per_group: int) -> Geometry:
+        return geometry(shape, factored, rows_per_group, cols_per_group,
+                        self._kernel_tables().threads)
+
+    def _launch(self, backend: str, name: str, geo: Geometry, inputs: list[mx.array],
+                outputs: list[tuple[tuple, mx.Dtype]], T: mx.Dtype, S: mx.Dtype
+                ) -> list[mx.array]:
+        return launch(self._kernel_tables(), backend, name, geo, inputs, outputs, T, S)
+
+    # MLX's Optimizer API.
+    def init_single(self, parameter: mx.array, state: dict) -> None:
+        """Initialize optimizer state; a leaf this class cannot train gets none."""
+        if not trainable(parameter):
+            return
+        dtype = mx.float32 if self.precision == "float32" else parameter.dtype
+        shape = tuple(parameter.shape)
+        for key, (state_shape, value) in self._initial_state(shape,
+                                                             self._factor_axes(shape)).items():
+            state[key] = mx.full(state_shape, value, dtype=dtype)
+
+    def apply_gradients(self, gradients: dict, parameters: dict) -> Any:
+        """Check every gradient against its parameter and state, then update. The step
+        runs on a staged copy of the state (``self.state`` returns it meanwhile, since the
+        updates read ``step`` and schedules there) that is merged into the live containers
+        only when every parameter succeeded: a bad tree or checkpoint raises ValueError
+        naming the parameter, and a step that raises for any reason changes nothing,
+        ``step`` and schedules included. Non-finite gradients are handled as ``nonfinite``
+        says; zero-size parameters are kept as they are."""
+        gradients = tree_map(as_array, gradients)
+        live, initialized = self._state, self._initialized
+        self._state = copy_containers(live)
+        try:
+            updated, staged = self._staged_step(gradients, parameters)
+        except BaseException:
+            self._initialized = initialized
+            raise
+        finally:
+            self._state = live
+        merge_into(live, staged)
+        return updated
+
+    def _staged_step(self, gradients: Any, parameters: Any) -> tuple[Any, dict]:
+        """The step on ``self.state``, the staged copy: checks, initialisation, the
+        schedules at the step before the increment (as in MLX), the update. Returns the
+        new parameters and the state to commit."""
+        found = leaves(gradients, parameters, self.state)
+        owner = type(self).__name__
+        for name, gradient, parameter, slot in found:
+            check_leaf(name, gradient, parameter, owner)
+            if slot is not None:
+                shape = tuple(parameter.shape)
+                check_slot(name, parameter, slot,
+                           self._state_shapes(shape, self._factor_axes(shape)),
+                           self.precision, owner)
+        if not self._initialized:  # first step, or a state assigned (e.g. a checkpoint)
+            check_assigned_state(self.state, found, self.init_single)
+        finite = finite_flag(found, self.nonfinite)
+        if not self._initialized or any(slot is None for *_, slot in found):
+            self.init(gradients)
+        before = copy_containers(self.state) if finite is not None else None
+        for param, scheduler in self._schedulers.items():
+            self.state[param] = scheduler(self.step)
+        self.state["step"] = self.step + 1
+        self._rounding_salt = 0  # each parameter of the tree draws its own rounding noise
+        updated = tree_map(lambda g, p, s: self._update_or_keep(g, p.tree, s.tree),
+                           gradients, Beside(parameters), Beside(self.state))
+        if finite is None:
+            return updated, self.state
+        return keep_unless_finite(finite, updated, parameters, self.state, before)
+
+    def _update_or_keep(self, gradient: mx.array, parameter: mx.array, state: dict
+                        ) -> mx.array:
+        """A zero-size parameter has nothing to update: keep it and its initialised state.
+        Running the update would launch empty kernel grids and, as in MLX's own optimizer,
+        fill the non-empty factored state of an empty matrix with NaN (a mean over an
+        empty axis)."""
+        if gradient.size == 0:
+            return parameter
+        return self.apply_single(gradient, parameter, state)
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        """The update function of this parameter's static configuration, run with the
+        factored axes last."""
+        axes = self._factor_axes(tuple(gradient.shape))
+        key = self._static_key(axes is not None)
+        backend = self.backend
+        if backend == "mlx":
+            update = self._mlx_update(axes is not None)
+            return reoriented(update, axes, gradient, parameter, state, self._STATE_CLASSES)
+        function = self._fused_update(key)
+        if function is None:
+            self._check_requirements()
+            raise ValueError(f"no specialisation for static configuration {key}")
+
+        def fused(g: mx.array, p: mx.array, s: dict) -> mx.array:
+            return function(self, g, p, s, backend)
+
+        return reoriented(fused, axes, gradient, parameter, state, self._STATE_CLASSES)
