@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from afgen.backends.names import class_name_problem
 from afgen.errors import Loc, SpecError, one_line
 from afgen.spec import parse_spec_text
-from afgen.spec.parse import class_name_problem
 
 
 def snake_case(name: str) -> str:

@@ -19,7 +19,7 @@ from afgen.check.kernel_runner import cpu_kernels
 BACKENDS = ["mlx", "metal", "cuda"]
 GENERATED = sorted(path.stem for path in (Path(__file__).resolve().parent.parent /
                                           "generated").glob("*.py")
-                   if path.stem not in ("__init__", "afgen_runtime"))
+                   if path.stem not in ("__init__", "afgen_runtime", "afgen_targets"))
 
 
 def tree_bits(tree) -> dict:

@@ -6,19 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 
-from afgen.build import _top_level_names, load_module, module_source
+from afgen.backends.names import MODULE_NAMES, check_spec_names
+from afgen.build import load_module, module_source
 from afgen.cli import main
 from afgen.lower.compiler import compile_spec
 from afgen.spec import parse_spec_text
-from afgen.spec.parse import MODULE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = str(ROOT / "specs" / "adam.yaml")
 
 
-@pytest.mark.parametrize("name", ["Optimizer", "Tuple", "NamedTuple", "None", "ValueError",
+@pytest.mark.parametrize("name", ["Callable", "Tuple", "THREADS", "None", "ValueError",
                                   "lower", "Foo\n", "Ädam", "My-Adam", ""])
 def test_new_refuses_a_name_that_cannot_build(tmp_path, capsys, name):
     out = tmp_path / "variant.yaml"
@@ -35,20 +36,44 @@ def test_new_refuses_an_output_name_that_cannot_name_a_module(tmp_path, capsys, 
     assert not (tmp_path / out).exists()
 
 
-def test_new_variant_builds(tmp_path):
+@pytest.mark.parametrize("name", ["MyAdam", "Optimizer"])
+def test_new_variant_builds(tmp_path, name):
+    """``Optimizer`` too: the generated module subclasses the runtime's class and binds no
+    name ``Optimizer`` of its own, so a variant may take it."""
     out = tmp_path / "my_adam.yaml"
-    assert main(["new", "MyAdam", "--from", SOURCE, "--out", str(out)]) == 0
+    assert main(["new", name, "--from", SOURCE, "--out", str(out)]) == 0
     compiled = compile_spec(parse_spec_text(out.read_text(), str(out)))
-    assert load_module(compiled).MyAdam
+    cls = getattr(load_module(compiled), name)
+    params = {"w": mx.ones((3,))}
+    assert not mx.array_equal(cls(learning_rate=0.1).apply_gradients(params, params)["w"],
+                              params["w"])
 
 
-def test_module_names_cover_what_the_generated_module_binds():
-    """A class name that the generated module also binds is refused when the spec is read
-    (and by ``afgen new``) only if MODULE_NAMES knows the module's names."""
-    spec = parse_spec_text(Path(SOURCE).read_text(), "adam.yaml")
-    names = set(_top_level_names(ast.parse(module_source(compile_spec(spec)))))
-    public = {n for n in names - {spec.class_name} if n[:1].isupper()}
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            names |= {n.id for n in ast.walk(node)
+                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return names
+
+
+@pytest.mark.parametrize("stem", ["adam", "adafactor_optax"])
+def test_module_names_cover_what_the_generated_module_binds(stem):
+    """A spec name (a local of the update, or the class name) that the generated module
+    also binds at top level is refused when the spec is compiled, and ``afgen new``
+    refuses such a class name, only if MODULE_NAMES knows every name the module binds
+    (those starting with '_' no spec name can take)."""
+    source = ROOT / "specs" / f"{stem}.yaml"
+    spec = parse_spec_text(source.read_text(), f"{stem}.yaml")
+    names = _top_level_names(ast.parse(module_source(compile_spec(spec))))
+    public = {n for n in names - {spec.class_name} if not n.startswith("_")}
     assert public <= MODULE_NAMES, sorted(public - MODULE_NAMES)
+    check_spec_names(spec)
 
 
 @pytest.mark.parametrize("steps", ["0", "-3", "x"])

@@ -37,7 +37,7 @@ def _imported_roots(path: Path) -> list[str]:
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
 def test_generated_imports_only_mlx_stdlib_and_the_runtime(spec):
     for root in _imported_roots(ROOT / "generated" / f"{spec.stem}.py"):
-        assert root in ("mlx", ".afgen_runtime") or root in STDLIB, \
+        assert root in ("mlx", ".afgen_runtime", ".afgen_targets") or root in STDLIB, \
             f"generated module imports {root}"
 
 
@@ -51,6 +51,16 @@ def test_generated_runtime_equals_afgen_runtime():
     assert committed.exists(), "run: afgen build (it writes generated/afgen_runtime.py)"
     assert committed.read_text() == (ROOT / "afgen" / "runtime.py").read_text(), \
         "generated/afgen_runtime.py is stale: run afgen build"
+
+
+def test_generated_targets_equal_a_fresh_render():
+    """generated/afgen_targets.py (kernel text every module shares) is what afgen writes,
+    plain data: no imports at all."""
+    from afgen.backends.module import render_targets
+
+    committed = ROOT / "generated" / "afgen_targets.py"
+    assert committed.read_text() == render_targets(), "stale: run afgen build"
+    assert _imported_roots(committed) == []
 
 
 def test_runtime_backends_are_the_kernel_targets():
@@ -81,6 +91,8 @@ def test_build_writes_the_module(tmp_path, monkeypatch):
     assert (tmp_path / "adafactor.py").read_text() == (ROOT / "generated/adafactor.py").read_text()
     assert (tmp_path / "__init__.py").exists()
     assert (tmp_path / "afgen_runtime.py").read_text() == (ROOT / "afgen/runtime.py").read_text()
+    assert (tmp_path / "afgen_targets.py").read_text() == \
+        (ROOT / "generated/afgen_targets.py").read_text()
 
 
 def test_built_package_imports_and_steps(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -28,6 +29,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import afgen.runtime
 from afgen.cli import main
 from afgen.spec.expressions import FUNCTIONS
 
@@ -168,8 +170,12 @@ def assert_contract(outcome: Outcome) -> None:
         assert outcome.changed == {}, sorted(outcome.changed)
         return
     assert outcome.err == "", outcome.err
-    assert set(outcome.changed) <= {"out", "out/fuzzed.py", "out/__init__.py"}, outcome.changed
+    assert set(outcome.changed) <= {"out", "out/fuzzed.py", "out/__init__.py",
+                                    "out/afgen_runtime.py", "out/afgen_targets.py"}, \
+        outcome.changed
     assert_sound_module(outcome.changed["out/fuzzed.py"].decode())
+    runtime = Path(afgen.runtime.__file__).read_bytes()
+    assert outcome.changed.get("out/afgen_runtime.py", runtime) == runtime
 
 
 def assert_sound_module(source: str) -> None:
@@ -485,9 +491,11 @@ REJECTED = {
     "class ValueError": (tiny().replace("optimizer: Tiny", "optimizer: ValueError"),
                          r"keyword or built-in"),
     "class Optional": (tiny().replace("optimizer: Tiny", "optimizer: Optional"),
-                       r"generated module already uses"),
-    "hyperparameter 'backend'": (tiny().replace("lr", "backend"), r"'backend' is reserved"),
-    "hyperparameter 'update'": (tiny().replace("lr", "update"), r"'update' is reserved"),
+                       r"generated module already binds"),
+    "hyperparameter 'backend'": (tiny().replace("lr", "backend"),
+                                 r"'backend' is already an attribute"),
+    "hyperparameter 'update'": (tiny().replace("lr", "update"),
+                                r"'update' is already an attribute"),
     "factored in requires": (tiny(requires="factored or nesterov"), r"cannot use 'factored'"),
     "non-finite default": (tiny().replace("default: 0.1", "default: .inf"), r"finite"),
     "huge integer default": (tiny().replace("default: 0.1", "default: 1" + "0" * 400),
@@ -523,7 +531,7 @@ def test_an_update_that_changes_nothing_builds_a_sound_module():
     assert_contract(outcome)
 
 
-def test_spec_text_stays_data_in_the_generated_module(tmp_path):
+def test_spec_text_stays_data_in_the_generated_module(tmp_path, monkeypatch):
     """Quotes, braces and format fields in every free-text field (and a failing check and
     requirement) end up as text: importing the module and tripping both runs none of it."""
     payload = f'{{__import__("os").system("touch {MARKER}")}}'
@@ -535,21 +543,20 @@ def test_spec_text_stays_data_in_the_generated_module(tmp_path):
     outcome = build(text)
     assert_contract(outcome)
     assert outcome.rc == 0, outcome.err
-    path = tmp_path / "fuzzed.py"
-    path.write_bytes(outcome.changed["out/fuzzed.py"])
-    namespace: dict[str, object] = {"__name__": "fuzzed"}
-    cwd = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102
-        with pytest.raises(ValueError, match="lr must satisfy"):
-            namespace["Tiny"](lr=-1.0)
-        with pytest.raises(ValueError) as info:
-            namespace["Tiny"](beta=0.5)
-    finally:
-        os.chdir(cwd)
+    package = tmp_path / "fuzzed_build"  # the module imports the runtime beside it
+    package.mkdir()
+    for name, content in outcome.changed.items():
+        if name.startswith("out/"):
+            (package / name.removeprefix("out/")).write_bytes(content)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module("fuzzed_build.fuzzed")
+    with pytest.raises(ValueError, match="lr must satisfy"):
+        module.Tiny(lr=-1.0)
+    with pytest.raises(ValueError) as info:
+        module.Tiny(beta=0.5)
     assert str(info.value) == message
-    assert payload in namespace["__doc__"] and not (tmp_path / MARKER).exists()
+    assert payload in module.__doc__ and not (tmp_path / MARKER).exists()
 
 
 # -- output paths ------------------------------------------------------------------------------
@@ -588,10 +595,12 @@ def test_build_writes_only_into_the_chosen_directory(tmp_path):
     (tmp_path / "sub").mkdir()
     outcome = run_cli(tmp_path, ["build", str(spec), "--out", "sub/../chosen", "--no-verify"])
     assert outcome.rc == 0, outcome.err
-    assert set(outcome.changed) == {"chosen", "chosen/fuzzed.py", "chosen/__init__.py"}
+    assert set(outcome.changed) == {"chosen", "chosen/fuzzed.py", "chosen/__init__.py",
+                                    "chosen/afgen_runtime.py", "chosen/afgen_targets.py"}
 
 
-@pytest.mark.parametrize("name", ["fuzzed.py", "__init__.py"])
+@pytest.mark.parametrize("name", ["fuzzed.py", "__init__.py", "afgen_runtime.py",
+                                  "afgen_targets.py"])
 @pytest.mark.parametrize("dangling", [False, True], ids=["existing", "dangling"])
 def test_build_refuses_a_symlink_out_of_the_output_directory(tmp_path, name, dangling):
     spec = spec_workspace(tmp_path)
@@ -651,13 +660,18 @@ def test_afgen_new_errors_are_one_line(tmp_path, argv, pattern):
 
 
 # -- identifiers named like what the generated code uses itself ------------------------------
-# Kernel locals, buffers, template parameters and temporaries (the generator must move out
-# of their way), and C++/Metal/CUDA keywords, built-ins and afg_* helpers (refused).
+# Kernel locals, buffers, template parameters and temporaries, the Python update's and
+# drivers' locals (the generator must move out of their way), and C++/Metal/CUDA keywords,
+# built-ins and afg_* helpers, Python builtins and what the module binds, attributes of
+# every optimizer (refused).
 GENERATED_NAMES = ["j", "idx", "M", "N", "b", "c", "r", "m_ok", "w", "cc", "rb", "nrb",
                    "ncc", "lane", "warp", "total", "scalars", "dims", "acc_red0", "red0_part",
                    "grad_in", "T", "S", "x0_0", "s0", "float", "half", "kernel", "device",
                    "threadgroup", "__shared__", "blockIdx", "afg_sq", "afg_key", "NAN", "uint",
-                   "simd_sum", "thread_position_in_grid", "exp", "sum", "max"]
+                   "simd_sum", "thread_position_in_grid", "exp", "sum", "max", "geo", "size",
+                   "sdt", "cdt", "backend", "gradient", "parameter", "state", "self", "mx",
+                   "math", "int", "super", "len", "initial", "shape", "axes", "key", "step",
+                   "init", "red0", "g1_0", "h0", "new_param"]
 
 
 def rename(text: str, names: dict[str, str]) -> str:
@@ -670,8 +684,8 @@ def rename(text: str, names: dict[str, str]) -> str:
 @given(st.lists(st.sampled_from(GENERATED_NAMES), min_size=3, max_size=3, unique=True))
 def test_generated_names_as_spec_names_build_and_verify_or_are_refused(names):
     """A hyperparameter, a state and a value of TINY renamed: the build is refused at a
-    location, or it succeeds and every fused kernel, run on the CPU executor, matches the
-    oracle on every specialisation."""
+    location, or it succeeds and the MLX-ops update and every fused kernel (on the CPU
+    executor) match the oracle on every specialisation."""
     from afgen.check.verify import verify
     from afgen.lower.compiler import compile_spec
     from afgen.spec.parse import parse_spec_text
@@ -682,5 +696,5 @@ def test_generated_names_as_spec_names_build_and_verify_or_are_refused(names):
     if outcome.rc != 0:
         return
     report = verify(compile_spec(parse_spec_text(text, SPEC)), steps=1,
-                    backends=["metal", "cuda"], dtypes=["float32"], adversarial=False)
+                    backends=["mlx", "metal", "cuda"], dtypes=["float32"], adversarial=False)
     assert report.results and all(r.passed for r in report.results), report.table()

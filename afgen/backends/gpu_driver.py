@@ -11,14 +11,17 @@ from dataclasses import dataclass
 
 import sympy
 
-from afgen.backends.functions import MLX, atom_loads
 from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
+from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED, SymbolTable
 from afgen.backends.printers import mlx_code
-from afgen.backends.targets import TARGETS, smallest_limits
+from afgen.backends.targets import smallest_limits
+from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Schedule
-from afgen.spec.model import GRAD, PARAM, Spec
+from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
+REDUCE_AXES = {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2",
+               ReduceAxes.MATRIXWISE: "(-2, -1)"}
 SMALL_PACKERS = {ShapeClass.ROW: "_rt.rows", ShapeClass.COL: "_rt.cols",
                  ShapeClass.BATCH: "_rt.batches"}
 
@@ -26,6 +29,7 @@ SMALL_PACKERS = {ShapeClass.ROW: "_rt.rows", ShapeClass.COL: "_rt.cols",
 @dataclass(frozen=True)
 class DriverModel:
     name: str
+    signature: str
     doc: str
     lines: tuple[str, ...]
     kernels: tuple[str, ...]
@@ -47,30 +51,73 @@ def plan_kernels(plan: KernelPlan, prefix: str) -> list[PassKernel]:
     return kernels
 
 
+# The driver's own locals, drawn fresh around every name of the plan and its kernels.
+DRIVER_LOCALS = ("gradient", "parameter", "state", "backend", "geo", "size", "sdt", "cdt")
+
+
 def _glue_lines(sched: Schedule) -> list[str]:
     lines = []
     for step in sched.steps:
         code = mlx_code(step.expr)
         if step.is_reduction:
-            code = MLX.reduce(step, code)
+            op = "mean" if step.mean else "sum"
+            code = f"mx.{op}({code})" if step.reduce is ReduceAxes.ALL else \
+                f"mx.{op}({code}, axis={REDUCE_AXES[step.reduce]}, keepdims=True)"
         lines.append(f"{step.name} = {code}")
     lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results
               if expr != sympy.Symbol(name, real=True)]
     return lines
 
 
-def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool) -> str:
+def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool,
+                      v: dict[str, str]) -> str:
+    geo = v["geo"]
     if axes is ReduceAxes.ALL:
-        total, count = f"mx.sum({part})", "size"
+        total, count = f"mx.sum({part})", v["size"]
     elif axes is ReduceAxes.ROWWISE:
-        total, count = f"_rt.row_total({part}, geo)", "geo.N"
+        total, count = f"_rt.row_total({part}, {geo})", f"{geo}.N"
     else:
-        total, count = f"_rt.col_total({part}, geo)", "geo.M"
+        total, count = f"_rt.col_total({part}, {geo})", f"{geo}.M"
     return f"{name} = {total} / {count}" if mean else f"{name} = {total}"
 
 
+def _plan_names(plan: KernelPlan, kernels: list[PassKernel]) -> set[str]:
+    """Every name the plan's glue and the kernels' buffers bind in the driver."""
+    names = {str(s) for s in plan.program.shapes} | set(plan.program.atom_names)
+    for sched in (*plan.glue, plan.flat):
+        names |= {str(step.name) for step in sched.steps}
+        names |= {name for name, _ in sched.results}
+    for kernel in kernels:
+        names |= set(kernel.output_names)
+    return names
+
+
+def _small_load(spec: Spec, plan: KernelPlan, name: str, v: dict[str, str]) -> str:
+    """How the driver reads a small atom: the step, a hyperparameter, a small state."""
+    cdt = v["cdt"]
+    if name == STEP:
+        return "self.step.astype(mx.float32)"
+    if name == DTYPE_EPS:
+        return f"mx.finfo({v['parameter']}.dtype).eps"
+    if name in plan.program.live_state:
+        label = plan.program.shapes[sympy.Symbol(name, real=True)].label
+        return f'_rt.cast(_rt.expand({v["state"]}["{name}"], "{label}"), {cdt})'
+    for h in spec.hyperparameters:
+        if h.kind == "pair" and name in h.component_names:
+            return f"self.{h.name}[{h.component_names.index(name)}]"
+        if h.name == name and h.kind == "schedule":
+            load = f'_rt.cast(self.state["{name}"], {cdt})'
+            # An optional schedule is absent when not given; only a run-time branch that
+            # ``requires`` rules out then reads it, so None never reaches an op.
+            return load if h.required else f'({load} if "{name}" in self.state else None)'
+    return f"self.{name}"
+
+
 def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> DriverModel:
-    shapes = {str(k): v for k, v in plan.program.shapes.items()}
+    names = SymbolTable(PYTHON_RESERVED | MODULE_NAMES | _plan_names(plan, kernels))
+    v = {local: names.fresh(local) for local in DRIVER_LOCALS}
+    gradient, parameter, state, geo = v["gradient"], v["parameter"], v["state"], v["geo"]
+    shapes = {str(k): s for k, s in plan.program.shapes.items()}
     glue_atoms: set[str] = set()
     for sched in plan.glue:
         for step in sched.steps:
@@ -78,73 +125,79 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         for _, expr in sched.results:
             glue_atoms |= {str(s) for s in expr.free_symbols}
     rows, cols = tile(plan.factored)
-    lines = [f"geo = self._geometry(parameter.shape, {plan.factored}, {rows}, {cols})",
-             "size = max(parameter.size, 1)",
-             'sdt = mx.float32 if self.precision == "float32" else parameter.dtype',
-             "cdt = mx.float32"]
+    lines = [f"{geo} = self._geometry({parameter}.shape, {plan.factored}, {rows}, {cols})",
+             f"{v['size']} = max({parameter}.size, 1)",
+             f'{v["sdt"]} = mx.float32 if self.precision == "float32" else {parameter}.dtype',
+             f"{v['cdt']} = mx.float32"]
     # Small atoms the glue and the kernels' small inputs need; full ones go to kernels.
     needed = glue_atoms | {n for k in kernels for n in (*k.scalar_names, *k.batch_inputs,
                                                         *k.row_inputs, *k.col_inputs)}
-    needed = {n for n in needed if shapes.get(n) is not ShapeClass.FULL}
-    lines += [f"{name} = {code}" for name, code in atom_loads(spec, plan, MLX, needed)]
+    defined = {str(step.name) for sched in plan.glue for step in sched.steps}
+    defined |= {name for sched in plan.glue for name, _ in sched.results}
+    defined |= {str(r.name) for r in plan.program.reductions}
+    order = [STEP, DTYPE_EPS, *spec.dynamic_names, *dynamic_statics(spec),
+             *plan.program.live_state]
+    lines += [f"{name} = {_small_load(spec, plan, name, v)}" for name in order
+              if name in needed - defined and shapes.get(name) is not ShapeClass.FULL]
     # Full-size arrays travel flat: a 0-D array would otherwise become a reference in
     # MLX's kernel signature, not a buffer.
-    full_sources = {GRAD: "gradient.reshape(-1)", PARAM: "parameter.reshape(-1)"}
-    full_sources.update({n: f'state["{n}"].reshape(-1)' for n in plan.program.live_state})
+    full_sources = {GRAD: f"{gradient}.reshape(-1)", PARAM: f"{parameter}.reshape(-1)"}
+    full_sources.update({n: f'{state}["{n}"].reshape(-1)' for n in plan.program.live_state})
     for index, kernel in enumerate(kernels):
         lines += _glue_lines(plan.glue[index])
         inputs = [full_sources[n] for n in kernel.full_inputs]
-        for cls, names in ((ShapeClass.BATCH, kernel.batch_inputs),
+        for cls, small in ((ShapeClass.BATCH, kernel.batch_inputs),
                            (ShapeClass.ROW, kernel.row_inputs),
                            (ShapeClass.COL, kernel.col_inputs)):
-            inputs += [f"{SMALL_PACKERS[cls]}({n}, geo)" for n in names]
+            inputs += [f"{SMALL_PACKERS[cls]}({n}, {geo})" for n in small]
         scalars = list(kernel.scalar_names)
         if kernel.rounding_key_index is not None:
-            scalars.append("self._kernel_rounding_key(parameter)")
-        inputs += [f"_rt.pack([{', '.join(scalars)}])", "geo.dims"]
+            scalars.append(f"self._kernel_rounding_key({parameter})")
+        inputs += [f"_rt.pack([{', '.join(scalars)}])", f"{geo}.dims"]
         outputs = []
         for out in kernel.full_outputs:
-            like = "parameter" if out.name == f"new_{PARAM}" else \
-                f'state["{out.name.removeprefix("new_")}"]'
-            dtype = "parameter.dtype" if out.ctype == "T" else "sdt"
-            outputs.append(f"(({like}.size,), {dtype})")
-        outputs += ["((geo.B * geo.nrb * geo.ncc,), mx.float32)"] * len(kernel.all_reductions)
-        outputs += ["((geo.B * geo.M * geo.ncc,), mx.float32)"] * len(kernel.row_reductions)
-        outputs += ["((geo.B * geo.nrb * geo.N,), mx.float32)"] * len(kernel.col_reductions)
+            dtype = f"{parameter}.dtype" if out.ctype == "T" else v["sdt"]
+            outputs.append(f"(({_like(out.name, v)}.size,), {dtype})")
+        outputs += [f"(({geo}.B * {geo}.nrb * {geo}.ncc,), mx.float32)"] * len(
+            kernel.all_reductions)
+        outputs += [f"(({geo}.B * {geo}.M * {geo}.ncc,), mx.float32)"] * len(
+            kernel.row_reductions)
+        outputs += [f"(({geo}.B * {geo}.nrb * {geo}.N,), mx.float32)"] * len(
+            kernel.col_reductions)
         if not kernel.output_names:  # an update that changes nothing here: no launch
             continue
         targets = ", ".join(kernel.output_names) + ("," if len(kernel.output_names) == 1 else "")
-        lines.append(f'{targets} = self._launch(backend, "{kernel.name}", geo, '
-                     f"[{', '.join(inputs)}], [{', '.join(outputs)}], parameter.dtype, sdt)")
+        lines.append(f'{targets} = self._launch({v["backend"]}, "{kernel.name}", {geo}, '
+                     f"[{', '.join(inputs)}], [{', '.join(outputs)}], {parameter}.dtype, "
+                     f"{v['sdt']})")
         for out in kernel.full_outputs:
-            like = "parameter" if out.name == f"new_{PARAM}" else \
-                f'state["{out.name.removeprefix("new_")}"]'
-            lines.append(f"{out.name} = {out.name}.reshape({like}.shape)")
+            lines.append(f"{out.name} = {out.name}.reshape({_like(out.name, v)}.shape)")
         for red in kernel.reductions:
-            lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.mean))
+            lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.mean, v))
     lines += _glue_lines(plan.glue[len(kernels)])
     state_shapes = {s.name: s.shape for s in spec.state}
-    result = "parameter"
+    result = parameter
     full_written = {o.name for k in kernels for o in k.full_outputs}
     for name, _ in plan.flat.results:
         key = name.removeprefix("new_")
         if key == PARAM:
             result = name if name in full_written else \
-                f"self._write_parameter({name}, parameter)"
+                f"self._write_parameter({name}, {parameter})"
         elif name in full_written:
-            lines.append(f'state["{key}"] = {name}')
+            lines.append(f'{state}["{key}"] = {name}')
         else:
-            lines.append(f'state["{key}"] = _rt.collapse({name}, state["{key}"], '
+            lines.append(f'{state}["{key}"] = _rt.collapse({name}, {state}["{key}"], '
                          f'"{state_shapes[key].label}")')
     lines.append(f"return {result}")
     configs = "\n    ".join(c.label for c in plan.configs)
-    return DriverModel(f"_gpu_{plan.name}", f"Fused-kernel update for:\n    {configs}",
-                       tuple(lines), tuple(k.name for k in kernels))
+    signature = f"self, {gradient}, {parameter}, {state}, {v['backend']}"
+    return DriverModel(f"_gpu_{plan.name}", signature,
+                       f"Fused-kernel update for:\n    {configs}", tuple(lines),
+                       tuple(k.name for k in kernels))
 
 
-def headers() -> dict[str, str]:
-    return {name: target.header for name, target in TARGETS.items()}
-
-
-def prologues() -> dict[str, str]:
-    return {name: target.prologue for name, target in TARGETS.items()}
+def _like(output: str, v: dict[str, str]) -> str:
+    """The array a full-size kernel output replaces (its size, shape and dtype)."""
+    if output == f"new_{PARAM}":
+        return v["parameter"]
+    return f'{v["state"]}["{output.removeprefix("new_")}"]'

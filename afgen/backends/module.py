@@ -3,15 +3,16 @@ functions and kernel tables. What every module shares is afgen/runtime.py, which
 imports from beside it (``from . import afgen_runtime as _rt``)."""
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import sympy
 
 from afgen import __version__
-from afgen.backends.gpu_driver import driver_model, headers, plan_kernels, prologues
+from afgen.backends.gpu_driver import driver_model, plan_kernels
 from afgen.backends.kernels import THREADS
 from afgen.backends.mlx_function import layout_functions
-from afgen.backends.names import PYTHON_RESERVED, SymbolTable, spec_names
+from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED, SymbolTable, spec_names
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
 from afgen.backends.targets import TARGETS
@@ -28,6 +29,8 @@ ANNOTATIONS = {
     "schedule": "Union[float, Callable[[mx.array], mx.array], None]",
     "pair": "Tuple[float, float]",
 }
+# Docstring lines of a hyperparameter, after the class body's 8-space indent.
+DOC_WIDTH = 84
 TYPE_DOCS = {"float": "float", "int": "int", "bool": "bool", "optional_float": "float, optional",
              "schedule": "float or callable, optional", "pair": "tuple(float, float)"}
 SHAPE_CODE = {ShapeClass.FULL: "shape", ShapeClass.ROW: "shape[:-1]",
@@ -45,9 +48,8 @@ AXES_CODE = {"last": "len(shape) - 2, len(shape) - 1", "largest": "_rt.largest_t
 class HyperView:
     name: str
     annotation: str
-    type_doc: str
     default_repr: str
-    doc: str
+    doc_lines: tuple[str, ...]  # its entry under "Args:", wrapped as MLX's docstrings are
     init_lines: tuple[str, ...]
 
 
@@ -123,7 +125,12 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
     if h.required:
         default_repr = ""
     doc = h.doc if h.doc.endswith(".") or not h.doc else h.doc + "."
-    return HyperView(h.name, ANNOTATIONS[h.kind], TYPE_DOCS[h.kind], default_repr, doc,
+    entry = f"{h.name} ({TYPE_DOCS[h.kind]}): {doc}"
+    if default_repr:
+        entry += f" Default: ``{default_repr}``."
+    doc_lines = textwrap.wrap(entry, width=DOC_WIDTH, subsequent_indent="    ",
+                              break_long_words=False, break_on_hyphens=False)
+    return HyperView(h.name, ANNOTATIONS[h.kind], default_repr, tuple(doc_lines),
                      tuple(lines))
 
 
@@ -153,13 +160,6 @@ def _factored_code(spec: Spec) -> str:
     return python_code(spec.factored_when.xreplace(
         {s: sympy.Symbol(f"self.{s.name}") for s in spec.factored_when.free_symbols
          if s.name in hypers}))
-
-
-# What the generated module binds at top level and its methods read: spec names must
-# not shadow them (afgen.backends.names.check_spec_names refuses them).
-MODULE_NAMES = frozenset({"mx", "math", "numbers", "self", "Optimizer", "tree_map",
-                          "tree_map_with_path", "Callable", "NamedTuple", "Optional", "Tuple",
-                          "Union", "annotations"})
 
 
 def python_names(spec: Spec) -> SymbolTable:
@@ -205,13 +205,17 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "version": __version__, "threads": THREADS,
         "drivers": drivers, "gpu_dispatch": gpu_dispatch,
         "kernels": sorted(kernel_table.values(), key=lambda k: k.name),
-        "targets": list(TARGETS.values()), "headers": headers(), "prologues": prologues(),
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(compiled), "states": states,
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],
         "any_axes": spec.factor_axes != "last", "layout_functions": functions,
         "mlx_dispatch": mlx_dispatch,
     }
+
+
+def render_targets() -> str:
+    """The text of ``afgen_targets.py``: what every kernel target adds to the bodies."""
+    return render("targets.py.j2", version=__version__, targets=list(TARGETS.values()))
 
 
 def render_module(compiled: Compiled, spec_path: str) -> str:

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import builtins
 import keyword
-from collections.abc import Iterable
 
 from afgen.backends.targets import reserved_in_kernels
 from afgen.errors import SpecError
 from afgen.names import SymbolTable, spec_names
 from afgen.spec.model import Spec
+from afgen.spec.parse import class_name_problem as spec_class_name_problem
 
-__all__ = ["PYTHON_RESERVED", "SymbolTable", "check_kernel_names", "check_spec_names",
-           "spec_names"]
+__all__ = ["MODULE_NAMES", "PYTHON_RESERVED", "SymbolTable", "check_kernel_names",
+           "check_spec_names", "class_name_problem", "spec_names"]
 
 # Python: keywords (soft ones too: ``match``/``case``/``type`` are legal names, but a
 # reader should not meet them as values) and every builtin.
@@ -54,23 +54,62 @@ def check_kernel_names(spec: Spec) -> None:
                         "generated code, so choose another name")
 
 
-def check_spec_names(spec: Spec, module_names: Iterable[str],
-                     optimizer_attributes: Iterable[str]) -> None:
-    """Refuse a spec name the generated code cannot keep verbatim (see the module doc)."""
-    module_names = frozenset(module_names)
-    attributes = frozenset(optimizer_attributes)
+# What a generated module binds at top level (its imports and constants; the kernel
+# tables and the ``_rt`` runtime start with ``_``, which spec names cannot) and ``self``:
+# a spec name used as a local or as the class name must not shadow them.
+MODULE_NAMES = frozenset({"annotations", "math", "Callable", "Optional", "Tuple", "Union", "mx",
+                          "AFGEN_VERSION", "SPEC_SHA256", "BACKENDS", "PRECISIONS",
+                          "NONFINITE", "THREADS", "self"})
+
+
+# The keys of ``optimizer.state`` besides the schedules and the parameters' slots.
+OPTIMIZER_STATE_KEYS = frozenset({"step", "skipped_steps"})
+
+
+def optimizer_attributes() -> frozenset[str]:
+    """The public attributes every generated optimizer has (MLX's Optimizer API and the
+    runtime's options); hyperparameters are stored as ``self.<name>`` beside them."""
+    from afgen.runtime import GeneratedOptimizer
+
+    return frozenset(n for n in dir(GeneratedOptimizer) if not n.startswith("_"))
+
+
+def python_name_problem(name: str) -> str | None:
+    """Why a spec name cannot be written verbatim into the generated Python, or None."""
+    if name in PYTHON_RESERVED:
+        return "a Python keyword or built-in name"
+    if name in MODULE_NAMES:
+        return "a name the generated module already binds"
+    return None
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the generated optimizer class, or None."""
+    problem = spec_class_name_problem(name) or python_name_problem(name)
+    if problem and not problem.startswith("'"):
+        return f"'{name}' is {problem}; it cannot name the optimizer class"
+    return problem
+
+
+def check_spec_names(spec: Spec) -> None:
+    """Refuse a spec name the generated code cannot keep verbatim (see the module doc):
+    in the kernels, in the generated Python, and as an attribute beside the optimizer's."""
     check_kernel_names(spec)
     for name, loc in spec_names(spec).items():
-        if name in PYTHON_RESERVED:
-            why = "a Python keyword or builtin"
-        elif name in module_names:
-            why = "a name the generated module already binds"
-        else:
-            continue
-        raise SpecError(loc, f"'{name}' is {why}; spec names are written verbatim into the "
-                        "generated code, so choose another name")
+        problem = python_name_problem(name)
+        if problem:
+            raise SpecError(loc, f"'{name}' is {problem}; spec names are written verbatim "
+                            "into the generated code, so choose another name")
+    attributes = optimizer_attributes()
     for h in spec.hyperparameters:
-        if h.name in attributes:
+        if h.kind == "schedule":  # kept in self.state[name], as MLX keeps learning_rate
+            if h.name in OPTIMIZER_STATE_KEYS:
+                raise SpecError(h.loc, f"'{h.name}' is a key the optimizer's state already "
+                                "has (schedules are kept in self.state); choose another name")
+        elif h.name in attributes:
             raise SpecError(h.loc, f"'{h.name}' is already an attribute of every generated "
                             "optimizer (hyperparameters are stored as self.<name>); choose "
                             "another name")
+    problem = class_name_problem(spec.class_name)
+    if problem:
+        raise SpecError(spec.class_loc, problem)

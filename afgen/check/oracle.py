@@ -10,15 +10,15 @@ import types
 
 import numpy as np
 
-from afgen.backends.functions import NUMPY, function_model
 from afgen.backends.render import render
 from afgen.check.bookkeeping import Stepper, static_values
+from afgen.check.oracle_code import function_model
 from afgen.lower.compiler import Compiled
 from afgen.lower.plan import KernelPlan
 
 
 def render_oracle(compiled: Compiled) -> str:
-    functions = [function_model(compiled.spec, plan, NUMPY, "_np_") for plan in compiled.plans]
+    functions = [function_model(compiled.spec, plan) for plan in compiled.plans]
     return render("oracle.py.j2", spec=compiled.spec, spec_path=compiled.spec.path,
                   functions=functions)
 

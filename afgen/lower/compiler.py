@@ -5,7 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
-from afgen.backends.names import check_kernel_names
+from afgen.backends.names import check_spec_names
 from afgen.backends.targets import kernel_reductions
 from afgen.lower.config import StaticConfig, all_configs, dynamic_statics, specialising_statics
 from afgen.lower.plan import KernelPlan, build_plan
@@ -47,7 +47,7 @@ class Compiled:
 def compile_spec(spec: Spec) -> Compiled:
     """Specialise ``spec`` for each static configuration and lower each distinct one; the
     passes fold only the reductions every kernel target supports."""
-    check_kernel_names(spec)
+    check_spec_names(spec)
     groups = distinct_programs(spec, all_configs(spec))
     foldable = kernel_reductions()
     return Compiled(spec, [build_plan(program, configs, foldable)

@@ -127,6 +127,7 @@ class Spec:
     state: tuple[StateTensor, ...]
     update: tuple[Statement, ...]
     text: str
+    class_loc: Loc | None = None  # where the spec names the class ('optimizer:')
 
     def equations(self) -> Iterator[Equation]:
         """Every equation of the update, in spec order, branches flattened."""

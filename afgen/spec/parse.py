@@ -1,7 +1,6 @@
 """Spec file -> validated Spec. Every problem is a SpecError at its file:line:col."""
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import keyword
 import math
@@ -56,18 +55,9 @@ STATE_KEYS = {"shape", "when", "init", "doc"}
 # ``re.match(r"^x$", "x\n")`` accepts a name that breaks the generated module.
 IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
-RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS,
-            "has", "self", "mx", "state", "shape", "gradient", "parameter"}
-# What every generated optimizer already has (MLX's Optimizer API, the generated
-# constructor's own arguments); a hyperparameter is stored as ``self.<name>``.
-OPTIMIZER_ATTRIBUTES = {"apply_gradients", "apply_single", "init", "init_single", "state",
-                        "step", "update", "backend", "precision"}
-# What the generated module itself binds at top level (besides private ``_`` names) that
-# a class name could collide with: its imports and constants (the build checks the
-# rendered module too).
-MODULE_NAMES = {"AFGEN_VERSION", "BACKENDS", "Callable", "NONFINITE", "NamedTuple",
-                "Optimizer", "Optional", "PRECISIONS", "SPEC_SHA256", "THREADS", "Tuple",
-                "Union"}
+# The language's own words; what a target language reserves is the backends' rule
+# (afgen/backends/names.py), checked when a spec is compiled.
+RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS, "has"}
 MAX_STATEMENTS = 500
 DEFAULT_PATH = "<spec>"
 # Nodes in one value once earlier names are substituted (every binary operation is one:
@@ -75,8 +65,6 @@ DEFAULT_PATH = "<spec>"
 # with both.
 MAX_INLINED_NODES = 2000
 MAX_INLINED_DEPTH = 48
-# Names the lowering gives to temporaries, reductions, hoisted values and outputs.
-GENERATED_NAME = re.compile(r"^(x|s|h|g|red)\d+|^new_")
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -100,11 +88,6 @@ def class_name_problem(name: str) -> str | None:
     if not CLASS_NAME.fullmatch(name):
         return (f"'{name}' is not a class name (an uppercase ASCII letter, then letters, "
                 "digits or '_', like 'Adafactor')")
-    if keyword.iskeyword(name) or hasattr(builtins, name):
-        return f"'{name}' is a Python keyword or built-in name and cannot name the optimizer class"
-    if name in MODULE_NAMES:
-        return (f"'{name}' is a name the generated module already uses; choose another "
-                "class name")
     return None
 
 
@@ -308,6 +291,7 @@ class _SpecBuilder:
                             f"so it would change nothing: end it with '{PARAM} = ...'")
         return Spec(
             path=self.path, stem=stem, class_name=class_name,
+            class_loc=top["optimizer"].loc,
             summary=_doc_text(top["summary"], "'summary'") if "summary" in top else class_name,
             reference=_doc_text(top["reference"], "'reference'") if "reference" in top else "",
             hyperparameters=tuple(hypers), requires=tuple(requires), factored_when=factored_when,
@@ -371,12 +355,8 @@ class _SpecBuilder:
         if not IDENT.fullmatch(name):
             raise SpecError(loc, f"{what} name '{name}' must be a plain identifier "
                             "(letters, digits, '_', not starting with '_')")
-        if (name in RESERVED or name in FUNCTIONS or keyword.iskeyword(name)
-                or GENERATED_NAME.match(name)):
+        if name in RESERVED or name in FUNCTIONS or keyword.iskeyword(name):
             raise SpecError(loc, f"'{name}' is reserved and cannot name a {what}")
-        if what == "hyperparameter" and name in OPTIMIZER_ATTRIBUTES:
-            raise SpecError(loc, f"'{name}' is reserved: the generated optimizer already has "
-                            "an attribute of that name (hyperparameters are stored as attributes)")
 
     def _pair_names(self, spec: Node, name: str) -> tuple[str, ...]:
         if "names" not in spec.value:
