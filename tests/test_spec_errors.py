@@ -258,3 +258,29 @@ def test_defaults_that_could_never_run_are_refused(transform, message, line):
     error = _error(transform(_spec()))
     assert re.search(message, error.message), error.message
     assert error.loc.line == line, str(error)
+
+
+@pytest.mark.parametrize("update", [
+    "  - c = lr / d\n  - param = param - c * grad",     # a host-only equation
+    "  - param = param - grad * (lr / d)",              # a host-only part of one
+    "  - param = param - grad * pow(0 - lr, 0.5 + d)",  # a root of a negative
+])
+def test_host_arithmetic_that_would_raise_is_refused_at_the_equation(update):
+    """Hyperparameter-only arithmetic runs on Python numbers (as in MLX's optimizers), where
+    1/0 raises ZeroDivisionError: with the declared values (default 0 here) that is a spec
+    error at the equation, not a traceback from the first step."""
+    text = BASE.replace("  beta: {type: optional_float, default: null}",
+                        "  beta: {type: optional_float, default: null}\n"
+                        "  d: {type: float, default: 0.0}")
+    text = text.replace("  - param = param - lr * g\n", update + "\n")
+    text = _spec(base=text)
+    error = _error(text)
+    line = text.splitlines().index(update.splitlines()[0]) + 1
+    assert (error.loc.line, error.loc.col) == (line, 5) and "with d = 0.0" in str(error)
+
+
+def test_host_arithmetic_is_checked_with_the_example_too():
+    text = BASE.replace("  lr: {type: float, default: 0.1}",
+                        "  lr: {type: float, default: 0.1, example: 0.0}")
+    text = text.replace("  - param = param - lr * g\n", "  - param = param - grad * (1 / lr)\n")
+    assert "with lr = 0.0" in str(_error(_spec(base=text)))

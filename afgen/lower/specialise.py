@@ -8,6 +8,7 @@ elementwise, so they are the phase boundaries of the kernel plan.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import sympy
@@ -198,8 +199,28 @@ class _Specialiser:
         if problem:  # e.g. 'z = 0' then 'm = m / z': only substitution folds it to zoo
             raise SpecError(eq.loc, f"'{eq.target}' has {problem} once earlier equations are "
                             f"substituted {where}")
+        self._check_host_value(eq, value)
         self.env[eq.target] = Rounded(self._extract_reductions(value, eq))
         self.value_names[self.env[eq.target]] = eq.target
+
+    def _check_host_value(self, eq: Equation, value: sympy.Expr) -> None:
+        """A value of numeric hyperparameters alone is computed on the host with Python
+        numbers, where a division by zero or a negative base to a fractional power raises
+        instead of giving inf or NaN (as MLX's own optimizers do): refuse one that does so
+        with the values the spec declares (defaults and examples, which verification runs)."""
+        host = {sympy.Symbol(n, real=True) for n in self.spec.dynamic_names}
+        for part, values in itertools.product(_host_parts(value, host),
+                                              _declared_values(self.spec)):
+            if not {str(s) for s in part.free_symbols} <= values.keys():
+                continue
+            problem = undefined_constant(part.xreplace(
+                {s: sympy.Rational(values[str(s)]) for s in part.free_symbols}))
+            if problem:
+                used = ", ".join(f"{s} = {values[str(s)]!r}"
+                                 for s in sorted(part.free_symbols, key=str))
+                raise SpecError(eq.loc, f"'{eq.target}' has {problem} with {used} (computed "
+                                "on the host with Python numbers, which raise); change the "
+                                "default or example, or the equation")
 
     def _extract_reductions(self, expr: sympy.Expr, eq: Equation) -> sympy.Expr:
         """Replace reduction calls (innermost first) by symbols and record them."""
@@ -226,6 +247,30 @@ class _Specialiser:
                 self.shapes[symbol] = shape
             replaced[call] = self.reduction_keys[key]
         return expr.xreplace(replaced)
+
+
+def _host_parts(expr: sympy.Basic, host: set[sympy.Symbol]) -> list[sympy.Basic]:
+    """The largest sub-expressions that read numeric hyperparameters and nothing else."""
+    if expr.free_symbols and expr.free_symbols <= host:
+        return [expr]
+    return [part for arg in expr.args for part in _host_parts(arg, host)]
+
+
+def _declared_values(spec: Spec) -> list[dict[str, float]]:
+    """The numeric hyperparameters' defaults, then their examples (each set by expression
+    name; a part that is None is left out)."""
+    out = []
+    for pick in (lambda h: h.default, lambda h: h.example if h.example is not None
+                 else h.default):
+        values: dict[str, float] = {}
+        for h in spec.hyperparameters:
+            value = pick(h)
+            if h.is_static or value is None or isinstance(value, str):
+                continue
+            items = zip(h.component_names, value) if h.kind == "pair" else [(h.name, value)]
+            values.update({n: float(v) for n, v in items if isinstance(v, (int, float))})
+        out.append(values)
+    return out
 
 
 def specialise(spec: Spec, config: StaticConfig) -> Program:
