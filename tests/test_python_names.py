@@ -86,12 +86,42 @@ def _rebound(function: ast.FunctionDef) -> set[str]:
     return twice
 
 
-def test_every_generated_driver_binds_each_name_once():
-    """Each value is computed once under one name in every shipped module's drivers (and
-    no generator local shadows a value of the spec)."""
+def _recomputed(function: ast.FunctionDef) -> list[str]:
+    """Right-hand sides computed twice in a function, and values a launch packs twice
+    (``x`` twice, or both ``x`` and ``-x``)."""
+    seen: set[str] = set()
+    twice = []
+    defined: dict[str, str] = {}  # name -> what it holds, aliases resolved
+    for node in ast.walk(function):
+        launch = isinstance(node, ast.Assign) and "self._launch(" in ast.unparse(node.value)
+        if isinstance(node, ast.Assign) and not launch:
+            for part in ast.walk(node.value):
+                if isinstance(part, (ast.BinOp, ast.Call)):
+                    text = ast.unparse(part)
+                    if text in seen:
+                        twice.append(text)
+                    seen.add(text)
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            text = ast.unparse(node.value)
+            defined[node.targets[0].id] = defined.get(text, text)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("_rt.pack", "_pack"):
+            packed = []
+            for element in node.args[0].elts:
+                text = defined.get(ast.unparse(element), ast.unparse(element))
+                packed.append(defined.get(text.removeprefix("-"), text.removeprefix("-")))
+            twice += sorted({p for p in packed if packed.count(p) > 1})
+    return twice
+
+
+def test_every_generated_driver_computes_each_value_once():
+    """In every shipped module's drivers each value is computed once, under one name (no
+    generator local shadows a value of the spec), and no launch is passed a value twice:
+    CSE spans the glue between passes."""
     for path in sorted(ROOT.glob("generated/*.py")):
         for function in _functions(path.read_text(), "_gpu_"):
             assert not _rebound(function), (path.name, function.name, _rebound(function))
+            assert not _recomputed(function), (path.name, function.name,
+                                               _recomputed(function))
 
 
 def test_clashing_names_verify_on_every_backend():
@@ -128,3 +158,18 @@ def test_help_of_the_clashing_class_renders():
     cls = load_module(compile_spec(_spec())).Clash
     text = cls.__doc__
     assert "cdt (float): the step size. Default: ``0.1``." in text
+
+
+def test_the_once_check_sees_a_recomputed_value_and_a_value_packed_twice():
+    """The check above, on the two shapes of waste it guards against."""
+    source = '''
+def _gpu_twice(self, t, d, backend):
+    g1 = 1 - t ** d
+    g2 = 2 * (1 - t ** d)
+    s4 = -g1
+    s6 = g1
+    return self._launch(backend, "k", None, [_rt.pack([s4, s6])], [], None, None)
+'''
+    (function,) = _functions(source, "_gpu_")
+    found = _recomputed(function)
+    assert found.count("1 - t ** d") == 2  # computed twice; packed as x and -x
