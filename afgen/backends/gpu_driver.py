@@ -64,8 +64,7 @@ def _glue_lines(sched: Schedule) -> list[str]:
             code = f"mx.{op}({code})" if step.reduce is ReduceAxes.ALL else \
                 f"mx.{op}({code}, axis={REDUCE_AXES[step.reduce]}, keepdims=True)"
         lines.append(f"{step.name} = {code}")
-    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results
-              if expr != sympy.Symbol(name, real=True)]
+    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results]
     return lines
 
 

@@ -200,7 +200,6 @@ def cuda_full_source(
     return text + source + "\n}\n\n} // namespace mlx::core::cu\n"
 
 
-
 def cuda_launch_source(
     name: str,
     input_names: Sequence[str],

@@ -187,7 +187,9 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
     for expr in out_exprs:
         for dep in sorted(expr.free_symbols, key=str):
             visit(dep)
-    return Schedule(tuple(ordered), tuple(zip(results, out_exprs)))
+    # A result that a step already computes under its own name is that step.
+    return Schedule(tuple(ordered), tuple((name, expr) for name, expr in zip(results, out_exprs)
+                                          if expr != sympy.Symbol(name, real=True)))
 
 
 def reduction_levels(program: Program) -> dict[sympy.Symbol, int]:
