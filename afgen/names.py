@@ -19,9 +19,6 @@ class SymbolTable:
     def __init__(self, taken: Iterable[str] = ()) -> None:
         self._taken: set[str] = set(taken)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._taken
-
     def claim(self, name: str) -> str:
         if name in self._taken:
             raise ValueError(f"'{name}' is already taken in this scope")

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import sympy
 
 from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
-from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED, SymbolTable
+from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
 from afgen.backends.printers import mlx_code
 from afgen.backends.targets import smallest_limits
 from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Schedule
+from afgen.names import SymbolTable
 from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field, replace
 
 import sympy
 
-from afgen.backends.names import SymbolTable
 from afgen.backends.printers import kernel_code
 from afgen.backends.render import render
 from afgen.backends.targets import Limits, kernel_reductions, reserved_in_kernels
 from afgen.lower.plan import KernelPlan, Pass
+from afgen.names import SymbolTable
 from afgen.spec.model import PARAM
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 

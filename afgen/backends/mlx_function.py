@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import sympy
 from sympy.core.function import AppliedUndef
 
-from afgen.backends.names import SymbolTable
 from afgen.backends.printers import MLXPrinter, is_wide, python_code
+from afgen.names import SymbolTable
 from afgen.spec.expressions import reduction_of
 from afgen.spec.model import DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Spec, Statement
 from afgen.spec.ops import Rounded

@@ -12,11 +12,12 @@ from afgen import __version__
 from afgen.backends.gpu_driver import driver_model, plan_kernels
 from afgen.backends.kernels import THREADS
 from afgen.backends.mlx_function import layout_functions
-from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED, SymbolTable, spec_names
+from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
 from afgen.backends.targets import TARGETS
 from afgen.lower.compiler import Compiled
+from afgen.names import SymbolTable, spec_names
 from afgen.spec import ops
 from afgen.spec.model import FACTORED, Hyperparameter, Spec
 from afgen.spec.shapes import ShapeClass

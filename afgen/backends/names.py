@@ -22,12 +22,9 @@ import keyword
 
 from afgen.backends.targets import reserved_in_kernels
 from afgen.errors import SpecError
-from afgen.names import SymbolTable, spec_names
+from afgen.names import spec_names
 from afgen.spec.model import Spec
 from afgen.spec.parse import class_name_problem as spec_class_name_problem
-
-__all__ = ["MODULE_NAMES", "PYTHON_RESERVED", "SymbolTable", "check_kernel_names",
-           "check_spec_names", "class_name_problem", "spec_names"]
 
 # Python: keywords (soft ones too: ``match``/``case``/``type`` are legal names, but a
 # reader should not meet them as values) and every builtin.
