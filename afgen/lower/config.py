@@ -85,8 +85,9 @@ def dynamic_statics(spec: Spec) -> tuple[str, ...]:
             if isinstance(statement, Branch):
                 named = {str(s) for s in statement.condition.free_symbols} & candidates
                 then, orelse = _assigned(statement.then), _assigned(statement.orelse)
+                values = [v for arm in (then, orelse) for vs in arm.values() for v in vs]
                 if named and (then.keys() != orelse.keys() or then.keys() & state_names
-                              or not all(small(v) for v in (*then.values(), *orelse.values()))):
+                              or not all(small(v) for v in values)):
                     candidates -= named
                 visit(statement.then)
                 visit(statement.orelse)
@@ -105,7 +106,8 @@ def specialising_statics(spec: Spec) -> tuple[str, ...]:
     dynamic = set(dynamic_statics(spec))
     names = tuple(n for n in spec.static_names if n not in dynamic)
     if len(names) > MAX_SPECIALISING:
-        hyper = spec.hyper(names[MAX_SPECIALISING].removeprefix("has_"))
+        name = names[MAX_SPECIALISING].removeprefix("has_")
+        hyper = next(h for h in spec.hyperparameters if name in (h.name, *h.component_names))
         raise SpecError(hyper.loc, f"{len(names)} static options change the program "
                         f"({', '.join(names)}): that is 2**{len(names)} specialisations, "
                         f"more than the 2**{MAX_SPECIALISING} afgen builds; make some of "
@@ -113,15 +115,17 @@ def specialising_statics(spec: Spec) -> tuple[str, ...]:
     return names
 
 
-def _assigned(statements: tuple[Statement, ...]) -> dict[str, sympy.Basic]:
-    """Name -> last value assigned anywhere in ``statements`` (nested branches too)."""
-    out: dict[str, sympy.Basic] = {}
+def _assigned(statements: tuple[Statement, ...]) -> dict[str, list[sympy.Basic]]:
+    """Name -> every value assigned to it anywhere in ``statements`` (nested branches
+    too)."""
+    out: dict[str, list[sympy.Basic]] = {}
     for statement in statements:
         if isinstance(statement, Branch):
-            out.update(_assigned(statement.then))
-            out.update(_assigned(statement.orelse))
+            for arm in (statement.then, statement.orelse):
+                for name, values in _assigned(arm).items():
+                    out.setdefault(name, []).extend(values)
         else:
-            out[statement.target] = statement.value
+            out.setdefault(statement.target, []).append(statement.value)
     return out
 
 
