@@ -10,13 +10,21 @@ import mlx.optimizers as optim
 import pytest
 
 from afgen.report.mlx_graph import (
+    Dispatches,
     GraphNode,
+    KernelStandIns,
+    LazyNode,
     MlxGraphError,
     Traffic,
+    count_dispatches,
     graph_traffic,
+    kernel_stand_ins,
+    lazy_graph,
     mlx_adafactor_graph,
     mlx_adafactor_traffic,
     mlx_graph,
+    parse_dot,
+    step_dispatches,
 )
 
 F32 = "float32"
@@ -151,3 +159,103 @@ def test_mlx_adafactor_traffic():
           f"{t1.per_element(N):.2f} B/element")
     assert t1.launches == t.launches + 3
     assert t1.bytes_total - t.bytes_total == 7 * 4 * N + 8
+
+
+# ---------------------------------------------------------------------------------------
+# Dispatches of a whole step, counted on MLX's lazy graph
+
+
+def _one_tensor():
+    return {"w": mx.zeros((8, 4))}, {"w": mx.ones((8, 4))}
+
+
+def test_mlx_adam_dispatches_counted_by_hand():
+    # mlx.optimizers.Adam.apply_single (bias_correction off): m = b1*m + (1-b1)*g is two
+    # Multiply and an Add; v = b2*v + (1-b2)*square(g) adds a Square; the update
+    # p - lr*m / (sqrt(v) + eps) is Sqrt, Add, Multiply, Divide, Subtract. Python scalars
+    # enter as Broadcast views of constants. apply_gradients adds step + 1 (an Add).
+    params, grads = _one_tensor()
+    eager = step_dispatches(optim.Adam(1e-3), params, grads, compiled=False)
+    assert dict(eager.by_primitive) == {"Multiply": 5, "Add": 3 + 1, "Square": 1, "Sqrt": 1,
+                                        "Divide": 1, "Subtract": 1}
+    assert eager == Dispatches(total=13, fused=0, kernels=0)
+    # Compiled: every elementwise op of the tensor fuses into one group with three outputs
+    # (p, m, v); the uint64 step increment is not connected to it and stays an Add.
+    compiled = step_dispatches(optim.Adam(1e-3), params, grads, compiled=True)
+    assert dict(compiled.by_primitive) == {"Compiled": 1, "Add": 1}
+    assert compiled == Dispatches(total=2, fused=1, kernels=0)
+    # The caller's tree is left as it was (mx.compile swaps the arrays it tracks).
+    assert mx.array_equal(params["w"], mx.zeros((8, 4)))
+
+
+def test_dispatches_grow_by_the_same_count_per_tensor():
+    def count(n):
+        shapes = {f"w{i}": mx.zeros((8, 4)) for i in range(n)}
+        return step_dispatches(optim.Adam(1e-3), shapes, dict(shapes), compiled=False).total
+
+    assert count(3) - count(2) == count(2) - count(1) == 12  # the step increment is shared
+
+
+def test_views_launch_nothing_and_reshape_of_a_view_copies():
+    x = mx.ones((8, 6, 4))
+    mx.eval(x)
+    # Reshaping an input is a view: only the Multiply launches (the 2.0 is a Broadcast).
+    free = lazy_graph(x.reshape(48, 4) * 2.0)
+    assert [n.primitive for n in free] == ["Reshape", "Broadcast", "Multiply"]
+    assert count_dispatches(free) == Dispatches(total=1, fused=0, kernels=0)
+    # A reshape of a transpose copies. Without shapes a slice is not known to be
+    # contiguous, so its reshape is counted as a copy too (the count errs upwards).
+    for view in (x.transpose(1, 0, 2), x[2:4]):
+        nodes = lazy_graph(view.reshape(-1) * 2.0)
+        assert count_dispatches(nodes) == Dispatches(total=2, fused=0, kernels=0)
+        assert dict(count_dispatches(nodes).by_primitive) == {"Reshape": 1, "Multiply": 1}
+    # Squeeze and ExpandDims keep the layout: no copy for the reshape after them.
+    kept = lazy_graph(mx.expand_dims(x, 0).squeeze(0).reshape(-1) + 1.0)
+    assert count_dispatches(kept).total == 1
+
+
+def test_lazy_graph_keeps_what_the_exported_trace_merges():
+    a, b = mx.ones((4, 4)), mx.ones((4, 4))
+    mx.eval(a, b)
+    # Eager MLX computes a*b twice; mx.export_function's trace merges the duplicate.
+    assert count_dispatches(lazy_graph(a * b + a * b)).total == 3
+    assert graph_traffic(mlx_graph(lambda a, b: a * b + a * b, a, b)).launches == 2
+
+
+def test_compiled_groups_count_once():
+    a = mx.ones((4, 4))
+    mx.eval(a)
+    # exp(a) + 1, * 2: three elementwise ops fuse into one group; the sum stays a kernel.
+    out = mx.compile(lambda a: (mx.exp(a) + 1) * 2)(a)
+    nodes = lazy_graph(mx.sum(out))
+    assert [n.primitive for n in nodes][0].startswith("Compiled")
+    assert count_dispatches(nodes) == Dispatches(total=2, fused=1, kernels=0)
+
+
+def test_fused_step_counts_stand_in_launches():
+    import generated.adam as afgen_adam
+
+    params, grads = _one_tensor()
+    with kernel_stand_ins(afgen_adam) as stand_ins:
+        opt = afgen_adam.Adam(1e-3, backend="metal")
+        d = step_dispatches(opt, params, grads, compiled=False, stand_ins=stand_ins)
+    # One kernel updates p, m and v; its scalars are packed into one array by a
+    # Concatenate; the step increment is the shared Add.
+    assert stand_ins.launches == 1 and d.kernels == 1
+    by = dict(d.by_primitive)
+    assert by["Depends"] == 1 and by["Concatenate"] == 1 and by["Add"] == 1
+    assert d.total == sum(by.values()) == d.kernels + d.ops
+    # Read without the stand-in's name, the Depends node is a view and the launch is lost.
+    runner = KernelStandIns()
+    out = runner("metal", "k", ["a"], ["o"], "", "", {
+        "inputs": [mx.ones((4,)) * 3], "output_shapes": [(4,)], "output_dtypes": [mx.float32]})
+    nodes = lazy_graph(out[0] + 1)
+    assert count_dispatches(nodes, stand_in=runner.primitive).total == 3
+    assert count_dispatches(nodes).total == 2
+
+
+def test_parse_dot_refuses_unknown_lines():
+    text = 'digraph {\n{ 1 [label ="Add", shape=rectangle]; }\n"A" -> 1\n1 -> "B"\n}\n'
+    assert parse_dot(text) == [LazyNode("Add", ("A",), ("B",))]
+    with pytest.raises(MlxGraphError, match="unexpected line 3"):
+        parse_dot(text.replace('"A" -> 1', 'A -- 1'))

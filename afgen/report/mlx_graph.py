@@ -67,9 +67,13 @@ input were a materialized array of its own shape (no views can be resolved).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from math import prod
+from pathlib import Path
 from typing import Any
 
 Port = tuple[tuple[int, ...], str]
@@ -436,17 +440,242 @@ def mlx_adafactor_traffic(
     return graph_traffic(mlx_adafactor_graph(shape, dtype, **options))
 
 
+# ---------------------------------------------------------------------------------------
+# Counting dispatches of one optimizer step
+#
+# Launch overhead, not bandwidth, decides the step time of a tree of many small tensors, so
+# the dispatch count of a whole step is reported beside the traffic of one parameter. It
+# is counted on the lazy graph a step leaves behind (``mx.export_to_dot`` of the step's
+# unevaluated outputs), not on the exported trace, for three reasons found by trying:
+#
+# * ``mx.export_function`` simplifies the trace (common subexpressions merged, equal
+#   scalar constants merged), so the scalar glue an eager step recomputes per tensor (a
+#   learning-rate schedule, a packed hyperparameter array) would appear once per step:
+#   exactly the growth with the tensor count this count exists to show.
+# * ``mx.export_function`` traces with compilation switched off: exporting ``mx.compile(f)``
+#   gives ``f``'s unfused graph, never a ``Compiled`` node.
+# * A compiled function's lazy outputs, by contrast, hang off the graph MLX replays: its
+#   ``Compiled`` nodes (one per fused group of elementwise ops, however many it fuses)
+#   and the primitives it could not fuse (reductions, custom kernels). The lazy graph of an
+#   eager step is the one MLX evaluates op by op, duplicates included.
+#
+# Fused (Metal/CUDA) steps cannot be built for real here: ``mx.fast.metal_kernel`` records
+# a ``CustomKernel`` while ``mx.export_function`` traces, but refuses to be called outside
+# tracing without a Metal device, and ``mx.fast.cuda_kernel`` refuses always. So each
+# launch is replaced by a stand-in (:class:`KernelStandIns`): one ``Depends`` node that
+# consumes the launch's inputs and yields outputs of its shapes and dtypes, which neither
+# MLX's optimizers nor the generated glue use otherwise. Like ``CustomKernel`` it is opaque
+# to ``mx.compile``, so the glue around it fuses as it would around the real kernel; the
+# count of stand-ins is checked against the launches the runner saw.
+
+
+@dataclass(frozen=True)
+class LazyNode:
+    """One primitive of a lazy (unevaluated) MLX graph, as ``mx.export_to_dot`` names it.
+
+    ``primitive`` is MLX's display name, which differs from the export name for some
+    primitives (a sum ``Reduce`` is ``"Sum"``, a fused group is ``"Compiled"`` followed
+    by the names of the ops it fused). The graph carries no shapes, only array names.
+    """
+
+    primitive: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dispatches:
+    """Kernel dispatches of a graph: ``total`` counts every launch, of which ``fused`` are
+    ``Compiled`` groups and ``kernels`` are custom (afgen) kernel launches; the rest
+    (``total - fused - kernels``) are MLX ops launched one by one."""
+
+    total: int
+    fused: int
+    kernels: int
+    by_primitive: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+    @property
+    def ops(self) -> int:
+        """Dispatches that are single MLX ops (glue, reductions, unfused elementwise)."""
+        return self.total - self.fused - self.kernels
+
+    def per_tensor(self, tensors: int) -> float:
+        return self.total / tensors
+
+
+_DOT_NODE = re.compile(r'^\{ (\d+) \[label ="([^"]*)", shape=rectangle\]; \}$')
+_DOT_INPUT = re.compile(r'^"([^"]+)" -> (\d+)$')
+_DOT_OUTPUT = re.compile(r'^(\d+) -> "([^"]+)"$')
+_DOT_ARRAY = re.compile(r'^\{ (rank=(source|sink); )?"([^"]+)"; \}$')
+
+
+def parse_dot(text: str) -> list[LazyNode]:
+    """The nodes of MLX's DOT export in the order written (inputs before their users).
+
+    Every line must be one MLX writes (``digraph {``, an array, a node, an edge, ``}``);
+    anything else raises :class:`MlxGraphError` rather than being skipped.
+    """
+    nodes: dict[str, tuple[str, list[str], list[str]]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line in ("digraph {", "}", "") or _DOT_ARRAY.match(line):
+            continue
+        if m := _DOT_NODE.match(line):
+            nodes[m[1]] = (m[2], [], [])
+        elif (m := _DOT_INPUT.match(line)) and m[2] in nodes:
+            nodes[m[2]][1].append(m[1])
+        elif (m := _DOT_OUTPUT.match(line)) and m[1] in nodes:
+            nodes[m[1]][2].append(m[2])
+        else:
+            raise MlxGraphError(f"unexpected line {number} in MLX's DOT graph: {line!r}")
+    return [LazyNode(p, tuple(ins), tuple(outs)) for p, ins, outs in nodes.values()]
+
+
+def lazy_graph(*outputs: Any) -> list[LazyNode]:
+    """The unevaluated graph behind ``outputs`` (mx arrays), from ``mx.export_to_dot``.
+
+    Evaluated arrays are where it stops: evaluate what should not be counted (initial
+    state, inputs) before building the outputs.
+    """
+    import mlx.core as mx
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "graph.dot"
+        mx.export_to_dot(str(path), *outputs)
+        return parse_dot(path.read_text())
+
+
+_KEEPS_LAYOUT = frozenset({"Copy", "Depends", "ExpandDims", "Squeeze", "StopGradient"})
+
+
+def count_dispatches(nodes: list[LazyNode], stand_in: str | None = None) -> Dispatches:
+    """Kernel dispatches of a lazy graph: every node except views; a ``Compiled`` node
+    counts once however many ops it fused.
+
+    Views are :data:`VIEW_PRIMITIVES`; a reshape-like primitive (:data:`RESHAPE_PRIMITIVES`)
+    is a view of a row-contiguous input and a copy kernel otherwise. Without shapes,
+    contiguity is followed conservatively: inputs and kernel outputs are contiguous, a
+    squeeze or expand keeps its input's layout, and the output of a broadcast, transpose,
+    slice, split or strided view is taken as non-contiguous (so a reshape of it counts a
+    copy, as in :func:`graph_traffic`). ``stand_in`` names the primitive that stands for a
+    custom kernel launch (see :class:`KernelStandIns`): it counts as a kernel, not a view.
+    """
+    contiguous: dict[str, bool] = {}
+    by_primitive: dict[str, int] = {}
+    fused = kernels = total = 0
+    for node in nodes:
+        p = node.primitive
+        source_contiguous = all(contiguous.get(n, True) for n in node.input_names[:1])
+        if p == stand_in:
+            kernels += 1
+        elif p in VIEW_PRIMITIVES or (p in RESHAPE_PRIMITIVES and source_contiguous):
+            keeps = p in RESHAPE_PRIMITIVES or p in _KEEPS_LAYOUT
+            contiguous.update((n, keeps and source_contiguous) for n in node.output_names)
+            continue
+        elif p.startswith("Compiled"):
+            fused += 1
+        total_name = "Compiled" if p.startswith("Compiled") else p
+        by_primitive[total_name] = by_primitive.get(total_name, 0) + 1
+        total += 1
+        contiguous.update((n, True) for n in node.output_names)
+    return Dispatches(total=total, fused=fused, kernels=kernels,
+                      by_primitive=tuple(sorted(by_primitive.items(), key=lambda kv: -kv[1])))
+
+
+class KernelStandIns:
+    """A generated module's kernel runner that launches nothing: each launch returns
+    ``Depends`` stand-ins (zero-stride views of a 0-D zero, of the launch's output shapes
+    and dtypes) that depend on every input, so the lazy graph of a fused step holds one
+    node per launch with the glue around it. Nothing it returns can be evaluated usefully;
+    it is for counting."""
+
+    primitive = "Depends"
+
+    def __init__(self) -> None:
+        self.launches = 0
+
+    def __call__(self, backend: str, name: str, input_names: list[str],
+                 output_names: list[str], source: str, header: str, call: dict) -> list:
+        import mlx.core as mx
+
+        self.launches += 1
+        outputs = [mx.broadcast_to(mx.array(0, dtype=dtype), tuple(shape))
+                   for shape, dtype in zip(call["output_shapes"], call["output_dtypes"])]
+        return mx.depends(outputs, list(call["inputs"]))
+
+
+@contextlib.contextmanager
+def kernel_stand_ins(module: Any) -> Iterator[KernelStandIns]:
+    """Within the block, a generated module's kernel launches (and those of every module
+    sharing its runtime) return :class:`KernelStandIns` outputs."""
+    from afgen.check.kernel_runner import runtime_of
+
+    runner = KernelStandIns()
+    runtime = runtime_of(module)
+    previous = runtime.use_kernel_runner(runner)
+    try:
+        yield runner
+    finally:
+        runtime.use_kernel_runner(previous)
+
+
+def step_dispatches(optimizer: Any, parameters: Any, gradients: Any, *, compiled: bool,
+                    stand_ins: KernelStandIns | None = None) -> Dispatches:
+    """Dispatches of one ``optimizer.apply_gradients`` over a parameter tree, eager or
+    under ``mx.compile`` (the usual training-loop form: the optimizer state as an implicit
+    input and output).
+
+    The state is initialised and evaluated first, so only the step is counted: the update
+    of every tensor, the step counter and any schedules. Pass the ``stand_ins`` runner of
+    :func:`kernel_stand_ins` for a fused backend; its launches must all appear in the graph.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_map
+
+    mx.eval(parameters, gradients)
+    optimizer.init(parameters)
+    mx.eval(optimizer.state)
+    # mx.compile swaps the arrays of the containers it tracks; the caller's stay theirs.
+    held = {"parameters": tree_map(lambda a: a, parameters)}
+
+    def step(grads: Any) -> Any:
+        held["parameters"] = optimizer.apply_gradients(grads, held["parameters"])
+        return held["parameters"]
+
+    if compiled:
+        tracked = [held, optimizer.state]
+        step = mx.compile(step, inputs=tracked, outputs=tracked)
+    launched = stand_ins.launches if stand_ins else 0
+    updated = step(gradients)
+    outputs = [v for _, v in tree_flatten(updated)]
+    outputs += [v for _, v in tree_flatten(optimizer.state) if isinstance(v, mx.array)]
+    counted = count_dispatches(lazy_graph(*outputs),
+                               stand_in=stand_ins.primitive if stand_ins else None)
+    if stand_ins and counted.kernels != stand_ins.launches - launched:
+        raise MlxGraphError(f"{stand_ins.launches - launched} kernel launches but "
+                            f"{counted.kernels} stand-ins in the graph")
+    return counted
+
+
 __all__ = [
     "DTYPE_SIZES",
     "RESHAPE_PRIMITIVES",
     "VIEW_PRIMITIVES",
+    "Dispatches",
     "GraphNode",
+    "KernelStandIns",
+    "LazyNode",
     "MlxGraphError",
     "Port",
     "Traffic",
     "dtype_size",
-    "optimizer_graph",
+    "count_dispatches",
     "graph_traffic",
+    "kernel_stand_ins",
+    "lazy_graph",
+    "optimizer_graph",
+    "parse_dot",
+    "step_dispatches",
     "mlx_adafactor_graph",
     "mlx_adafactor_traffic",
     "mlx_graph",
