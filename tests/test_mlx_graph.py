@@ -247,9 +247,11 @@ def test_fused_step_counts_stand_in_launches():
     assert d.total == sum(by.values()) == d.kernels + d.ops
     # Read without the stand-in's name, the Depends node is a view and the launch is lost.
     runner = KernelStandIns()
+    a = mx.ones((4,))
+    mx.eval(a)
     out = runner("metal", "k", ["a"], ["o"], "", "", {
-        "inputs": [mx.ones((4,)) * 3], "output_shapes": [(4,)], "output_dtypes": [mx.float32]})
-    nodes = lazy_graph(out[0] + 1)
+        "inputs": [a * 3], "output_shapes": [(4,)], "output_dtypes": [mx.float32]})
+    nodes = lazy_graph(out[0] + 1)  # Multiply, the launch, Add
     assert count_dispatches(nodes, stand_in=runner.primitive).total == 3
     assert count_dispatches(nodes).total == 2
 
