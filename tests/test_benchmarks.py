@@ -1,22 +1,87 @@
 """The benchmark scripts run (tiny shapes) so they stay ready for a GPU machine."""
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_gpu_benchmark_smoke_mode_runs():
-    result = subprocess.run([sys.executable, "benchmarks/bench_gpu.py", "--smoke"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+def _run(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "64x96" in result.stdout and "tiny-tree" in result.stdout
-    assert "%copy" in result.stdout
+    return result.stdout
+
+
+def test_gpu_benchmark_smoke_mode_runs():
+    out = _run("benchmarks/bench_gpu.py", "--smoke")
+    assert "64x96" in out and "tiny-tree" in out
+    assert "%copy" in out
 
 
 def test_cpu_benchmark_runs():
-    result = subprocess.run([sys.executable, "benchmarks/bench_cpu.py", "--steps", "1",
-                             "--repeats", "1"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("x\n") >= 4  # four speed-up ratios
+    out = _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1")
+    assert out.count("x\n") >= 4  # four speed-up ratios
+
+
+def _dispatch_rows(out: str) -> dict[tuple[str, str], list[int]]:
+    """bench_dispatch's table: (optimizer, mode) -> [per step, kernels, glue] (fused)."""
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"(\S.*?)\s+(eager|compiled)\s+(\d+)\s+[\d.]+\s*(\d+)?\s*(\d+)?$", line)
+        if m:
+            rows[m[1], m[2]] = [int(v) for v in m.groups()[2:] if v is not None]
+    return rows
+
+
+def test_dispatch_benchmark_smoke_mode_counts():
+    out = _run("benchmarks/bench_dispatch.py", "--smoke")
+    assert "21 tensors" in out  # Llama layout with 2 layers: 3 + 9 * 2
+    rows = _dispatch_rows(out)
+    assert len(rows) == 12  # six optimizers, eager and compiled
+    # The fused Adafactor launches 3 kernels per matrix (16: embedding, lm_head and 7 per
+    # layer) and 2 per vector (5 norms); fused Adam one per tensor. Glue is the rest.
+    for mode in ("eager", "compiled"):
+        total, kernels, glue = rows["afgen Adafactor (fused)", mode]
+        assert kernels == 3 * 16 + 2 * 5 and total == kernels + glue
+        total, kernels, glue = rows["afgen Adam (fused)", mode]
+        assert kernels == 21 and total == kernels + glue
+    # mlx.optimizers.Adam: 12 ops per tensor and the step increment (see test_mlx_graph);
+    # compiled, one fused group per tensor and the increment.
+    assert rows["mlx.optimizers.Adam", "eager"] == [12 * 21 + 1]
+    assert rows["mlx.optimizers.Adam", "compiled"] == [21 + 1]
+    for (name, mode), counts in rows.items():
+        if mode == "compiled":
+            assert counts[0] <= rows[name, "eager"][0], name
+
+
+def test_cpu_benchmark_sweep_numbers():
+    out = _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1", "--smoke",
+               "--sweep")
+    bandwidth = re.search(r"copy bandwidth: NumPy ([\d.]+) GB/s, MLX ([\d.]+) GB/s", out)
+    assert bandwidth and float(bandwidth[1]) > 0 and float(bandwidth[2]) > 0
+    times = re.findall(r"^\s+([\d.]+)M((?:\s+[\d.]+){5})$", out, re.M)
+    assert len(times) == 2  # two tiny trees, four variants and the bound each
+    sizes = [float(size) for size, _ in times]
+    bounds = [float(cols.split()[-1]) for _, cols in times]
+    assert sizes[0] < sizes[1] and bounds[0] <= bounds[1]
+    dispatch = {int(m[0]): [int(v) for v in m[1].split()]
+                for m in re.findall(r"^\s+(\d+)((?:\s+\d+){4})$", out, re.M)}
+    assert sorted(dispatch) == [12, 21]
+    # The same counts as bench_dispatch (fused eager/compiled, mlx eager/compiled).
+    rows = _dispatch_rows(_run("benchmarks/bench_dispatch.py", "--smoke"))
+    assert dispatch[21] == [rows["afgen Adafactor (fused)", "eager"][0],
+                            rows["afgen Adafactor (fused)", "compiled"][0],
+                            rows["mlx.optimizers.Adafactor", "eager"][0],
+                            rows["mlx.optimizers.Adafactor", "compiled"][0]]
+
+
+def test_cpu_benchmark_plot(tmp_path):
+    pytest.importorskip("matplotlib")  # the numbers behind the plot: the test above
+    png = tmp_path / "sweep.png"
+    _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1", "--smoke", "--plot",
+         str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
