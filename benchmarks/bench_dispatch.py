@@ -126,8 +126,8 @@ def print_table(trees: dict) -> None:
                 mode = "compiled" if compiled else "eager"
                 fused = contender.fused_module is not None
                 split = f"{d.kernels:>8} {d.total - d.kernels:>6}" if fused else f"{'':>8} {'':>6}"
-                print(f"{contender.label:<26} {mode:<9} {d.total:>9} "
-                      f"{d.per_tensor(len(shapes)):>11.1f} " + split)
+                print((f"{contender.label:<26} {mode:<9} {d.total:>9} "
+                       f"{d.per_tensor(len(shapes)):>11.1f} " + split).rstrip())
 
 
 def main() -> None:
