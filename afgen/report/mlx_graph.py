@@ -64,6 +64,15 @@ kernel reads each of its inputs once and writes each of its outputs once.
 Nodes made by :func:`mlx_graph` carry the names MLX gives its arrays, which is how views
 are followed to their sources. Nodes built by hand without names are counted as if every
 input were a materialized array of its own shape (no views can be resolved).
+
+How dispatches are counted
+--------------------------
+:func:`step_dispatches` counts the kernel launches of one optimizer step over a whole tree,
+eager or under ``mx.compile``, on a different graph: the lazy graph the step leaves behind
+(:func:`lazy_graph`, from ``mx.export_to_dot``), because the exported trace merges the
+per-tensor duplicates an eager step really launches and is never fused. Views are not
+counted, a ``Compiled`` group counts once, and a fused backend's kernel launches are stood
+in for by :class:`KernelStandIns`. The section "Counting dispatches" below says why.
 """
 from __future__ import annotations
 
