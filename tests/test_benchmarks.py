@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -80,7 +78,6 @@ def test_cpu_benchmark_sweep_numbers():
 
 
 def test_cpu_benchmark_plot(tmp_path):
-    pytest.importorskip("matplotlib")  # the numbers behind the plot: the test above
     png = tmp_path / "sweep.png"
     _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1", "--smoke", "--plot",
          str(png))
