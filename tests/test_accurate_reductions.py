@@ -6,6 +6,10 @@ about 1.4% too small. The runtime's blocked sums (``total``/``mean``), which eve
 reduction of the generated code goes through, are checked here against float64: on
 their own at 1M and 16M elements and odd shapes, folding kernel partial sums, and as
 one whole Adafactor step at 4096 x 4096 and 8192 x 8192 against the float64 oracle."""
+import subprocess
+import sys
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
@@ -156,3 +160,14 @@ def test_adafactor_step_matches_float64_at_real_sizes(compiled, n, hyper):
     if n == 4096:  # MLX's own optimizer on the same step: its means are ~1e-2 off
         theirs = _one_step(optim.Adafactor, hyper, p, g)
         assert _scale_error(theirs - p, step) < -5e-3
+
+
+def test_accuracy_benchmark_runs():
+    """benchmarks/bench_accuracy.py on small sizes: every table prints."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "benchmarks/bench_accuracy.py", "--quick",
+                             "--repeats", "1"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "blocked/mlx" in result.stdout and "_rt.total" in result.stdout
+    assert result.stdout.count("beta_1=0.9") == 2
