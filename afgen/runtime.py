@@ -427,6 +427,75 @@ def reoriented(update: Callable[[mx.array, mx.array, dict], mx.array], axes: Axe
 
 
 # ---------------------------------------------------------------------------------------
+# Accurate reductions
+# ---------------------------------------------------------------------------------------
+# MLX's CPU reduction adds an output's elements one after another, so its float32 error
+# grows with the length: the mean of 16M squares of normal samples comes out 3% small.
+# Summing blocks of SUM_BLOCK elements, then blocks of those partial sums, keeps every
+# chain of additions short (the error then grows with the logarithm of the length). The
+# input is read once and never copied: splitting an axis in two is a strided view, and
+# the partial sums are 1/SUM_BLOCK of it.
+SUM_BLOCK = 64
+HALF_FLOATS = (mx.float16, mx.bfloat16)
+
+
+def _reduced_axes(ndim: int, axis: int | Sequence[int] | None) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for an array of {ndim} dimensions")
+    return tuple(sorted({a % ndim for a in axes}))
+
+
+def _blocked_axis_sum(x: mx.array, axis: int) -> mx.array:
+    """The sum along one axis (kept, of length 1), in blocks of SUM_BLOCK."""
+    while x.shape[axis] > SUM_BLOCK:
+        length = x.shape[axis]
+        whole, rest = divmod(length, SUM_BLOCK)
+        before = (slice(None),) * axis
+        head = x[before + (slice(0, whole * SUM_BLOCK),)] if rest else x
+        split = x.shape[:axis] + (whole, SUM_BLOCK) + x.shape[axis + 1:]
+        partial = mx.sum(head.reshape(split), axis=axis + 1)
+        if rest:
+            tail = mx.sum(x[before + (slice(whole * SUM_BLOCK, length),)], axis=axis,
+                          keepdims=True)
+            partial = mx.concatenate([partial, tail], axis=axis)
+        x = partial
+    return mx.sum(x, axis=axis, keepdims=True)
+
+
+def _is_short(x: mx.array, axes: tuple[int, ...]) -> bool:
+    """MLX reduces it as accurately: few elements per output, or a 16-bit input (MLX
+    accumulates those in float32 and rounds once; blocks would round every partial sum)."""
+    return x.dtype in HALF_FLOATS or math.prod(x.shape[a] for a in axes) <= SUM_BLOCK
+
+
+def total(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False
+          ) -> mx.array:
+    """``mx.sum`` accurate to float32 at any length (blocked partial sums)."""
+    x = x if isinstance(x, mx.array) else mx.array(x)
+    axes = _reduced_axes(x.ndim, axis)
+    if _is_short(x, axes):
+        return mx.sum(x, axis=axis, keepdims=keepdims)
+    for a in reversed(axes):
+        x = _blocked_axis_sum(x, a)
+    return x if keepdims else x.squeeze(axes)
+
+
+def mean(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False
+         ) -> mx.array:
+    """``mx.mean`` accurate to float32 at any length (``mx.mean`` itself where that is as
+    accurate, so small reductions keep MLX's bits)."""
+    x = x if isinstance(x, mx.array) else mx.array(x)
+    axes = _reduced_axes(x.ndim, axis)
+    if _is_short(x, axes):
+        return mx.mean(x, axis=axis, keepdims=keepdims)
+    return total(x, axes, keepdims) / math.prod(x.shape[a] for a in axes)
+
+
+# ---------------------------------------------------------------------------------------
 # Fused kernels: geometry, small inputs, partial reductions, launches
 # ---------------------------------------------------------------------------------------
 class Geometry(NamedTuple):
@@ -485,13 +554,12 @@ def pack(values: Sequence[Any]) -> mx.array:
 
 def row_total(part: mx.array, geo: Geometry) -> mx.array:
     """Per-row totals (broadcast layout) from a kernel's partial sums, one per col chunk."""
-    return part.reshape(geo.B, geo.M, geo.ncc).sum(-1).reshape(geo.shape[:-1] + (1,))
+    return total(part.reshape(geo.B, geo.M, geo.ncc), -1).reshape(geo.shape[:-1] + (1,))
 
 
 def col_total(part: mx.array, geo: Geometry) -> mx.array:
     """Per-col totals (broadcast layout) from a kernel's partial sums, one per row block."""
-    total = part.reshape(geo.B, geo.nrb, geo.N).sum(1)
-    return total.reshape(geo.shape[:-2] + (1, geo.N))
+    return total(part.reshape(geo.B, geo.nrb, geo.N), 1).reshape(geo.shape[:-2] + (1, geo.N))
 
 
 class KernelTables(NamedTuple):
@@ -722,6 +790,20 @@ class GeneratedOptimizer(Optimizer):
         float32 array of scalars); 0.0 means round to nearest."""
         key = self._rounding_key(parameter)
         return mx.array(0.0) if key is None else key.view(mx.float32)
+
+    # Reductions of the MLX-ops update: precision="param" is MLX's own optimizers, bit for
+    # bit, so it reduces as they do; float32 math reduces accurately at any size.
+    def _sum(self, x: Any, axis: int | Sequence[int] | None = None,
+             keepdims: bool = False) -> mx.array:
+        if self.precision == "param":
+            return mx.sum(x, axis=axis, keepdims=keepdims)
+        return total(x, axis, keepdims)
+
+    def _mean(self, x: Any, axis: int | Sequence[int] | None = None,
+              keepdims: bool = False) -> mx.array:
+        if self.precision == "param":
+            return mx.mean(x, axis=axis, keepdims=keepdims)
+        return mean(x, axis, keepdims)
 
     # Fused kernels of the generated module.
     def _geometry(self, shape: Sequence[int], factored: bool, rows_per_group: int,

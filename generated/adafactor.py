@@ -182,18 +182,18 @@ class Adafactor(_rt.GeneratedOptimizer):
             rho = _rt.cast(mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)), cdt)
         else:
             rho = _rt.cast(self.state["learning_rate"], cdt)
-        alpha = (mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * rho if self.scale_parameter else rho)
+        alpha = (mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * rho if self.scale_parameter else rho)
         step_decay = _rt.cast(t ** self.decay_rate, cdt)
         beta2t = 1 - step_decay
         g2 = mx.square(grad) + self.eps[0]
         exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
-        exp_avg_sq_row = beta2t * exp_avg_sq_row + (1 - beta2t) * mx.mean(g2, axis=-1, keepdims=True)
+        exp_avg_sq_row = beta2t * exp_avg_sq_row + (1 - beta2t) * self._mean(g2, axis=-1, keepdims=True)
         state["exp_avg_sq_row"] = _rt.collapse(exp_avg_sq_row, state["exp_avg_sq_row"], "row")
         exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
-        exp_avg_sq_col = beta2t * exp_avg_sq_col + (1 - beta2t) * mx.mean(g2, axis=-2, keepdims=True)
+        exp_avg_sq_col = beta2t * exp_avg_sq_col + (1 - beta2t) * self._mean(g2, axis=-2, keepdims=True)
         state["exp_avg_sq_col"] = _rt.collapse(exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-        u = mx.rsqrt(exp_avg_sq_row / mx.mean(exp_avg_sq_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(exp_avg_sq_col) * grad
-        u = alpha * (u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold))
+        u = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(exp_avg_sq_col) * grad
+        u = alpha * (u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
         if self.beta_1 is not None:
             exp_avg = _rt.cast(state["exp_avg"], cdt)
             exp_avg = self.beta_1 * exp_avg + (1 - self.beta_1) * u
@@ -213,7 +213,7 @@ class Adafactor(_rt.GeneratedOptimizer):
             rho = _rt.cast(mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)), cdt)
         else:
             rho = _rt.cast(self.state["learning_rate"], cdt)
-        alpha = (mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * rho if self.scale_parameter else rho)
+        alpha = (mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * rho if self.scale_parameter else rho)
         step_decay = _rt.cast(t ** self.decay_rate, cdt)
         beta2t = 1 - step_decay
         g2 = mx.square(grad) + self.eps[0]
@@ -221,7 +221,7 @@ class Adafactor(_rt.GeneratedOptimizer):
         exp_avg_sq = beta2t * exp_avg_sq + (1 - beta2t) * g2
         state["exp_avg_sq"] = _rt.collapse(exp_avg_sq, state["exp_avg_sq"], "full")
         u = mx.rsqrt(exp_avg_sq) * grad
-        u = alpha * (u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold))
+        u = alpha * (u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
         if self.beta_1 is not None:
             exp_avg = _rt.cast(state["exp_avg"], cdt)
             exp_avg = self.beta_1 * exp_avg + (1 - self.beta_1) * u
@@ -260,13 +260,13 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     s3 = 1 - beta_1
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
     beta2t = 1 - t ** decay_rate
     g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
@@ -275,7 +275,7 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -306,13 +306,13 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
     beta2t = 1 - t ** decay_rate
     g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
-    red3 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
@@ -321,7 +321,7 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -358,14 +358,14 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     beta2t = 1 - t ** decay_rate
     g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red2)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -402,14 +402,14 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     beta2t = 1 - t ** decay_rate
     g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
-    red2 = mx.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red2)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -440,8 +440,8 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     s0 = 1 - beta2t
     s2 = 1 - beta_1
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -474,8 +474,8 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     beta2t = 1 - t ** decay_rate
     s0 = 1 - beta2t
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s2 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -509,7 +509,7 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     s1 = -weight_decay * alpha
     s2 = 1 - beta_1
     red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s3 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -541,7 +541,7 @@ def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state
     s0 = 1 - beta2t
     s1 = -weight_decay * alpha
     red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)

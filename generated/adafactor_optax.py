@@ -186,18 +186,18 @@ class Adafactor(_rt.GeneratedOptimizer):
         decay = _rt.cast(1 - (t - self.decay_offset) ** (-self.decay_rate), cdt)
         g2 = mx.square(grad) + self.eps
         v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
-        v_row = decay * v_row + (1 - decay) * mx.mean(g2, axis=-1, keepdims=True)
+        v_row = decay * v_row + (1 - decay) * self._mean(g2, axis=-1, keepdims=True)
         state["v_row"] = _rt.collapse(v_row, state["v_row"], "row")
         v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-        v_col = decay * v_col + (1 - decay) * mx.mean(g2, axis=-2, keepdims=True)
+        v_col = decay * v_col + (1 - decay) * self._mean(g2, axis=-2, keepdims=True)
         state["v_col"] = _rt.collapse(v_col, state["v_col"], "col")
-        u = grad * mx.rsqrt(v_row / mx.mean(v_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(v_col)
+        u = grad * mx.rsqrt(v_row / self._mean(v_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(v_col)
         if self.clipping_threshold is not None:
-            u = u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clipping_threshold)
+            u = u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold)
         if "learning_rate" in self.state:
             u = _rt.cast(self.state["learning_rate"], cdt) * u
         if self.multiply_by_parameter_scale:
-            u = u * mx.maximum(mx.sqrt(mx.mean(mx.square(param))), 0.001)
+            u = u * mx.maximum(mx.sqrt(self._mean(mx.square(param))), 0.001)
         if self.momentum is not None:
             ema = _rt.cast(state["ema"], cdt)
             ema = self.momentum * ema + (1 - self.momentum) * u
@@ -221,11 +221,11 @@ class Adafactor(_rt.GeneratedOptimizer):
         state["v"] = _rt.collapse(v, state["v"], "full")
         u = grad * mx.rsqrt(v)
         if self.clipping_threshold is not None:
-            u = u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clipping_threshold)
+            u = u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold)
         if "learning_rate" in self.state:
             u = _rt.cast(self.state["learning_rate"], cdt) * u
         if self.multiply_by_parameter_scale:
-            u = u * mx.maximum(mx.sqrt(mx.mean(mx.square(param))), 0.001)
+            u = u * mx.maximum(mx.sqrt(self._mean(mx.square(param))), 0.001)
         if self.momentum is not None:
             ema = _rt.cast(state["ema"], cdt)
             ema = self.momentum * ema + (1 - self.momentum) * u
@@ -262,13 +262,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -276,7 +276,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_393d38ba51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -305,13 +305,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -319,7 +319,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_34f5a63f21", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -347,13 +347,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -361,7 +361,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_1cd966491b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -386,13 +386,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -400,7 +400,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_dd8badfbfe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -427,13 +427,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -466,13 +466,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -504,13 +504,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -539,13 +539,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -577,13 +577,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -591,7 +591,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_8491f41583", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -619,13 +619,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -633,7 +633,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_24acae2e4c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -660,13 +660,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -674,7 +674,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_6ecc74172c", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -698,13 +698,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -712,7 +712,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_ecc4f21468", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -738,13 +738,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -776,13 +776,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -813,13 +813,13 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -847,13 +847,13 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -891,14 +891,14 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_dd7215b12e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -932,14 +932,14 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_e898ca7f6c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -972,14 +972,14 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_788dbf7cbe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1009,14 +1009,14 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_133ca7ffb2", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1048,7 +1048,7 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1085,7 +1085,7 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1121,7 +1121,7 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1154,7 +1154,7 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1190,14 +1190,14 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_27378df6f9", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1230,14 +1230,14 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_9e2616e65a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1269,14 +1269,14 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_50e9801fa7", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1305,14 +1305,14 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = mx.sum(red3_part) / size
+    red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_08dcde8f8a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1343,7 +1343,7 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1379,7 +1379,7 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1414,7 +1414,7 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1446,7 +1446,7 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = mx.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1479,8 +1479,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9ef415e76f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1511,8 +1511,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_c1929612e5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1542,8 +1542,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_615025fb38", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1570,8 +1570,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_bc96f9f5fa", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1600,7 +1600,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     s0 = 1 - momentum
     s1 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_10164be6f2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1629,7 +1629,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     s0 = 1 - momentum
     s1 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_6093285407", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1657,7 +1657,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c0df32ce34", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1682,7 +1682,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_ad3bab1c99", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1710,8 +1710,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e425bd9031", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1741,8 +1741,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9b85adc914", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1771,8 +1771,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_baede38030", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1798,8 +1798,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_3ce49f4884", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1827,7 +1827,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     s0 = 1 - momentum
     s1 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_dfa32f3685", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1855,7 +1855,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     s0 = 1 - momentum
     s1 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e6188fd26d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1882,7 +1882,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_776e811870", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1906,7 +1906,7 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_788741f968", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1935,7 +1935,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_f673bd03f3", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1965,7 +1965,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_ef66f0e1e7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1994,7 +1994,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_fbdee229ff", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2020,7 +2020,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_462bad4011", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2146,7 +2146,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_7b68b4eb43", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2175,7 +2175,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     s0 = 1 - decay
     s1 = 1 - momentum
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_977603948e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2203,7 +2203,7 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_e4682a888a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2228,7 +2228,7 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c171adee39", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)

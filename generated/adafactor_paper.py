@@ -146,17 +146,17 @@ class Adafactor(_rt.GeneratedOptimizer):
         param = _rt.cast(parameter, cdt)
         t = self.step.astype(mx.float32)
         beta2t = _rt.cast(1 - t ** self.decay_rate, cdt)
-        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
+        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
         g2 = mx.square(grad) + self.eps[0]
         row_sums = _rt.cast(_rt.expand(state["row_sums"], "row"), cdt)
-        row_sums = beta2t * row_sums + (1 - beta2t) * mx.sum(g2, axis=-1, keepdims=True)
+        row_sums = beta2t * row_sums + (1 - beta2t) * self._sum(g2, axis=-1, keepdims=True)
         state["row_sums"] = _rt.collapse(row_sums, state["row_sums"], "row")
         col_sums = _rt.cast(_rt.expand(state["col_sums"], "col"), cdt)
-        col_sums = beta2t * col_sums + (1 - beta2t) * mx.sum(g2, axis=-2, keepdims=True)
+        col_sums = beta2t * col_sums + (1 - beta2t) * self._sum(g2, axis=-2, keepdims=True)
         state["col_sums"] = _rt.collapse(col_sums, state["col_sums"], "col")
-        sqrt_v = mx.sqrt(row_sums / mx.sum(row_sums, axis=(-2, -1), keepdims=True)) * mx.sqrt(col_sums)
+        sqrt_v = mx.sqrt(row_sums / self._sum(row_sums, axis=(-2, -1), keepdims=True)) * mx.sqrt(col_sums)
         u = grad / sqrt_v
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold)
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)
         return self._write_parameter(param, parameter)
 
     def _update_unfactored(self, gradient, parameter, state):
@@ -166,14 +166,14 @@ class Adafactor(_rt.GeneratedOptimizer):
         param = _rt.cast(parameter, cdt)
         t = self.step.astype(mx.float32)
         beta2t = _rt.cast(1 - t ** self.decay_rate, cdt)
-        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
+        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
         g2 = mx.square(grad) + self.eps[0]
         second_moment = _rt.cast(state["second_moment"], cdt)
         second_moment = beta2t * second_moment + (1 - beta2t) * g2
         state["second_moment"] = _rt.collapse(second_moment, state["second_moment"], "full")
         sqrt_v = mx.sqrt(second_moment)
         u = grad / sqrt_v
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.clip_threshold)
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)
         return self._write_parameter(param, parameter)
 
 
@@ -199,13 +199,13 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     row_sums = _rt.cast(_rt.expand(state["row_sums"], "row"), cdt)
     col_sums = _rt.cast(_rt.expand(state["col_sums"], "col"), cdt)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_paper_f0_8006deeeca", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo)
     red2 = _rt.col_total(red2_part, geo)
     beta2t = 1 - t ** decay_rate
     g1_1 = 1 - beta2t
     row_sums_1 = beta2t * row_sums + g1_1 * red1
-    red3 = mx.sum(row_sums_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.total(row_sums_1, axis=(-2, -1), keepdims=True)
     col_sums_1 = beta2t * col_sums + g1_1 * red2
     s0 = mx.sqrt(row_sums_1 / red3)
     s1 = mx.sqrt(col_sums_1)
@@ -213,7 +213,7 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     new_row_sums = row_sums_1
     new_col_sums = col_sums_1
     red4_part, = self._launch(backend, "afgen_adafactor_paper_f1_d97444e0af", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s2 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_paper_f2_f9635637e5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -238,8 +238,8 @@ def _gpu_flat(self, gradient, parameter, state, backend):
     beta2t = 1 - t ** decay_rate
     s0 = 1 - beta2t
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_paper_u0_fced218a40", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
     s1 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
     new_param, new_second_moment = self._launch(backend, "afgen_adafactor_paper_u1_c2ed20bba0", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _rt.pack([alpha, beta2t, eps1, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)

@@ -164,17 +164,17 @@ class Adafactor(_rt.GeneratedOptimizer):
         g = (-grad if self.maximize else grad)
         e1 = (self.eps[0] if self.eps[0] is not None else dtype_eps)
         w = _rt.cast(t ** self.beta2_decay, cdt)
-        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
+        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
         param = param * (1 - self.lr * self.weight_decay)
         row_var = _rt.cast(_rt.expand(state["row_var"], "row"), cdt)
-        row_var = row_var + w * (mx.mean(mx.square(g), axis=-1, keepdims=True) - row_var)
+        row_var = row_var + w * (self._mean(mx.square(g), axis=-1, keepdims=True) - row_var)
         state["row_var"] = _rt.collapse(row_var, state["row_var"], "row")
         col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
-        col_var = col_var + w * (mx.mean(mx.square(g), axis=-2, keepdims=True) - col_var)
+        col_var = col_var + w * (self._mean(mx.square(g), axis=-2, keepdims=True) - col_var)
         state["col_var"] = _rt.collapse(col_var, state["col_var"], "col")
-        v = row_var * col_var / mx.maximum(mx.mean(row_var, axis=(-2, -1), keepdims=True), e1)
+        v = row_var * col_var / mx.maximum(self._mean(row_var, axis=(-2, -1), keepdims=True), e1)
         u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.d)
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d)
         return self._write_parameter(param, parameter)
 
     def _update_unfactored(self, gradient, parameter, state):
@@ -187,14 +187,14 @@ class Adafactor(_rt.GeneratedOptimizer):
         g = (-grad if self.maximize else grad)
         e1 = (self.eps[0] if self.eps[0] is not None else dtype_eps)
         w = _rt.cast(t ** self.beta2_decay, cdt)
-        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(mx.mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
+        alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
         param = param * (1 - self.lr * self.weight_decay)
         variance = _rt.cast(state["variance"], cdt)
         variance = variance + w * (mx.square(g) - variance)
         state["variance"] = _rt.collapse(variance, state["variance"], "full")
         v = variance
         u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(mx.mean(mx.square(u))) / self.d)
+        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d)
         return self._write_parameter(param, parameter)
 
 
@@ -224,19 +224,19 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
     w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, eps1)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -265,19 +265,19 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
     w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, dtype_eps)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -306,19 +306,19 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
     w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, eps1)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -347,19 +347,19 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
+    red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
     w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = mx.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, dtype_eps)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = mx.sum(red4_part) / size
+    red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -387,8 +387,8 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -417,8 +417,8 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -447,8 +447,8 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -477,8 +477,8 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = mx.sum(red0_part) / size
-    red1 = mx.sum(red1_part) / size
+    red0 = _rt.total(red0_part) / size
+    red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)

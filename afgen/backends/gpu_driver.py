@@ -61,9 +61,9 @@ def _glue_lines(sched: Schedule) -> list[str]:
     for step in sched.steps:
         code = mlx_code(step.expr)
         if step.is_reduction:
-            op = "mean" if step.mean else "sum"
-            code = f"mx.{op}({code})" if step.reduce is ReduceAxes.ALL else \
-                f"mx.{op}({code}, axis={REDUCE_AXES[step.reduce]}, keepdims=True)"
+            op = "_rt.mean" if step.mean else "_rt.total"
+            code = f"{op}({code})" if step.reduce is ReduceAxes.ALL else \
+                f"{op}({code}, axis={REDUCE_AXES[step.reduce]}, keepdims=True)"
         lines.append(f"{step.name} = {code}")
     lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results]
     return lines
@@ -73,7 +73,7 @@ def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool,
                       v: dict[str, str]) -> str:
     geo = v["geo"]
     if axes is ReduceAxes.ALL:
-        total, count = f"mx.sum({part})", v["size"]
+        total, count = f"_rt.total({part})", v["size"]
     elif axes is ReduceAxes.ROWWISE:
         total, count = f"_rt.row_total({part}, {geo})", f"{geo}.N"
     else:

@@ -4,9 +4,10 @@ MLX's own optimizers are a few lines of array code with the hyperparameters read
 ``self`` and plain ``if``s on options; this renders a spec the same way. Each equation
 becomes one line under the spec's name, in the spec's order (so the float32 program is
 the spec's), a branch on static options becomes an ``if`` on ``self``, a branch on the
-layout is resolved (one method per layout), reductions are MLX reductions in the
-broadcast layout (row ``(*B, M, 1)``, col ``(*B, 1, N)``, batch ``(*B, 1, 1)``), and state
-is read where first used and written where assigned. Nothing is specialised here: the
+layout is resolved (one method per layout), reductions are the base class's accurate
+ones (``self._mean``; MLX's own under precision="param") in the broadcast layout (row
+``(*B, M, 1)``, col ``(*B, 1, N)``, batch ``(*B, 1, 1)``), and state is read where first
+used and written where assigned. Nothing is specialised here: the
 fused kernels specialise, where it buys speed (afgen/lower/).
 """
 from __future__ import annotations
@@ -58,10 +59,10 @@ class _SpecPrinter(MLXPrinter):
         if found is None:
             return super()._print_Function(expr)
         axes, mean = found
-        op, operand = "mean" if mean else "sum", self._print(expr.args[0])
+        op, operand = "self._mean" if mean else "self._sum", self._print(expr.args[0])
         if axes is ReduceAxes.ALL:
-            return f"mx.{op}({operand})"
-        return f"mx.{op}({operand}, axis={AXES[axes]}, keepdims=True)"
+            return f"{op}({operand})"
+        return f"{op}({operand}, axis={AXES[axes]}, keepdims=True)"
 
 
 def host_code(condition: sympy.Basic, code: dict[str, str]) -> str:
