@@ -384,9 +384,11 @@ def once(value: mx.array) -> mx.array:
     """A small array value that meets a full-size one, computed once. Under
     ``mx.compile`` MLX fuses elementwise arithmetic on a small array into the loop over
     the full-size array that reads it, so a scalar's ``sqrt``, divisions and ``maximum``
-    would be recomputed for every element; ``contiguous`` is not fused, so the value is
-    computed on its own and the loop reads the result. Eagerly it is the value itself."""
-    return mx.contiguous(value)
+    would be recomputed for every element. A view that adds and drops an axis is not
+    fused (and, unlike ``mx.contiguous``, ``mx.export_function`` can save it), so the
+    value is computed on its own and the loop reads the result. Eagerly it is the value
+    itself, shared."""
+    return mx.squeeze(mx.expand_dims(value, 0), 0)
 
 
 def largest_two(shape: Sequence[int]) -> tuple[int, int]:

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 
 import sympy
 from sympy.core.function import AppliedUndef
-
 from sympy.printing.precedence import PRECEDENCE
 
 from afgen.backends.printers import MLXPrinter, is_host_condition, is_wide, python_code
 from afgen.names import SymbolTable
+from afgen.spec import ops
 from afgen.spec.expressions import reduction_of
 from afgen.spec.model import DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Spec, Statement
-from afgen.spec import ops
 from afgen.spec.ops import Op, Rounded
 from afgen.spec.shapes import ReduceAxes, ShapeClass, join_additive, join_multiplicative
 
