@@ -186,20 +186,20 @@ class Adafactor(_rt.GeneratedOptimizer):
         step_decay = _rt.cast(t ** self.decay_rate, cdt)
         beta2t = 1 - step_decay
         g2 = mx.square(grad) + self.eps[0]
-        exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
-        exp_avg_sq_row = beta2t * exp_avg_sq_row + (1 - beta2t) * self._mean(g2, axis=-1, keepdims=True)
-        state["exp_avg_sq_row"] = _rt.collapse(exp_avg_sq_row, state["exp_avg_sq_row"], "row")
-        exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
-        exp_avg_sq_col = beta2t * exp_avg_sq_col + (1 - beta2t) * self._mean(g2, axis=-2, keepdims=True)
-        state["exp_avg_sq_col"] = _rt.collapse(exp_avg_sq_col, state["exp_avg_sq_col"], "col")
-        u = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(exp_avg_sq_col) * grad
-        u = alpha * (u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
+        exp_avg_sq_row = _rt.cast(state["exp_avg_sq_row"], cdt)
+        exp_avg_sq_row = beta2t * exp_avg_sq_row + (1 - beta2t) * self._mean(g2, axis=-1)
+        state["exp_avg_sq_row"] = _rt.fit(exp_avg_sq_row, state["exp_avg_sq_row"])
+        exp_avg_sq_col = _rt.cast(state["exp_avg_sq_col"], cdt)
+        exp_avg_sq_col = beta2t * exp_avg_sq_col + (1 - beta2t) * self._mean(g2, axis=-2)
+        state["exp_avg_sq_col"] = _rt.fit(exp_avg_sq_col, state["exp_avg_sq_col"])
+        u = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=-1)[..., None])[..., None] * mx.rsqrt(exp_avg_sq_col)[..., None, :] * grad
+        u = _rt.once(alpha) * (u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)))
         if self.beta_1 is not None:
             exp_avg = _rt.cast(state["exp_avg"], cdt)
             exp_avg = self.beta_1 * exp_avg + (1 - self.beta_1) * u
-            state["exp_avg"] = _rt.collapse(exp_avg, state["exp_avg"], "full")
+            state["exp_avg"] = _rt.fit(exp_avg, state["exp_avg"])
             u = exp_avg
-        param = param + param * (-self.weight_decay * alpha)
+        param = param + param * _rt.once(-self.weight_decay * alpha)
         param = param - u
         return self._write_parameter(param, parameter)
 
@@ -218,16 +218,16 @@ class Adafactor(_rt.GeneratedOptimizer):
         beta2t = 1 - step_decay
         g2 = mx.square(grad) + self.eps[0]
         exp_avg_sq = _rt.cast(state["exp_avg_sq"], cdt)
-        exp_avg_sq = beta2t * exp_avg_sq + (1 - beta2t) * g2
-        state["exp_avg_sq"] = _rt.collapse(exp_avg_sq, state["exp_avg_sq"], "full")
+        exp_avg_sq = _rt.once(beta2t) * exp_avg_sq + _rt.once(1 - beta2t) * g2
+        state["exp_avg_sq"] = _rt.fit(exp_avg_sq, state["exp_avg_sq"])
         u = mx.rsqrt(exp_avg_sq) * grad
-        u = alpha * (u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
+        u = _rt.once(alpha) * (u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)))
         if self.beta_1 is not None:
             exp_avg = _rt.cast(state["exp_avg"], cdt)
             exp_avg = self.beta_1 * exp_avg + (1 - self.beta_1) * u
-            state["exp_avg"] = _rt.collapse(exp_avg, state["exp_avg"], "full")
+            state["exp_avg"] = _rt.fit(exp_avg, state["exp_avg"])
             u = exp_avg
-        param = param + param * (-self.weight_decay * alpha)
+        param = param + param * _rt.once(-self.weight_decay * alpha)
         param = param - u
         return self._write_parameter(param, parameter)
 

@@ -185,26 +185,26 @@ class Adafactor(_rt.GeneratedOptimizer):
         t = self.step.astype(mx.float32)
         decay = _rt.cast(1 - (t - self.decay_offset) ** (-self.decay_rate), cdt)
         g2 = mx.square(grad) + self.eps
-        v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
-        v_row = decay * v_row + (1 - decay) * self._mean(g2, axis=-1, keepdims=True)
-        state["v_row"] = _rt.collapse(v_row, state["v_row"], "row")
-        v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-        v_col = decay * v_col + (1 - decay) * self._mean(g2, axis=-2, keepdims=True)
-        state["v_col"] = _rt.collapse(v_col, state["v_col"], "col")
-        u = grad * mx.rsqrt(v_row / self._mean(v_row, axis=(-2, -1), keepdims=True)) * mx.rsqrt(v_col)
+        v_row = _rt.cast(state["v_row"], cdt)
+        v_row = decay * v_row + (1 - decay) * self._mean(g2, axis=-1)
+        state["v_row"] = _rt.fit(v_row, state["v_row"])
+        v_col = _rt.cast(state["v_col"], cdt)
+        v_col = decay * v_col + (1 - decay) * self._mean(g2, axis=-2)
+        state["v_col"] = _rt.fit(v_col, state["v_col"])
+        u = grad * mx.rsqrt(v_row / self._mean(v_row, axis=-1)[..., None])[..., None] * mx.rsqrt(v_col)[..., None, :]
         if self.clipping_threshold is not None:
-            u = u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold)
+            u = u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold))
         if "learning_rate" in self.state:
-            u = _rt.cast(self.state["learning_rate"], cdt) * u
+            u = _rt.once(_rt.cast(self.state["learning_rate"], cdt)) * u
         if self.multiply_by_parameter_scale:
-            u = u * mx.maximum(mx.sqrt(self._mean(mx.square(param))), 0.001)
+            u = u * _rt.once(mx.maximum(mx.sqrt(self._mean(mx.square(param))), 0.001))
         if self.momentum is not None:
             ema = _rt.cast(state["ema"], cdt)
             ema = self.momentum * ema + (1 - self.momentum) * u
-            state["ema"] = _rt.collapse(ema, state["ema"], "full")
+            state["ema"] = _rt.fit(ema, state["ema"])
             u = ema
         if "weight_decay_rate" in self.state:
-            u = u + _rt.cast(self.state["weight_decay_rate"], cdt) * param
+            u = u + _rt.once(_rt.cast(self.state["weight_decay_rate"], cdt)) * param
         param = param - u
         return self._write_parameter(param, parameter)
 
@@ -217,22 +217,22 @@ class Adafactor(_rt.GeneratedOptimizer):
         decay = _rt.cast(1 - (t - self.decay_offset) ** (-self.decay_rate), cdt)
         g2 = mx.square(grad) + self.eps
         v = _rt.cast(state["v"], cdt)
-        v = decay * v + (1 - decay) * g2
-        state["v"] = _rt.collapse(v, state["v"], "full")
+        v = _rt.once(decay) * v + _rt.once(1 - decay) * g2
+        state["v"] = _rt.fit(v, state["v"])
         u = grad * mx.rsqrt(v)
         if self.clipping_threshold is not None:
-            u = u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold)
+            u = u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold))
         if "learning_rate" in self.state:
-            u = _rt.cast(self.state["learning_rate"], cdt) * u
+            u = _rt.once(_rt.cast(self.state["learning_rate"], cdt)) * u
         if self.multiply_by_parameter_scale:
-            u = u * mx.maximum(mx.sqrt(self._mean(mx.square(param))), 0.001)
+            u = u * _rt.once(mx.maximum(mx.sqrt(self._mean(mx.square(param))), 0.001))
         if self.momentum is not None:
             ema = _rt.cast(state["ema"], cdt)
             ema = self.momentum * ema + (1 - self.momentum) * u
-            state["ema"] = _rt.collapse(ema, state["ema"], "full")
+            state["ema"] = _rt.fit(ema, state["ema"])
             u = ema
         if "weight_decay_rate" in self.state:
-            u = u + _rt.cast(self.state["weight_decay_rate"], cdt) * param
+            u = u + _rt.once(_rt.cast(self.state["weight_decay_rate"], cdt)) * param
         param = param - u
         return self._write_parameter(param, parameter)
 

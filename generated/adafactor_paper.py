@@ -148,15 +148,15 @@ class Adafactor(_rt.GeneratedOptimizer):
         beta2t = _rt.cast(1 - t ** self.decay_rate, cdt)
         alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
         g2 = mx.square(grad) + self.eps[0]
-        row_sums = _rt.cast(_rt.expand(state["row_sums"], "row"), cdt)
-        row_sums = beta2t * row_sums + (1 - beta2t) * self._sum(g2, axis=-1, keepdims=True)
-        state["row_sums"] = _rt.collapse(row_sums, state["row_sums"], "row")
-        col_sums = _rt.cast(_rt.expand(state["col_sums"], "col"), cdt)
-        col_sums = beta2t * col_sums + (1 - beta2t) * self._sum(g2, axis=-2, keepdims=True)
-        state["col_sums"] = _rt.collapse(col_sums, state["col_sums"], "col")
-        sqrt_v = mx.sqrt(row_sums / self._sum(row_sums, axis=(-2, -1), keepdims=True)) * mx.sqrt(col_sums)
+        row_sums = _rt.cast(state["row_sums"], cdt)
+        row_sums = beta2t * row_sums + (1 - beta2t) * self._sum(g2, axis=-1)
+        state["row_sums"] = _rt.fit(row_sums, state["row_sums"])
+        col_sums = _rt.cast(state["col_sums"], cdt)
+        col_sums = beta2t * col_sums + (1 - beta2t) * self._sum(g2, axis=-2)
+        state["col_sums"] = _rt.fit(col_sums, state["col_sums"])
+        sqrt_v = mx.sqrt(row_sums / self._sum(row_sums, axis=-1)[..., None])[..., None] * mx.sqrt(col_sums)[..., None, :]
         u = grad / sqrt_v
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)
+        param = param - _rt.once(alpha) * u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
         return self._write_parameter(param, parameter)
 
     def _update_unfactored(self, gradient, parameter, state):
@@ -169,11 +169,11 @@ class Adafactor(_rt.GeneratedOptimizer):
         alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.max_step, mx.rsqrt(t)), cdt)
         g2 = mx.square(grad) + self.eps[0]
         second_moment = _rt.cast(state["second_moment"], cdt)
-        second_moment = beta2t * second_moment + (1 - beta2t) * g2
-        state["second_moment"] = _rt.collapse(second_moment, state["second_moment"], "full")
+        second_moment = _rt.once(beta2t) * second_moment + _rt.once(1 - beta2t) * g2
+        state["second_moment"] = _rt.fit(second_moment, state["second_moment"])
         sqrt_v = mx.sqrt(second_moment)
         u = grad / sqrt_v
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)
+        param = param - _rt.once(alpha) * u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
         return self._write_parameter(param, parameter)
 
 

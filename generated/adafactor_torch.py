@@ -166,15 +166,15 @@ class Adafactor(_rt.GeneratedOptimizer):
         w = _rt.cast(t ** self.beta2_decay, cdt)
         alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
         param = param * (1 - self.lr * self.weight_decay)
-        row_var = _rt.cast(_rt.expand(state["row_var"], "row"), cdt)
-        row_var = row_var + w * (self._mean(mx.square(g), axis=-1, keepdims=True) - row_var)
-        state["row_var"] = _rt.collapse(row_var, state["row_var"], "row")
-        col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
-        col_var = col_var + w * (self._mean(mx.square(g), axis=-2, keepdims=True) - col_var)
-        state["col_var"] = _rt.collapse(col_var, state["col_var"], "col")
-        v = row_var * col_var / mx.maximum(self._mean(row_var, axis=(-2, -1), keepdims=True), e1)
+        row_var = _rt.cast(state["row_var"], cdt)
+        row_var = row_var + w * (self._mean(mx.square(g), axis=-1) - row_var)
+        state["row_var"] = _rt.fit(row_var, state["row_var"])
+        col_var = _rt.cast(state["col_var"], cdt)
+        col_var = col_var + w * (self._mean(mx.square(g), axis=-2) - col_var)
+        state["col_var"] = _rt.fit(col_var, state["col_var"])
+        v = row_var[..., None] * col_var[..., None, :] / mx.maximum(self._mean(row_var, axis=-1), e1)[..., None, None]
         u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d)
+        param = param - _rt.once(alpha) * u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d))
         return self._write_parameter(param, parameter)
 
     def _update_unfactored(self, gradient, parameter, state):
@@ -190,11 +190,11 @@ class Adafactor(_rt.GeneratedOptimizer):
         alpha = _rt.cast(mx.maximum(self.eps[1], mx.sqrt(self._mean(mx.square(param)))) * mx.minimum(self.lr, mx.rsqrt(t)), cdt)
         param = param * (1 - self.lr * self.weight_decay)
         variance = _rt.cast(state["variance"], cdt)
-        variance = variance + w * (mx.square(g) - variance)
-        state["variance"] = _rt.collapse(variance, state["variance"], "full")
+        variance = variance + _rt.once(w) * (mx.square(g) - variance)
+        state["variance"] = _rt.fit(variance, state["variance"])
         v = variance
         u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
-        param = param - alpha * u / mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d)
+        param = param - _rt.once(alpha) * u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d))
         return self._write_parameter(param, parameter)
 
 

@@ -146,19 +146,19 @@ class AdamW(_rt.GeneratedOptimizer):
         grad = _rt.cast(gradient, cdt)
         param = _rt.cast(parameter, cdt)
         t = self.step.astype(mx.float32)
-        param = param * (1 - _rt.cast(self.state["learning_rate"], cdt) * self.weight_decay)
+        param = param * _rt.once(1 - _rt.cast(self.state["learning_rate"], cdt) * self.weight_decay)
         m = _rt.cast(state["m"], cdt)
         m = self.betas[0] * m + (1 - self.betas[0]) * grad
-        state["m"] = _rt.collapse(m, state["m"], "full")
+        state["m"] = _rt.fit(m, state["m"])
         v = _rt.cast(state["v"], cdt)
         v = self.betas[1] * v + (1 - self.betas[1]) * mx.square(grad)
-        state["v"] = _rt.collapse(v, state["v"], "full")
+        state["v"] = _rt.fit(v, state["v"])
         if self.bias_correction:
             c1 = _rt.cast(_rt.cast(self.state["learning_rate"], cdt) / (1 - self.betas[0] ** t), cdt)
             c2 = _rt.cast(mx.rsqrt(1 - self.betas[1] ** t), cdt)
-            param = param - c1 * m / (mx.sqrt(v) * c2 + self.eps)
+            param = param - _rt.once(c1) * m / (mx.sqrt(v) * _rt.once(c2) + self.eps)
         else:
-            param = param - _rt.cast(self.state["learning_rate"], cdt) * m / (mx.sqrt(v) + self.eps)
+            param = param - _rt.once(_rt.cast(self.state["learning_rate"], cdt)) * m / (mx.sqrt(v) + self.eps)
         return self._write_parameter(param, parameter)
 
 

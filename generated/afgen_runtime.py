@@ -373,6 +373,24 @@ def collapse(value: Any, like: mx.array, shape_class: str) -> mx.array:
     return cast(value, like.dtype)
 
 
+def fit(value: Any, like: mx.array) -> mx.array:
+    """A value of the update in ``like``'s shape and dtype, for storing it where ``like``
+    was (the MLX-ops update keeps state in its own layout; a value may still be a scalar
+    or broadcast smaller, as an update that leaves a tensor constant computes it)."""
+    return collapse(value, like, "full")
+
+
+def once(value: mx.array) -> mx.array:
+    """A small array value that meets a full-size one, computed once. Under
+    ``mx.compile`` MLX fuses elementwise arithmetic on a small array into the loop over
+    the full-size array that reads it, so a scalar's ``sqrt``, divisions and ``maximum``
+    would be recomputed for every element. A view that adds and drops an axis is not
+    fused (and, unlike ``mx.contiguous``, ``mx.export_function`` can save it), so the
+    value is computed on its own and the loop reads the result. Eagerly it is the value
+    itself, shared."""
+    return mx.squeeze(mx.expand_dims(value, 0), 0)
+
+
 def largest_two(shape: Sequence[int]) -> tuple[int, int]:
     """The factored axes are the two largest (sizes sorted stably, so ties go to the later
     axis): the second largest gives the rows, the largest the cols."""

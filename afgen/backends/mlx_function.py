@@ -4,11 +4,19 @@ MLX's own optimizers are a few lines of array code with the hyperparameters read
 ``self`` and plain ``if``s on options; this renders a spec the same way. Each equation
 becomes one line under the spec's name, in the spec's order (so the float32 program is
 the spec's), a branch on static options becomes an ``if`` on ``self``, a branch on the
-layout is resolved (one method per layout), reductions are the base class's accurate
-ones (``self._mean``; MLX's own under precision="param") in the broadcast layout (row
-``(*B, M, 1)``, col ``(*B, 1, N)``, batch ``(*B, 1, 1)``), and state is read where first
-used and written where assigned. Nothing is specialised here: the
-fused kernels specialise, where it buys speed (afgen/lower/).
+layout is resolved (one method per layout), reductions are the base class's accurate ones
+(``self._mean``; MLX's own under precision="param"), and state is read where first used
+and written where assigned. Nothing is specialised here: the fused kernels specialise, where
+it buys speed (afgen/lower/).
+
+Small values stay small, in the layout their state has (row ``(*B, M)``, col ``(*B, N)``,
+batch ``(*B,)``, scalar ``()``), as in MLX's Adafactor: a row's arithmetic is done once
+per row, not once per element of a broadcast ``(*B, M, 1)`` view. Where a small value
+meets a larger one it is lifted explicitly (``r[..., None]``, ``c[..., None, :]``,
+``_rt.once(s)`` for a scalar array), which is also what keeps ``mx.compile`` from fusing
+the small value's arithmetic into the full-size loop and recomputing it per element.
+Lifting moves no arithmetic: every operation is the spec's, on the same values, in the
+spec's order.
 """
 from __future__ import annotations
 
@@ -16,15 +24,93 @@ from dataclasses import dataclass
 
 import sympy
 from sympy.core.function import AppliedUndef
+from sympy.printing.precedence import PRECEDENCE
 
-from afgen.backends.printers import MLXPrinter, is_wide, python_code
+from afgen.backends.printers import MLXPrinter, is_host_condition, is_wide, python_code
 from afgen.names import SymbolTable
+from afgen.spec import ops
 from afgen.spec.expressions import reduction_of
 from afgen.spec.model import DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Spec, Statement
-from afgen.spec.ops import Rounded
-from afgen.spec.shapes import ReduceAxes
+from afgen.spec.ops import Op, Rounded
+from afgen.spec.shapes import ReduceAxes, ShapeClass, join_additive, join_multiplicative
 
-AXES = {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2", ReduceAxes.MATRIXWISE: "(-2, -1)"}
+SMALL_TO_FULL = {ShapeClass.ROW: "[..., None]", ShapeClass.COL: "[..., None, :]",
+                 ShapeClass.BATCH: "[..., None, None]"}
+
+
+def reduction_code(mean: bool, operand: str, axes: ReduceAxes, operand_class: ShapeClass
+                   ) -> str:
+    """One reduction in the compact layout: rowwise folds the last axis of a full value,
+    colwise the one before it, matrixwise both (or the one axis of a row or col value)."""
+    op = "self._mean" if mean else "self._sum"  # accurate at any size (afgen/runtime.py)
+    if axes is ReduceAxes.ALL:
+        return f"{op}({operand})"
+    if axes is ReduceAxes.ROWWISE:
+        axis = "-1"
+    elif axes is ReduceAxes.COLWISE:
+        axis = "-2"
+    else:
+        axis = "(-2, -1)" if operand_class is ShapeClass.FULL else "-1"
+    return f"{op}({operand}, axis={axis})"
+
+
+class Lift(Op):
+    """A small value where a larger one is computed: (value, its class, the larger class).
+    Printing only: it aligns axes (and keeps the value computed once); no arithmetic."""
+
+    nargs = 3
+
+
+def _join(expr: sympy.Basic, classes: list[ShapeClass]) -> ShapeClass:
+    join = join_multiplicative if isinstance(expr, (ops.Times, ops.Divide)) else join_additive
+    out = ShapeClass.SCALAR
+    for shape in classes:
+        out = join(out, shape)
+    return out
+
+
+class _Layout:
+    """The shape class of every sub-expression in the compact layout, and the expression
+    with each small operand of a larger operation lifted. ``host`` is whether a scalar
+    is a Python number (hyperparameters and literals), which broadcasts for free."""
+
+    def __init__(self, classes: dict[str, ShapeClass], arrays: set[str]):
+        self.classes = classes
+        self.arrays = arrays
+        self.reduced: dict[sympy.Basic, ShapeClass] = {}
+
+    def is_array(self, expr: sympy.Basic) -> bool:
+        return (any(s.name in self.arrays for s in expr.free_symbols)
+                or any(reduction_of(a) for a in expr.atoms(AppliedUndef)))
+
+    def lift(self, expr: sympy.Basic, to: ShapeClass, shape: ShapeClass) -> sympy.Basic:
+        if shape >= to or (shape is ShapeClass.SCALAR and
+                           (to is not ShapeClass.FULL or not self.is_array(expr))):
+            return expr
+        return Lift(expr, sympy.Integer(int(shape)), sympy.Integer(int(to)))
+
+    def walk(self, expr: sympy.Basic) -> tuple[sympy.Basic, ShapeClass]:
+        if isinstance(expr, sympy.Symbol):
+            return expr, self.classes.get(expr.name, ShapeClass.SCALAR)
+        if not expr.args:
+            return expr, ShapeClass.SCALAR
+        found = reduction_of(expr) if isinstance(expr, AppliedUndef) else None
+        if found is not None:
+            operand, shape = self.walk(expr.args[0])
+            out = expr.func(operand)
+            self.reduced[out] = shape
+            return out, found[0].result(shape)
+        if isinstance(expr, sympy.Piecewise):
+            pieces = [(self.walk(v), self.walk(c)) for v, c in expr.args]
+            to = max(s for (_, s), _ in pieces)
+            return sympy.Piecewise(*((self.lift(v, to, s), c if is_host_condition(c)
+                                      else self.lift(c, to, cs))
+                                     for (v, s), (c, cs) in pieces), evaluate=False), to
+        walked = [self.walk(a) for a in expr.args]
+        if isinstance(expr, Op) and len(walked) == 1:
+            return expr.func(walked[0][0]), walked[0][1]
+        to = _join(expr, [s for _, s in walked])
+        return expr.func(*(self.lift(a, to, s) for a, s in walked)), to
 
 
 @dataclass(frozen=True)
@@ -40,9 +126,11 @@ class _SpecPrinter(MLXPrinter):
     """MLX ops over the spec's names: hyperparameters read from ``self``, reductions in
     the broadcast layout, equation values rounded to the compute dtype."""
 
-    def __init__(self, wide: frozenset[str], rename: dict[str, str], cdt: str):
+    def __init__(self, wide: frozenset[str], rename: dict[str, str], cdt: str,
+                 reduced: dict[sympy.Basic, ShapeClass]):
         super().__init__(wide, cdt)
         self.rename = rename
+        self.reduced = reduced
 
     def _print_Symbol(self, expr: sympy.Symbol) -> str:
         return self.rename.get(expr.name, expr.name)
@@ -59,10 +147,16 @@ class _SpecPrinter(MLXPrinter):
         if found is None:
             return super()._print_Function(expr)
         axes, mean = found
-        op, operand = "self._mean" if mean else "self._sum", self._print(expr.args[0])
-        if axes is ReduceAxes.ALL:
-            return f"{op}({operand})"
-        return f"{op}({operand}, axis={AXES[axes]}, keepdims=True)"
+        return reduction_code(mean, self._print(expr.args[0]), axes, self.reduced[expr])
+
+    def _print_Lift(self, expr: Lift) -> str:
+        value, shape, to = expr.args
+        shape = ShapeClass(int(shape))
+        if shape is ShapeClass.SCALAR:
+            return f"_rt.once({self._print(value)})"
+        text = self.operand(value, PRECEDENCE["Atom"], False)
+        return text + (SMALL_TO_FULL[shape] if ShapeClass(int(to)) is ShapeClass.FULL
+                       else "[..., None]")
 
 
 def host_code(condition: sympy.Basic, code: dict[str, str]) -> str:
@@ -94,6 +188,10 @@ class _Renderer:
         self.state_shapes = {s.name: s.shape for s in spec.state}
         self.rename = self._hyper_code()
         self.lines: list[str] = []
+        full = {GRAD: ShapeClass.FULL, PARAM: ShapeClass.FULL}
+        self.layout = _Layout({**self.state_shapes, **full}, {
+            *full, STEP, *self.state_shapes,
+            *(h.name for h in spec.hyperparameters if h.kind == "schedule")})
 
     def _hyper_code(self) -> dict[str, str]:
         """How each hyperparameter value and static predicate reads inside the method."""
@@ -160,26 +258,27 @@ class _Renderer:
             if name in self.state_shapes and name not in loaded:
                 self.lines.append(f"{indent}{name} = {self._load_state(name)}")
                 loaded.add(name)
-        value = Rounded(eq.value.xreplace(
+        value, shape = self.layout.walk(eq.value.xreplace(
             {sympy.Symbol(FACTORED): sympy.true if self.factored else sympy.false}))
-        printer = _SpecPrinter(frozenset(wide), self.rename, self.cdt)
+        value = Rounded(value)
+        printer = _SpecPrinter(frozenset(wide), self.rename, self.cdt, self.layout.reduced)
         self.lines.append(f"{indent}{eq.target} = {printer.doprint(value)}")
         if is_wide(value, frozenset(wide)):
             wide.add(eq.target)
         else:
             wide.discard(eq.target)
+        self.layout.classes[eq.target] = max(shape, eq.shape)
+        if self.layout.is_array(value):
+            self.layout.arrays.add(eq.target)
+        else:
+            self.layout.arrays.discard(eq.target)
         if eq.target in self.state_shapes:
             loaded.add(eq.target)
-            label = self.state_shapes[eq.target].label
             slot = f'{self.state}["{eq.target}"]'
-            self.lines.append(f'{indent}{slot} = _rt.collapse({eq.target}, {slot}, "{label}")')
+            self.lines.append(f"{indent}{slot} = _rt.fit({eq.target}, {slot})")
 
     def _load_state(self, name: str) -> str:
-        label = self.state_shapes[name].label
-        slot = f'{self.state}["{name}"]'
-        if label == "full":
-            return f"_rt.cast({slot}, {self.cdt})"
-        return f'_rt.cast(_rt.expand({slot}, "{label}"), {self.cdt})'
+        return f'_rt.cast({self.state}["{name}"], {self.cdt})'
 
 
 def layout_functions(spec: Spec, layouts: list[bool], static_code: dict[str, str],
