@@ -13,7 +13,7 @@ import sympy
 
 from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
-from afgen.backends.printers import mlx_code
+from afgen.backends.printers import broadcast_reduction, mlx_code
 from afgen.backends.targets import smallest_limits
 from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Schedule
@@ -21,8 +21,6 @@ from afgen.names import SymbolTable
 from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
-REDUCE_AXES = {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2",
-               ReduceAxes.MATRIXWISE: "(-2, -1)"}
 SMALL_PACKERS = {ShapeClass.ROW: "_rt.rows", ShapeClass.COL: "_rt.cols",
                  ShapeClass.BATCH: "_rt.batches"}
 
@@ -60,10 +58,8 @@ def _glue_lines(sched: Schedule) -> list[str]:
     lines = []
     for step in sched.steps:
         code = mlx_code(step.expr)
-        if step.is_reduction:
-            op = "_rt.mean" if step.mean else "_rt.total"
-            code = f"{op}({code})" if step.reduce is ReduceAxes.ALL else \
-                f"{op}({code}, axis={REDUCE_AXES[step.reduce]}, keepdims=True)"
+        if step.is_reduction:  # accurate at any size (afgen/runtime.py)
+            code = broadcast_reduction(("_rt.total", "_rt.mean"), step.mean, step.reduce, code)
         lines.append(f"{step.name} = {code}")
     lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results]
     return lines

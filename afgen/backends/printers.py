@@ -12,6 +12,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from afgen.spec import ops
+from afgen.spec.shapes import ReduceAxes
 
 HALF = sympy.Float(0.5)
 # Unary minus binds tighter than * and / and looser than ** (as in Python).
@@ -301,6 +302,21 @@ def is_wide(expr: sympy.Basic, wide: frozenset[str]) -> bool:
     if isinstance(expr, sympy.Symbol):
         return expr.name in wide
     return any(is_wide(a, wide) for a in expr.args)
+
+
+# The axes a reduction folds in the broadcast layout (row (*B, M, 1), col (*B, 1, N),
+# batch (*B, 1, 1)), which the drivers' glue and the oracle share.
+BROADCAST_AXES = {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2",
+                  ReduceAxes.MATRIXWISE: "(-2, -1)"}
+
+
+def broadcast_reduction(functions: tuple[str, str], mean: bool, axes: ReduceAxes,
+                        operand: str) -> str:
+    """A reduction call in the broadcast layout; ``functions`` spell (sum, mean)."""
+    call = functions[1] if mean else functions[0]
+    if axes is ReduceAxes.ALL:
+        return f"{call}({operand})"
+    return f"{call}({operand}, axis={BROADCAST_AXES[axes]}, keepdims=True)"
 
 
 def mlx_code(expr: sympy.Basic, wide: frozenset[str] = frozenset()) -> str:

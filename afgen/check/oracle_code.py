@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from afgen.backends.printers import numpy_code
-from afgen.lower.plan import KernelPlan, Step
+from afgen.backends.printers import broadcast_reduction, numpy_code
+from afgen.lower.plan import KernelPlan
 from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
-from afgen.spec.shapes import ReduceAxes
 
-AXES = {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2", ReduceAxes.MATRIXWISE: "(-2, -1)"}
 # How each input of the plan is read: the function's arguments and ``hp`` (hyperparameter
 # values by expression name, the run-time bool options and ``dtype_eps``).
 FIXED_LOADS = {GRAD: "grad_in", PARAM: "param_in", STEP: "np.float64(step)",
@@ -33,13 +31,6 @@ class FunctionModel:
     body: tuple[tuple[str, str], ...]
     stores: tuple[tuple[str, str], ...]
     result: str
-
-
-def _reduce(step: Step, operand: str) -> str:
-    op = "mean" if step.mean else "sum"
-    if step.reduce is ReduceAxes.ALL:
-        return f"np.{op}({operand})"
-    return f"np.{op}({operand}, axis={AXES[step.reduce]}, keepdims=True)"
 
 
 def _load(plan: KernelPlan, name: str) -> str:
@@ -64,7 +55,9 @@ def function_model(spec: Spec, plan: KernelPlan) -> FunctionModel:
     body = []
     for step in flat.steps:
         code = numpy_code(step.expr)
-        body.append((str(step.name), _reduce(step, code) if step.is_reduction else code))
+        if step.is_reduction:
+            code = broadcast_reduction(("np.sum", "np.mean"), step.mean, step.reduce, code)
+        body.append((str(step.name), code))
     stores, result = [], PARAM
     state_shapes = {s.name: s.shape for s in spec.state}
     for name, expr in flat.results:
