@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sympy
 
 from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
+from afgen.backends.mlx_function import hyperparameter_reads
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
 from afgen.backends.printers import broadcast_reduction, mlx_code
 from afgen.backends.targets import smallest_limits
@@ -98,15 +99,12 @@ def _small_load(spec: Spec, plan: KernelPlan, name: str, v: dict[str, str]) -> s
     if name in plan.program.live_state:
         label = plan.program.shapes[sympy.Symbol(name, real=True)].label
         return f'_rt.cast(_rt.expand({v["state"]}["{name}"], "{label}"), {cdt})'
-    for h in spec.hyperparameters:
-        if h.kind == "pair" and name in h.component_names:
-            return f"self.{h.name}[{h.component_names.index(name)}]"
-        if h.name == name and h.kind == "schedule":
-            load = f'_rt.cast(self.state["{name}"], {cdt})'
-            # An optional schedule is absent when not given; only a run-time branch that
-            # ``requires`` rules out then reads it, so None never reaches an op.
-            return load if h.required else f'({load} if "{name}" in self.state else None)'
-    return f"self.{name}"
+    read = hyperparameter_reads(spec, cdt).get(name, f"self.{name}")  # else a run-time bool
+    if name in spec.schedule_names and not spec.hyper(name).required:
+        # An optional schedule is absent when not given; only a run-time branch that
+        # ``requires`` rules out then reads it, so None never reaches an op.
+        return f'({read} if "{name}" in self.state else None)'
+    return read
 
 
 def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> DriverModel:

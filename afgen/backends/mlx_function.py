@@ -159,6 +159,21 @@ class _SpecPrinter(MLXPrinter):
                        else "[..., None]")
 
 
+def hyperparameter_reads(spec: Spec, cdt: str) -> dict[str, str]:
+    """How each numeric hyperparameter value reads inside a generated optimizer, by its
+    expression name: ``self.<name>``, a pair's part ``self.<pair>[i]``, and a schedule's
+    value from ``self.state`` (where MLX keeps it) in the compute dtype ``cdt``."""
+    reads: dict[str, str] = {}
+    for h in spec.hyperparameters:
+        if h.kind == "schedule":
+            reads[h.name] = f'_rt.cast(self.state["{h.name}"], {cdt})'
+        elif h.kind == "pair":
+            reads.update({c: f"self.{h.name}[{i}]" for i, c in enumerate(h.component_names)})
+        elif not h.is_static:
+            reads[h.name] = f"self.{h.name}"
+    return reads
+
+
 def host_code(condition: sympy.Basic, code: dict[str, str]) -> str:
     """A condition on static options as Python over ``self``."""
     return python_code(condition.xreplace(
@@ -195,14 +210,7 @@ class _Renderer:
 
     def _hyper_code(self) -> dict[str, str]:
         """How each hyperparameter value and static predicate reads inside the method."""
-        code = dict(self.static_code)
-        for h in self.spec.hyperparameters:
-            if h.kind == "schedule":
-                code[h.name] = f'_rt.cast(self.state["{h.name}"], {self.cdt})'
-            elif h.kind == "pair":
-                code.update({c: f"self.{h.name}[{i}]" for i, c in enumerate(h.component_names)})
-            elif not h.is_static:
-                code[h.name] = f"self.{h.name}"
+        code = {**self.static_code, **hyperparameter_reads(self.spec, self.cdt)}
         code[FACTORED] = str(self.factored)
         return code
 
