@@ -319,11 +319,12 @@ def broadcast_reduction(functions: tuple[str, str], mean: bool, axes: ReduceAxes
     return f"{call}({operand}, axis={BROADCAST_AXES[axes]}, keepdims=True)"
 
 
-def mlx_code(expr: sympy.Basic, wide: frozenset[str] = frozenset()) -> str:
-    return MLXPrinter(wide).doprint(expr)
+def mlx_code(expr: sympy.Basic) -> str:
+    """MLX ops in float32 glue (nothing is wider than the compute dtype there)."""
+    return MLXPrinter().doprint(expr)
 
 
-def numpy_code(expr: sympy.Basic, wide: frozenset[str] = frozenset()) -> str:
+def numpy_code(expr: sympy.Basic) -> str:
     return NumPyPrinter().doprint(expr)
 
 
