@@ -88,6 +88,7 @@ class _Specialiser:
         self.subs = config.as_subs()
         self.static_symbols = set(self.subs)
         self.dynamic = dynamic_statics(spec)
+        self.declared_values = _declared_values(spec)
         # Whether the arm being walked can run at all: a run-time branch walks both arms,
         # and an arm that ``requires`` rules out under this configuration may read an
         # optional value that is None here (it is never evaluated: the glue's ``if``).
@@ -210,7 +211,7 @@ class _Specialiser:
         with the values the spec declares (defaults and examples, which verification runs)."""
         host = {sympy.Symbol(n, real=True) for n in self.spec.dynamic_names}
         for part, values in itertools.product(_host_parts(value, host),
-                                              _declared_values(self.spec)):
+                                              self.declared_values):
             if not {str(s) for s in part.free_symbols} <= values.keys():
                 continue
             problem = undefined_constant(part.xreplace(
