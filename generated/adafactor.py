@@ -170,7 +170,8 @@ class Adafactor(_rt.GeneratedOptimizer):
         return _FUSED.get(key)
 
     def _kernel_tables(self) -> _rt.KernelTables:
-        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS)
+        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
+                                _MLX_PASSES)
 
     def _update_factored(self, gradient, parameter, state):
         """The update with MLX ops for factored parameters, in the spec's order."""
@@ -242,7 +243,7 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     factored scale_parameter has_learning_rate has_beta_1
     factored scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -259,7 +260,7 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     s3 = 1 - beta_1
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -274,10 +275,10 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     s2 = -weight_decay * alpha
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
-    red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _rt.collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -290,7 +291,7 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     factored scale_parameter has_learning_rate !has_beta_1
     factored scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -305,7 +306,7 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     warmup_init = self.warmup_init
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -320,10 +321,10 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     s2 = -weight_decay * alpha
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
-    red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _rt.collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _rt.collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -334,7 +335,7 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     factored !scale_parameter has_learning_rate has_beta_1
     factored !scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -352,7 +353,7 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s2 = -weight_decay * alpha
     s3 = 1 - beta_1
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), [eps1], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     beta2t = 1 - t ** decay_rate
@@ -364,10 +365,10 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     s1 = mx.rsqrt(exp_avg_sq_col_1)
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg_sq_row"] = _rt.collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
@@ -380,7 +381,7 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     factored !scale_parameter has_learning_rate !has_beta_1
     factored !scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -396,7 +397,7 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s2 = -weight_decay * alpha
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), [eps1], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     beta2t = 1 - t ** decay_rate
@@ -408,10 +409,10 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     s1 = mx.rsqrt(exp_avg_sq_col_1)
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["exp_avg_sq_row"] = _rt.collapse(new_exp_avg_sq_row, state["exp_avg_sq_row"], "row")
     state["exp_avg_sq_col"] = _rt.collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
@@ -422,7 +423,7 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     unfactored scale_parameter has_learning_rate has_beta_1
     unfactored scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -439,13 +440,13 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     beta2t = 1 - t ** decay_rate
     s0 = 1 - beta2t
     s2 = 1 - beta_1
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -458,7 +459,7 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     unfactored scale_parameter has_learning_rate !has_beta_1
     unfactored scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -473,13 +474,13 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     warmup_init = self.warmup_init
     beta2t = 1 - t ** decay_rate
     s0 = 1 - beta2t
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s2 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -490,7 +491,7 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     unfactored !scale_parameter has_learning_rate has_beta_1
     unfactored !scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -508,10 +509,10 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     s0 = 1 - beta2t
     s1 = -weight_decay * alpha
     s2 = 1 - beta_1
-    red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s3 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
@@ -524,7 +525,7 @@ def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state
     unfactored !scale_parameter has_learning_rate !has_beta_1
     unfactored !scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -540,10 +541,10 @@ def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state
     alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = 1 - beta2t
     s1 = -weight_decay * alpha
-    red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
-    new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.pack([alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
     state["exp_avg_sq"] = new_exp_avg_sq
@@ -1032,6 +1033,111 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+}
+
+# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx": the pass as
+# one compiled function (see afgen_runtime.launch).
+
+
+@mx.compile
+def _mlx_afgen_adafactor_f0_566585e7b2(grad, eps1):
+    grad = grad.astype(mx.float32)
+    g2 = mx.square(grad) + eps1
+    return g2, g2
+
+
+@mx.compile
+def _mlx_afgen_adafactor_f0_f2fa08580a(grad, param, eps1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    g2 = mx.square(grad) + eps1
+    return mx.square(param), g2, g2
+
+
+@mx.compile
+def _mlx_afgen_adafactor_f1_2643e57e32(grad, s0, s1):
+    grad = grad.astype(mx.float32)
+    return mx.square(s0 * s1 * grad),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_f1_4abdd69733(grad, s0, s1):
+    grad = grad.astype(mx.float32)
+    return mx.square(s0 * s1 * grad),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_f2_66b17d107b(grad, param, s0, s1, alpha, s2, s3):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param + param * s2 - alpha * (s0 * s1 * grad / s3),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_f2_dcbcfebc5b(exp_avg, grad, param, s0, s1, alpha, beta_1, s2, s3, s4):
+    exp_avg = exp_avg.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = beta_1 * exp_avg + s3 * (alpha * (s0 * s1 * grad / s4))
+    return param + param * s2 - x2_0, x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_u0_a0892c8d90(exp_avg_sq, grad, beta2t, eps1, s0):
+    exp_avg_sq = exp_avg_sq.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    return mx.square(mx.rsqrt(beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)) * grad),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_u0_e8b3be9882(exp_avg_sq, grad, param, beta2t, eps1, s0):
+    exp_avg_sq = exp_avg_sq.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return mx.square(param), mx.square(mx.rsqrt(beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)) * grad)
+
+
+@mx.compile
+def _mlx_afgen_adafactor_u1_1a6a5d12f2(exp_avg_sq, grad, param, alpha, beta2t, eps1, s0, s1, s2):
+    exp_avg_sq = exp_avg_sq.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)
+    return param + param * s1 - alpha * (mx.rsqrt(x1_0) * grad / s2), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_u1_52ab904c80(exp_avg, exp_avg_sq, grad, param, alpha, beta2t, beta_1, eps1, s0, s1, s2, s3):
+    exp_avg = exp_avg.astype(mx.float32)
+    exp_avg_sq = exp_avg_sq.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)
+    x1_1 = beta_1 * exp_avg + s2 * (alpha * (mx.rsqrt(x1_0) * grad / s3))
+    return param + param * s1 - x1_1, x1_0, x1_1
+
+
+_MLX_PASSES = {
+    "afgen_adafactor_f0_566585e7b2": (_mlx_afgen_adafactor_f0_566585e7b2, True, "f", "rc",
+        None),
+    "afgen_adafactor_f0_f2fa08580a": (_mlx_afgen_adafactor_f0_f2fa08580a, True, "ff", "arc",
+        None),
+    "afgen_adafactor_f1_2643e57e32": (_mlx_afgen_adafactor_f1_2643e57e32, True, "frc", "a",
+        None),
+    "afgen_adafactor_f1_4abdd69733": (_mlx_afgen_adafactor_f1_4abdd69733, True, "frc", "a",
+        None),
+    "afgen_adafactor_f2_66b17d107b": (_mlx_afgen_adafactor_f2_66b17d107b, True, "ffrc", "p",
+        3),
+    "afgen_adafactor_f2_dcbcfebc5b": (_mlx_afgen_adafactor_f2_dcbcfebc5b, True, "fffrc", "pf",
+        5),
+    "afgen_adafactor_u0_a0892c8d90": (_mlx_afgen_adafactor_u0_a0892c8d90, False, "ff", "a",
+        None),
+    "afgen_adafactor_u0_e8b3be9882": (_mlx_afgen_adafactor_u0_e8b3be9882, False, "fff", "aa",
+        None),
+    "afgen_adafactor_u1_1a6a5d12f2": (_mlx_afgen_adafactor_u1_1a6a5d12f2, False, "fff", "pf",
+        6),
+    "afgen_adafactor_u1_52ab904c80": (_mlx_afgen_adafactor_u1_52ab904c80, False, "ffff", "pff",
+        8),
 }
 
 # Per target (shared by every module of this directory): prologue, header, MLX factory.

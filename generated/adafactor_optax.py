@@ -175,7 +175,8 @@ class Adafactor(_rt.GeneratedOptimizer):
         return _FUSED.get(key)
 
     def _kernel_tables(self) -> _rt.KernelTables:
-        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS)
+        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
+                                _MLX_PASSES)
 
     def _update_factored(self, gradient, parameter, state):
         """The update with MLX ops for factored parameters, in the spec's order."""
@@ -246,7 +247,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -261,7 +262,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -275,10 +276,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_393d38ba51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_393d38ba51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -290,7 +291,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -304,7 +305,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -318,10 +319,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_34f5a63f21", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_34f5a63f21", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -333,7 +334,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -346,7 +347,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -360,10 +361,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_1cd966491b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_1cd966491b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -373,7 +374,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -385,7 +386,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -399,10 +400,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_dd8badfbfe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_dd8badfbfe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -412,7 +413,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -426,7 +427,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -440,7 +441,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_1fb65205b5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([learning_rate, momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_1fb65205b5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [learning_rate, momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -452,7 +453,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -465,7 +466,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -479,7 +480,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_1740352910", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([learning_rate, momentum, s0, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_1740352910", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [learning_rate, momentum, s0, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -491,7 +492,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -503,7 +504,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -517,7 +518,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_35001b1345", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_35001b1345", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -527,7 +528,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -538,7 +539,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -552,7 +553,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_406674ad5a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_406674ad5a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -562,7 +563,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -576,7 +577,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -590,10 +591,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_8491f41583", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_8491f41583", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -605,7 +606,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -618,7 +619,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -632,10 +633,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     s4 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_24acae2e4c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, s4, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_24acae2e4c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -647,7 +648,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -659,7 +660,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -673,10 +674,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_6ecc74172c", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_6ecc74172c", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -686,7 +687,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -697,7 +698,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -711,10 +712,10 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     s3 = mx.maximum(mx.sqrt(red4), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_ecc4f21468", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_ecc4f21468", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -724,7 +725,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -737,7 +738,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -751,7 +752,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_c65cd8fa49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_c65cd8fa49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [momentum, s0, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -763,7 +764,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -775,7 +776,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -789,7 +790,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     s3 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_06ca77de49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([momentum, s0, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_06ca77de49", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [momentum, s0, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -801,7 +802,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -812,7 +813,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -826,7 +827,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_73b0717022", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_73b0717022", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -836,7 +837,7 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -846,7 +847,7 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
@@ -860,7 +861,7 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     s2 = mx.maximum(mx.sqrt(red3), 0.001)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_733afc921f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_733afc921f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -870,7 +871,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -885,7 +886,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -897,10 +898,10 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_dd7215b12e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_dd7215b12e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -912,7 +913,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -926,7 +927,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -938,10 +939,10 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_e898ca7f6c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_e898ca7f6c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -953,7 +954,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -966,7 +967,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -978,10 +979,10 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_788dbf7cbe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_788dbf7cbe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -991,7 +992,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1003,7 +1004,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1015,10 +1016,10 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_133ca7ffb2", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_133ca7ffb2", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1028,7 +1029,7 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1042,7 +1043,7 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1054,7 +1055,7 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     s2 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_d1fe97f624", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([learning_rate, momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_d1fe97f624", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [learning_rate, momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -1066,7 +1067,7 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1079,7 +1080,7 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1091,7 +1092,7 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     s2 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_bb6a17e489", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([learning_rate, momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_bb6a17e489", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [learning_rate, momentum, s0, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -1103,7 +1104,7 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1115,7 +1116,7 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1127,7 +1128,7 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_3a44e1eab6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_3a44e1eab6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1137,7 +1138,7 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1148,7 +1149,7 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1160,7 +1161,7 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_6be43eacd3", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([learning_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_6be43eacd3", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1170,7 +1171,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1184,7 +1185,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1196,10 +1197,10 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_27378df6f9", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_27378df6f9", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -1211,7 +1212,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1224,7 +1225,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1236,10 +1237,10 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_9e2616e65a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([momentum, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_9e2616e65a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -1251,7 +1252,7 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1263,7 +1264,7 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1275,10 +1276,10 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_50e9801fa7", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_50e9801fa7", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1288,7 +1289,7 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1299,7 +1300,7 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1311,10 +1312,10 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red3 = _rt.total(red3_part) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_08dcde8f8a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f2_08dcde8f8a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1324,7 +1325,7 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1337,7 +1338,7 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1349,7 +1350,7 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     s2 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_02bf117c51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_02bf117c51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [momentum, s0, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -1361,7 +1362,7 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1373,7 +1374,7 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1385,7 +1386,7 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     s2 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_35fae15e9c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), _rt.pack([momentum, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f1_35fae15e9c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [momentum, s0, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_ema = new_ema.reshape(state["ema"].shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
@@ -1397,7 +1398,7 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1408,7 +1409,7 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1420,7 +1421,7 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_72acf63220", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_72acf63220", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1430,7 +1431,7 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1440,7 +1441,7 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), _rt.pack([eps]), geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
     decay = 1 - (t - decay_offset) ** (-decay_rate)
@@ -1452,7 +1453,7 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
-    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_16f61fa55f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_optax_f1_16f61fa55f", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["v_row"] = _rt.collapse(new_v_row, state["v_row"], "row")
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
@@ -1463,7 +1464,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1478,12 +1479,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9ef415e76f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9ef415e76f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1496,7 +1497,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1510,12 +1511,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_c1929612e5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_c1929612e5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1528,7 +1529,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1541,12 +1542,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_615025fb38", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_615025fb38", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1557,7 +1558,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1569,12 +1570,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_bc96f9f5fa", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_bc96f9f5fa", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1585,7 +1586,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1599,10 +1600,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_10164be6f2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_10164be6f2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1615,7 +1616,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1628,10 +1629,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_6093285407", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_6093285407", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1644,7 +1645,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1656,10 +1657,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c0df32ce34", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c0df32ce34", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1670,7 +1671,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1681,10 +1682,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_ad3bab1c99", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_ad3bab1c99", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1695,7 +1696,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1709,12 +1710,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e425bd9031", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e425bd9031", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1727,7 +1728,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1740,12 +1741,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9b85adc914", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9b85adc914", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1758,7 +1759,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1770,12 +1771,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_baede38030", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_baede38030", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1786,7 +1787,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1797,12 +1798,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_3ce49f4884", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_3ce49f4884", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1813,7 +1814,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1826,10 +1827,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_dfa32f3685", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_dfa32f3685", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1842,7 +1843,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1854,10 +1855,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e6188fd26d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e6188fd26d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1870,7 +1871,7 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1881,10 +1882,10 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_776e811870", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_776e811870", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1895,7 +1896,7 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1905,10 +1906,10 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_788741f968", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_788741f968", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -1919,7 +1920,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1934,10 +1935,10 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_f673bd03f3", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_f673bd03f3", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1950,7 +1951,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1964,10 +1965,10 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_ef66f0e1e7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_ef66f0e1e7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -1980,7 +1981,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -1993,10 +1994,10 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_fbdee229ff", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_fbdee229ff", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2007,7 +2008,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2019,10 +2020,10 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_462bad4011", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_462bad4011", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2033,7 +2034,7 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2047,7 +2048,7 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_4642334248", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_4642334248", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2060,7 +2061,7 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2073,7 +2074,7 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_1d10d2d05f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_1d10d2d05f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2086,7 +2087,7 @@ def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2098,7 +2099,7 @@ def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_b135c29868", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_b135c29868", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2109,7 +2110,7 @@ def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2120,7 +2121,7 @@ def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_2b9217b440", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, learning_rate, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_2b9217b440", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2131,7 +2132,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2145,10 +2146,10 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_7b68b4eb43", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_7b68b4eb43", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2161,7 +2162,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2174,10 +2175,10 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
     s1 = 1 - momentum
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_977603948e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_977603948e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2190,7 +2191,7 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2202,10 +2203,10 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_e4682a888a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_e4682a888a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2216,7 +2217,7 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2227,10 +2228,10 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c171adee39", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c171adee39", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2241,7 +2242,7 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2254,7 +2255,7 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_e28a26533a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_e28a26533a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2267,7 +2268,7 @@ def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2279,7 +2280,7 @@ def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - momentum
     s1 = 1 - decay
-    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_28a3a487d4", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, momentum, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_28a3a487d4", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     new_ema = new_ema.reshape(state["ema"].shape)
@@ -2292,7 +2293,7 @@ def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2303,7 +2304,7 @@ def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_8b08dbe66b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, weight_decay_rate, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_8b08dbe66b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -2314,7 +2315,7 @@ def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clippi
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -2324,7 +2325,7 @@ def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clippi
     eps = self.eps
     decay = 1 - (t - decay_offset) ** (-decay_rate)
     s0 = 1 - decay
-    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_d444779966", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([decay, eps, s0, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_d444779966", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -5294,6 +5295,781 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+}
+
+# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx": the pass as
+# one compiled function (see afgen_runtime.launch).
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f0_3f8f9e339c(grad, eps):
+    grad = grad.astype(mx.float32)
+    g2 = mx.square(grad) + eps
+    return g2, g2
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f0_4a01c567bb(grad, param, eps):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    g2 = mx.square(grad) + eps
+    return mx.square(param), g2, g2
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f0_c8047b4aab(grad, param, eps):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    g2 = mx.square(grad) + eps
+    return mx.square(param), g2, g2
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_02bf117c51(ema, grad, param, s1, s2, momentum, s0, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (grad * s1 * s2)
+    return param - (x1_0 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_06ca77de49(ema, grad, param, s1, s2, momentum, s0, s3):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3)
+    return param - x1_0, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_16f61fa55f(grad, param, s0, s1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - grad * s0 * s1,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_1740352910(ema, grad, param, s1, s2, learning_rate, momentum, s0, s3):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3)
+    return param - x1_0, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_1fb65205b5(ema, grad, param, s1, s2, learning_rate, momentum, s0, s3, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3)
+    return param - (x1_0 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_35001b1345(grad, param, s0, s1, learning_rate, s2, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (learning_rate * (grad * s0 * s1) * s2 + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_35fae15e9c(ema, grad, param, s1, s2, momentum, s0):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (grad * s1 * s2)
+    return param - x1_0, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_3a44e1eab6(grad, param, s0, s1, learning_rate, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (learning_rate * (grad * s0 * s1) + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_406674ad5a(grad, param, s0, s1, learning_rate, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - learning_rate * (grad * s0 * s1) * s2,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_635aa4bfd1(grad, s0, s1):
+    grad = grad.astype(mx.float32)
+    return mx.square(grad * s0 * s1),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_6be43eacd3(grad, param, s0, s1, learning_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - learning_rate * (grad * s0 * s1),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_72acf63220(grad, param, s0, s1, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (grad * s0 * s1 + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_733afc921f(grad, param, s0, s1, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - grad * s0 * s1 * s2,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_73b0717022(grad, param, s0, s1, s2, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (grad * s0 * s1 * s2 + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_bb6a17e489(ema, grad, param, s1, s2, learning_rate, momentum, s0):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2))
+    return param - x1_0, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_c65cd8fa49(ema, grad, param, s1, s2, momentum, s0, s3, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3)
+    return param - (x1_0 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f1_d1fe97f624(ema, grad, param, s1, s2, learning_rate, momentum, s0, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2))
+    return param - (x1_0 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_08dcde8f8a(grad, param, s0, s1, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - grad * s0 * s1 / s2,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_133ca7ffb2(grad, param, s0, s1, learning_rate, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - learning_rate * (grad * s0 * s1 / s2),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_1cd966491b(grad, param, s0, s1, learning_rate, s2, s3, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (learning_rate * (grad * s0 * s1 / s2) * s3 + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_24acae2e4c(ema, grad, param, s0, s1, momentum, s2, s3, s4):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4)
+    return param - x2_0, x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_27378df6f9(ema, grad, param, s0, s1, momentum, s2, s3, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3)
+    return param - (x2_0 + weight_decay_rate * param), x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_34f5a63f21(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3, s4):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4)
+    return param - x2_0, x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_393d38ba51(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3, s4, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4)
+    return param - (x2_0 + weight_decay_rate * param), x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_50e9801fa7(grad, param, s0, s1, s2, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (grad * s0 * s1 / s2 + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_6ecc74172c(grad, param, s0, s1, s2, s3, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (grad * s0 * s1 / s2 * s3 + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_788dbf7cbe(grad, param, s0, s1, learning_rate, s2, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - (learning_rate * (grad * s0 * s1 / s2) + weight_decay_rate * param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_8491f41583(ema, grad, param, s0, s1, momentum, s2, s3, s4, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4)
+    return param - (x2_0 + weight_decay_rate * param), x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_9e2616e65a(ema, grad, param, s0, s1, momentum, s2, s3):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3)
+    return param - x2_0, x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_dd7215b12e(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3))
+    return param - (x2_0 + weight_decay_rate * param), x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_dd8badfbfe(grad, param, s0, s1, learning_rate, s2, s3):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - learning_rate * (grad * s0 * s1 / s2) * s3,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_e898ca7f6c(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3))
+    return param - x2_0, x2_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_f2_ecc4f21468(grad, param, s0, s1, s2, s3):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - grad * s0 * s1 / s2 * s3,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_06a6b519f1(grad, v, decay, eps, s0):
+    grad = grad.astype(mx.float32)
+    v = v.astype(mx.float32)
+    return mx.square(grad * mx.rsqrt(decay * v + s0 * (mx.square(grad) + eps))),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_1d10d2d05f(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x0_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x0_0)))
+    return param - x0_1, x0_0, x0_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_28a3a487d4(ema, grad, param, v, decay, eps, momentum, s0, s1):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x0_1 = momentum * ema + s0 * (grad * mx.rsqrt(x0_0))
+    return param - x0_1, x0_0, x0_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_2b9217b440(grad, param, v, decay, eps, learning_rate, s0):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - learning_rate * (grad * mx.rsqrt(x0_0)), x0_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_4642334248(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x0_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x0_0)))
+    return param - (x0_1 + weight_decay_rate * param), x0_0, x0_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_5d3bcb261e(grad, param, v, decay, eps, s0):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    return mx.square(grad * mx.rsqrt(decay * v + s0 * (mx.square(grad) + eps))), mx.square(param)
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_8b08dbe66b(grad, param, v, decay, eps, s0, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (grad * mx.rsqrt(x0_0) + weight_decay_rate * param), x0_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_b135c29868(grad, param, v, decay, eps, learning_rate, s0, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (learning_rate * (grad * mx.rsqrt(x0_0)) + weight_decay_rate * param), x0_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_d444779966(grad, param, v, decay, eps, s0):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - grad * mx.rsqrt(x0_0), x0_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_e28a26533a(ema, grad, param, v, decay, eps, momentum, s0, s1, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x0_1 = momentum * ema + s0 * (grad * mx.rsqrt(x0_0))
+    return param - (x0_1 + weight_decay_rate * param), x0_0, x0_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u0_fd5bc4007a(param):
+    param = param.astype(mx.float32)
+    return mx.square(param),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_10164be6f2(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x1_0)) * s2)
+    return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_3ce49f4884(grad, param, v, decay, eps, s0, s1, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - grad * mx.rsqrt(x1_0) / s1 * s2, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_462bad4011(grad, param, v, decay, eps, learning_rate, s0, s1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - learning_rate * (grad * mx.rsqrt(x1_0) / s1), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_6093285407(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x1_0)) * s2)
+    return param - x1_1, x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_615025fb38(grad, param, v, decay, eps, learning_rate, s0, s1, s2, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (learning_rate * (grad * mx.rsqrt(x1_0) / s1) * s2 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_776e811870(grad, param, v, decay, eps, s0, s1, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (grad * mx.rsqrt(x1_0) * s1 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_788741f968(grad, param, v, decay, eps, s0, s1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - grad * mx.rsqrt(x1_0) * s1, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_7b68b4eb43(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2)
+    return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_977603948e(ema, grad, param, v, decay, eps, momentum, s0, s1, s2):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2)
+    return param - x1_1, x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_9b85adc914(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, s3):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2 * s3)
+    return param - x1_1, x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_9ef415e76f(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2) * s3)
+    return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_ad3bab1c99(grad, param, v, decay, eps, learning_rate, s0, s1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - learning_rate * (grad * mx.rsqrt(x1_0)) * s1, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_baede38030(grad, param, v, decay, eps, s0, s1, s2, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (grad * mx.rsqrt(x1_0) / s1 * s2 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_bc96f9f5fa(grad, param, v, decay, eps, learning_rate, s0, s1, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - learning_rate * (grad * mx.rsqrt(x1_0) / s1) * s2, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_c0df32ce34(grad, param, v, decay, eps, learning_rate, s0, s1, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (learning_rate * (grad * mx.rsqrt(x1_0)) * s1 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_c171adee39(grad, param, v, decay, eps, s0, s1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - grad * mx.rsqrt(x1_0) / s1, x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_c1929612e5(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, s3):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2) * s3)
+    return param - x1_1, x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_dfa32f3685(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s0 * (grad * mx.rsqrt(x1_0) * s2)
+    return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_e425bd9031(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2 * s3)
+    return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_e4682a888a(grad, param, v, decay, eps, s0, s1, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (grad * mx.rsqrt(x1_0) / s1 + weight_decay_rate * param), x1_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_e6188fd26d(ema, grad, param, v, decay, eps, momentum, s0, s1, s2):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s1 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s0 * (grad * mx.rsqrt(x1_0) * s2)
+    return param - x1_1, x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_ef66f0e1e7(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2))
+    return param - x1_1, x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_f673bd03f3(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate):
+    ema = ema.astype(mx.float32)
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2))
+    return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_optax_u1_fbdee229ff(grad, param, v, decay, eps, learning_rate, s0, s1, weight_decay_rate):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x1_0 = decay * v + s0 * (mx.square(grad) + eps)
+    return param - (learning_rate * (grad * mx.rsqrt(x1_0) / s1) + weight_decay_rate * param), x1_0
+
+
+_MLX_PASSES = {
+    "afgen_adafactor_optax_f0_3f8f9e339c": (_mlx_afgen_adafactor_optax_f0_3f8f9e339c, True, "f", "rc",
+        None),
+    "afgen_adafactor_optax_f0_4a01c567bb": (_mlx_afgen_adafactor_optax_f0_4a01c567bb, True, "ff", "arc",
+        None),
+    "afgen_adafactor_optax_f0_c8047b4aab": (_mlx_afgen_adafactor_optax_f0_c8047b4aab, True, "ff", "arc",
+        None),
+    "afgen_adafactor_optax_f1_02bf117c51": (_mlx_afgen_adafactor_optax_f1_02bf117c51, True, "fffrc", "pf",
+        3),
+    "afgen_adafactor_optax_f1_06ca77de49": (_mlx_afgen_adafactor_optax_f1_06ca77de49, True, "fffrc", "pf",
+        3),
+    "afgen_adafactor_optax_f1_16f61fa55f": (_mlx_afgen_adafactor_optax_f1_16f61fa55f, True, "ffrc", "p",
+        0),
+    "afgen_adafactor_optax_f1_1740352910": (_mlx_afgen_adafactor_optax_f1_1740352910, True, "fffrc", "pf",
+        4),
+    "afgen_adafactor_optax_f1_1fb65205b5": (_mlx_afgen_adafactor_optax_f1_1fb65205b5, True, "fffrc", "pf",
+        5),
+    "afgen_adafactor_optax_f1_35001b1345": (_mlx_afgen_adafactor_optax_f1_35001b1345, True, "ffrc", "p",
+        3),
+    "afgen_adafactor_optax_f1_35fae15e9c": (_mlx_afgen_adafactor_optax_f1_35fae15e9c, True, "fffrc", "pf",
+        2),
+    "afgen_adafactor_optax_f1_3a44e1eab6": (_mlx_afgen_adafactor_optax_f1_3a44e1eab6, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_optax_f1_406674ad5a": (_mlx_afgen_adafactor_optax_f1_406674ad5a, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_optax_f1_635aa4bfd1": (_mlx_afgen_adafactor_optax_f1_635aa4bfd1, True, "frc", "a",
+        None),
+    "afgen_adafactor_optax_f1_6be43eacd3": (_mlx_afgen_adafactor_optax_f1_6be43eacd3, True, "ffrc", "p",
+        1),
+    "afgen_adafactor_optax_f1_72acf63220": (_mlx_afgen_adafactor_optax_f1_72acf63220, True, "ffrc", "p",
+        1),
+    "afgen_adafactor_optax_f1_733afc921f": (_mlx_afgen_adafactor_optax_f1_733afc921f, True, "ffrc", "p",
+        1),
+    "afgen_adafactor_optax_f1_73b0717022": (_mlx_afgen_adafactor_optax_f1_73b0717022, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_optax_f1_bb6a17e489": (_mlx_afgen_adafactor_optax_f1_bb6a17e489, True, "fffrc", "pf",
+        3),
+    "afgen_adafactor_optax_f1_c65cd8fa49": (_mlx_afgen_adafactor_optax_f1_c65cd8fa49, True, "fffrc", "pf",
+        4),
+    "afgen_adafactor_optax_f1_d1fe97f624": (_mlx_afgen_adafactor_optax_f1_d1fe97f624, True, "fffrc", "pf",
+        4),
+    "afgen_adafactor_optax_f2_08dcde8f8a": (_mlx_afgen_adafactor_optax_f2_08dcde8f8a, True, "ffrc", "p",
+        1),
+    "afgen_adafactor_optax_f2_133ca7ffb2": (_mlx_afgen_adafactor_optax_f2_133ca7ffb2, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_optax_f2_1cd966491b": (_mlx_afgen_adafactor_optax_f2_1cd966491b, True, "ffrc", "p",
+        4),
+    "afgen_adafactor_optax_f2_24acae2e4c": (_mlx_afgen_adafactor_optax_f2_24acae2e4c, True, "fffrc", "pf",
+        4),
+    "afgen_adafactor_optax_f2_27378df6f9": (_mlx_afgen_adafactor_optax_f2_27378df6f9, True, "fffrc", "pf",
+        4),
+    "afgen_adafactor_optax_f2_34f5a63f21": (_mlx_afgen_adafactor_optax_f2_34f5a63f21, True, "fffrc", "pf",
+        5),
+    "afgen_adafactor_optax_f2_393d38ba51": (_mlx_afgen_adafactor_optax_f2_393d38ba51, True, "fffrc", "pf",
+        6),
+    "afgen_adafactor_optax_f2_50e9801fa7": (_mlx_afgen_adafactor_optax_f2_50e9801fa7, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_optax_f2_6ecc74172c": (_mlx_afgen_adafactor_optax_f2_6ecc74172c, True, "ffrc", "p",
+        3),
+    "afgen_adafactor_optax_f2_788dbf7cbe": (_mlx_afgen_adafactor_optax_f2_788dbf7cbe, True, "ffrc", "p",
+        3),
+    "afgen_adafactor_optax_f2_8491f41583": (_mlx_afgen_adafactor_optax_f2_8491f41583, True, "fffrc", "pf",
+        5),
+    "afgen_adafactor_optax_f2_9e2616e65a": (_mlx_afgen_adafactor_optax_f2_9e2616e65a, True, "fffrc", "pf",
+        3),
+    "afgen_adafactor_optax_f2_dd7215b12e": (_mlx_afgen_adafactor_optax_f2_dd7215b12e, True, "fffrc", "pf",
+        5),
+    "afgen_adafactor_optax_f2_dd8badfbfe": (_mlx_afgen_adafactor_optax_f2_dd8badfbfe, True, "ffrc", "p",
+        3),
+    "afgen_adafactor_optax_f2_e898ca7f6c": (_mlx_afgen_adafactor_optax_f2_e898ca7f6c, True, "fffrc", "pf",
+        4),
+    "afgen_adafactor_optax_f2_ecc4f21468": (_mlx_afgen_adafactor_optax_f2_ecc4f21468, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_optax_u0_06a6b519f1": (_mlx_afgen_adafactor_optax_u0_06a6b519f1, False, "ff", "a",
+        None),
+    "afgen_adafactor_optax_u0_1d10d2d05f": (_mlx_afgen_adafactor_optax_u0_1d10d2d05f, False, "ffff", "pff",
+        6),
+    "afgen_adafactor_optax_u0_28a3a487d4": (_mlx_afgen_adafactor_optax_u0_28a3a487d4, False, "ffff", "pff",
+        5),
+    "afgen_adafactor_optax_u0_2b9217b440": (_mlx_afgen_adafactor_optax_u0_2b9217b440, False, "fff", "pf",
+        4),
+    "afgen_adafactor_optax_u0_4642334248": (_mlx_afgen_adafactor_optax_u0_4642334248, False, "ffff", "pff",
+        7),
+    "afgen_adafactor_optax_u0_5d3bcb261e": (_mlx_afgen_adafactor_optax_u0_5d3bcb261e, False, "fff", "aa",
+        None),
+    "afgen_adafactor_optax_u0_8b08dbe66b": (_mlx_afgen_adafactor_optax_u0_8b08dbe66b, False, "fff", "pf",
+        4),
+    "afgen_adafactor_optax_u0_b135c29868": (_mlx_afgen_adafactor_optax_u0_b135c29868, False, "fff", "pf",
+        5),
+    "afgen_adafactor_optax_u0_d444779966": (_mlx_afgen_adafactor_optax_u0_d444779966, False, "fff", "pf",
+        3),
+    "afgen_adafactor_optax_u0_e28a26533a": (_mlx_afgen_adafactor_optax_u0_e28a26533a, False, "ffff", "pff",
+        6),
+    "afgen_adafactor_optax_u0_fd5bc4007a": (_mlx_afgen_adafactor_optax_u0_fd5bc4007a, False, "f", "a",
+        None),
+    "afgen_adafactor_optax_u1_10164be6f2": (_mlx_afgen_adafactor_optax_u1_10164be6f2, False, "ffff", "pff",
+        8),
+    "afgen_adafactor_optax_u1_3ce49f4884": (_mlx_afgen_adafactor_optax_u1_3ce49f4884, False, "fff", "pf",
+        5),
+    "afgen_adafactor_optax_u1_462bad4011": (_mlx_afgen_adafactor_optax_u1_462bad4011, False, "fff", "pf",
+        5),
+    "afgen_adafactor_optax_u1_6093285407": (_mlx_afgen_adafactor_optax_u1_6093285407, False, "ffff", "pff",
+        7),
+    "afgen_adafactor_optax_u1_615025fb38": (_mlx_afgen_adafactor_optax_u1_615025fb38, False, "fff", "pf",
+        7),
+    "afgen_adafactor_optax_u1_776e811870": (_mlx_afgen_adafactor_optax_u1_776e811870, False, "fff", "pf",
+        5),
+    "afgen_adafactor_optax_u1_788741f968": (_mlx_afgen_adafactor_optax_u1_788741f968, False, "fff", "pf",
+        4),
+    "afgen_adafactor_optax_u1_7b68b4eb43": (_mlx_afgen_adafactor_optax_u1_7b68b4eb43, False, "ffff", "pff",
+        7),
+    "afgen_adafactor_optax_u1_977603948e": (_mlx_afgen_adafactor_optax_u1_977603948e, False, "ffff", "pff",
+        6),
+    "afgen_adafactor_optax_u1_9b85adc914": (_mlx_afgen_adafactor_optax_u1_9b85adc914, False, "ffff", "pff",
+        7),
+    "afgen_adafactor_optax_u1_9ef415e76f": (_mlx_afgen_adafactor_optax_u1_9ef415e76f, False, "ffff", "pff",
+        9),
+    "afgen_adafactor_optax_u1_ad3bab1c99": (_mlx_afgen_adafactor_optax_u1_ad3bab1c99, False, "fff", "pf",
+        5),
+    "afgen_adafactor_optax_u1_baede38030": (_mlx_afgen_adafactor_optax_u1_baede38030, False, "fff", "pf",
+        6),
+    "afgen_adafactor_optax_u1_bc96f9f5fa": (_mlx_afgen_adafactor_optax_u1_bc96f9f5fa, False, "fff", "pf",
+        6),
+    "afgen_adafactor_optax_u1_c0df32ce34": (_mlx_afgen_adafactor_optax_u1_c0df32ce34, False, "fff", "pf",
+        6),
+    "afgen_adafactor_optax_u1_c171adee39": (_mlx_afgen_adafactor_optax_u1_c171adee39, False, "fff", "pf",
+        4),
+    "afgen_adafactor_optax_u1_c1929612e5": (_mlx_afgen_adafactor_optax_u1_c1929612e5, False, "ffff", "pff",
+        8),
+    "afgen_adafactor_optax_u1_dfa32f3685": (_mlx_afgen_adafactor_optax_u1_dfa32f3685, False, "ffff", "pff",
+        7),
+    "afgen_adafactor_optax_u1_e425bd9031": (_mlx_afgen_adafactor_optax_u1_e425bd9031, False, "ffff", "pff",
+        8),
+    "afgen_adafactor_optax_u1_e4682a888a": (_mlx_afgen_adafactor_optax_u1_e4682a888a, False, "fff", "pf",
+        5),
+    "afgen_adafactor_optax_u1_e6188fd26d": (_mlx_afgen_adafactor_optax_u1_e6188fd26d, False, "ffff", "pff",
+        6),
+    "afgen_adafactor_optax_u1_ef66f0e1e7": (_mlx_afgen_adafactor_optax_u1_ef66f0e1e7, False, "ffff", "pff",
+        7),
+    "afgen_adafactor_optax_u1_f673bd03f3": (_mlx_afgen_adafactor_optax_u1_f673bd03f3, False, "ffff", "pff",
+        8),
+    "afgen_adafactor_optax_u1_fbdee229ff": (_mlx_afgen_adafactor_optax_u1_fbdee229ff, False, "fff", "pf",
+        6),
 }
 
 # Per target (shared by every module of this directory): prologue, header, MLX factory.

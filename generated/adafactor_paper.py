@@ -137,7 +137,8 @@ class Adafactor(_rt.GeneratedOptimizer):
         return _FUSED.get(key)
 
     def _kernel_tables(self) -> _rt.KernelTables:
-        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS)
+        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
+                                _MLX_PASSES)
 
     def _update_factored(self, gradient, parameter, state):
         """The update with MLX ops for factored parameters, in the spec's order."""
@@ -186,7 +187,7 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     factored
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -198,7 +199,7 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     max_step = self.max_step
     row_sums = _rt.cast(_rt.expand(state["row_sums"], "row"), cdt)
     col_sums = _rt.cast(_rt.expand(state["col_sums"], "col"), cdt)
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_paper_f0_8006deeeca", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([eps1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_paper_f0_8006deeeca", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo)
     red2 = _rt.col_total(red2_part, geo)
@@ -212,10 +213,10 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
     new_row_sums = row_sums_1
     new_col_sums = col_sums_1
-    red4_part, = self._launch(backend, "afgen_adafactor_paper_f1_d97444e0af", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_paper_f1_d97444e0af", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s2 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
-    new_param, = self._launch(backend, "afgen_adafactor_paper_f2_f9635637e5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), _rt.pack([alpha, s2, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_paper_f2_f9635637e5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_sums"] = _rt.collapse(new_row_sums, state["row_sums"], "row")
     state["col_sums"] = _rt.collapse(new_col_sums, state["col_sums"], "col")
@@ -225,7 +226,7 @@ def _gpu_flat(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     unfactored
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -237,12 +238,12 @@ def _gpu_flat(self, gradient, parameter, state, backend):
     max_step = self.max_step
     beta2t = 1 - t ** decay_rate
     s0 = 1 - beta2t
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_paper_u0_fced218a40", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _rt.pack([beta2t, eps1, s0]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_paper_u0_fced218a40", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
     s1 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
-    new_param, new_second_moment = self._launch(backend, "afgen_adafactor_paper_u1_c2ed20bba0", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), _rt.pack([alpha, beta2t, eps1, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_second_moment = self._launch(backend, "afgen_adafactor_paper_u1_c2ed20bba0", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), [alpha, beta2t, eps1, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_second_moment = new_second_moment.reshape(state["second_moment"].shape)
     state["second_moment"] = new_second_moment
@@ -489,6 +490,61 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+}
+
+# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx": the pass as
+# one compiled function (see afgen_runtime.launch).
+
+
+@mx.compile
+def _mlx_afgen_adafactor_paper_f0_8006deeeca(grad, param, eps1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    g2 = mx.square(grad) + eps1
+    return mx.square(param), g2, g2
+
+
+@mx.compile
+def _mlx_afgen_adafactor_paper_f1_d97444e0af(grad, s0, s1):
+    grad = grad.astype(mx.float32)
+    return mx.square(grad / (s0 * s1)),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_paper_f2_f9635637e5(grad, param, s0, s1, alpha, s2):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param - alpha * (grad / (s0 * s1)) / s2,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_paper_u0_fced218a40(grad, param, second_moment, beta2t, eps1, s0):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    second_moment = second_moment.astype(mx.float32)
+    return mx.square(param), mx.square(grad / mx.sqrt(beta2t * second_moment + s0 * (mx.square(grad) + eps1)))
+
+
+@mx.compile
+def _mlx_afgen_adafactor_paper_u1_c2ed20bba0(grad, param, second_moment, alpha, beta2t, eps1, s0, s1):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    second_moment = second_moment.astype(mx.float32)
+    x1_0 = beta2t * second_moment + s0 * (mx.square(grad) + eps1)
+    return param - alpha * (grad / mx.sqrt(x1_0)) / s1, x1_0
+
+
+_MLX_PASSES = {
+    "afgen_adafactor_paper_f0_8006deeeca": (_mlx_afgen_adafactor_paper_f0_8006deeeca, True, "ff", "arc",
+        None),
+    "afgen_adafactor_paper_f1_d97444e0af": (_mlx_afgen_adafactor_paper_f1_d97444e0af, True, "frc", "a",
+        None),
+    "afgen_adafactor_paper_f2_f9635637e5": (_mlx_afgen_adafactor_paper_f2_f9635637e5, True, "ffrc", "p",
+        2),
+    "afgen_adafactor_paper_u0_fced218a40": (_mlx_afgen_adafactor_paper_u0_fced218a40, False, "fff", "aa",
+        None),
+    "afgen_adafactor_paper_u1_c2ed20bba0": (_mlx_afgen_adafactor_paper_u1_c2ed20bba0, False, "fff", "pf",
+        5),
 }
 
 # Per target (shared by every module of this directory): prologue, header, MLX factory.

@@ -152,7 +152,8 @@ class Adafactor(_rt.GeneratedOptimizer):
         return _FUSED.get(key)
 
     def _kernel_tables(self) -> _rt.KernelTables:
-        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS)
+        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
+                                _MLX_PASSES)
 
     def _update_factored(self, gradient, parameter, state):
         """The update with MLX ops for factored parameters, in the spec's order."""
@@ -207,7 +208,7 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     """Fused-kernel update for:
     factored maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -223,7 +224,7 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     e1 = eps1
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -235,10 +236,10 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
-    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _rt.collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
@@ -248,7 +249,7 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     """Fused-kernel update for:
     factored maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -264,7 +265,7 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     e1 = dtype_eps
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -276,10 +277,10 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
-    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _rt.collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
@@ -289,7 +290,7 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     """Fused-kernel update for:
     factored !maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -305,7 +306,7 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     e1 = eps1
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -317,10 +318,10 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
-    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _rt.collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
@@ -330,7 +331,7 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     """Fused-kernel update for:
     factored !maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -346,7 +347,7 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     e1 = dtype_eps
     s1 = e1 * e1
     s2 = 1 - lr * weight_decay
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.pack([]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -358,10 +359,10 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
-    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([s1]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.total(red4_part) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
-    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), _rt.pack([alpha, s1, s2, s3, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
+    new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     state["row_var"] = _rt.collapse(new_row_var, state["row_var"], "row")
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
@@ -371,7 +372,7 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     unfactored maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -386,12 +387,12 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
     w = t ** beta2_decay
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -401,7 +402,7 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     unfactored maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -416,12 +417,12 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
     w = t ** beta2_decay
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -431,7 +432,7 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     unfactored !maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -446,12 +447,12 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
     w = t ** beta2_decay
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -461,7 +462,7 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     """Fused-kernel update for:
     unfactored !maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -476,12 +477,12 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     w = t ** beta2_decay
     s0 = e1 * e1
     s1 = 1 - lr * weight_decay
-    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([s0, w]), geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.total(red0_part) / size
     red1 = _rt.total(red1_part) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
-    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), _rt.pack([alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_variance = new_variance.reshape(state["variance"].shape)
     state["variance"] = new_variance
@@ -977,6 +978,113 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+}
+
+# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx": the pass as
+# one compiled function (see afgen_runtime.launch).
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_f0_3873098176(grad, param):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x0_0 = mx.square(grad)
+    return mx.square(param), x0_0, x0_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_f0_3b37edc0b6(grad, param):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    x0_0 = mx.square(-grad)
+    return mx.square(param), x0_0, x0_0
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_f1_2a7821355a(grad, s0, row_var_1, col_var_1, s1):
+    grad = grad.astype(mx.float32)
+    return mx.square(-grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_f1_cd85fa309e(grad, s0, row_var_1, col_var_1, s1):
+    grad = grad.astype(mx.float32)
+    return mx.square(grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))),
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_f2_10f776886e(grad, param, s0, row_var_1, col_var_1, alpha, s1, s2, s3):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param * s2 - alpha * (-grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))) / s3,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_f2_3805fa4066(grad, param, s0, row_var_1, col_var_1, alpha, s1, s2, s3):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    return param * s2 - alpha * (grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))) / s3,
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_u0_1181eda8f2(grad, param, variance, s0, w):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    variance = variance.astype(mx.float32)
+    g = -grad
+    return mx.square(param), mx.square(g * mx.rsqrt(mx.maximum(variance + w * (mx.square(g) - variance), s0)))
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_u0_853464140d(grad, param, variance, s0, w):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    variance = variance.astype(mx.float32)
+    g = grad
+    return mx.square(param), mx.square(g * mx.rsqrt(mx.maximum(variance + w * (mx.square(g) - variance), s0)))
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_u1_146f278efb(grad, param, variance, alpha, s0, s1, s2, w):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    variance = variance.astype(mx.float32)
+    g_1 = grad
+    x1_1 = variance + w * (mx.square(g_1) - variance)
+    return param * s1 - alpha * (g_1 * mx.rsqrt(mx.maximum(x1_1, s0))) / s2, x1_1
+
+
+@mx.compile
+def _mlx_afgen_adafactor_torch_u1_6fa05931f4(grad, param, variance, alpha, s0, s1, s2, w):
+    grad = grad.astype(mx.float32)
+    param = param.astype(mx.float32)
+    variance = variance.astype(mx.float32)
+    g_1 = -grad
+    x1_1 = variance + w * (mx.square(g_1) - variance)
+    return param * s1 - alpha * (g_1 * mx.rsqrt(mx.maximum(x1_1, s0))) / s2, x1_1
+
+
+_MLX_PASSES = {
+    "afgen_adafactor_torch_f0_3873098176": (_mlx_afgen_adafactor_torch_f0_3873098176, True, "ff", "arc",
+        None),
+    "afgen_adafactor_torch_f0_3b37edc0b6": (_mlx_afgen_adafactor_torch_f0_3b37edc0b6, True, "ff", "arc",
+        None),
+    "afgen_adafactor_torch_f1_2a7821355a": (_mlx_afgen_adafactor_torch_f1_2a7821355a, True, "fbrc", "a",
+        None),
+    "afgen_adafactor_torch_f1_cd85fa309e": (_mlx_afgen_adafactor_torch_f1_cd85fa309e, True, "fbrc", "a",
+        None),
+    "afgen_adafactor_torch_f2_10f776886e": (_mlx_afgen_adafactor_torch_f2_10f776886e, True, "ffbrc", "p",
+        4),
+    "afgen_adafactor_torch_f2_3805fa4066": (_mlx_afgen_adafactor_torch_f2_3805fa4066, True, "ffbrc", "p",
+        4),
+    "afgen_adafactor_torch_u0_1181eda8f2": (_mlx_afgen_adafactor_torch_u0_1181eda8f2, False, "fff", "aa",
+        None),
+    "afgen_adafactor_torch_u0_853464140d": (_mlx_afgen_adafactor_torch_u0_853464140d, False, "fff", "aa",
+        None),
+    "afgen_adafactor_torch_u1_146f278efb": (_mlx_afgen_adafactor_torch_u1_146f278efb, False, "fff", "pf",
+        5),
+    "afgen_adafactor_torch_u1_6fa05931f4": (_mlx_afgen_adafactor_torch_u1_6fa05931f4, False, "fff", "pf",
+        5),
 }
 
 # Per target (shared by every module of this directory): prologue, header, MLX factory.

@@ -132,7 +132,8 @@ class Adam(_rt.GeneratedOptimizer):
         return _FUSED.get(key)
 
     def _kernel_tables(self) -> _rt.KernelTables:
-        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS)
+        return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
+                                _MLX_PASSES)
 
     def _update_unfactored(self, gradient, parameter, state):
         """The update with MLX ops for unfactored parameters, in the spec's order."""
@@ -164,7 +165,7 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     unfactored bias_correction
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -177,7 +178,7 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
     s0 = 1 - beta1
     s1 = 1 - beta2
     c2 = mx.rsqrt(1 - beta2 ** t)
-    new_param, new_m, new_v = self._launch(backend, "afgen_adam_u0_e2d90f8583", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([beta1, beta2, c1, c2, eps, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_m, new_v = self._launch(backend, "afgen_adam_u0_e2d90f8583", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [beta1, beta2, c1, c2, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -189,7 +190,7 @@ def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend):
     """Fused-kernel update for:
     unfactored !bias_correction
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
     size = max(parameter.size, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
@@ -199,7 +200,7 @@ def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend):
     eps = self.eps
     s0 = 1 - beta1
     s1 = 1 - beta2
-    new_param, new_m, new_v = self._launch(backend, "afgen_adam_u0_e23577fa33", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), _rt.pack([beta1, beta2, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)]), geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_m, new_v = self._launch(backend, "afgen_adam_u0_e23577fa33", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [beta1, beta2, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -296,6 +297,39 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+}
+
+# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx": the pass as
+# one compiled function (see afgen_runtime.launch).
+
+
+@mx.compile
+def _mlx_afgen_adam_u0_e23577fa33(grad, m, param, v, beta1, beta2, eps, learning_rate, s0, s1):
+    grad = grad.astype(mx.float32)
+    m = m.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = beta1 * m + s0 * grad
+    x0_1 = beta2 * v + s1 * mx.square(grad)
+    return param - learning_rate * x0_0 / (mx.sqrt(x0_1) + eps), x0_0, x0_1
+
+
+@mx.compile
+def _mlx_afgen_adam_u0_e2d90f8583(grad, m, param, v, beta1, beta2, c1, c2, eps, s0, s1):
+    grad = grad.astype(mx.float32)
+    m = m.astype(mx.float32)
+    param = param.astype(mx.float32)
+    v = v.astype(mx.float32)
+    x0_0 = beta1 * m + s0 * grad
+    x0_1 = beta2 * v + s1 * mx.square(grad)
+    return param - c1 * x0_0 / (mx.sqrt(x0_1) * c2 + eps), x0_0, x0_1
+
+
+_MLX_PASSES = {
+    "afgen_adam_u0_e23577fa33": (_mlx_afgen_adam_u0_e23577fa33, False, "ffff", "pff",
+        6),
+    "afgen_adam_u0_e2d90f8583": (_mlx_afgen_adam_u0_e2d90f8583, False, "ffff", "pff",
+        7),
 }
 
 # Per target (shared by every module of this directory): prologue, header, MLX factory.

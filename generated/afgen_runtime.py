@@ -532,14 +532,16 @@ class Geometry(NamedTuple):
     threads: int
 
 
-def geometry(shape: Sequence[int], factored: bool, rows_per_group: int, cols_per_group: int,
-             threads: int) -> Geometry:
-    """View the parameter as B matrices of M x N (unfactored: one 1 x size row)."""
+def geometry(shape: Sequence[int], factored: bool, rows_per_group: int | None,
+             cols_per_group: int | None, threads: int) -> Geometry:
+    """View the parameter as B matrices of M x N (unfactored: one 1 x size row); a group
+    size of None makes one tile of a whole matrix (the MLX twins of the kernels)."""
     shape = tuple(shape)
     if factored:
         B, M, N = math.prod(shape[:-2]), shape[-2], shape[-1]
     else:
         B, M, N = 1, 1, math.prod(shape)
+    rows_per_group, cols_per_group = rows_per_group or max(M, 1), cols_per_group or max(N, 1)
     nrb = -(-M // rows_per_group)
     ncc = -(-N // cols_per_group)
     dims = mx.array([B, M, N, nrb, ncc], dtype=mx.uint32)
@@ -586,13 +588,15 @@ class KernelTables(NamedTuple):
     every target, MLX writes the signatures. Per target: ``prologues`` (put before every
     body: the thread and group indices), ``headers`` (the helpers the bodies call) and
     ``factories`` (the ``mx.fast`` function that builds its kernels). ``threads`` is the
-    threadgroup size the kernels are written for."""
+    threadgroup size the kernels are written for. ``mlx_passes[name]`` is the kernel's
+    twin in MLX ops, its layout string and rounding-key index (``afgen.backends.mlx_passes``)."""
 
     kernels: Mapping[str, tuple]
     prologues: Mapping[str, str]
     headers: Mapping[str, str]
     factories: Mapping[str, str]
     threads: int
+    mlx_passes: Mapping[str, tuple] = {}
 
 
 _kernel_runner: KernelRunner | None = None
@@ -616,9 +620,14 @@ def kernel_runner() -> KernelRunner | None:
 def launch(tables: KernelTables, backend: str, name: str, geo: Geometry,
            inputs: list[mx.array], outputs: list[tuple[tuple, mx.Dtype]], T: mx.Dtype,
            S: mx.Dtype) -> list[mx.array]:
-    """Run kernel ``name`` of ``backend`` over ``geo``'s grid. ``outputs`` are (shape,
-    dtype); T and S are the parameter and state dtypes the text is templated on. Kernel
-    objects are built once per text (a changed body or header builds a new one)."""
+    """Run kernel ``name`` of ``backend`` over ``geo``'s grid. ``inputs`` are arrays and
+    one list, the kernel's dynamic scalars (packed here into the one float32 array a
+    kernel reads; an MLX twin takes them one by one). ``outputs`` are (shape, dtype); T
+    and S are the parameter and state dtypes the text is templated on. Kernel objects
+    are built once per text (a changed body or header builds a new one)."""
+    if backend == "mlx":
+        return launch_mlx_pass(tables.mlx_passes[name], geo, inputs, outputs)
+    inputs = [pack(x) if isinstance(x, list) else x for x in inputs]
     input_names, output_names, (t_name, s_name), body = tables.kernels[name]
     source = tables.prologues[backend] + body
     header = tables.headers[backend]
@@ -637,6 +646,98 @@ def launch(tables: KernelTables, backend: str, name: str, geo: Geometry,
                          ensure_row_contiguous=True)
         _kernel_objects[cache_key] = kernel
     return kernel(**call)
+
+
+def launch_mlx_pass(twin: tuple, geo: Geometry, inputs: list[Any],
+                    outputs: list[tuple[tuple, mx.Dtype]]) -> list[mx.array]:
+    """Run a kernel's MLX twin on the kernel's launch arguments and return what the kernel
+    would: its full-size results in the requested dtypes (the new parameter rounded as
+    the kernel rounds it), and its reduction operands reduced accurately into one
+    partial sum per matrix, row or col (the geometry of ``backend="mlx"`` is one tile
+    per matrix). A factored layout travels as (B, M, N) with rows, cols and batches in
+    the broadcast layout; an unfactored one in the parameter's own shape, and its
+    results are not reshaped: under ``mx.compile`` reshaping several results of one
+    fused loop splits the loop into one per result."""
+    function, factored, in_kinds, result_kinds, key_index = twin
+    B, M, N = geo.B, geo.M, geo.N
+    full = (B, M, N) if factored else geo.shape
+    views = {"f": full, "b": (B, 1, 1), "r": (B, M, 1), "c": (B, 1, N)}
+    arrays = [x.reshape(views[kind]) for kind, x in zip(in_kinds, inputs)]
+    # A scalar computed by the glue is handed over as computed (``once``): under
+    # ``mx.compile`` its arithmetic would otherwise be fused into the pass's loop.
+    scalars = [once(cast(x, mx.float32)) if isinstance(x, mx.array)
+               else mx.array(x, mx.float32) for x in inputs[len(in_kinds)]]
+    if not set(result_kinds) & set("fp") and math.prod(full) > CHUNK_ELEMENTS:
+        return _reduce_in_chunks(function, factored, in_kinds, result_kinds, geo, arrays,
+                                 scalars, outputs)
+    out = []
+    results = function(*arrays, *scalars[:key_index])
+    for kind, value, (shape, dtype) in zip(result_kinds, results, outputs):
+        if value.shape != full:  # a result that is constant along some axis
+            value = mx.broadcast_to(value, full)
+        if kind in "arc":  # an unfactored parameter is one row
+            if factored:
+                value = total(value, {"a": (-2, -1), "r": -1, "c": -2}[kind])
+            elif kind != "c":
+                value = total(value)
+            out.append(value.reshape(shape))
+            continue
+        value = value.reshape(geo.shape)
+        if kind == "p" and dtype == mx.bfloat16 and key_index is not None:
+            rounding_key = scalars[key_index].view(mx.uint32)
+            value = mx.where(rounding_key == 0, value.astype(dtype),
+                             stochastic_bfloat16(value, rounding_key))
+        out.append(cast(value, dtype))
+    return out
+
+
+CHUNK_ELEMENTS = 1 << 21
+"""A pass that only reduces runs on chunks of about this many elements (8 MB of float32):
+each chunk's operands are freed before the next chunk's are made, so they come from
+MLX's buffer cache (32 MB by default) instead of fresh pages, which the kernel faults in
+4 KiB at a time (a fresh full-size operand of a large tensor costs several times its
+arithmetic)."""
+
+
+def _reduce_in_chunks(function: Callable, factored: bool, in_kinds: str, result_kinds: str,
+                      geo: Geometry, arrays: list[mx.array], scalars: list[mx.array],
+                      outputs: list[tuple[tuple, mx.Dtype]]) -> list[mx.array]:
+    """``launch_mlx_pass`` for a pass without full-size results, over blocks of rows of
+    every matrix (a factored layout) or of the flat parameter; the partial results of
+    the chunks are added (accurately) or, per row, put side by side."""
+    B, M, N = geo.B, geo.M, geo.N
+    if factored:
+        step = max(1, CHUNK_ELEMENTS // max(B * N, 1))
+        bounds = [(a, min(a + step, M)) for a in range(0, M, step)]
+        pieces = [[x[:, a:b] if kind in "fr" else x for kind, x in zip(in_kinds, arrays)]
+                  for a, b in bounds]
+        shapes = [(B, b - a, N) for a, b in bounds]
+    else:
+        size = geo.B * geo.M * geo.N
+        if "c" in result_kinds:  # per element: nothing to chunk
+            bounds = [(0, size)]
+        else:
+            bounds = [(a, min(a + CHUNK_ELEMENTS, size))
+                      for a in range(0, size, CHUNK_ELEMENTS)]
+        pieces = [[x.reshape(-1)[a:b] for x in arrays] for a, b in bounds]
+        shapes = [(b - a,) for a, b in bounds]
+    partials: list[list[mx.array]] = [[] for _ in result_kinds]
+    for piece, shape in zip(pieces, shapes):
+        for index, (kind, value) in enumerate(zip(result_kinds, function(*piece, *scalars))):
+            value = mx.broadcast_to(value, shape) if value.shape != shape else value
+            if not factored:
+                value = value if kind == "c" else total(value).reshape(1)
+            else:
+                value = total(value, {"a": (-2, -1), "r": -1, "c": -2}[kind])
+            partials[index].append(value)
+    out = []
+    for kind, parts, (shape, _) in zip(result_kinds, partials, outputs):
+        if kind == "r" and factored:
+            value = mx.concatenate(parts, axis=1)
+        else:
+            value = total(mx.stack(parts), 0)
+        out.append(value.reshape(shape))
+    return out
 
 
 def available(backend: str) -> bool:
@@ -825,7 +926,9 @@ class GeneratedOptimizer(Optimizer):
 
     # Fused kernels of the generated module.
     def _geometry(self, shape: Sequence[int], factored: bool, rows_per_group: int,
-                  cols_per_group: int) -> Geometry:
+                  cols_per_group: int, backend: str) -> Geometry:
+        if backend == "mlx":
+            rows_per_group = cols_per_group = None
         return geometry(shape, factored, rows_per_group, cols_per_group,
                         self._kernel_tables().threads)
 
@@ -911,10 +1014,13 @@ class GeneratedOptimizer(Optimizer):
         axes = self._factor_axes(tuple(gradient.shape))
         key = self._static_key(axes is not None)
         backend = self.backend
-        if backend == "mlx":
+        function = self._fused_update(key)
+        if backend == "mlx" and (self.precision == "param" or function is None):
+            # The spec's own program, as MLX writes its optimizers (in the parameter's
+            # dtype under precision="param"); float32 math runs the fused plan with the
+            # kernels' MLX twins instead (fewer full-size passes, each one fused loop).
             update = self._mlx_update(axes is not None)
             return reoriented(update, axes, gradient, parameter, state, self._STATE_CLASSES)
-        function = self._fused_update(key)
         if function is None:
             self._check_requirements()
             raise ValueError(f"no specialisation for static configuration {key}")

@@ -261,3 +261,13 @@ def test_parse_dot_refuses_unknown_lines():
     assert parse_dot(text) == [LazyNode("Add", ("A",), ("B",))]
     with pytest.raises(MlxGraphError, match="unexpected line 3"):
         parse_dot(text.replace('"A" -> 1', 'A -- 1'))
+
+
+def test_calls_of_one_compiled_function_count_once_each():
+    """MLX's DOT export names a node by its primitive, which every call of a compiled
+    function shares: each call is still its own dispatch."""
+    twice = mx.compile(lambda x: x * 2 + 1)
+    a, b = mx.ones((3,)), mx.ones((5,))
+    mx.eval(a, b)
+    d = count_dispatches(lazy_graph(twice(a), twice(a + 0), twice(b)))
+    assert d.fused == 3 and d.total == 4  # three calls and the Add

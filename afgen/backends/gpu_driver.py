@@ -119,7 +119,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         for _, expr in sched.results:
             glue_atoms |= {str(s) for s in expr.free_symbols}
     rows, cols = tile(plan.factored)
-    lines = [f"{geo} = self._geometry({parameter}.shape, {plan.factored}, {rows}, {cols})",
+    lines = [f"{geo} = self._geometry({parameter}.shape, {plan.factored}, {rows}, {cols}, "
+             f"{v['backend']})",
              f"{v['size']} = max({parameter}.size, 1)",
              f'{v["sdt"]} = mx.float32 if self.precision == "float32" else {parameter}.dtype',
              f"{v['cdt']} = mx.float32"]
@@ -147,7 +148,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         scalars = list(kernel.scalar_names)
         if kernel.rounding_key_index is not None:
             scalars.append(f"self._kernel_rounding_key({parameter})")
-        inputs += [f"_rt.pack([{', '.join(scalars)}])", f"{geo}.dims"]
+        inputs += [f"[{', '.join(scalars)}]", f"{geo}.dims"]
         outputs = []
         for out in kernel.full_outputs:
             dtype = f"{parameter}.dtype" if out.ctype == "T" else v["sdt"]

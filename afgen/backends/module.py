@@ -12,6 +12,7 @@ from afgen import __version__
 from afgen.backends.gpu_driver import driver_model, plan_kernels
 from afgen.backends.kernels import THREADS
 from afgen.backends.mlx_function import layout_functions
+from afgen.backends.mlx_passes import mlx_pass
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
 from afgen.backends.printers import python_code
 from afgen.backends.render import render
@@ -192,10 +193,11 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
                  "message_code": _string_literal(r.message)}
                 for r in spec.requires]
     prefix = f"afgen_{spec.stem}"
-    kernel_table, drivers, gpu_dispatch = {}, [], []
+    kernel_table, mlx_passes, drivers, gpu_dispatch = {}, {}, [], []
     for plan in compiled.plans:
         kernels = plan_kernels(plan, prefix)
         kernel_table.update({k.name: k for k in kernels})
+        mlx_passes.update({k.name: mlx_pass(p, k) for p, k in zip(plan.passes, kernels)})
         drivers.append(driver_model(spec, plan, kernels))
     for plan, drv in zip(compiled.plans, drivers):
         for config in plan.configs:
@@ -206,6 +208,7 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "version": __version__, "threads": THREADS,
         "drivers": drivers, "gpu_dispatch": gpu_dispatch,
         "kernels": sorted(kernel_table.values(), key=lambda k: k.name),
+        "mlx_passes": [mlx_passes[name] for name in sorted(mlx_passes)],
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],
         "requires": requires, "key_lines": _key_lines(compiled), "states": states,
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],

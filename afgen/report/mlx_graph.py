@@ -524,20 +524,24 @@ def parse_dot(text: str) -> list[LazyNode]:
     Every line must be one MLX writes (``digraph {``, an array, a node, an edge, ``}``);
     anything else raises :class:`MlxGraphError` rather than being skipped.
     """
-    nodes: dict[str, tuple[str, list[str], list[str]]] = {}
+    nodes: list[tuple[str, list[str], list[str]]] = []
+    # MLX names a node by its primitive object, which calls of one compiled function
+    # share: a node line starts a new node, and edges belong to the latest of that name.
+    latest: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if line in ("digraph {", "}", "") or _DOT_ARRAY.match(line):
             continue
         if m := _DOT_NODE.match(line):
-            nodes[m[1]] = (m[2], [], [])
-        elif (m := _DOT_INPUT.match(line)) and m[2] in nodes:
-            nodes[m[2]][1].append(m[1])
-        elif (m := _DOT_OUTPUT.match(line)) and m[1] in nodes:
-            nodes[m[1]][2].append(m[2])
+            latest[m[1]] = len(nodes)
+            nodes.append((m[2], [], []))
+        elif (m := _DOT_INPUT.match(line)) and m[2] in latest:
+            nodes[latest[m[2]]][1].append(m[1])
+        elif (m := _DOT_OUTPUT.match(line)) and m[1] in latest:
+            nodes[latest[m[1]]][2].append(m[2])
         else:
             raise MlxGraphError(f"unexpected line {number} in MLX's DOT graph: {line!r}")
-    return [LazyNode(p, tuple(ins), tuple(outs)) for p, ins, outs in nodes.values()]
+    return [LazyNode(p, tuple(ins), tuple(outs)) for p, ins, outs in nodes]
 
 
 def lazy_graph(*outputs: Any) -> list[LazyNode]:
