@@ -20,9 +20,18 @@ def test_gpu_benchmark_smoke_mode_runs():
     assert "%copy" in out
 
 
-def test_cpu_benchmark_runs():
-    out = _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1")
-    assert out.count("x\n") >= 4  # four speed-up ratios
+def test_cpu_benchmark_runs_beside_a_baseline_build():
+    """Eight rows (Adafactor twice, Adam, AdamW; eager and compiled) with their ratio to
+    MLX, and the Adafactor rows beside a baseline build (this checkout's own here)."""
+    out = _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1", "--baseline",
+               "generated/adafactor.py")
+    rows = re.findall(r"^(Adafactor|Adam|AdamW)\b.*?(eager|compiled)\s.*?([\d.]+)x"
+                      r"(?:\s+[\d.]+\s+([\d.]+)x)?$", out, re.M)
+    assert [(name, mode) for name, mode, *_ in rows] == [
+        (name, mode) for name in ("Adafactor", "Adafactor", "Adam", "AdamW")
+        for mode in ("eager", "compiled")]
+    assert all(float(ratio) > 0 for *_, ratio, _ in rows)
+    assert [bool(baseline) for *_, baseline in rows] == [True] * 4 + [False] * 4
 
 
 def _dispatch_rows(out: str) -> dict[tuple[str, str], list[int]]:
