@@ -589,7 +589,8 @@ class KernelTables(NamedTuple):
     body: the thread and group indices), ``headers`` (the helpers the bodies call) and
     ``factories`` (the ``mx.fast`` function that builds its kernels). ``threads`` is the
     threadgroup size the kernels are written for. ``mlx_passes[name]`` is the kernel's
-    twin in MLX ops, its layout string and rounding-key index (``afgen.backends.mlx_passes``)."""
+    twin in MLX ops as (function, factored, input classes, result kinds, rounding-key
+    index): see ``afgen.backends.mlx_passes.MLXPass`` and ``launch_mlx_pass``."""
 
     kernels: Mapping[str, tuple]
     prologues: Mapping[str, str]

@@ -5297,8 +5297,8 @@ for (unsigned int c = 0; c < 4; ++c) {
     ),
 }
 
-# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx": the pass as
-# one compiled function (see afgen_runtime.launch).
+# Each kernel's twin in MLX ops, which the drivers launch for backend="mlx" with float32
+# math: the pass as one compiled function (afgen_runtime.launch_mlx_pass runs it).
 
 
 @mx.compile
