@@ -692,6 +692,14 @@ def launch_mlx_pass(twin: tuple, geo: Geometry, inputs: list[Any],
     return out
 
 
+PLANNED_MIN_ELEMENTS = 1 << 17
+"""With float32 math, ``backend="mlx"`` runs the fused plan (the kernels' MLX twins, one
+fused loop per pass and fewer full-size arrays) for a parameter of at least this many
+elements, and the spec's statements for a smaller one: the plan's glue costs a fixed time
+per tensor that, measured on a CPU, outweighs what it saves below about 2**17 elements
+(a 256 x 256 matrix is faster as statements, 512 x 512 as the plan). Both programs are
+verified at every size (``afgen.check.verify``)."""
+
 CHUNK_ELEMENTS = 1 << 21
 """A pass that only reduces runs on chunks of about this many elements (8 MB of float32):
 each chunk's operands are freed before the next chunk's are made, so they come from
@@ -1016,10 +1024,11 @@ class GeneratedOptimizer(Optimizer):
         key = self._static_key(axes is not None)
         backend = self.backend
         function = self._fused_update(key)
-        if backend == "mlx" and (self.precision == "param" or function is None):
+        if backend == "mlx" and (self.precision == "param" or function is None
+                                 or gradient.size < PLANNED_MIN_ELEMENTS):
             # The spec's own program, as MLX writes its optimizers (in the parameter's
-            # dtype under precision="param"); float32 math runs the fused plan with the
-            # kernels' MLX twins instead (fewer full-size passes, each one fused loop).
+            # dtype under precision="param"); float32 math on a large parameter runs the
+            # fused plan with the kernels' MLX twins instead (see PLANNED_MIN_ELEMENTS).
             update = self._mlx_update(axes is not None)
             return reoriented(update, axes, gradient, parameter, state, self._STATE_CLASSES)
         if function is None:

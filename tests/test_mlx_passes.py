@@ -16,6 +16,13 @@ from afgen.report.mlx_graph import lazy_graph
 from generated.adafactor import Adafactor
 
 
+@pytest.fixture(autouse=True)
+def every_size_takes_the_plan(monkeypatch):
+    """The plan is for large parameters (``PLANNED_MIN_ELEMENTS``); these small ones
+    take it too, as in verification."""
+    monkeypatch.setattr(adafactor_module._rt, "PLANNED_MIN_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("module", [adafactor_module, adam_module], ids=["adafactor", "adam"])
 def test_every_kernel_has_a_twin_with_its_layout(module):
     assert module._MLX_PASSES.keys() == module._KERNELS.keys()
@@ -129,3 +136,18 @@ def test_passes_that_only_reduce_give_the_same_update_in_chunks(monkeypatch, sha
     for key in whole_state:
         np.testing.assert_allclose(np.array(parts_state[key]), np.array(whole_state[key]),
                                    rtol=2e-6)
+
+
+def test_parameter_size_chooses_the_program(monkeypatch):
+    """By default a small parameter runs the statements (the plan's glue costs more
+    than it saves there) and a large one the plan; MLX's size is the boundary."""
+    monkeypatch.setattr(adafactor_module._rt, "PLANNED_MIN_ELEMENTS", 1 << 17)
+    launched = []
+    real = rt.launch_mlx_pass
+    monkeypatch.setattr(adafactor_module._rt, "launch_mlx_pass",
+                        lambda *a: launched.append(1) or real(*a))
+    small, large = (256, 511), (256, 512)  # 2**17 elements is the first planned size
+    mx.eval(Adafactor().apply_gradients({"w": mx.ones(small)}, {"w": mx.ones(small)}))
+    assert not launched
+    mx.eval(Adafactor().apply_gradients({"w": mx.ones(large)}, {"w": mx.ones(large)}))
+    assert len(launched) == 3

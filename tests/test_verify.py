@@ -11,16 +11,22 @@ from afgen.check.verify import KERNEL_CASES, KERNEL_SHAPES, verify
 
 def test_every_specialisation_passes(compiled):
     report = verify(compiled, steps=6, backends=["mlx"], adversarial=False)
-    # float32, and precision="param" in float16 and bfloat16; then float32 for each other
-    # arm of the run-time ifs: relative_step x warmup_init, 4 in all
-    assert len(report.results) == (3 + 3) * len(compiled.plans) == 48
-    assert {(r.dtype, r.precision) for r in report.results} == {
+    # The statements: float32, and precision="param" in float16 and bfloat16; then
+    # float32 for each other arm of the run-time ifs: relative_step x warmup_init, 4 in
+    # all. The plan (the kernels' MLX twins): float32 and the other arms.
+    statements = [r for r in report.results if r.backend == "mlx"]
+    planned = [r for r in report.results if r.backend == "mlx-plan"]
+    assert len(statements) == (3 + 3) * len(compiled.plans) == 48
+    assert len(planned) == (1 + 3) * len(compiled.plans) == 32
+    assert {(r.dtype, r.precision) for r in statements} == {
         ("float32", "float32"), ("float16", "param"), ("bfloat16", "param")}
-    arms = {tuple(w for w in r.case.split() if "relative_step" in w or "warmup_init" in w)
-            for r in report.results}
-    assert len(arms) == 4
+    assert {(r.dtype, r.precision) for r in planned} == {("float32", "float32")}
+    for results in (statements, planned):
+        arms = {tuple(w for w in r.case.split() if "relative_step" in w or "warmup_init" in w)
+                for r in results}
+        assert len(arms) == 4
     assert report.passed, report.table()
-    assert "48 passed, 0 failed" in report.table()
+    assert "80 passed, 0 failed" in report.table()
 
 
 @pytest.mark.parametrize("broken", [

@@ -447,25 +447,59 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
     for backend in backends or BACKENDS:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        with _backend_context(module, backend, report) as runner:
-            for index, plan in enumerate(compiled.plans):
-                if backend == "mlx":
-                    cases = [("float32", "float32", MLX_SHAPES[plan.factored], steps)]
-                    cases += [(d, "param", MLX_SHAPES[plan.factored], steps)
-                              for d in PARAM_DTYPES if d in (dtypes or DTYPES)]
-                else:
-                    cases = [(d, p, shapes, min(steps, 2))
-                             for d, p, shapes in fused_cases(plan, dtypes)]
-                for dtype, precision, shapes, n in cases:
-                    report.results.append(_checked(compiled, cls, plan, backend, dtype,
-                                                   shapes, n, seed + index, precision))
-                # The other arms of the run-time ifs: float32, the first case's shapes.
-                dtype, precision, shapes, n = cases[0]
-                for dynamic in dynamic_variants(compiled, plan)[1:]:
-                    report.results.append(_checked(compiled, cls, plan, backend, dtype,
-                                                   shapes, n, seed + index, precision,
-                                                   dynamic))
-                if adversarial:
-                    report.results.append(_adversarial_case(compiled, cls, plan, backend,
-                                                            runner))
+        # MLX ops with float32 math run one of two programs by the parameter's size
+        # (afgen_runtime.PLANNED_MIN_ELEMENTS): both are verified, at every size.
+        programs = MLX_PROGRAMS if backend == "mlx" else ((backend, None),)
+        for label, planned in programs:
+            with _backend_context(module, backend, report) as runner, \
+                    _mlx_program(module, planned):
+                start = len(report.results)
+                _verify_backend(compiled, cls, backend, steps, seed, dtypes, adversarial,
+                                runner, report, planned)
+                for result in report.results[start:]:
+                    result.backend = label
     return report
+
+
+MLX_PROGRAMS = (("mlx", False), ("mlx-plan", True))
+"""The labels of the two MLX-ops programs in the report: the spec's statements (also
+every ``precision="param"`` case) and, with float32 math, the fused plan run with the
+kernels' MLX twins."""
+
+
+@contextlib.contextmanager
+def _mlx_program(module: object, planned: bool | None):
+    """Make every parameter size take the plan (True) or the statements (False)."""
+    if planned is None:
+        yield
+        return
+    runtime = module._rt
+    before = runtime.PLANNED_MIN_ELEMENTS
+    runtime.PLANNED_MIN_ELEMENTS = 0 if planned else float("inf")
+    try:
+        yield
+    finally:
+        runtime.PLANNED_MIN_ELEMENTS = before
+
+
+def _verify_backend(compiled: Compiled, cls: type, backend: str, steps: int, seed: int,
+                    dtypes: list[str] | None, adversarial: bool, runner: object | None,
+                    report: Report, planned: bool | None) -> None:
+    for index, plan in enumerate(compiled.plans):
+        if backend == "mlx":
+            cases = [("float32", "float32", MLX_SHAPES[plan.factored], steps)]
+            if not planned:  # precision="param" runs the statements at every size
+                cases += [(d, "param", MLX_SHAPES[plan.factored], steps)
+                          for d in PARAM_DTYPES if d in (dtypes or DTYPES)]
+        else:
+            cases = [(d, p, shapes, min(steps, 2)) for d, p, shapes in fused_cases(plan, dtypes)]
+        for dtype, precision, shapes, n in cases:
+            report.results.append(_checked(compiled, cls, plan, backend, dtype, shapes, n,
+                                           seed + index, precision))
+        # The other arms of the run-time ifs: float32, the first case's shapes.
+        dtype, precision, shapes, n = cases[0]
+        for dynamic in dynamic_variants(compiled, plan)[1:]:
+            report.results.append(_checked(compiled, cls, plan, backend, dtype, shapes, n,
+                                           seed + index, precision, dynamic))
+        if adversarial:
+            report.results.append(_adversarial_case(compiled, cls, plan, backend, runner))
