@@ -126,7 +126,7 @@ def test_every_generated_driver_computes_each_value_once():
 
 def test_clashing_names_verify_on_every_backend():
     report = verify(compile_spec(_spec()), steps=2, dtypes=["float32"], adversarial=False)
-    assert {r.backend for r in report.results} == {"mlx", "metal", "cuda"}
+    assert {r.backend for r in report.results} == {"mlx", "mlx-plan", "metal", "cuda"}
     assert report.passed, report.table()
 
 
