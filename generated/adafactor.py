@@ -1041,77 +1041,77 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 @mx.compile
 def _mlx_afgen_adafactor_f0_566585e7b2(grad, eps1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     g2 = mx.square(grad) + eps1
     return g2, g2
 
 
 @mx.compile
 def _mlx_afgen_adafactor_f0_f2fa08580a(grad, param, eps1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     g2 = mx.square(grad) + eps1
     return mx.square(param), g2, g2
 
 
 @mx.compile
 def _mlx_afgen_adafactor_f1_2643e57e32(grad, s0, s1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(s0 * s1 * grad),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_f1_4abdd69733(grad, s0, s1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(s0 * s1 * grad),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_f2_66b17d107b(grad, param, s0, s1, alpha, s2, s3):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param + param * s2 - alpha * (s0 * s1 * grad / s3),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_f2_dcbcfebc5b(exp_avg, grad, param, s0, s1, alpha, beta_1, s2, s3, s4):
-    exp_avg = exp_avg.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = beta_1 * exp_avg + s3 * (alpha * (s0 * s1 * grad / s4))
     return param + param * s2 - x2_0, x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_u0_a0892c8d90(exp_avg_sq, grad, beta2t, eps1, s0):
-    exp_avg_sq = exp_avg_sq.astype(mx.float32)
-    grad = grad.astype(mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(mx.rsqrt(beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)) * grad),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_u0_e8b3be9882(exp_avg_sq, grad, param, beta2t, eps1, s0):
-    exp_avg_sq = exp_avg_sq.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return mx.square(param), mx.square(mx.rsqrt(beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)) * grad)
 
 
 @mx.compile
 def _mlx_afgen_adafactor_u1_1a6a5d12f2(exp_avg_sq, grad, param, alpha, beta2t, eps1, s0, s1, s2):
-    exp_avg_sq = exp_avg_sq.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)
     return param + param * s1 - alpha * (mx.rsqrt(x1_0) * grad / s2), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_u1_52ab904c80(exp_avg, exp_avg_sq, grad, param, alpha, beta2t, beta_1, eps1, s0, s1, s2, s3):
-    exp_avg = exp_avg.astype(mx.float32)
-    exp_avg_sq = exp_avg_sq.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = beta2t * exp_avg_sq + s0 * (mx.square(grad) + eps1)
     x1_1 = beta_1 * exp_avg + s2 * (alpha * (mx.rsqrt(x1_0) * grad / s3))
     return param + param * s1 - x1_1, x1_0, x1_1

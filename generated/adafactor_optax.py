@@ -5303,302 +5303,302 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f0_3f8f9e339c(grad, eps):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     g2 = mx.square(grad) + eps
     return g2, g2
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f0_4a01c567bb(grad, param, eps):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     g2 = mx.square(grad) + eps
     return mx.square(param), g2, g2
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f0_c8047b4aab(grad, param, eps):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     g2 = mx.square(grad) + eps
     return mx.square(param), g2, g2
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_02bf117c51(ema, grad, param, s1, s2, momentum, s0, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (grad * s1 * s2)
     return param - (x1_0 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_06ca77de49(ema, grad, param, s1, s2, momentum, s0, s3):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3)
     return param - x1_0, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_16f61fa55f(grad, param, s0, s1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - grad * s0 * s1,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_1740352910(ema, grad, param, s1, s2, learning_rate, momentum, s0, s3):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3)
     return param - x1_0, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_1fb65205b5(ema, grad, param, s1, s2, learning_rate, momentum, s0, s3, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2) * s3)
     return param - (x1_0 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_35001b1345(grad, param, s0, s1, learning_rate, s2, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (learning_rate * (grad * s0 * s1) * s2 + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_35fae15e9c(ema, grad, param, s1, s2, momentum, s0):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (grad * s1 * s2)
     return param - x1_0, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_3a44e1eab6(grad, param, s0, s1, learning_rate, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (learning_rate * (grad * s0 * s1) + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_406674ad5a(grad, param, s0, s1, learning_rate, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - learning_rate * (grad * s0 * s1) * s2,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_635aa4bfd1(grad, s0, s1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(grad * s0 * s1),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_6be43eacd3(grad, param, s0, s1, learning_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - learning_rate * (grad * s0 * s1),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_72acf63220(grad, param, s0, s1, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (grad * s0 * s1 + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_733afc921f(grad, param, s0, s1, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - grad * s0 * s1 * s2,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_73b0717022(grad, param, s0, s1, s2, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (grad * s0 * s1 * s2 + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_bb6a17e489(ema, grad, param, s1, s2, learning_rate, momentum, s0):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2))
     return param - x1_0, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_c65cd8fa49(ema, grad, param, s1, s2, momentum, s0, s3, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (grad * s1 * s2 * s3)
     return param - (x1_0 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f1_d1fe97f624(ema, grad, param, s1, s2, learning_rate, momentum, s0, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x1_0 = momentum * ema + s0 * (learning_rate * (grad * s1 * s2))
     return param - (x1_0 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_08dcde8f8a(grad, param, s0, s1, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - grad * s0 * s1 / s2,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_133ca7ffb2(grad, param, s0, s1, learning_rate, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - learning_rate * (grad * s0 * s1 / s2),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_1cd966491b(grad, param, s0, s1, learning_rate, s2, s3, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (learning_rate * (grad * s0 * s1 / s2) * s3 + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_24acae2e4c(ema, grad, param, s0, s1, momentum, s2, s3, s4):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4)
     return param - x2_0, x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_27378df6f9(ema, grad, param, s0, s1, momentum, s2, s3, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3)
     return param - (x2_0 + weight_decay_rate * param), x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_34f5a63f21(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3, s4):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4)
     return param - x2_0, x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_393d38ba51(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3, s4, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3) * s4)
     return param - (x2_0 + weight_decay_rate * param), x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_50e9801fa7(grad, param, s0, s1, s2, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (grad * s0 * s1 / s2 + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_6ecc74172c(grad, param, s0, s1, s2, s3, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (grad * s0 * s1 / s2 * s3 + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_788dbf7cbe(grad, param, s0, s1, learning_rate, s2, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - (learning_rate * (grad * s0 * s1 / s2) + weight_decay_rate * param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_8491f41583(ema, grad, param, s0, s1, momentum, s2, s3, s4, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3 * s4)
     return param - (x2_0 + weight_decay_rate * param), x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_9e2616e65a(ema, grad, param, s0, s1, momentum, s2, s3):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (grad * s0 * s1 / s3)
     return param - x2_0, x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_dd7215b12e(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3))
     return param - (x2_0 + weight_decay_rate * param), x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_dd8badfbfe(grad, param, s0, s1, learning_rate, s2, s3):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - learning_rate * (grad * s0 * s1 / s2) * s3,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_e898ca7f6c(ema, grad, param, s0, s1, learning_rate, momentum, s2, s3):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x2_0 = momentum * ema + s2 * (learning_rate * (grad * s0 * s1 / s3))
     return param - x2_0, x2_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_f2_ecc4f21468(grad, param, s0, s1, s2, s3):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - grad * s0 * s1 / s2 * s3,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_06a6b519f1(grad, v, decay, eps, s0):
-    grad = grad.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    v = _rt.cast(v, mx.float32)
     return mx.square(grad * mx.rsqrt(decay * v + s0 * (mx.square(grad) + eps))),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_1d10d2d05f(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s1 * (mx.square(grad) + eps)
     x0_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x0_0)))
     return param - x0_1, x0_0, x0_1
@@ -5606,10 +5606,10 @@ def _mlx_afgen_adafactor_optax_u0_1d10d2d05f(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_28a3a487d4(ema, grad, param, v, decay, eps, momentum, s0, s1):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s1 * (mx.square(grad) + eps)
     x0_1 = momentum * ema + s0 * (grad * mx.rsqrt(x0_0))
     return param - x0_1, x0_0, x0_1
@@ -5617,19 +5617,19 @@ def _mlx_afgen_adafactor_optax_u0_28a3a487d4(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_2b9217b440(grad, param, v, decay, eps, learning_rate, s0):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - learning_rate * (grad * mx.rsqrt(x0_0)), x0_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_4642334248(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s1 * (mx.square(grad) + eps)
     x0_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x0_0)))
     return param - (x0_1 + weight_decay_rate * param), x0_0, x0_1
@@ -5637,45 +5637,45 @@ def _mlx_afgen_adafactor_optax_u0_4642334248(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_5d3bcb261e(grad, param, v, decay, eps, s0):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     return mx.square(grad * mx.rsqrt(decay * v + s0 * (mx.square(grad) + eps))), mx.square(param)
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_8b08dbe66b(grad, param, v, decay, eps, s0, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (grad * mx.rsqrt(x0_0) + weight_decay_rate * param), x0_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_b135c29868(grad, param, v, decay, eps, learning_rate, s0, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (learning_rate * (grad * mx.rsqrt(x0_0)) + weight_decay_rate * param), x0_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_d444779966(grad, param, v, decay, eps, s0):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - grad * mx.rsqrt(x0_0), x0_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_e28a26533a(ema, grad, param, v, decay, eps, momentum, s0, s1, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = decay * v + s1 * (mx.square(grad) + eps)
     x0_1 = momentum * ema + s0 * (grad * mx.rsqrt(x0_0))
     return param - (x0_1 + weight_decay_rate * param), x0_0, x0_1
@@ -5683,16 +5683,16 @@ def _mlx_afgen_adafactor_optax_u0_e28a26533a(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u0_fd5bc4007a(param):
-    param = param.astype(mx.float32)
+    param = _rt.cast(param, mx.float32)
     return mx.square(param),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_10164be6f2(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s1 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x1_0)) * s2)
     return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
@@ -5700,28 +5700,28 @@ def _mlx_afgen_adafactor_optax_u1_10164be6f2(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_3ce49f4884(grad, param, v, decay, eps, s0, s1, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - grad * mx.rsqrt(x1_0) / s1 * s2, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_462bad4011(grad, param, v, decay, eps, learning_rate, s0, s1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - learning_rate * (grad * mx.rsqrt(x1_0) / s1), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_6093285407(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s1 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s0 * (learning_rate * (grad * mx.rsqrt(x1_0)) * s2)
     return param - x1_1, x1_0, x1_1
@@ -5729,37 +5729,37 @@ def _mlx_afgen_adafactor_optax_u1_6093285407(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_615025fb38(grad, param, v, decay, eps, learning_rate, s0, s1, s2, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (learning_rate * (grad * mx.rsqrt(x1_0) / s1) * s2 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_776e811870(grad, param, v, decay, eps, s0, s1, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (grad * mx.rsqrt(x1_0) * s1 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_788741f968(grad, param, v, decay, eps, s0, s1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - grad * mx.rsqrt(x1_0) * s1, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_7b68b4eb43(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2)
     return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
@@ -5767,10 +5767,10 @@ def _mlx_afgen_adafactor_optax_u1_7b68b4eb43(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_977603948e(ema, grad, param, v, decay, eps, momentum, s0, s1, s2):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2)
     return param - x1_1, x1_0, x1_1
@@ -5778,10 +5778,10 @@ def _mlx_afgen_adafactor_optax_u1_977603948e(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_9b85adc914(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, s3):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2 * s3)
     return param - x1_1, x1_0, x1_1
@@ -5789,10 +5789,10 @@ def _mlx_afgen_adafactor_optax_u1_9b85adc914(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_9ef415e76f(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2) * s3)
     return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
@@ -5800,55 +5800,55 @@ def _mlx_afgen_adafactor_optax_u1_9ef415e76f(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_ad3bab1c99(grad, param, v, decay, eps, learning_rate, s0, s1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - learning_rate * (grad * mx.rsqrt(x1_0)) * s1, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_baede38030(grad, param, v, decay, eps, s0, s1, s2, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (grad * mx.rsqrt(x1_0) / s1 * s2 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_bc96f9f5fa(grad, param, v, decay, eps, learning_rate, s0, s1, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - learning_rate * (grad * mx.rsqrt(x1_0) / s1) * s2, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_c0df32ce34(grad, param, v, decay, eps, learning_rate, s0, s1, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (learning_rate * (grad * mx.rsqrt(x1_0)) * s1 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_c171adee39(grad, param, v, decay, eps, s0, s1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - grad * mx.rsqrt(x1_0) / s1, x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_c1929612e5(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, s3):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2) * s3)
     return param - x1_1, x1_0, x1_1
@@ -5856,10 +5856,10 @@ def _mlx_afgen_adafactor_optax_u1_c1929612e5(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_dfa32f3685(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s1 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s0 * (grad * mx.rsqrt(x1_0) * s2)
     return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
@@ -5867,10 +5867,10 @@ def _mlx_afgen_adafactor_optax_u1_dfa32f3685(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_e425bd9031(ema, grad, param, v, decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (grad * mx.rsqrt(x1_0) / s2 * s3)
     return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
@@ -5878,19 +5878,19 @@ def _mlx_afgen_adafactor_optax_u1_e425bd9031(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_e4682a888a(grad, param, v, decay, eps, s0, s1, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (grad * mx.rsqrt(x1_0) / s1 + weight_decay_rate * param), x1_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_e6188fd26d(ema, grad, param, v, decay, eps, momentum, s0, s1, s2):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s1 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s0 * (grad * mx.rsqrt(x1_0) * s2)
     return param - x1_1, x1_0, x1_1
@@ -5898,10 +5898,10 @@ def _mlx_afgen_adafactor_optax_u1_e6188fd26d(ema, grad, param, v, decay, eps, mo
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_ef66f0e1e7(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2))
     return param - x1_1, x1_0, x1_1
@@ -5909,10 +5909,10 @@ def _mlx_afgen_adafactor_optax_u1_ef66f0e1e7(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_f673bd03f3(ema, grad, param, v, decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate):
-    ema = ema.astype(mx.float32)
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    ema = _rt.cast(ema, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     x1_1 = momentum * ema + s1 * (learning_rate * (grad * mx.rsqrt(x1_0) / s2))
     return param - (x1_1 + weight_decay_rate * param), x1_0, x1_1
@@ -5920,9 +5920,9 @@ def _mlx_afgen_adafactor_optax_u1_f673bd03f3(ema, grad, param, v, decay, eps, le
 
 @mx.compile
 def _mlx_afgen_adafactor_optax_u1_fbdee229ff(grad, param, v, decay, eps, learning_rate, s0, s1, weight_decay_rate):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x1_0 = decay * v + s0 * (mx.square(grad) + eps)
     return param - (learning_rate * (grad * mx.rsqrt(x1_0) / s1) + weight_decay_rate * param), x1_0
 

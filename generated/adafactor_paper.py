@@ -498,38 +498,38 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 @mx.compile
 def _mlx_afgen_adafactor_paper_f0_8006deeeca(grad, param, eps1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     g2 = mx.square(grad) + eps1
     return mx.square(param), g2, g2
 
 
 @mx.compile
 def _mlx_afgen_adafactor_paper_f1_d97444e0af(grad, s0, s1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(grad / (s0 * s1)),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_paper_f2_f9635637e5(grad, param, s0, s1, alpha, s2):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param - alpha * (grad / (s0 * s1)) / s2,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_paper_u0_fced218a40(grad, param, second_moment, beta2t, eps1, s0):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    second_moment = second_moment.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    second_moment = _rt.cast(second_moment, mx.float32)
     return mx.square(param), mx.square(grad / mx.sqrt(beta2t * second_moment + s0 * (mx.square(grad) + eps1)))
 
 
 @mx.compile
 def _mlx_afgen_adafactor_paper_u1_c2ed20bba0(grad, param, second_moment, alpha, beta2t, eps1, s0, s1):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    second_moment = second_moment.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    second_moment = _rt.cast(second_moment, mx.float32)
     x1_0 = beta2t * second_moment + s0 * (mx.square(grad) + eps1)
     return param - alpha * (grad / mx.sqrt(x1_0)) / s1, x1_0
 

@@ -986,69 +986,69 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_f0_3873098176(grad, param):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x0_0 = mx.square(grad)
     return mx.square(param), x0_0, x0_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_f0_3b37edc0b6(grad, param):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     x0_0 = mx.square(-grad)
     return mx.square(param), x0_0, x0_0
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_f1_2a7821355a(grad, s0, row_var_1, col_var_1, s1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(-grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_f1_cd85fa309e(grad, s0, row_var_1, col_var_1, s1):
-    grad = grad.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
     return mx.square(grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))),
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_f2_10f776886e(grad, param, s0, row_var_1, col_var_1, alpha, s1, s2, s3):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param * s2 - alpha * (-grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))) / s3,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_f2_3805fa4066(grad, param, s0, row_var_1, col_var_1, alpha, s1, s2, s3):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
     return param * s2 - alpha * (grad * mx.rsqrt(mx.maximum(row_var_1 * col_var_1 / s0, s1))) / s3,
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_u0_1181eda8f2(grad, param, variance, s0, w):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    variance = variance.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    variance = _rt.cast(variance, mx.float32)
     g = -grad
     return mx.square(param), mx.square(g * mx.rsqrt(mx.maximum(variance + w * (mx.square(g) - variance), s0)))
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_u0_853464140d(grad, param, variance, s0, w):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    variance = variance.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    variance = _rt.cast(variance, mx.float32)
     g = grad
     return mx.square(param), mx.square(g * mx.rsqrt(mx.maximum(variance + w * (mx.square(g) - variance), s0)))
 
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_u1_146f278efb(grad, param, variance, alpha, s0, s1, s2, w):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    variance = variance.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    variance = _rt.cast(variance, mx.float32)
     g_1 = grad
     x1_1 = variance + w * (mx.square(g_1) - variance)
     return param * s1 - alpha * (g_1 * mx.rsqrt(mx.maximum(x1_1, s0))) / s2, x1_1
@@ -1056,9 +1056,9 @@ def _mlx_afgen_adafactor_torch_u1_146f278efb(grad, param, variance, alpha, s0, s
 
 @mx.compile
 def _mlx_afgen_adafactor_torch_u1_6fa05931f4(grad, param, variance, alpha, s0, s1, s2, w):
-    grad = grad.astype(mx.float32)
-    param = param.astype(mx.float32)
-    variance = variance.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    variance = _rt.cast(variance, mx.float32)
     g_1 = -grad
     x1_1 = variance + w * (mx.square(g_1) - variance)
     return param * s1 - alpha * (g_1 * mx.rsqrt(mx.maximum(x1_1, s0))) / s2, x1_1

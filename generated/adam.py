@@ -305,10 +305,10 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 @mx.compile
 def _mlx_afgen_adam_u0_e23577fa33(grad, m, param, v, beta1, beta2, eps, learning_rate, s0, s1):
-    grad = grad.astype(mx.float32)
-    m = m.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    m = _rt.cast(m, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = beta1 * m + s0 * grad
     x0_1 = beta2 * v + s1 * mx.square(grad)
     return param - learning_rate * x0_0 / (mx.sqrt(x0_1) + eps), x0_0, x0_1
@@ -316,10 +316,10 @@ def _mlx_afgen_adam_u0_e23577fa33(grad, m, param, v, beta1, beta2, eps, learning
 
 @mx.compile
 def _mlx_afgen_adam_u0_e2d90f8583(grad, m, param, v, beta1, beta2, c1, c2, eps, s0, s1):
-    grad = grad.astype(mx.float32)
-    m = m.astype(mx.float32)
-    param = param.astype(mx.float32)
-    v = v.astype(mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    m = _rt.cast(m, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
     x0_0 = beta1 * m + s0 * grad
     x0_1 = beta2 * v + s1 * mx.square(grad)
     return param - c1 * x0_0 / (mx.sqrt(x0_1) * c2 + eps), x0_0, x0_1

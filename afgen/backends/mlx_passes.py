@@ -48,7 +48,7 @@ class MLXPass:
 def mlx_pass(pass_: Pass, kernel: PassKernel) -> MLXPass:
     arrays = (*kernel.full_inputs, *kernel.batch_inputs, *kernel.row_inputs,
               *kernel.col_inputs)
-    lines = [f"{name} = {name}.astype(mx.float32)" for name in kernel.full_inputs]
+    lines = [f"{name} = _rt.cast({name}, mx.float32)" for name in kernel.full_inputs]
     operands = {}
     for step in pass_.schedule.steps:
         if step.is_reduction:
