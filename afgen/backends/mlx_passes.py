@@ -1,15 +1,15 @@
 """A pass kernel's MLX twin: the same pass as one compiled MLX function.
 
-MLX's CPU backend (and any device without fused kernels) runs the fused drivers with
-these in place of the kernels when math is float32, so the MLX-ops update has the
-plan's shape: each pass computes its per-element values in one ``mx.compile``d function
-(MLX fuses the elementwise chain into one loop, so only the operands of the pass's
-reductions and its outputs are written to memory, and what a later pass needs is
-recomputed from the inputs, as in a kernel), the reductions are the runtime's accurate
-ones, and the small glue between passes is the driver's. Every value is float32 inside,
-as in the kernels, and the arithmetic is the pass's as written. The launcher
-(``afgen_runtime.launch_mlx_pass``) reduces, casts and rounds the results into what the
-kernel would have written, so one driver serves every backend.
+``backend="mlx"`` runs the fused drivers with these in place of the kernels for a
+float32-math update of a large parameter (``afgen_runtime.PLANNED_MIN_ELEMENTS``), so
+the MLX-ops update has the plan's shape: each pass computes its per-element values in
+one ``mx.compile``d function (MLX fuses the elementwise chain into one loop, so only the
+operands of the pass's reductions and its outputs are written to memory, and what a
+later pass needs is recomputed from the inputs, as in a kernel), the reductions are the
+runtime's accurate ones, and the small glue between passes is the driver's. Every value
+is float32 inside, as in the kernels, and the arithmetic is the pass's as written. The
+launcher (``afgen_runtime.launch_mlx_pass``) reduces, casts and rounds the results into
+what the kernel would have written, so one driver serves every backend.
 """
 from __future__ import annotations
 
