@@ -436,7 +436,8 @@ def verify(compiled: Compiled, steps: int = 25, seed: int = 0,
            adversarial: bool = True) -> Report:
     """Run the requested backends (default: all; fused ones on the executor when there
     is no device) on every specialisation and dtype. MLX ops run ``steps`` steps in
-    float32 and, with precision="param", in each 16-bit dtype; fused kernels run
+    float32 (the statements, then the plan; see ``MLX_PROGRAMS``) and, with
+    precision="param", in each 16-bit dtype; fused kernels run
     ``min(steps, 2)`` steps per case, each dtype, and for 16-bit dtypes also with
     ``precision="param"`` (16-bit state: other kernel sources). With ``adversarial``,
     every specialisation and backend also runs the adversarial families in float32
