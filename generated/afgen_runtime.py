@@ -676,12 +676,8 @@ def launch_mlx_pass(twin: tuple, geo: Geometry, inputs: list[Any],
     for kind, value, (shape, dtype) in zip(result_kinds, results, outputs):
         if value.shape != full:  # a result that is constant along some axis
             value = mx.broadcast_to(value, full)
-        if kind in "arc":  # an unfactored parameter is one row
-            if factored:
-                value = total(value, {"a": (-2, -1), "r": -1, "c": -2}[kind])
-            elif kind != "c":
-                value = total(value)
-            out.append(value.reshape(shape))
+        if kind in "arc":
+            out.append(_reduced(value, kind, factored).reshape(shape))
             continue
         value = value.reshape(geo.shape)
         if kind == "p" and dtype == mx.bfloat16 and key_index is not None:
@@ -706,6 +702,15 @@ each chunk's operands are freed before the next chunk's are made, so they come f
 MLX's buffer cache (32 MB by default) instead of fresh pages, which the kernel faults in
 4 KiB at a time (a fresh full-size operand of a large tensor costs several times its
 arithmetic)."""
+
+
+def _reduced(value: mx.array, kind: str, factored: bool) -> mx.array:
+    """A twin's reduction operand folded as its kernel folds it: per matrix (``a``), row
+    (``r``) or col (``c``); an unfactored parameter is one row, so per col is per
+    element."""
+    if factored:
+        return total(value, {"a": (-2, -1), "r": -1, "c": -2}[kind])
+    return value if kind == "c" else total(value)
 
 
 def _reduce_in_chunks(function: Callable, factored: bool, in_kinds: str, result_kinds: str,
@@ -734,11 +739,8 @@ def _reduce_in_chunks(function: Callable, factored: bool, in_kinds: str, result_
     for piece, shape in zip(pieces, shapes):
         for index, (kind, value) in enumerate(zip(result_kinds, function(*piece, *scalars))):
             value = mx.broadcast_to(value, shape) if value.shape != shape else value
-            if not factored:
-                value = value if kind == "c" else total(value).reshape(1)
-            else:
-                value = total(value, {"a": (-2, -1), "r": -1, "c": -2}[kind])
-            partials[index].append(value)
+            value = _reduced(value, kind, factored)
+            partials[index].append(value if value.ndim else value.reshape(1))
     out = []
     for kind, parts, (shape, _) in zip(result_kinds, partials, outputs):
         if kind == "r" and factored:
