@@ -519,7 +519,9 @@ def mean(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False
 class Geometry(NamedTuple):
     """A parameter viewed as B matrices of M x N, tiled into nrb row blocks and ncc col
     chunks; ``dims`` is what the kernels read, ``grid`` how many threads they launch with
-    (all on x: CUDA caps grid y and z at 65535 blocks)."""
+    (all on x: CUDA caps grid y and z at 65535 blocks). ``tensors`` same-shape tensors
+    may be stacked along a leading axis of ``shape`` and updated in one launch per pass:
+    reductions over a whole tensor are then per tensor (``tensor_total``)."""
 
     shape: tuple
     B: int
@@ -530,46 +532,81 @@ class Geometry(NamedTuple):
     dims: mx.array
     grid: tuple
     threads: int
+    tensors: int = 1
 
 
 def geometry(shape: Sequence[int], factored: bool, rows_per_group: int | None,
-             cols_per_group: int | None, threads: int) -> Geometry:
-    """View the parameter as B matrices of M x N (unfactored: one 1 x size row); a group
-    size of None makes one tile of a whole matrix (the MLX twins of the kernels)."""
+             cols_per_group: int | None, threads: int, tensors: int = 1) -> Geometry:
+    """View the parameter as B matrices of M x N (unfactored: one 1 x size row per
+    tensor); a group size of None makes one tile of a whole matrix (the MLX twins of the
+    kernels). With ``tensors`` > 1, ``shape`` is that many tensors stacked on axis 0."""
     shape = tuple(shape)
     if factored:
         B, M, N = math.prod(shape[:-2]), shape[-2], shape[-1]
     else:
-        B, M, N = 1, 1, math.prod(shape)
+        B, M, N = tensors, 1, math.prod(shape) // max(tensors, 1)
     rows_per_group, cols_per_group = rows_per_group or max(M, 1), cols_per_group or max(N, 1)
     nrb = -(-M // rows_per_group)
     ncc = -(-N // cols_per_group)
-    dims = mx.array([B, M, N, nrb, ncc], dtype=mx.uint32)
-    return Geometry(shape, B, M, N, nrb, ncc, dims, (B * nrb * ncc * threads, 1, 1), threads)
+    per_tensor = max(B // tensors, 1)
+    dims = mx.array([B, M, N, nrb, ncc, per_tensor], dtype=mx.uint32)
+    return Geometry(shape, B, M, N, nrb, ncc, dims, (B * nrb * ncc * threads, 1, 1), threads,
+                    tensors)
+
+
+def float32(value: Any) -> mx.array:
+    """A number or array as a float32 array (``mx.array(x, dtype)`` of an array is a
+    copy in MLX's graph even when the dtype is already right)."""
+    return cast(value, mx.float32) if isinstance(value, mx.array) else mx.array(value,
+                                                                                 mx.float32)
 
 
 def rows(value: Any, geo: Geometry) -> mx.array:
     """A per-row value (broadcast layout) as the flat float32 array a kernel reads."""
-    return mx.broadcast_to(mx.array(value, dtype=mx.float32), geo.shape[:-1] + (1,)).reshape(-1)
+    return mx.broadcast_to(float32(value), geo.shape[:-1] + (1,)).reshape(-1)
 
 
 def cols(value: Any, geo: Geometry) -> mx.array:
     """A per-col value (broadcast layout) as the flat float32 array a kernel reads."""
     layout = geo.shape[:-2] + (1, geo.N)
-    return mx.broadcast_to(mx.array(value, dtype=mx.float32), layout).reshape(-1)
+    return mx.broadcast_to(float32(value), layout).reshape(-1)
 
 
 def batches(value: Any, geo: Geometry) -> mx.array:
     """A per-matrix value (broadcast layout) as the flat float32 array a kernel reads."""
     layout = geo.shape[:-2] + (1, 1)
-    return mx.broadcast_to(mx.array(value, dtype=mx.float32), layout).reshape(-1)
+    return mx.broadcast_to(float32(value), layout).reshape(-1)
 
 
-def pack(values: Sequence[Any]) -> mx.array:
-    """Dynamic scalars travel as one float32 array, so new values never recompile."""
-    if not values:
-        return mx.zeros((1,), dtype=mx.float32)
-    return mx.concatenate([mx.array(v, dtype=mx.float32).reshape(1) for v in values])
+def scalar_buffers(values: Sequence[Any], geo: Geometry) -> list[mx.array]:
+    """A kernel's dynamic scalars, each its own float32 buffer (new values never
+    recompile, and nothing is copied to pack them): one value per tensor of the launch,
+    a shared value repeated for each tensor of a stack."""
+    buffers = [float32(v).reshape(-1) for v in values]
+    if geo.tensors == 1:
+        return buffers
+    return [mx.broadcast_to(v, (geo.tensors,)) if v.size == 1 else v for v in buffers]
+
+
+def tensor_total(part: mx.array, geo: Geometry) -> mx.array:
+    """A kernel's partial sums (flat, in matrix order) added up per tensor: one value, or
+    one per stacked tensor in the broadcast layout of the stack (``(tensors, 1, ...)``)."""
+    if geo.tensors == 1:
+        return total(part)
+    per_tensor = total(part.reshape(geo.tensors, -1), 1)
+    return per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1))
+
+
+def tensor_reduce(x: Any, geo: Geometry, average: bool) -> mx.array:
+    """The sum (or mean) over a whole tensor of a small value in the broadcast layout:
+    per tensor when ``geo`` stacks several and the value differs between them (it has
+    their leading axis), else one value for all."""
+    reduce = mean if average else total
+    x = x if isinstance(x, mx.array) else mx.array(x)
+    if geo.tensors == 1 or x.ndim != len(geo.shape) or x.shape[0] != geo.tensors:
+        return reduce(x)
+    per_tensor = reduce(x.reshape(geo.tensors, -1), 1)
+    return per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1))
 
 
 def row_total(part: mx.array, geo: Geometry) -> mx.array:
@@ -622,13 +659,14 @@ def launch(tables: KernelTables, backend: str, name: str, geo: Geometry,
            inputs: list[mx.array], outputs: list[tuple[tuple, mx.Dtype]], T: mx.Dtype,
            S: mx.Dtype) -> list[mx.array]:
     """Run kernel ``name`` of ``backend`` over ``geo``'s grid. ``inputs`` are arrays and
-    one list, the kernel's dynamic scalars (packed here into the one float32 array a
-    kernel reads; an MLX twin takes them one by one). ``outputs`` are (shape, dtype); T
+    one list, the kernel's dynamic scalars (a kernel reads each from a buffer of its own,
+    ``scalar_buffers``; an MLX twin takes them as they are). ``outputs`` are (shape, dtype); T
     and S are the parameter and state dtypes the text is templated on. Kernel objects
     are built once per text (a changed body or header builds a new one)."""
     if backend == "mlx":
         return launch_mlx_pass(tables.mlx_passes[name], geo, inputs, outputs)
-    inputs = [pack(x) if isinstance(x, list) else x for x in inputs]
+    inputs = [b for x in inputs
+              for b in (scalar_buffers(x, geo) if isinstance(x, list) else [x])]
     input_names, output_names, (t_name, s_name), body = tables.kernels[name]
     source = tables.prologues[backend] + body
     header = tables.headers[backend]
@@ -695,6 +733,14 @@ elements, and the spec's statements for a smaller one: the plan's glue costs a f
 per tensor that, measured on a CPU, outweighs what it saves below about 2**17 elements
 (a 256 x 256 matrix is faster as statements, 512 x 512 as the plan). Both programs are
 verified at every size (``afgen.check.verify``)."""
+
+STACK_MAX_ELEMENTS = 1 << 22
+"""With fused kernels, same-shape tensors of up to this many elements are updated as one
+stack (``GeneratedOptimizer._update_stacks``): a step then launches a few kernels and one
+run of the glue per pass for each shape, not per tensor. Stacking copies the gradients,
+parameters and state once more; on a GPU, where every launch costs several microseconds
+whatever its size, that copy is cheaper than the launches it saves up to a few million
+elements per tensor."""
 
 CHUNK_ELEMENTS = 1 << 21
 """A pass that only reduces runs on chunks of about this many elements (8 MB of float32):
@@ -816,6 +862,9 @@ class GeneratedOptimizer(Optimizer):
         self.stochastic_rounding = stochastic_rounding
         self.seed = seed
         self._rounding_salt = 0
+        self._stacked: dict[int, mx.array] = {}
+        self._memo_step: mx.array | None = None
+        self._memo: dict = {}
         self.backend = backend
 
     # Options: validated whenever they are set, at construction or between steps.
@@ -895,6 +944,11 @@ class GeneratedOptimizer(Optimizer):
     def _fused_update(self, key: tuple) -> Callable | None:
         raise NotImplementedError
 
+    def _stacks(self, key: tuple) -> bool:
+        """Whether same-shape tensors of this static configuration are updated as one
+        stack with fused kernels (see ``_update_stacks``)."""
+        raise NotImplementedError
+
     def _kernel_tables(self) -> KernelTables:
         raise NotImplementedError
 
@@ -915,11 +969,11 @@ class GeneratedOptimizer(Optimizer):
         full = mx.broadcast_to(cast(mx.array(value), mx.float32), parameter.shape)
         return stochastic_bfloat16(full, key)
 
-    def _kernel_rounding_key(self, parameter: mx.array) -> mx.array:
-        """The rounding key as the float32 whose bits it is (kernels take one packed
-        float32 array of scalars); 0.0 means round to nearest."""
+    def _kernel_rounding_key(self, parameter: mx.array) -> mx.array | float:
+        """The rounding key as the float32 whose bits it is (kernels take their scalars
+        as float32); 0.0 means round to nearest."""
         key = self._rounding_key(parameter)
-        return mx.array(0.0) if key is None else key.view(mx.float32)
+        return 0.0 if key is None else key.view(mx.float32)
 
     # Reductions of the MLX-ops update: precision="param" is MLX's own optimizers, bit for
     # bit, so it reduces as they do; float32 math reduces accurately at any size.
@@ -937,16 +991,28 @@ class GeneratedOptimizer(Optimizer):
 
     # Fused kernels of the generated module.
     def _geometry(self, shape: Sequence[int], factored: bool, rows_per_group: int,
-                  cols_per_group: int, backend: str) -> Geometry:
+                  cols_per_group: int, backend: str, tensors: int = 1) -> Geometry:
         if backend == "mlx":
             rows_per_group = cols_per_group = None
         return geometry(shape, factored, rows_per_group, cols_per_group,
-                        self._kernel_tables().threads)
+                        self._kernel_tables().threads, tensors)
 
     def _launch(self, backend: str, name: str, geo: Geometry, inputs: list[mx.array],
                 outputs: list[tuple[tuple, mx.Dtype]], T: mx.Dtype, S: mx.Dtype
                 ) -> list[mx.array]:
         return launch(self._kernel_tables(), backend, name, geo, inputs, outputs, T, S)
+
+    # Values the same for every parameter of a step, computed once per step: eagerly,
+    # every MLX op is a dispatch (under mx.compile the duplicates would be merged anyway).
+    def _per_step(self, function: Callable[[Any], tuple]) -> tuple:
+        """``function(self)``, a generated driver's step values, once per step (the memo
+        is new whenever ``step`` is a new array, which every step makes)."""
+        step = self.state.get("step")
+        if self._memo_step is not step:
+            self._memo_step, self._memo = step, {}
+        if function not in self._memo:
+            self._memo[function] = function(self)
+        return self._memo[function]
 
     # MLX's Optimizer API.
     def init_single(self, parameter: mx.array, state: dict) -> None:
@@ -977,6 +1043,7 @@ class GeneratedOptimizer(Optimizer):
             raise
         finally:
             self._state = live
+            self._memo_step, self._memo = None, {}
         merge_into(live, staged)
         return updated
 
@@ -1003,6 +1070,7 @@ class GeneratedOptimizer(Optimizer):
             self.state[param] = scheduler(self.step)
         self.state["step"] = self.step + 1
         self._rounding_salt = 0  # each parameter of the tree draws its own rounding noise
+        self._stacked = self._update_stacks(leaves(gradients, parameters, self.state))
         updated = tree_map(lambda g, p, s: self._update_or_keep(g, p.tree, s.tree),
                            gradients, Beside(parameters), Beside(self.state))
         if finite is None:
@@ -1017,7 +1085,67 @@ class GeneratedOptimizer(Optimizer):
         empty axis)."""
         if gradient.size == 0:
             return parameter
+        if id(state) in self._stacked:
+            return self._stacked.pop(id(state))
         return self.apply_single(gradient, parameter, state)
+
+    def _update_stacks(self, found: list[Leaf]) -> dict[int, mx.array]:
+        """With fused kernels, update tensors of one static configuration, shape, dtype
+        and state layout (up to ``STACK_MAX_ELEMENTS`` each) as one stack, where the
+        configuration has glue between passes (``_stacks``): that glue then runs once per
+        stack and each pass launches once, instead of once per tensor. Returns the new
+        parameters by the id of their state dict, whose entries it has replaced (views of
+        the stack's results)."""
+        if self.backend == "mlx":
+            return {}
+        stacks: dict[tuple, list[tuple[mx.array, mx.array, dict]]] = {}
+        for _, gradient, parameter, state in found:
+            if not (0 < gradient.size <= STACK_MAX_ELEMENTS and isinstance(state, dict)) or (
+                    self.stochastic_rounding and parameter.dtype == mx.bfloat16):
+                continue  # each bfloat16 write draws its own rounding key
+            if any(self._STATE_CLASSES.get(k) not in ("full", "row", "col") for k in state):
+                continue
+            shape = tuple(gradient.shape)
+            axes = self._factor_axes(shape)
+            static_key = self._static_key(axes is not None)
+            if self._fused_update(static_key) is None or not self._stacks(static_key):
+                continue
+            layout = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(state.items()))
+            key = (static_key, axes, shape, gradient.dtype, parameter.dtype, layout)
+            stacks.setdefault(key, []).append((gradient, parameter, state))
+        updated: dict[int, mx.array] = {}
+        for (static_key, axes, *_), members in stacks.items():
+            if len(members) > 1:
+                new = self._update_stack(self._fused_update(static_key), axes, members)
+                updated.update((id(state), value) for (*_, state), value in zip(members, new))
+        return updated
+
+    def _update_stack(self, function: Callable, axes: Axes,
+                      members: list[tuple[mx.array, mx.array, dict]]) -> list[mx.array]:
+        """One fused update of ``members`` stacked on a new leading axis (factored axes
+        last, as ``reoriented`` views them); each member's state gets its slice back."""
+        ndim = members[0][0].ndim
+        moved = axes is not None and tuple(axes) != (ndim - 2, ndim - 1)
+
+        def view(x: mx.array, shape_class: str) -> mx.array:
+            return mx.transpose(x, view_permutation(axes, ndim, shape_class)) if moved else x
+
+        def back(x: mx.array, shape_class: str) -> mx.array:
+            return mx.transpose(x, inverse(view_permutation(axes, ndim, shape_class))) \
+                if moved else x
+
+        classes = self._STATE_CLASSES
+        state = {key: mx.stack([view(s[key], classes[key]) for *_, s in members])
+                 for key in members[0][2]}
+        new = function(self, mx.stack([view(g, "full") for g, _, _ in members]),
+                       mx.stack([view(p, "full") for _, p, _ in members]), state,
+                       self.backend, len(members))
+        # Split, not indexed: slices are views, an index would be a gather kernel each.
+        parts = {key: mx.split(value, len(members)) for key, value in state.items()}
+        for index, (*_, own) in enumerate(members):
+            own.update({key: back(value[index].squeeze(0), classes[key])
+                        for key, value in parts.items()})
+        return [back(new_part.squeeze(0), "full") for new_part in mx.split(new, len(members))]
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
         """The update function of this parameter's static configuration, run with the

@@ -45,7 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench_dispatch import CONTENDERS, count, llama_tree  # noqa: E402
+from bench_dispatch import CONTENDERS, Tree, count, llama_tree  # noqa: E402
 
 from generated.adafactor import Adafactor  # noqa: E402
 from generated.adam import Adam  # noqa: E402
@@ -174,7 +174,9 @@ SWEEP_VARIANTS = [(f"{who} {mode}", make, mode == "compiled")
                   for who, make in (("afgen", partial(Adafactor, backend="mlx")),
                                     ("mlx", optim.Adafactor))
                   for mode in ("eager", "compiled")]
-DISPATCH_CONTENDERS = {"afgen Adafactor (fused)": "afgen fused", "mlx.optimizers.Adafactor": "mlx"}
+DISPATCH_CONTENDERS = {"afgen Adafactor (fused)": "afgen fused",
+                       "  stacking every size": "afgen fused, all stacked",
+                       "mlx.optimizers.Adafactor": "mlx"}
 """The optimizers whose dispatches the sweep counts (bench_dispatch's labels) and their
 short names in the table and the plot."""
 
@@ -207,7 +209,8 @@ def run_sweep(steps: int, repeats: int, smoke: bool) -> tuple[list[SweepPoint],
     dispatch_points = []
     for layers in ((1, 2) if smoke else (1, 2, 4, 8, 16, 32)):
         shapes = llama_tree(layers)
-        counts = {f"{DISPATCH_CONTENDERS[c.label]} {m}": count(c, shapes, m == "compiled").total
+        tree = Tree(partial(llama_tree, layers), partial(llama_tree, layers, 4096, 11008, 32000))
+        counts = {f"{DISPATCH_CONTENDERS[c.label]} {m}": count(c, tree, m == "compiled").total
                   for c in contenders for m in modes}
         dispatch_points.append(DispatchPoint(len(shapes), counts))
         print(f"{len(shapes):>8} " + " ".join(f"{v:>21}" for v in counts.values()))
@@ -253,13 +256,15 @@ def plot(path: Path, points: list[SweepPoint], dispatch_points: list[DispatchPoi
     left.grid(True, which="both", alpha=0.3)
 
     tensors = [p.tensors for p in dispatch_points]
+    legends = {"afgen fused": ("tab:blue", "afgen (fused kernels)"),
+               "afgen fused, all stacked": ("tab:green", "afgen (fused, every size stacked)"),
+               "mlx": ("tab:orange", "mlx.optimizers")}
     for label in dispatch_points[0].dispatches:
         who, mode = label.rsplit(" ", 1)
+        color, name = legends[who]
         right.plot(tensors, [p.dispatches[label] for p in dispatch_points], marker="o",
-                   color=styles["afgen" if who == "afgen fused" else "mlx"],
-                   linestyle="-" if mode == "eager" else "--",
-                   label=f"{'afgen (fused kernels)' if who == 'afgen fused' else 'mlx.optimizers'}"
-                         f" {mode}")
+                   color=color, linestyle="-" if mode == "eager" else "--",
+                   label=f"{name} {mode}")
     right.set(xscale="log", yscale="log", xlabel="tensors in the tree (Llama layout)",
               ylabel="kernel dispatches per step", title="Dispatches per Adafactor step")
     right.set_xticks(tensors, [str(t) for t in tensors], minor=False)

@@ -11,11 +11,19 @@ down; only the number of tensors and their ranks decide the count.
 
 Columns: dispatches per step and per tensor; for a fused backend, ``kernels`` are afgen's
 kernel launches and ``glue`` the MLX ops launched around them (Compiled groups included).
+
+A fused step updates same-shape tensors of up to ``STACK_MAX_ELEMENTS`` elements as one
+stack (afgen_runtime): the row "afgen Adafactor (fused)" stacks what the default limit
+stacks at the model's full size; the two rows below it stack every tensor, and none.
+Stacking copies each gradient, parameter and state into the stack: MLX's GPU backends run
+a concatenation as one copy per input, so each copy is counted as a dispatch.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -69,24 +77,58 @@ def gpt2_tree(layers: int = 12, d: int = 96, vocab: int = 785, context: int = 12
     return shapes
 
 
-TREES = {"llama-7b layout": llama_tree, "gpt2-125m layout": gpt2_tree}
-SMOKE_TREES = {"llama layout, 2 layers": partial(llama_tree, 2)}
+@dataclass(frozen=True)
+class Tree:
+    """A tree to count at small sizes, and the same layout at the model's own sizes: a
+    fused step stacks the tensors the default ``STACK_MAX_ELEMENTS`` would stack at full
+    size (see :func:`stack_limit`)."""
+
+    small: Callable[[], dict]
+    full: Callable[[], dict]
+
+
+TREES = {
+    "llama-7b layout": Tree(llama_tree, partial(llama_tree, d=4096, ff=11008, vocab=32000)),
+    "gpt2-125m layout": Tree(gpt2_tree, partial(gpt2_tree, d=768, vocab=50257, context=1024)),
+}
+SMOKE_TREES = {"llama layout, 2 layers": Tree(partial(llama_tree, 2),
+                                              partial(llama_tree, 2, 4096, 11008, 32000))}
+
+
+def stack_limit(tree: Tree) -> int:
+    """The stacking limit that, at the small sizes, stacks exactly the tensors the default
+    limit stacks at full size (the counts then are those of the full-size model)."""
+    default = afgen_adafactor._rt.STACK_MAX_ELEMENTS
+    small, full = tree.small(), tree.full()
+    sizes = {name: (math.prod(small[name]), math.prod(full[name])) for name in small}
+    stacked = [s for s, f in sizes.values() if f <= default]
+    alone = [s for s, f in sizes.values() if f > default]
+    limit = max(stacked, default=0)
+    if alone and min(alone) <= limit:
+        raise ValueError("the small tree does not keep the full-size order of tensor sizes")
+    return limit
 
 
 @dataclass(frozen=True)
 class Contender:
-    """An optimizer as the table names it: how to build it and the module whose kernels
-    it launches (None: MLX ops only)."""
+    """An optimizer as the table names it: how to build it, the module whose kernels it
+    launches (None: MLX ops only) and which tensors a fused step stacks: as at full size
+    (``"default"``), ``"all"`` or ``"none"``."""
 
     label: str
     make: object
     fused_module: object = None
+    stacks: str = "default"
 
 
 CONTENDERS = [
     Contender("afgen Adafactor (mlx)", partial(afgen_adafactor.Adafactor, backend="mlx")),
     Contender("afgen Adafactor (fused)", partial(afgen_adafactor.Adafactor, backend="metal"),
               afgen_adafactor),
+    Contender("  stacking every size", partial(afgen_adafactor.Adafactor, backend="metal"),
+              afgen_adafactor, "all"),
+    Contender("  stacking none", partial(afgen_adafactor.Adafactor, backend="metal"),
+              afgen_adafactor, "none"),
     Contender("mlx.optimizers.Adafactor", optim.Adafactor),
     Contender("afgen Adam (mlx)", partial(afgen_adam.Adam, 1e-3, backend="mlx")),
     Contender("afgen Adam (fused)", partial(afgen_adam.Adam, 1e-3, backend="metal"), afgen_adam),
@@ -99,30 +141,42 @@ def zeros_tree(shapes: dict) -> dict:
     return {name: mx.zeros(shape) for name, shape in shapes.items()}
 
 
-def count(contender: Contender, shapes: dict, compiled: bool) -> Dispatches:
-    """Dispatches of one step of ``contender`` over a tree of ``shapes``."""
+def count(contender: Contender, tree: Tree, compiled: bool) -> Dispatches:
+    """Dispatches of one step of ``contender`` over ``tree`` (at its small sizes)."""
+    shapes = tree.small()
     params, grads = zeros_tree(shapes), zeros_tree(shapes)
-    if contender.fused_module is None:
+    module = contender.fused_module
+    if module is None:
         return step_dispatches(contender.make(), params, grads, compiled=compiled)
-    # The fused backend is chosen while the stand-ins are installed (it needs a device or
-    # a kernel runner to be accepted).
-    with kernel_stand_ins(contender.fused_module) as stand_ins:
-        return step_dispatches(contender.make(), params, grads, compiled=compiled,
-                               stand_ins=stand_ins)
+    runtime = module._rt
+    default = runtime.STACK_MAX_ELEMENTS
+    runtime.STACK_MAX_ELEMENTS = {"all": 1 << 62, "none": 0}.get(contender.stacks,
+                                                                  stack_limit(tree))
+    try:
+        # The fused backend is chosen while the stand-ins are installed (it needs a
+        # device or a kernel runner to be accepted).
+        with kernel_stand_ins(module) as stand_ins:
+            return step_dispatches(contender.make(), params, grads, compiled=compiled,
+                                   stand_ins=stand_ins)
+    finally:
+        runtime.STACK_MAX_ELEMENTS = default
 
 
-def print_table(trees: dict) -> None:
-    print(f"MLX {mx.__version__}: kernel dispatches per optimizer step "
-          "(views excluded; a Compiled group counts once)")
+def print_table(trees: dict[str, Tree]) -> None:
+    print(f"MLX {mx.__version__}: kernel dispatches per optimizer step (views excluded; a "
+          "Compiled group counts once, a Concatenate once per input)")
     header = (f"{'optimizer':<26} {'mode':<9} {'per step':>9} {'per tensor':>11} "
               f"{'kernels':>8} {'glue':>6}")
-    for tree_name, make_tree in trees.items():
-        shapes = make_tree()
-        print(f"\n{tree_name}: {len(shapes)} tensors")
+    for tree_name, tree in trees.items():
+        shapes = tree.small()
+        stacked = sum(math.prod(s) <= afgen_adafactor._rt.STACK_MAX_ELEMENTS
+                      for s in tree.full().values())
+        print(f"\n{tree_name}: {len(shapes)} tensors, {stacked} of them small enough to "
+              f"stack at full size")
         print(header)
         for contender in CONTENDERS:
             for compiled in (False, True):
-                d = count(contender, shapes, compiled)
+                d = count(contender, tree, compiled)
                 mode = "compiled" if compiled else "eager"
                 fused = contender.fused_module is not None
                 split = f"{d.kernels:>8} {d.total - d.kernels:>6}" if fused else f"{'':>8} {'':>6}"

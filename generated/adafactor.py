@@ -169,6 +169,9 @@ class Adafactor(_rt.GeneratedOptimizer):
     def _fused_update(self, key: tuple):
         return _FUSED.get(key)
 
+    def _stacks(self, key: tuple) -> bool:
+        return _FUSED.get(key) in _STACKED
+
     def _kernel_tables(self) -> _rt.KernelTables:
         return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
                                 _MLX_PASSES)
@@ -238,34 +241,38 @@ class Adafactor(_rt.GeneratedOptimizer):
 # ops between pass kernels that each stream the full-size arrays once.
 # ---------------------------------------------------------------------------------------
 
-def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state, backend):
+def _step_values_factored__scale_parameter__has_beta_1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    s3 = 1 - self.beta_1
+    beta2t = 1 - t ** self.decay_rate
+    g1_1 = 1 - beta2t
+    return t, learning_rate, s3, beta2t, g1_1
+
+def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored scale_parameter has_learning_rate has_beta_1
     factored scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
-    s3 = 1 - beta_1
+    t, learning_rate, s3, beta2t, g1_1 = self._per_step(_step_values_factored__scale_parameter__has_beta_1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
-    beta2t = 1 - t ** decay_rate
-    g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
     red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
@@ -276,7 +283,7 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -286,32 +293,36 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, state, backend):
+def _step_values_factored__scale_parameter__no_has_beta_1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    beta2t = 1 - t ** self.decay_rate
+    g1_1 = 1 - beta2t
+    return t, learning_rate, beta2t, g1_1
+
+def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored scale_parameter has_learning_rate !has_beta_1
     factored scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
+    t, learning_rate, beta2t, g1_1 = self._per_step(_step_values_factored__scale_parameter__no_has_beta_1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
-    beta2t = 1 - t ** decay_rate
-    g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
     red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
@@ -322,7 +333,7 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -330,34 +341,35 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     state["exp_avg_sq_col"] = _rt.collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
 
-def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
+def _step_values_factored__has_beta_1__no_scale_parameter(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    alpha = (mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)) if self.relative_step else learning_rate)
+    s2 = -self.weight_decay * alpha
+    s3 = 1 - self.beta_1
+    beta2t = 1 - t ** self.decay_rate
+    g1_1 = 1 - beta2t
+    return alpha, s2, s3, beta2t, g1_1
+
+def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !scale_parameter has_learning_rate has_beta_1
     factored !scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
-    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s2 = -weight_decay * alpha
-    s3 = 1 - beta_1
+    alpha, s2, s3, beta2t, g1_1 = self._per_step(_step_values_factored__has_beta_1__no_scale_parameter)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), [eps1], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    beta2t = 1 - t ** decay_rate
-    g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
     red2 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
@@ -366,7 +378,7 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -376,32 +388,33 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
+def _step_values_factored__no_scale_parameter_no_has_beta_1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    alpha = (mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)) if self.relative_step else learning_rate)
+    s2 = -self.weight_decay * alpha
+    beta2t = 1 - t ** self.decay_rate
+    g1_1 = 1 - beta2t
+    return alpha, s2, beta2t, g1_1
+
+def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !scale_parameter has_learning_rate !has_beta_1
     factored !scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
     exp_avg_sq_row = _rt.cast(_rt.expand(state["exp_avg_sq_row"], "row"), cdt)
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
-    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s2 = -weight_decay * alpha
+    alpha, s2, beta2t, g1_1 = self._per_step(_step_values_factored__no_scale_parameter_no_has_beta_1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), [eps1], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    beta2t = 1 - t ** decay_rate
-    g1_1 = 1 - beta2t
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
     red2 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
@@ -410,7 +423,7 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -418,31 +431,35 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     state["exp_avg_sq_col"] = _rt.collapse(new_exp_avg_sq_col, state["exp_avg_sq_col"], "col")
     return new_param
 
-def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, backend):
+def _step_values_flat__scale_parameter__has_beta_1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    beta2t = 1 - t ** self.decay_rate
+    s0 = 1 - beta2t
+    s2 = 1 - self.beta_1
+    return t, learning_rate, beta2t, s0, s2
+
+def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored scale_parameter has_learning_rate has_beta_1
     unfactored scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     beta_1 = self.beta_1
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
-    beta2t = 1 - t ** decay_rate
-    s0 = 1 - beta2t
-    s2 = 1 - beta_1
+    t, learning_rate, beta2t, s0, s2 = self._per_step(_step_values_flat__scale_parameter__has_beta_1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -454,29 +471,33 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, backend):
+def _step_values_flat__scale_parameter__no_has_beta_1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    beta2t = 1 - t ** self.decay_rate
+    s0 = 1 - beta2t
+    return t, learning_rate, beta2t, s0
+
+def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored scale_parameter has_learning_rate !has_beta_1
     unfactored scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     weight_decay = self.weight_decay
     relative_step = self.relative_step
     warmup_init = self.warmup_init
-    beta2t = 1 - t ** decay_rate
-    s0 = 1 - beta2t
+    t, learning_rate, beta2t, s0 = self._per_step(_step_values_flat__scale_parameter__no_has_beta_1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s2 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -486,31 +507,32 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     state["exp_avg_sq"] = new_exp_avg_sq
     return new_param
 
-def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend):
+def _step_values_flat__has_beta_1__no_scale_parameter(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    beta2t = 1 - t ** self.decay_rate
+    alpha = (mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)) if self.relative_step else learning_rate)
+    s0 = 1 - beta2t
+    s1 = -self.weight_decay * alpha
+    s2 = 1 - self.beta_1
+    return beta2t, alpha, s0, s1, s2
+
+def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !scale_parameter has_learning_rate has_beta_1
     unfactored !scale_parameter !has_learning_rate has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     beta_1 = self.beta_1
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    beta2t = 1 - t ** decay_rate
-    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s0 = 1 - beta2t
-    s1 = -weight_decay * alpha
-    s2 = 1 - beta_1
+    beta2t, alpha, s0, s1, s2 = self._per_step(_step_values_flat__has_beta_1__no_scale_parameter)
     red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -520,29 +542,30 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     state["exp_avg"] = new_exp_avg
     return new_param
 
-def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend):
+def _step_values_flat__no_scale_parameter_no_has_beta_1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    beta2t = 1 - t ** self.decay_rate
+    alpha = (mx.minimum((1e-06 * t if self.warmup_init else 0.01), mx.rsqrt(t)) if self.relative_step else learning_rate)
+    s0 = 1 - beta2t
+    s1 = -self.weight_decay * alpha
+    return beta2t, alpha, s0, s1
+
+def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !scale_parameter has_learning_rate !has_beta_1
     unfactored !scale_parameter !has_learning_rate !has_beta_1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
-    weight_decay = self.weight_decay
-    relative_step = self.relative_step
-    warmup_init = self.warmup_init
-    beta2t = 1 - t ** decay_rate
-    alpha = (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
-    s0 = 1 - beta2t
-    s1 = -weight_decay * alpha
+    beta2t, alpha, s0, s1 = self._per_step(_step_values_flat__no_scale_parameter_no_has_beta_1)
     red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -569,11 +592,21 @@ _FUSED = {
     (False, False, False, False): _gpu_flat__no_scale_parameter_no_has_beta_1,
 }
 
+# The drivers that update same-shape tensors as one stack: those with more than one pass,
+# whose glue between passes then runs once per stack instead of once per tensor.
+_STACKED = frozenset({
+    _gpu_factored__scale_parameter__has_beta_1, _gpu_factored__scale_parameter__no_has_beta_1,
+    _gpu_factored__has_beta_1__no_scale_parameter,
+    _gpu_factored__no_scale_parameter_no_has_beta_1, _gpu_flat__scale_parameter__has_beta_1,
+    _gpu_flat__scale_parameter__no_has_beta_1, _gpu_flat__has_beta_1__no_scale_parameter,
+    _gpu_flat__no_scale_parameter_no_has_beta_1,
+})
+
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
     "afgen_adafactor_f0_566585e7b2": (
-        ["grad_in", "scalars", "dims"],
+        ["grad_in", "eps1_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -587,7 +620,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float eps1 = scalars[0];
+const unsigned int t = b / dims[5];
+const float eps1 = eps1_in[t];
 float acc_red0[4];
 float acc_red1[8];
 for (unsigned int c = 0; c < 8; ++c) {
@@ -635,7 +669,7 @@ afg_barrier();
 """,
     ),
     "afgen_adafactor_f0_f2fa08580a": (
-        ["grad_in", "param_in", "scalars", "dims"],
+        ["grad_in", "param_in", "eps1_in", "dims"],
         ["red0_part", "red1_part", "red2_part"],
         ["T", "S"],
         """\
@@ -649,7 +683,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float eps1 = scalars[0];
+const unsigned int t = b / dims[5];
+const float eps1 = eps1_in[t];
 float acc_red0 = 0.0f;
 float acc_red1[4];
 float acc_red2[8];
@@ -707,7 +742,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_f1_2643e57e32": (
-        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "s0_in", "s1_in", "dims"],
         ["red3_part"],
         ["T", "S"],
         """\
@@ -748,7 +783,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_f1_4abdd69733": (
-        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "s0_in", "s1_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
@@ -789,7 +824,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_f2_66b17d107b": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "alpha_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -803,10 +838,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -827,7 +863,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_f2_dcbcfebc5b": (
-        ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["exp_avg_in", "grad_in", "param_in", "s0_in", "s1_in", "alpha_in", "beta_1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg"],
         ["T", "S"],
         """\
@@ -841,12 +877,13 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float beta_1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float beta_1 = beta_1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -870,7 +907,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_u0_a0892c8d90": (
-        ["exp_avg_sq_in", "grad_in", "scalars", "dims"],
+        ["exp_avg_sq_in", "grad_in", "beta2t_in", "eps1_in", "s0_in", "dims"],
         ["red0_part"],
         ["T", "S"],
         """\
@@ -884,15 +921,17 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float beta2t = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
+const unsigned int t = b / dims[5];
+const float beta2t = beta2t_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   acc_red0 += afg_sq(afg_rsqrt(beta2t * exp_avg_sq + s0 * (afg_sq(grad) + eps1)) * grad);
@@ -908,7 +947,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_u0_e8b3be9882": (
-        ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+        ["exp_avg_sq_in", "grad_in", "param_in", "beta2t_in", "eps1_in", "s0_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -922,16 +961,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float beta2t = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
+const unsigned int t = b / dims[5];
+const float beta2t = beta2t_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -955,7 +996,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_u1_1a6a5d12f2": (
-        ["exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+        ["exp_avg_sq_in", "grad_in", "param_in", "alpha_in", "beta2t_in", "eps1_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg_sq"],
         ["T", "S"],
         """\
@@ -969,18 +1010,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float beta2t = scalars[1];
-const float eps1 = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float beta2t = beta2t_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -992,7 +1035,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_u1_52ab904c80": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "scalars", "dims"],
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_in", "beta2t_in", "beta_1_in", "eps1_in", "s0_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg_sq", "new_exp_avg"],
         ["T", "S"],
         """\
@@ -1006,20 +1049,22 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float beta2t = scalars[1];
-const float beta_1 = scalars[2];
-const float eps1 = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float s3 = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float beta2t = beta2t_in[t];
+const float beta_1 = beta_1_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float exp_avg = afg_load(exp_avg_in[idx]);
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);

@@ -174,6 +174,9 @@ class Adafactor(_rt.GeneratedOptimizer):
     def _fused_update(self, key: tuple):
         return _FUSED.get(key)
 
+    def _stacks(self, key: tuple) -> bool:
+        return _FUSED.get(key) in _STACKED
+
     def _kernel_tables(self) -> _rt.KernelTables:
         return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
                                 _MLX_PASSES)
@@ -243,31 +246,34 @@ class Adafactor(_rt.GeneratedOptimizer):
 # ops between pass kernels that each stream the full-size arrays once.
 # ---------------------------------------------------------------------------------------
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    s2 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return learning_rate, weight_decay_rate, s2, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    learning_rate, weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -277,7 +283,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_393d38ba51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -287,30 +293,33 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    s2 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return learning_rate, s2, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    learning_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -320,7 +329,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_34f5a63f21", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -330,29 +339,32 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return learning_rate, weight_decay_rate, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -362,7 +374,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_1cd966491b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -370,28 +382,31 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return learning_rate, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -401,7 +416,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_dd8badfbfe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -409,30 +424,33 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    s0 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return learning_rate, weight_decay_rate, s0, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    learning_rate, weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -449,29 +467,32 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    s0 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return learning_rate, s0, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    learning_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -488,28 +509,22 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -524,27 +539,22 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -559,30 +569,33 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    s2 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return weight_decay_rate, s2, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -592,7 +605,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_8491f41583", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -602,29 +615,32 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    s2 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return s2, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -634,7 +650,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_24acae2e4c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -644,28 +660,31 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return weight_decay_rate, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -675,7 +694,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_6ecc74172c", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -683,27 +702,30 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -713,7 +735,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_ecc4f21468", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -721,29 +743,32 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    s0 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return weight_decay_rate, s0, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -760,28 +785,31 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    s0 = 1 - self.momentum
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    g1_1 = 1 - decay
+    return s0, decay, g1_1
+
+def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -798,27 +826,22 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -833,26 +856,22 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -867,30 +886,23 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    learning_rate, weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -899,7 +911,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_dd7215b12e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -909,29 +921,23 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    learning_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -940,7 +946,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_e898ca7f6c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -950,28 +956,22 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -980,7 +980,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_788dbf7cbe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -988,27 +988,22 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1017,7 +1012,7 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_133ca7ffb2", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1025,29 +1020,22 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    learning_rate, weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1063,28 +1051,22 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    learning_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1100,27 +1082,21 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1134,26 +1110,21 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1167,29 +1138,23 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1198,7 +1163,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_27378df6f9", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1208,28 +1173,23 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s2 = 1 - momentum
+    s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1238,7 +1198,7 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_9e2616e65a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1248,27 +1208,22 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1277,7 +1232,7 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_50e9801fa7", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1285,26 +1240,22 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1313,7 +1264,7 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.total(red3_part) / size
+    red3 = _rt.tensor_total(red3_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_08dcde8f8a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1321,28 +1272,22 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1358,27 +1303,22 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
-    s0 = 1 - momentum
+    s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1394,26 +1334,21 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1427,25 +1362,21 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
     v_row = _rt.cast(_rt.expand(state["v_row"], "row"), cdt)
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
+    decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.row_total(red0_part, geo) / geo.N
     red1 = _rt.col_total(red1_part, geo) / geo.M
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    g1_1 = 1 - decay
     v_row_1 = decay * v_row + g1_1 * red0
     red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
     v_col_1 = decay * v_col + g1_1 * red1
@@ -1459,29 +1390,32 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     state["v_col"] = _rt.collapse(new_v_col, state["v_col"], "col")
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - self.momentum
+    return learning_rate, weight_decay_rate, decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9ef415e76f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1492,28 +1426,31 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - self.momentum
+    return learning_rate, decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_c1929612e5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1524,27 +1461,30 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    return learning_rate, weight_decay_rate, decay, s0
+
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_615025fb38", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1553,26 +1493,29 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    return learning_rate, decay, s0
+
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_bc96f9f5fa", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1581,27 +1524,30 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - self.momentum
+    s1 = 1 - decay
+    return learning_rate, weight_decay_rate, decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_10164be6f2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1611,26 +1557,29 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = (_rt.cast(self.state["learning_rate"], mx.float32) if "learning_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - self.momentum
+    s1 = 1 - decay
+    return learning_rate, decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_6093285407", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1640,25 +1589,19 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c0df32ce34", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1666,24 +1609,19 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_ad3bab1c99", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1691,28 +1629,31 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - self.momentum
+    return weight_decay_rate, decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e425bd9031", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1723,27 +1664,30 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    s1 = 1 - self.momentum
+    return decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9b85adc914", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1754,26 +1698,29 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    return weight_decay_rate, decay, s0
+
+def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_baede38030", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1782,25 +1729,28 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - decay
+    return decay, s0
+
+def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_3ce49f4884", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1809,26 +1759,29 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], mx.float32) if "weight_decay_rate" in self.state else None)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - self.momentum
+    s1 = 1 - decay
+    return weight_decay_rate, decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_dfa32f3685", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1838,25 +1791,28 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _step_values_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    decay = 1 - (t - self.decay_offset) ** (-self.decay_rate)
+    s0 = 1 - self.momentum
+    s1 = 1 - decay
+    return decay, s0, s1
+
+def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e6188fd26d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1866,24 +1822,19 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_776e811870", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1891,23 +1842,19 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_788741f968", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1915,28 +1862,21 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_f673bd03f3", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1946,27 +1886,21 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_ef66f0e1e7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1976,26 +1910,20 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_fbdee229ff", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2003,25 +1931,20 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_462bad4011", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2029,25 +1952,18 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_4642334248", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -2056,24 +1972,18 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_1d10d2d05f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -2082,72 +1992,55 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_b135c29868", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = (_rt.cast(self.state["learning_rate"], cdt) if "learning_rate" in self.state else None)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_2b9217b440", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_7b68b4eb43", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2157,26 +2050,21 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
-    s1 = 1 - momentum
+    decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_977603948e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2186,25 +2074,20 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_e4682a888a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2212,24 +2095,20 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     clipping_threshold = self.clipping_threshold
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c171adee39", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2237,24 +2116,18 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend):
+def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_e28a26533a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -2263,23 +2136,18 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     momentum = self.momentum
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - momentum
-    s1 = 1 - decay
+    decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u0_28a3a487d4", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -2288,43 +2156,34 @@ def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     state["ema"] = new_ema
     return new_param
 
-def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend):
+def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
-    weight_decay_rate = (_rt.cast(self.state["weight_decay_rate"], cdt) if "weight_decay_rate" in self.state else None)
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_8b08dbe66b", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend):
+def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    decay_rate = self.decay_rate
-    decay_offset = self.decay_offset
     eps = self.eps
-    decay = 1 - (t - decay_offset) ** (-decay_rate)
-    s0 = 1 - decay
+    decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u0_d444779966", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
@@ -2430,11 +2289,72 @@ _FUSED = {
     (False, False, False, False, False, False, False): _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
 }
 
+# The drivers that update same-shape tensors as one stack: those with more than one pass,
+# whose glue between passes then runs once per stack instead of once per tensor.
+_STACKED = frozenset({
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum,
+    _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum,
+    _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold,
+    _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate,
+    _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum,
+    _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale,
+    _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate,
+    _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum,
+    _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold,
+    _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_weight_decay_rate,
+    _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum,
+    _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate,
+    _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate,
+    _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum,
+    _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold,
+    _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate,
+    _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum,
+    _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_rate__no_has_clipping_threshold_no_has_momentum,
+    _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum,
+    _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold,
+    _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate,
+    _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum,
+    _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping_threshold_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale,
+    _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_weight_decay_rate,
+    _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_momentum,
+    _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_momentum_no_has_weight_decay_rate,
+    _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate,
+    _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_weight_decay_rate,
+    _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum,
+    _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate,
+})
+
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
     "afgen_adafactor_optax_f0_3f8f9e339c": (
-        ["grad_in", "scalars", "dims"],
+        ["grad_in", "eps_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -2448,7 +2368,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float eps = scalars[0];
+const unsigned int t = b / dims[5];
+const float eps = eps_in[t];
 float acc_red0[4];
 float acc_red1[8];
 for (unsigned int c = 0; c < 8; ++c) {
@@ -2496,7 +2417,7 @@ afg_barrier();
 """,
     ),
     "afgen_adafactor_optax_f0_4a01c567bb": (
-        ["grad_in", "param_in", "scalars", "dims"],
+        ["grad_in", "param_in", "eps_in", "dims"],
         ["red3_part", "red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -2510,7 +2431,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float eps = scalars[0];
+const unsigned int t = b / dims[5];
+const float eps = eps_in[t];
 float acc_red3 = 0.0f;
 float acc_red0[4];
 float acc_red1[8];
@@ -2568,7 +2490,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_optax_f0_c8047b4aab": (
-        ["grad_in", "param_in", "scalars", "dims"],
+        ["grad_in", "param_in", "eps_in", "dims"],
         ["red4_part", "red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -2582,7 +2504,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float eps = scalars[0];
+const unsigned int t = b / dims[5];
+const float eps = eps_in[t];
 float acc_red4 = 0.0f;
 float acc_red0[4];
 float acc_red1[8];
@@ -2640,7 +2563,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_optax_f1_02bf117c51": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "momentum_in", "s0_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -2654,10 +2577,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2681,7 +2605,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_06ca77de49": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "momentum_in", "s0_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -2695,10 +2619,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float s3 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2722,7 +2647,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_16f61fa55f": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -2736,7 +2661,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int afg_key = afg_bits(scalars[0]);
+const unsigned int t = b / dims[5];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2757,7 +2683,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_1740352910": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "learning_rate_in", "momentum_in", "s0_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -2771,11 +2697,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s3 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2799,7 +2726,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_1fb65205b5": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "learning_rate_in", "momentum_in", "s0_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -2813,12 +2740,13 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float s3 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2842,7 +2770,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_35001b1345": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -2856,10 +2784,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2880,7 +2809,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_35fae15e9c": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "momentum_in", "s0_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -2894,9 +2823,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2920,7 +2850,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_3a44e1eab6": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -2934,9 +2864,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float weight_decay_rate = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2957,7 +2888,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_406674ad5a": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "s2_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -2971,9 +2902,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -2994,7 +2926,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_635aa4bfd1": (
-        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "s0_in", "s1_in", "dims"],
         ["red3_part"],
         ["T", "S"],
         """\
@@ -3035,7 +2967,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_optax_f1_6be43eacd3": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3049,8 +2981,9 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const unsigned int afg_key = afg_bits(scalars[1]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3071,7 +3004,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_72acf63220": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3085,8 +3018,9 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float weight_decay_rate = scalars[0];
-const unsigned int afg_key = afg_bits(scalars[1]);
+const unsigned int t = b / dims[5];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3107,7 +3041,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_733afc921f": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3121,8 +3055,9 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s2 = scalars[0];
-const unsigned int afg_key = afg_bits(scalars[1]);
+const unsigned int t = b / dims[5];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3143,7 +3078,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_73b0717022": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3157,9 +3092,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s2 = scalars[0];
-const float weight_decay_rate = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3180,7 +3116,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_bb6a17e489": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "learning_rate_in", "momentum_in", "s0_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3194,10 +3130,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3221,7 +3158,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_c65cd8fa49": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "momentum_in", "s0_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3235,11 +3172,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s0 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3263,7 +3201,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f1_d1fe97f624": (
-        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s1_in", "s2_in", "learning_rate_in", "momentum_in", "s0_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3277,11 +3215,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s0 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3305,7 +3244,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_08dcde8f8a": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3319,8 +3258,9 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s2 = scalars[0];
-const unsigned int afg_key = afg_bits(scalars[1]);
+const unsigned int t = b / dims[5];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3341,7 +3281,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_133ca7ffb2": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "s2_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3355,9 +3295,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3378,7 +3319,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_1cd966491b": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "s2_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3392,11 +3333,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3417,7 +3359,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_24acae2e4c": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "momentum_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3431,11 +3373,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3459,7 +3402,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_27378df6f9": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "momentum_in", "s2_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3473,11 +3416,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3501,7 +3445,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_34f5a63f21": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "momentum_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3515,12 +3459,13 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3544,7 +3489,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_393d38ba51": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "momentum_in", "s2_in", "s3_in", "s4_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3558,13 +3503,14 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float s4 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3588,7 +3534,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_50e9801fa7": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3602,9 +3548,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s2 = scalars[0];
-const float weight_decay_rate = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3625,7 +3572,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_6ecc74172c": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3639,10 +3586,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3663,7 +3611,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_788dbf7cbe": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3677,10 +3625,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float weight_decay_rate = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3701,7 +3650,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_8491f41583": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "momentum_in", "s2_in", "s3_in", "s4_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3715,12 +3664,13 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const float s4 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3744,7 +3694,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_9e2616e65a": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "momentum_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3758,10 +3708,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float momentum = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3785,7 +3736,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_dd7215b12e": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "momentum_in", "s2_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3799,12 +3750,13 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3828,7 +3780,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_dd8badfbfe": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3842,10 +3794,11 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float s2 = scalars[1];
-const float s3 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3866,7 +3819,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_e898ca7f6c": (
-        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "s0_in", "s1_in", "learning_rate_in", "momentum_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_ema"],
         ["T", "S"],
         """\
@@ -3880,11 +3833,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float learning_rate = scalars[0];
-const float momentum = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3908,7 +3862,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_f2_ecc4f21468": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -3922,9 +3876,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s2 = scalars[0];
-const float s3 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -3945,7 +3900,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_optax_u0_06a6b519f1": (
-        ["grad_in", "v_in", "scalars", "dims"],
+        ["grad_in", "v_in", "decay_in", "eps_in", "s0_in", "dims"],
         ["red0_part"],
         ["T", "S"],
         """\
@@ -3959,15 +3914,17 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float v = afg_load(v_in[idx]);
   acc_red0 += afg_sq(grad * afg_rsqrt(decay * v + s0 * (afg_sq(grad) + eps)));
@@ -3983,7 +3940,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_optax_u0_1d10d2d05f": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -3997,18 +3954,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4023,7 +3982,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_28a3a487d4": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4037,17 +3996,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4062,7 +4023,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_2b9217b440": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4076,16 +4037,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4097,7 +4060,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_4642334248": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4111,19 +4074,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4138,7 +4103,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_5d3bcb261e": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -4152,16 +4117,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4185,7 +4152,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_optax_u0_8b08dbe66b": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4199,16 +4166,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float weight_decay_rate = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4220,7 +4189,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_b135c29868": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4234,17 +4203,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4256,7 +4227,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_d444779966": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4270,15 +4241,17 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const unsigned int afg_key = afg_bits(scalars[3]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4290,7 +4263,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_e28a26533a": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4304,18 +4277,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4330,7 +4305,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u0_fd5bc4007a": (
-        ["param_in", "scalars", "dims"],
+        ["param_in", "dims"],
         ["red0_part"],
         ["T", "S"],
         """\
@@ -4346,10 +4321,11 @@ const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
 float acc_red0 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float param = afg_load(param_in[idx]);
   acc_red0 += afg_sq(param);
 
@@ -4364,7 +4340,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_optax_u1_10164be6f2": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4378,20 +4354,22 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4406,7 +4384,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_3ce49f4884": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4420,17 +4398,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4442,7 +4422,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_462bad4011": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4456,17 +4436,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4478,7 +4460,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_6093285407": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4492,19 +4474,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4519,7 +4503,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_615025fb38": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4533,19 +4517,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4557,7 +4543,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_776e811870": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4571,17 +4557,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4593,7 +4581,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_788741f968": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4607,16 +4595,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4628,7 +4618,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_7b68b4eb43": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4642,19 +4632,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4669,7 +4661,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_977603948e": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4683,18 +4675,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4709,7 +4703,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_9b85adc914": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4723,19 +4717,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4750,7 +4746,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_9ef415e76f": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4764,21 +4760,23 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float s3 = scalars[7];
-const float weight_decay_rate = scalars[8];
-const unsigned int afg_key = afg_bits(scalars[9]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -4793,7 +4791,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_ad3bab1c99": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4807,17 +4805,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4829,7 +4829,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_baede38030": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4843,18 +4843,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float s2 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4866,7 +4868,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_bc96f9f5fa": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4880,18 +4882,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4903,7 +4907,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_c0df32ce34": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4917,18 +4921,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4940,7 +4946,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_c171adee39": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -4954,16 +4960,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -4975,7 +4983,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_c1929612e5": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -4989,20 +4997,22 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float s3 = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -5017,7 +5027,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_dfa32f3685": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -5031,19 +5041,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float weight_decay_rate = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -5058,7 +5070,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_e425bd9031": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -5072,20 +5084,22 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const float s3 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -5100,7 +5114,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_e4682a888a": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -5114,17 +5128,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float s0 = scalars[2];
-const float s1 = scalars[3];
-const float weight_decay_rate = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);
@@ -5136,7 +5152,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_e6188fd26d": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "momentum_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -5150,18 +5166,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float momentum = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float s2 = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -5176,7 +5194,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_ef66f0e1e7": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -5190,19 +5208,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -5217,7 +5237,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_f673bd03f3": (
-        ["ema_in", "grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["ema_in", "grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v", "new_ema"],
         ["T", "S"],
         """\
@@ -5231,20 +5251,22 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float momentum = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const float weight_decay_rate = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float ema = afg_load(ema_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -5259,7 +5281,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_optax_u1_fbdee229ff": (
-        ["grad_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "param_in", "v_in", "decay_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "weight_decay_rate_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
@@ -5273,18 +5295,20 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float decay = scalars[0];
-const float eps = scalars[1];
-const float learning_rate = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const float weight_decay_rate = scalars[5];
-const unsigned int afg_key = afg_bits(scalars[6]);
+const unsigned int t = b / dims[5];
+const float decay = decay_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay_rate = weight_decay_rate_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float v = afg_load(v_in[idx]);

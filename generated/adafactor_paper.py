@@ -136,6 +136,9 @@ class Adafactor(_rt.GeneratedOptimizer):
     def _fused_update(self, key: tuple):
         return _FUSED.get(key)
 
+    def _stacks(self, key: tuple) -> bool:
+        return _FUSED.get(key) in _STACKED
+
     def _kernel_tables(self) -> _rt.KernelTables:
         return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
                                 _MLX_PASSES)
@@ -183,28 +186,32 @@ class Adafactor(_rt.GeneratedOptimizer):
 # ops between pass kernels that each stream the full-size arrays once.
 # ---------------------------------------------------------------------------------------
 
-def _gpu_factored(self, gradient, parameter, state, backend):
+def _step_values_factored(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    beta2t = 1 - t ** self.decay_rate
+    g1_1 = 1 - beta2t
+    return t, beta2t, g1_1
+
+def _gpu_factored(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     max_step = self.max_step
     row_sums = _rt.cast(_rt.expand(state["row_sums"], "row"), cdt)
     col_sums = _rt.cast(_rt.expand(state["col_sums"], "col"), cdt)
+    t, beta2t, g1_1 = self._per_step(_step_values_factored)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_paper_f0_8006deeeca", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo)
     red2 = _rt.col_total(red2_part, geo)
-    beta2t = 1 - t ** decay_rate
-    g1_1 = 1 - beta2t
     row_sums_1 = beta2t * row_sums + g1_1 * red1
     red3 = _rt.total(row_sums_1, axis=(-2, -1), keepdims=True)
     col_sums_1 = beta2t * col_sums + g1_1 * red2
@@ -214,7 +221,7 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     new_row_sums = row_sums_1
     new_col_sums = col_sums_1
     red4_part, = self._launch(backend, "afgen_adafactor_paper_f1_d97444e0af", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s2 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_paper_f2_f9635637e5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -222,25 +229,29 @@ def _gpu_factored(self, gradient, parameter, state, backend):
     state["col_sums"] = _rt.collapse(new_col_sums, state["col_sums"], "col")
     return new_param
 
-def _gpu_flat(self, gradient, parameter, state, backend):
+def _step_values_flat(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    beta2t = 1 - t ** self.decay_rate
+    s0 = 1 - beta2t
+    return t, beta2t, s0
+
+def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     clip_threshold = self.clip_threshold
-    decay_rate = self.decay_rate
     max_step = self.max_step
-    beta2t = 1 - t ** decay_rate
-    s0 = 1 - beta2t
+    t, beta2t, s0 = self._per_step(_step_values_flat)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_paper_u0_fced218a40", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
     s1 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
     new_param, new_second_moment = self._launch(backend, "afgen_adafactor_paper_u1_c2ed20bba0", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), [alpha, beta2t, eps1, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)
@@ -254,11 +265,17 @@ _FUSED = {
     (False,): _gpu_flat,
 }
 
+# The drivers that update same-shape tensors as one stack: those with more than one pass,
+# whose glue between passes then runs once per stack instead of once per tensor.
+_STACKED = frozenset({
+    _gpu_factored, _gpu_flat,
+})
+
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
     "afgen_adafactor_paper_f0_8006deeeca": (
-        ["grad_in", "param_in", "scalars", "dims"],
+        ["grad_in", "param_in", "eps1_in", "dims"],
         ["red0_part", "red1_part", "red2_part"],
         ["T", "S"],
         """\
@@ -272,7 +289,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float eps1 = scalars[0];
+const unsigned int t = b / dims[5];
+const float eps1 = eps1_in[t];
 float acc_red0 = 0.0f;
 float acc_red1[4];
 float acc_red2[8];
@@ -330,7 +348,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_paper_f1_d97444e0af": (
-        ["grad_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "s0_in", "s1_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
@@ -371,7 +389,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_paper_f2_f9635637e5": (
-        ["grad_in", "param_in", "s0_in", "s1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "s1_in", "alpha_in", "s2_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -385,9 +403,10 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float s2 = scalars[1];
-const unsigned int afg_key = afg_bits(scalars[2]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
@@ -408,7 +427,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_paper_u0_fced218a40": (
-        ["grad_in", "param_in", "second_moment_in", "scalars", "dims"],
+        ["grad_in", "param_in", "second_moment_in", "beta2t_in", "eps1_in", "s0_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -422,16 +441,18 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float beta2t = scalars[0];
-const float eps1 = scalars[1];
-const float s0 = scalars[2];
+const unsigned int t = b / dims[5];
+const float beta2t = beta2t_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float second_moment = afg_load(second_moment_in[idx]);
@@ -455,7 +476,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_paper_u1_c2ed20bba0": (
-        ["grad_in", "param_in", "second_moment_in", "scalars", "dims"],
+        ["grad_in", "param_in", "second_moment_in", "alpha_in", "beta2t_in", "eps1_in", "s0_in", "s1_in", "afg_key_in", "dims"],
         ["new_param", "new_second_moment"],
         ["T", "S"],
         """\
@@ -469,17 +490,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float beta2t = scalars[1];
-const float eps1 = scalars[2];
-const float s0 = scalars[3];
-const float s1 = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float beta2t = beta2t_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float second_moment = afg_load(second_moment_in[idx]);

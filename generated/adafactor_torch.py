@@ -151,6 +151,9 @@ class Adafactor(_rt.GeneratedOptimizer):
     def _fused_update(self, key: tuple):
         return _FUSED.get(key)
 
+    def _stacks(self, key: tuple) -> bool:
+        return _FUSED.get(key) in _STACKED
+
     def _kernel_tables(self) -> _rt.KernelTables:
         return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
                                 _MLX_PASSES)
@@ -204,31 +207,34 @@ class Adafactor(_rt.GeneratedOptimizer):
 # ops between pass kernels that each stream the full-size arrays once.
 # ---------------------------------------------------------------------------------------
 
-def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend):
+def _step_values_factored__maximize__has_eps1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    e1 = self.eps[0]
+    s1 = e1 * e1
+    s2 = 1 - self.lr * self.weight_decay
+    w = t ** self.beta2_decay
+    return t, s1, s2, w
+
+def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     lr = self.lr
-    beta2_decay = self.beta2_decay
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
     row_var = _rt.cast(_rt.expand(state["row_var"], "row"), cdt)
     col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
-    e1 = eps1
-    s1 = e1 * e1
-    s2 = 1 - lr * weight_decay
+    t, s1, s2, w = self._per_step(_step_values_factored__maximize__has_eps1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
-    w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
     red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
@@ -237,7 +243,7 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -245,31 +251,34 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend)
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
     return new_param
 
-def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backend):
+def _step_values_factored__maximize__no_has_eps1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    s2 = 1 - self.lr * self.weight_decay
+    w = t ** self.beta2_decay
+    return t, s2, w
+
+def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
-    beta2_decay = self.beta2_decay
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
     row_var = _rt.cast(_rt.expand(state["row_var"], "row"), cdt)
     col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
+    t, s2, w = self._per_step(_step_values_factored__maximize__no_has_eps1)
     e1 = dtype_eps
     s1 = e1 * e1
-    s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
-    w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
     red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
@@ -278,7 +287,7 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -286,31 +295,25 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
     return new_param
 
-def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backend):
+def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     lr = self.lr
-    beta2_decay = self.beta2_decay
     eps1 = self.eps[0]
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
     row_var = _rt.cast(_rt.expand(state["row_var"], "row"), cdt)
     col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
-    e1 = eps1
-    s1 = e1 * e1
-    s2 = 1 - lr * weight_decay
+    t, s1, s2, w = self._per_step(_step_values_factored__maximize__has_eps1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
-    w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
     red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
@@ -319,7 +322,7 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -327,31 +330,27 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
     return new_param
 
-def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, backend):
+def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     factored !maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, True, 32, 256, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
-    beta2_decay = self.beta2_decay
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
     row_var = _rt.cast(_rt.expand(state["row_var"], "row"), cdt)
     col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
+    t, s2, w = self._per_step(_step_values_factored__maximize__no_has_eps1)
     e1 = dtype_eps
     s1 = e1 * e1
-    s2 = 1 - lr * weight_decay
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
-    w = t ** beta2_decay
     row_var_1 = row_var + w * (red1 - row_var)
     red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
     col_var_1 = col_var + w * (red2 - col_var)
@@ -360,7 +359,7 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.total(red4_part) / size
+    red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -368,28 +367,30 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     state["col_var"] = _rt.collapse(new_col_var, state["col_var"], "col")
     return new_param
 
-def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
+def _step_values_flat__maximize__has_eps1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    e1 = self.eps[0]
+    w = t ** self.beta2_decay
+    s0 = e1 * e1
+    s1 = 1 - self.lr * self.weight_decay
+    return t, w, s0, s1
+
+def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps1 = self.eps[0]
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
-    e1 = eps1
-    w = t ** beta2_decay
-    s0 = e1 * e1
-    s1 = 1 - lr * weight_decay
+    t, w, s0, s1 = self._per_step(_step_values_flat__maximize__has_eps1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -398,28 +399,31 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend):
     state["variance"] = new_variance
     return new_param
 
-def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
+def _step_values_flat__maximize__no_has_eps1(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    w = t ** self.beta2_decay
+    s1 = 1 - self.lr * self.weight_decay
+    return t, w, s1
+
+def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
-    beta2_decay = self.beta2_decay
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
+    t, w, s1 = self._per_step(_step_values_flat__maximize__no_has_eps1)
     e1 = dtype_eps
-    w = t ** beta2_decay
     s0 = e1 * e1
-    s1 = 1 - lr * weight_decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -428,28 +432,21 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend):
     state["variance"] = new_variance
     return new_param
 
-def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
+def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !maximize has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     lr = self.lr
-    beta2_decay = self.beta2_decay
-    eps1 = self.eps[0]
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
-    e1 = eps1
-    w = t ** beta2_decay
-    s0 = e1 * e1
-    s1 = 1 - lr * weight_decay
+    t, w, s0, s1 = self._per_step(_step_values_flat__maximize__has_eps1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -458,28 +455,24 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend):
     state["variance"] = new_variance
     return new_param
 
-def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend):
+def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !maximize !has_eps1
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
     dtype_eps = mx.finfo(parameter.dtype).eps
     lr = self.lr
-    beta2_decay = self.beta2_decay
     eps2 = self.eps[1]
     d = self.d
-    weight_decay = self.weight_decay
+    t, w, s1 = self._per_step(_step_values_flat__maximize__no_has_eps1)
     e1 = dtype_eps
-    w = t ** beta2_decay
     s0 = e1 * e1
-    s1 = 1 - lr * weight_decay
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.total(red0_part) / size
-    red1 = _rt.total(red1_part) / size
+    red0 = _rt.tensor_total(red0_part, geo) / size
+    red1 = _rt.tensor_total(red1_part, geo) / size
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -499,11 +492,20 @@ _FUSED = {
     (False, False, False): _gpu_flat__no_maximize_no_has_eps1,
 }
 
+# The drivers that update same-shape tensors as one stack: those with more than one pass,
+# whose glue between passes then runs once per stack instead of once per tensor.
+_STACKED = frozenset({
+    _gpu_factored__maximize__has_eps1, _gpu_factored__maximize__no_has_eps1,
+    _gpu_factored__has_eps1__no_maximize, _gpu_factored__no_maximize_no_has_eps1,
+    _gpu_flat__maximize__has_eps1, _gpu_flat__maximize__no_has_eps1,
+    _gpu_flat__has_eps1__no_maximize, _gpu_flat__no_maximize_no_has_eps1,
+})
+
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
     "afgen_adafactor_torch_f0_3873098176": (
-        ["grad_in", "param_in", "scalars", "dims"],
+        ["grad_in", "param_in", "dims"],
         ["red0_part", "red1_part", "red2_part"],
         ["T", "S"],
         """\
@@ -574,7 +576,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_torch_f0_3b37edc0b6": (
-        ["grad_in", "param_in", "scalars", "dims"],
+        ["grad_in", "param_in", "dims"],
         ["red0_part", "red1_part", "red2_part"],
         ["T", "S"],
         """\
@@ -645,7 +647,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_torch_f1_2a7821355a": (
-        ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "s1_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
@@ -659,7 +661,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s1 = scalars[0];
+const unsigned int t = b / dims[5];
+const float s1 = s1_in[t];
 const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
@@ -688,7 +691,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_torch_f1_cd85fa309e": (
-        ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["grad_in", "s0_in", "row_var_1_in", "col_var_1_in", "s1_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
@@ -702,7 +705,8 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s1 = scalars[0];
+const unsigned int t = b / dims[5];
+const float s1 = s1_in[t];
 const float s0 = s0_in[b];
 float acc_red4 = 0.0f;
 for (unsigned int r = 0; r < 4; ++r) {
@@ -731,7 +735,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_torch_f2_10f776886e": (
-        ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "alpha_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -745,11 +749,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float s1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 const float s0 = s0_in[b];
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
@@ -771,7 +776,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_torch_f2_3805fa4066": (
-        ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "scalars", "dims"],
+        ["grad_in", "param_in", "s0_in", "row_var_1_in", "col_var_1_in", "alpha_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param"],
         ["T", "S"],
         """\
@@ -785,11 +790,12 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float s1 = scalars[1];
-const float s2 = scalars[2];
-const float s3 = scalars[3];
-const unsigned int afg_key = afg_bits(scalars[4]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 const float s0 = s0_in[b];
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
@@ -811,7 +817,7 @@ for (unsigned int r = 0; r < 4; ++r) {
 """,
     ),
     "afgen_adafactor_torch_u0_1181eda8f2": (
-        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["grad_in", "param_in", "variance_in", "s0_in", "w_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -825,15 +831,17 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s0 = scalars[0];
-const float w = scalars[1];
+const unsigned int t = b / dims[5];
+const float s0 = s0_in[t];
+const float w = w_in[t];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
@@ -858,7 +866,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_torch_u0_853464140d": (
-        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["grad_in", "param_in", "variance_in", "s0_in", "w_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
@@ -872,15 +880,17 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float s0 = scalars[0];
-const float w = scalars[1];
+const unsigned int t = b / dims[5];
+const float s0 = s0_in[t];
+const float w = w_in[t];
 float acc_red0 = 0.0f;
 float acc_red1 = 0.0f;
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
@@ -905,7 +915,7 @@ afg_shared float afg_scratch[8];
 """,
     ),
     "afgen_adafactor_torch_u1_146f278efb": (
-        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["grad_in", "param_in", "variance_in", "alpha_in", "s0_in", "s1_in", "s2_in", "w_in", "afg_key_in", "dims"],
         ["new_param", "new_variance"],
         ["T", "S"],
         """\
@@ -919,17 +929,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float w = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float w = w_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);
@@ -942,7 +954,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adafactor_torch_u1_6fa05931f4": (
-        ["grad_in", "param_in", "variance_in", "scalars", "dims"],
+        ["grad_in", "param_in", "variance_in", "alpha_in", "s0_in", "s1_in", "s2_in", "w_in", "afg_key_in", "dims"],
         ["new_param", "new_variance"],
         ["T", "S"],
         """\
@@ -956,17 +968,19 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float alpha = scalars[0];
-const float s0 = scalars[1];
-const float s1 = scalars[2];
-const float s2 = scalars[3];
-const float w = scalars[4];
-const unsigned int afg_key = afg_bits(scalars[5]);
+const unsigned int t = b / dims[5];
+const float alpha = alpha_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float w = w_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float variance = afg_load(variance_in[idx]);

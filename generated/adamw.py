@@ -137,6 +137,9 @@ class AdamW(_rt.GeneratedOptimizer):
     def _fused_update(self, key: tuple):
         return _FUSED.get(key)
 
+    def _stacks(self, key: tuple) -> bool:
+        return _FUSED.get(key) in _STACKED
+
     def _kernel_tables(self) -> _rt.KernelTables:
         return _rt.KernelTables(_KERNELS, _PROLOGUES, _HEADERS, _FACTORIES, THREADS,
                                 _MLX_PASSES)
@@ -168,25 +171,29 @@ class AdamW(_rt.GeneratedOptimizer):
 # ops between pass kernels that each stream the full-size arrays once.
 # ---------------------------------------------------------------------------------------
 
-def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
+def _step_values_flat__bias_correction(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    t = self.step.astype(mx.float32)
+    learning_rate = _rt.cast(self.state["learning_rate"], mx.float32)
+    s0 = 1 - learning_rate * self.weight_decay
+    c1 = learning_rate / (1 - self.betas[0] ** t)
+    s1 = 1 - self.betas[0]
+    s2 = 1 - self.betas[1]
+    c2 = mx.rsqrt(1 - self.betas[1] ** t)
+    return s0, c1, s1, s2, c2
+
+def _gpu_flat__bias_correction(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored bias_correction
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    t = self.step.astype(mx.float32)
-    learning_rate = _rt.cast(self.state["learning_rate"], cdt)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
-    weight_decay = self.weight_decay
-    s0 = 1 - learning_rate * weight_decay
-    c1 = learning_rate / (1 - beta1 ** t)
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    c2 = mx.rsqrt(1 - beta2 ** t)
+    s0, c1, s1, s2, c2 = self._per_step(_step_values_flat__bias_correction)
     new_param, new_m, new_v = self._launch(backend, "afgen_adamw_u0_4b5341bf28", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [beta1, beta2, c1, c2, eps, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
@@ -195,22 +202,26 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend):
     state["v"] = new_v
     return new_param
 
-def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend):
+def _step_values_flat__no_bias_correction(self):
+    """What the fused updates compute from the step and the hyperparameters alone."""
+    learning_rate = _rt.cast(self.state["learning_rate"], mx.float32)
+    s0 = 1 - learning_rate * self.weight_decay
+    s1 = 1 - self.betas[0]
+    s2 = 1 - self.betas[1]
+    return learning_rate, s0, s1, s2
+
+def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend, tensors=1):
     """Fused-kernel update for:
     unfactored !bias_correction
     """
-    geo = self._geometry(parameter.shape, False, 1, 1024, backend)
-    size = max(parameter.size, 1)
+    geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
+    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
-    learning_rate = _rt.cast(self.state["learning_rate"], cdt)
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     eps = self.eps
-    weight_decay = self.weight_decay
-    s0 = 1 - learning_rate * weight_decay
-    s1 = 1 - beta1
-    s2 = 1 - beta2
+    learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__no_bias_correction)
     new_param, new_m, new_v = self._launch(backend, "afgen_adamw_u0_549e8948ef", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [beta1, beta2, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
@@ -224,11 +235,16 @@ _FUSED = {
     (False, False): _gpu_flat__no_bias_correction,
 }
 
+# The drivers that update same-shape tensors as one stack: those with more than one pass,
+# whose glue between passes then runs once per stack instead of once per tensor.
+_STACKED = frozenset({
+})
+
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
     "afgen_adamw_u0_4b5341bf28": (
-        ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "m_in", "param_in", "v_in", "beta1_in", "beta2_in", "c1_in", "c2_in", "eps_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_m", "new_v"],
         ["T", "S"],
         """\
@@ -242,20 +258,22 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float beta1 = scalars[0];
-const float beta2 = scalars[1];
-const float c1 = scalars[2];
-const float c2 = scalars[3];
-const float eps = scalars[4];
-const float s0 = scalars[5];
-const float s1 = scalars[6];
-const float s2 = scalars[7];
-const unsigned int afg_key = afg_bits(scalars[8]);
+const unsigned int t = b / dims[5];
+const float beta1 = beta1_in[t];
+const float beta2 = beta2_in[t];
+const float c1 = c1_in[t];
+const float c2 = c2_in[t];
+const float eps = eps_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float m = afg_load(m_in[idx]);
   const float param = afg_load(param_in[idx]);
@@ -270,7 +288,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 """,
     ),
     "afgen_adamw_u0_549e8948ef": (
-        ["grad_in", "m_in", "param_in", "v_in", "scalars", "dims"],
+        ["grad_in", "m_in", "param_in", "v_in", "beta1_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "afg_key_in", "dims"],
         ["new_param", "new_m", "new_v"],
         ["T", "S"],
         """\
@@ -284,19 +302,21 @@ const unsigned int ncc = dims[4];
 const unsigned int cc = afg_group % ncc;
 const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
-const float beta1 = scalars[0];
-const float beta2 = scalars[1];
-const float eps = scalars[2];
-const float learning_rate = scalars[3];
-const float s0 = scalars[4];
-const float s1 = scalars[5];
-const float s2 = scalars[6];
-const unsigned int afg_key = afg_bits(scalars[7]);
+const unsigned int t = b / dims[5];
+const float beta1 = beta1_in[t];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int idx = cc * 1024 + c * 256 + afg_lid;
-  if (idx >= N) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
     continue;
   }
+  const unsigned int idx = b * N + j;
   const float grad = afg_load(grad_in[idx]);
   const float m = afg_load(m_in[idx]);
   const float param = afg_load(param_in[idx]);

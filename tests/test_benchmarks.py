@@ -38,7 +38,8 @@ def _dispatch_rows(out: str) -> dict[tuple[str, str], list[int]]:
     """bench_dispatch's table: (optimizer, mode) -> [per step, kernels, glue] (fused)."""
     rows = {}
     for line in out.splitlines():
-        m = re.match(r"(\S.*?)\s+(eager|compiled)\s+(\d+)\s+[\d.]+\s*(\d+)?\s*(\d+)?$", line)
+        m = re.match(r"\s*(\S.*?)\s+(eager|compiled)\s+(\d+)\s+[\d.]+\s*(\d+)?\s*(\d+)?$",
+                     line)
         if m:
             rows[m[1], m[2]] = [int(v) for v in m.groups()[2:] if v is not None]
     return rows
@@ -46,16 +47,26 @@ def _dispatch_rows(out: str) -> dict[tuple[str, str], list[int]]:
 
 def test_dispatch_benchmark_smoke_mode_counts():
     out = _run("benchmarks/bench_dispatch.py", "--smoke")
-    assert "21 tensors" in out  # Llama layout with 2 layers: 3 + 9 * 2
+    # Llama layout with 2 layers: 3 + 9 * 2 tensors; at full size only the 5 norms have
+    # at most STACK_MAX_ELEMENTS elements.
+    assert "21 tensors, 5 of them small enough to stack at full size" in out
     rows = _dispatch_rows(out)
-    assert len(rows) == 12  # six optimizers, eager and compiled
-    # The fused Adafactor launches 3 kernels per matrix (16: embedding, lm_head and 7 per
-    # layer) and 2 per vector (5 norms); fused Adam one per tensor. Glue is the rest.
+    assert len(rows) == 16  # eight rows, eager and compiled
+    # Unstacked, the fused Adafactor launches 3 kernels per matrix (16: embedding, lm_head
+    # and 7 per layer) and 2 per vector (5 norms); as at full size the norms are one
+    # stack; with every size stacked there are 4 stacks of matrices (embedding and head,
+    # 8 of 64 x 64, 4 of 172 x 64, 2 of 64 x 172). Glue is the rest.
+    kernels = {"afgen Adafactor (fused)": 3 * 16 + 2, "stacking every size": 3 * 4 + 2,
+               "stacking none": 3 * 16 + 2 * 5}
     for mode in ("eager", "compiled"):
-        total, kernels, glue = rows["afgen Adafactor (fused)", mode]
-        assert kernels == 3 * 16 + 2 * 5 and total == kernels + glue
-        total, kernels, glue = rows["afgen Adam (fused)", mode]
-        assert kernels == 21 and total == kernels + glue
+        for label, expected in kernels.items():
+            total, launched, glue = rows[label, mode]
+            assert launched == expected and total == launched + glue, label
+        assert rows["stacking every size", mode][0] < rows["afgen Adafactor (fused)", mode][0]
+        assert rows["afgen Adafactor (fused)", mode][0] < rows["stacking none", mode][0]
+        # Fused Adam: one kernel per tensor, its scalars computed once per step (the
+        # step increment is the one op besides): what MLX's compiled Adam launches.
+        assert rows["afgen Adam (fused)", mode] == [22, 21, 1]
     # mlx.optimizers.Adam: 12 ops per tensor and the step increment (see test_mlx_graph);
     # compiled, one fused group per tensor and the increment.
     assert rows["mlx.optimizers.Adam", "eager"] == [12 * 21 + 1]
@@ -76,14 +87,14 @@ def test_cpu_benchmark_sweep_numbers():
     bounds = [float(cols.split()[-1]) for _, cols in times]
     assert sizes[0] < sizes[1] and bounds[0] <= bounds[1]
     dispatch = {int(m[0]): [int(v) for v in m[1].split()]
-                for m in re.findall(r"^\s+(\d+)((?:\s+\d+){4})$", out, re.M)}
+                for m in re.findall(r"^\s+(\d+)((?:\s+\d+){6})$", out, re.M)}
     assert sorted(dispatch) == [12, 21]
-    # The same counts as bench_dispatch (fused eager/compiled, mlx eager/compiled).
+    # The same counts as bench_dispatch (fused as at full size, every size stacked, mlx;
+    # eager and compiled each).
     rows = _dispatch_rows(_run("benchmarks/bench_dispatch.py", "--smoke"))
-    assert dispatch[21] == [rows["afgen Adafactor (fused)", "eager"][0],
-                            rows["afgen Adafactor (fused)", "compiled"][0],
-                            rows["mlx.optimizers.Adafactor", "eager"][0],
-                            rows["mlx.optimizers.Adafactor", "compiled"][0]]
+    assert dispatch[21] == [rows[label, mode][0] for label in (
+        "afgen Adafactor (fused)", "stacking every size", "mlx.optimizers.Adafactor")
+        for mode in ("eager", "compiled")]
 
 
 def test_cpu_benchmark_plot(tmp_path):

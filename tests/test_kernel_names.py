@@ -17,7 +17,7 @@ from afgen.spec.parse import parse_spec_text
 from afgen.spec.shapes import ReduceAxes
 
 # Every value is named like something the kernel itself declares: its tile indices, its
-# packed-scalar and geometry buffers, an accumulator, a threadgroup total, a buffer.
+# geometry buffer, an accumulator, a threadgroup total, a buffer.
 CLASHING = """\
 optimizer: Clash
 summary: Names a kernel uses for itself.
@@ -56,10 +56,10 @@ def test_spec_names_stay_and_kernel_names_move():
     for kernel in final:
         text = kernel.source
         for name in ("j", "idx", "M"):  # hyperparameters, verbatim
-            assert re.search(rf"const float {name} = scalars_1\[\d\];", text), name
+            assert re.search(rf"const float {name} = {name}_in\[t\];", text), name
         assert re.search(r"const unsigned int M_1 = dims(_1)?\[1\];", text)
         assert "new_scalars[idx_1] = " in text and "const unsigned int j_1 = " in text
-        assert kernel.input_names[-2] == "scalars_1"
+        assert kernel.input_names[-2] == "afg_key_in"
     for kernel in kernels:
         spec_values = {*kernel.scalar_names, *kernel.full_inputs, *kernel.row_inputs,
                        *kernel.col_inputs, *kernel.batch_inputs, *(n for n, _ in kernel.body)}

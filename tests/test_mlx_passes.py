@@ -29,8 +29,13 @@ def test_every_kernel_has_a_twin_with_its_layout(module):
     for name, (function, factored, inputs, results, key_index) in module._MLX_PASSES.items():
         input_names, output_names, _, _ = module._KERNELS[name]
         assert factored == name.rsplit("_", 2)[-2].startswith("f")  # ..._f0_<digest>
-        # the kernel's inputs: the arrays, the packed scalars and the geometry
-        assert len(inputs) == len(input_names) - 2 and set(inputs) <= set("fbrc")
+        # the kernel's inputs: the arrays, a buffer per scalar, the rounding key's, the
+        # geometry
+        assert set(inputs) <= set("fbrc") and input_names[-1].startswith("dims")
+        scalars = input_names[len(inputs):-1]
+        assert all(s.endswith("_in") for s in scalars)
+        if key_index is not None:
+            assert len(scalars) == key_index + 1 and scalars[-1] == "afg_key_in"
         assert len(results) == len(output_names) and set(results) <= set("fparc")
         assert (key_index is not None) == ("p" in results) and results.count("p") <= 1
         assert function.__name__ == f"_mlx_{name}"

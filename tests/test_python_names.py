@@ -86,9 +86,13 @@ def _rebound(function: ast.FunctionDef) -> set[str]:
     return twice
 
 
+def launch_call(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and ast.unparse(node.func) == "self._launch"
+
+
 def _recomputed(function: ast.FunctionDef) -> list[str]:
-    """Right-hand sides computed twice in a function, and values a launch packs twice
-    (``x`` twice, or both ``x`` and ``-x``)."""
+    """Right-hand sides computed twice in a function, and values a launch passes twice
+    among its scalars (``x`` twice, or both ``x`` and ``-x``)."""
     seen: set[str] = set()
     twice = []
     defined: dict[str, str] = {}  # name -> what it holds, aliases resolved
@@ -104,9 +108,11 @@ def _recomputed(function: ast.FunctionDef) -> list[str]:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             text = ast.unparse(node.value)
             defined[node.targets[0].id] = defined.get(text, text)
-        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("_rt.pack", "_pack"):
+        scalar_lists = [arg for arg in (node.args[3].elts if launch_call(node) else [])
+                        if isinstance(arg, ast.List)]
+        for scalars in scalar_lists:
             packed = []
-            for element in node.args[0].elts:
+            for element in scalars.elts:
                 text = defined.get(ast.unparse(element), ast.unparse(element))
                 packed.append(defined.get(text.removeprefix("-"), text.removeprefix("-")))
             twice += sorted({p for p in packed if packed.count(p) > 1})
@@ -168,8 +174,8 @@ def _gpu_twice(self, t, d, backend):
     g2 = 2 * (1 - t ** d)
     s4 = -g1
     s6 = g1
-    return self._launch(backend, "k", None, [_rt.pack([s4, s6])], [], None, None)
+    return self._launch(backend, "k", None, [parameter, [s4, s6]], [], None, None)
 '''
     (function,) = _functions(source, "_gpu_")
     found = _recomputed(function)
-    assert found.count("1 - t ** d") == 2  # computed twice; packed as x and -x
+    assert found.count("1 - t ** d") == 2  # computed twice; passed as x and -x

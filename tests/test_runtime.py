@@ -358,9 +358,33 @@ def test_geometry_of_factored_and_flat_parameters():
     geo = rt.geometry((3, 5, 7), True, 2, 4, 8)
     assert (geo.B, geo.M, geo.N, geo.nrb, geo.ncc) == (3, 5, 7, 3, 2)
     assert geo.grid == (3 * 3 * 2 * 8, 1, 1) and geo.threads == 8
-    assert geo.dims.tolist() == [3, 5, 7, 3, 2] and geo.dims.dtype == mx.uint32
+    assert geo.dims.tolist() == [3, 5, 7, 3, 2, 3] and geo.dims.dtype == mx.uint32
     flat = rt.geometry((3, 5, 7), False, 1, 64, 8)
     assert (flat.B, flat.M, flat.N, flat.nrb, flat.ncc) == (1, 1, 105, 1, 2)
+
+
+def test_geometry_of_stacked_tensors():
+    """Four (3, 5, 7) tensors stacked: 12 matrices, 3 to a tensor; unfactored, a row
+    each."""
+    geo = rt.geometry((4, 3, 5, 7), True, 2, 4, 8, tensors=4)
+    assert (geo.B, geo.M, geo.N, geo.tensors) == (12, 5, 7, 4)
+    assert geo.dims.tolist() == [12, 5, 7, 3, 2, 3]
+    flat = rt.geometry((4, 3, 5, 7), False, 1, 64, 8, tensors=4)
+    assert (flat.B, flat.M, flat.N, flat.nrb, flat.ncc) == (4, 1, 105, 1, 2)
+    assert flat.dims.tolist()[-1] == 1 and flat.grid == (4 * 2 * 8, 1, 1)
+
+
+def test_totals_over_whole_tensors_of_a_stack():
+    geo = rt.geometry((3, 2, 4), True, 1, 4, 1, tensors=3)
+    part = mx.arange(3 * 2 * 1, dtype=mx.float32)  # per matrix (3) and row block (2)
+    assert rt.tensor_total(part, geo).tolist() == [[[1.0]], [[5.0]], [[9.0]]]
+    rows = mx.arange(6, dtype=mx.float32).reshape(3, 2, 1)
+    assert rt.tensor_reduce(rows, geo, True).tolist() == [[[0.5]], [[2.5]], [[4.5]]]
+    assert rt.tensor_reduce(rows, geo, False).shape == (3, 1, 1)
+    # A value every tensor shares (no leading stack axis) is reduced once for all.
+    assert rt.tensor_reduce(mx.array(2.0), geo, True).item() == 2.0
+    single = rt.geometry((2, 4), True, 1, 4, 1)
+    assert rt.tensor_total(mx.array([1.0, 2.0]), single).item() == 3.0
 
 
 def test_small_inputs_and_totals():
@@ -379,10 +403,21 @@ def test_small_inputs_and_totals():
                                   col_part.reshape(2, geo.nrb, 4).sum(1)[:, None, :])
 
 
-def test_pack():
-    assert rt.pack([]).tolist() == [0.0]
-    packed = rt.pack([1, mx.array(2.5), mx.array([3.0])])
-    assert packed.dtype == mx.float32 and packed.tolist() == [1.0, 2.5, 3.0]
+def test_scalar_buffers():
+    """Each scalar a float32 buffer of its own, made without a copy."""
+    geo = rt.geometry((4,), False, 1, 2, 32)
+    assert rt.scalar_buffers([], geo) == []
+    value = mx.array(2.5)
+    buffers = rt.scalar_buffers([1, value, mx.array([3.0], mx.float16)], geo)
+    assert [b.tolist() for b in buffers] == [[1.0], [2.5], [3.0]]
+    assert all(b.dtype == mx.float32 and b.shape == (1,) for b in buffers)
+
+
+def test_scalar_buffers_give_each_stacked_tensor_its_value():
+    geo = rt.geometry((3, 4), False, 1, 2, 32, tensors=3)
+    per_tensor = mx.array([10.0, 20.0, 30.0]).reshape(3, 1)
+    shared, own = rt.scalar_buffers([1, per_tensor], geo)
+    assert shared.tolist() == [1, 1, 1] and own.tolist() == [10, 20, 30]
 
 
 class Recorder:

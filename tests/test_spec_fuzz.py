@@ -665,8 +665,9 @@ def test_afgen_new_errors_are_one_line(tmp_path, argv, pattern):
 # built-ins and afg_* helpers, Python builtins and what the module binds, attributes of
 # every optimizer (refused).
 GENERATED_NAMES = ["j", "idx", "M", "N", "b", "c", "r", "m_ok", "w", "cc", "rb", "nrb",
-                   "ncc", "lane", "warp", "total", "scalars", "dims", "acc_red0", "red0_part",
-                   "grad_in", "T", "S", "x0_0", "s0", "float", "half", "kernel", "device",
+                   "ncc", "lane", "warp", "total", "t", "eps_in", "afg_key_in", "dims",
+                   "acc_red0", "red0_part", "grad_in", "T", "S", "x0_0", "s0", "float", "half",
+                   "kernel", "device",
                    "threadgroup", "__shared__", "blockIdx", "afg_sq", "afg_key", "NAN", "uint",
                    "simd_sum", "thread_position_in_grid", "exp", "sum", "max", "geo", "size",
                    "sdt", "cdt", "backend", "gradient", "parameter", "state", "self", "mx",

@@ -7,7 +7,8 @@ and finally writes the state. Full-size arrays are touched only by the kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import sympy
 
@@ -28,11 +29,16 @@ SMALL_PACKERS = {ShapeClass.ROW: "_rt.rows", ShapeClass.COL: "_rt.cols",
 
 @dataclass(frozen=True)
 class DriverModel:
+    """A driver function, and the function of its step values (``step_lines``, computed
+    once per step through ``self._per_step``; empty if it has none)."""
+
     name: str
     signature: str
     doc: str
     lines: tuple[str, ...]
     kernels: tuple[str, ...]
+    step_function: str = ""
+    step_lines: tuple[str, ...] = ()
 
 
 def _full_dtypes(plan: KernelPlan) -> dict[str, str]:
@@ -52,17 +58,23 @@ def plan_kernels(plan: KernelPlan, prefix: str) -> list[PassKernel]:
 
 
 # The driver's own locals, drawn fresh around every name of the plan and its kernels.
-DRIVER_LOCALS = ("gradient", "parameter", "state", "backend", "geo", "size", "sdt", "cdt")
+DRIVER_LOCALS = ("gradient", "parameter", "state", "backend", "tensors", "geo", "size", "sdt",
+                 "cdt")
 
 
-def _glue_lines(sched: Schedule) -> list[str]:
+def _glue_lines(sched: Schedule, geo: str, hoisted: set[str]) -> list[str]:
     lines = []
     for step in sched.steps:
+        if str(step.name) in hoisted:
+            continue
         code = mlx_code(step.expr)
-        if step.is_reduction:  # accurate at any size (afgen/runtime.py)
+        if step.is_reduction and step.reduce is ReduceAxes.ALL:  # per tensor of a stack
+            code = f"_rt.tensor_reduce({code}, {geo}, {step.mean})"
+        elif step.is_reduction:  # accurate at any size (afgen/runtime.py)
             code = broadcast_reduction(("_rt.total", "_rt.mean"), step.mean, step.reduce, code)
         lines.append(f"{step.name} = {code}")
-    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results]
+    lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results
+              if name not in hoisted]
     return lines
 
 
@@ -70,7 +82,7 @@ def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool,
                       v: dict[str, str]) -> str:
     geo = v["geo"]
     if axes is ReduceAxes.ALL:
-        total, count = f"_rt.total({part})", v["size"]
+        total, count = f"_rt.tensor_total({part}, {geo})", v["size"]
     elif axes is ReduceAxes.ROWWISE:
         total, count = f"_rt.row_total({part}, {geo})", f"{geo}.N"
     else:
@@ -120,8 +132,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
             glue_atoms |= {str(s) for s in expr.free_symbols}
     rows, cols = tile(plan.factored)
     lines = [f"{geo} = self._geometry({parameter}.shape, {plan.factored}, {rows}, {cols}, "
-             f"{v['backend']})",
-             f"{v['size']} = max({parameter}.size, 1)",
+             f"{v['backend']}, {v['tensors']})",
+             f"{v['size']} = max({parameter}.size // {geo}.tensors, 1)",
              f'{v["sdt"]} = mx.float32 if self.precision == "float32" else {parameter}.dtype',
              f"{v['cdt']} = mx.float32"]
     # Small atoms the glue and the kernels' small inputs need; full ones go to kernels.
@@ -132,14 +144,26 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
     defined |= {str(r.name) for r in plan.program.reductions}
     order = [STEP, DTYPE_EPS, *spec.dynamic_names, *dynamic_statics(spec),
              *plan.program.live_state]
-    lines += [f"{name} = {_small_load(spec, plan, name, v)}" for name in order
-              if name in needed - defined and shapes.get(name) is not ShapeClass.FULL]
+    loads = [(name, _small_load(spec, plan, name, v)) for name in order
+             if name in needed - defined and shapes.get(name) is not ShapeClass.FULL]
+    in_float32 = {name: _small_load(spec, plan, name, {**v, "cdt": "mx.float32"})
+                  for name, _ in loads}
+    step_lines, hoisted, returned = _step_values(spec, plan, kernels, loads, in_float32)
+    later = _read_later(plan, kernels, hoisted)
+    lines += [f"{name} = {code}" for name, code in loads
+              if name not in hoisted or (name not in returned and name in later)]
+    step_function = ""
+    if returned:
+        step_function = f"_step_values_{plan.name}"
+        lines.append(f"{', '.join(returned)}{',' if len(returned) == 1 else ''} = "
+                     f"self._per_step({step_function})")
+        step_lines.append(f"return {', '.join(returned)}")
     # Full-size arrays travel flat: a 0-D array would otherwise become a reference in
     # MLX's kernel signature, not a buffer.
     full_sources = {GRAD: f"{gradient}.reshape(-1)", PARAM: f"{parameter}.reshape(-1)"}
     full_sources.update({n: f'{state}["{n}"].reshape(-1)' for n in plan.program.live_state})
     for index, kernel in enumerate(kernels):
-        lines += _glue_lines(plan.glue[index])
+        lines += _glue_lines(plan.glue[index], geo, hoisted)
         inputs = [full_sources[n] for n in kernel.full_inputs]
         for cls, small in ((ShapeClass.BATCH, kernel.batch_inputs),
                            (ShapeClass.ROW, kernel.row_inputs),
@@ -169,7 +193,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
             lines.append(f"{out.name} = {out.name}.reshape({_like(out.name, v)}.shape)")
         for red in kernel.reductions:
             lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.mean, v))
-    lines += _glue_lines(plan.glue[len(kernels)])
+    lines += _glue_lines(plan.glue[len(kernels)], geo, hoisted)
     state_shapes = {s.name: s.shape for s in spec.state}
     result = parameter
     full_written = {o.name for k in kernels for o in k.full_outputs}
@@ -185,10 +209,72 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
                          f'"{state_shapes[key].label}")')
     lines.append(f"return {result}")
     configs = "\n    ".join(c.label for c in plan.configs)
-    signature = f"self, {gradient}, {parameter}, {state}, {v['backend']}"
+    signature = f"self, {gradient}, {parameter}, {state}, {v['backend']}, {v['tensors']}=1"
     return DriverModel(f"_gpu_{plan.name}", signature,
                        f"Fused-kernel update for:\n    {configs}", tuple(lines),
-                       tuple(k.name for k in kernels))
+                       tuple(k.name for k in kernels), step_function, tuple(step_lines))
+
+
+def share_step_values(drivers: list[DriverModel]) -> list[DriverModel]:
+    """Drivers whose step values are the same lines call one function for them (one
+    computation per step for all of their parameters)."""
+    first: dict[tuple[str, ...], str] = {}
+    shared = []
+    for drv in drivers:
+        name = first.setdefault(drv.step_lines, drv.step_function)
+        if not drv.step_function or name == drv.step_function:
+            shared.append(drv)
+            continue
+        call = f"self._per_step({drv.step_function})"
+        lines = tuple(line.replace(call, f"self._per_step({name})") for line in drv.lines)
+        shared.append(replace(drv, lines=lines, step_function="", step_lines=()))
+    return shared
+
+
+PLAIN_READ = re.compile(r"self\.\w+(\[\d+\])?")
+"""A hyperparameter read that runs no MLX op (an attribute, or an entry of a tuple)."""
+
+
+def _read_later(plan: KernelPlan, kernels: list[PassKernel], hoisted: set[str]) -> set[str]:
+    """The names the driver reads outside its step values: in its own glue and as the
+    kernels' small inputs."""
+    read = {n for k in kernels for n in (*k.scalar_names, *k.batch_inputs, *k.row_inputs,
+                                         *k.col_inputs)}
+    for sched in plan.glue:
+        for name, expr in (*((str(s.name), s.expr) for s in sched.steps), *sched.results):
+            if name not in hoisted:
+                read |= {str(s) for s in expr.free_symbols}
+    return read
+
+
+def _step_values(spec: Spec, plan: KernelPlan, kernels: list[PassKernel],
+                 loads: list[tuple[str, str]], in_float32: dict[str, str]
+                 ) -> tuple[list[str], set[str], list[str]]:
+    """What depends on the step and the hyperparameters alone is the same for every
+    parameter: the driver gets it once per step (eagerly, every MLX op is a dispatch).
+    Returns the lines that compute it (with the loads ``in_float32``), every name they
+    define, and the names the driver takes from them (a plain hyperparameter read it
+    makes itself, and the lines use in place)."""
+    per_step = {STEP, *spec.dynamic_names, *dynamic_statics(spec)}
+    hoisted = {name for name, _ in loads if name in per_step}
+    glue = []
+    for sched in plan.glue:
+        values = [(str(step.name), step.expr) for step in sched.steps if not step.is_reduction]
+        for name, expr in (*values, *sched.results):
+            if {str(s) for s in expr.free_symbols} <= hoisted:
+                glue.append((name, expr))
+                hoisted.add(name)
+    plain = {name: code for name, code in loads if PLAIN_READ.fullmatch(code)}
+    later = _read_later(plan, kernels, hoisted)
+    returned = [name for name, _ in loads if name in hoisted and name not in plain
+                and name in later] + [name for name, _ in glue if name in later]
+    used = {str(s) for _, expr in glue for s in expr.free_symbols}
+    lines = [f"{name} = {in_float32[name]}" for name, _ in loads
+             if name in hoisted and name not in plain and (name in used or name in returned)]
+    for name, expr in glue:
+        inline = {s: sympy.Symbol(plain[str(s)]) for s in expr.free_symbols if str(s) in plain}
+        lines.append(f"{name} = {mlx_code(expr.xreplace(inline))}")
+    return lines, hoisted, returned
 
 
 def _like(output: str, v: dict[str, str]) -> str:

@@ -36,7 +36,7 @@ FLAT_TILE = (1, 4 * THREADS)
 # a source to add them to the signature: no name of a kernel may contain one of those.
 MLX_INPUT_SUFFIXES = ("_shape", "_strides", "_ndim")
 # The kernel's own names, by the hint each is drawn with.
-LOCALS = ("M", "N", "nrb", "ncc", "cc", "rb", "b", "r", "c", "m", "m_ok", "j", "idx",
+LOCALS = ("M", "N", "nrb", "ncc", "cc", "rb", "b", "t", "r", "c", "m", "m_ok", "j", "idx",
           "total", "w")
 
 
@@ -47,8 +47,8 @@ def tile(factored: bool) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class KernelNames:
-    """The kernel's own names (see ``LOCALS``), its scratch array, rounding key, the
-    ``scalars``/``dims`` buffers and the template parameters of the parameter's and the
+    """The kernel's own names (see ``LOCALS``), its scratch array, rounding key and its
+    buffer, the ``dims`` buffer and the template parameters of the parameter's and the
     state's dtypes."""
 
     M: str
@@ -58,6 +58,7 @@ class KernelNames:
     cc: str
     rb: str
     b: str
+    t: str
     r: str
     c: str
     m: str
@@ -68,7 +69,7 @@ class KernelNames:
     w: str
     scratch: str
     key: str
-    scalars: str
+    key_in: str
     dims: str
     T: str
     S: str
@@ -129,7 +130,7 @@ class PassKernel:
 
     @property
     def rounding_key_index(self) -> int | None:
-        """Where the parameter's rounding key sits in the packed scalars (after the
+        """Where the parameter's rounding key sits among the launch's scalars (after the
         spec's own), if this pass writes the parameter."""
         if any(o.name == f"new_{PARAM}" for o in self.full_outputs):
             return len(self.scalar_names)
@@ -155,9 +156,10 @@ class PassKernel:
     @property
     def input_names(self) -> tuple[str, ...]:
         """The kernel's input buffers, in the order the launch passes them."""
-        small = (*self.batch_inputs, *self.row_inputs, *self.col_inputs)
-        return (*[self.buffers[n] for n in (*self.full_inputs, *small)],
-                self.names.scalars, self.names.dims)
+        small = (*self.batch_inputs, *self.row_inputs, *self.col_inputs, *self.scalar_names)
+        key = (self.names.key_in,) if self.rounding_key_index is not None else ()
+        return (*[self.buffers[n] for n in (*self.full_inputs, *small)], *key,
+                self.names.dims)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -202,10 +204,11 @@ def name_kernel(kernel: PassKernel) -> PassKernel:
     own = {hint: table.fresh(hint) for hint in LOCALS}
     own.update(scratch=table.fresh("afg_scratch"), key=table.fresh("afg_key"),
                T=table.fresh("T"), S=table.fresh("S"))
-    small = (*kernel.batch_inputs, *kernel.row_inputs, *kernel.col_inputs)
+    small = (*kernel.batch_inputs, *kernel.row_inputs, *kernel.col_inputs,
+             *kernel.scalar_names)
     buffers = {n: _fresh_buffer(table, f"{n}_in", values)
                for n in (*kernel.full_inputs, *small)}
-    own.update(scalars=_fresh_buffer(table, "scalars", values),
+    own.update(key_in=_fresh_buffer(table, "afg_key_in", values),
                dims=_fresh_buffer(table, "dims", values))
 
     def named(red: KernelReduction) -> KernelReduction:

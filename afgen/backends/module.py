@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sympy
 
 from afgen import __version__
-from afgen.backends.gpu_driver import driver_model, plan_kernels
+from afgen.backends.gpu_driver import driver_model, plan_kernels, share_step_values
 from afgen.backends.kernels import THREADS
 from afgen.backends.mlx_function import layout_functions
 from afgen.backends.mlx_passes import mlx_pass
@@ -199,14 +199,18 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         kernel_table.update({k.name: k for k in kernels})
         mlx_passes.update({k.name: mlx_pass(p, k) for p, k in zip(plan.passes, kernels)})
         drivers.append(driver_model(spec, plan, kernels))
+    drivers = share_step_values(drivers)
     for plan, drv in zip(compiled.plans, drivers):
         for config in plan.configs:
             key = tuple(v for _, v in config.values) + (config.factored,)
             gpu_dispatch.append((repr(key), drv.name))
+    stacked = ", ".join(drv.name for drv in drivers if len(drv.kernels) > 1)
+    stacked_lines = textwrap.wrap(stacked + ("," if stacked else ""), 92,
+                                  break_long_words=False, break_on_hyphens=False)
     return {
         "spec": spec, "spec_path": spec_path, "spec_sha": compiled.spec_sha256,
         "version": __version__, "threads": THREADS,
-        "drivers": drivers, "gpu_dispatch": gpu_dispatch,
+        "drivers": drivers, "gpu_dispatch": gpu_dispatch, "stacked_lines": stacked_lines,
         "kernels": sorted(kernel_table.values(), key=lambda k: k.name),
         "mlx_passes": [mlx_passes[name] for name in sorted(mlx_passes)],
         "hypers": [_hyper_view(h) for h in spec.hyperparameters],

@@ -106,6 +106,11 @@ DTYPE_SIZES: dict[str, int] = {
 }
 """Bytes per element of MLX's dtypes, by the names :class:`GraphNode` uses."""
 
+PER_INPUT_PRIMITIVES: frozenset[str] = frozenset({"Concatenate"})
+"""Primitives whose GPU evaluation launches one kernel per input: MLX's
+``concatenate_gpu`` (``mlx/backend/metal/slicing.cpp``, ``mlx/backend/cuda/slicing.cpp``)
+copies each input into its slice of the output with a copy kernel of its own."""
+
 VIEW_PRIMITIVES: frozenset[str] = frozenset({
     "AsStrided", "Broadcast", "BroadcastAxes", "Copy", "Depends", "ExpandDims", "Slice",
     "Split", "Squeeze", "StopGradient", "Transpose",
@@ -570,7 +575,8 @@ def count_dispatches(nodes: list[LazyNode], stand_in: str | None = None) -> Disp
     contiguity is followed conservatively: inputs and kernel outputs are contiguous, a
     squeeze or expand keeps its input's layout, and the output of a broadcast, transpose,
     slice, split or strided view is taken as non-contiguous (so a reshape of it counts a
-    copy, as in :func:`graph_traffic`). ``stand_in`` names the primitive that stands for a
+    copy, as in :func:`graph_traffic`). A primitive of :data:`PER_INPUT_PRIMITIVES`
+    counts one dispatch per input. ``stand_in`` names the primitive that stands for a
     custom kernel launch (see :class:`KernelStandIns`): it counts as a kernel, not a view.
     """
     contiguous: dict[str, bool] = {}
@@ -588,8 +594,9 @@ def count_dispatches(nodes: list[LazyNode], stand_in: str | None = None) -> Disp
         elif p.startswith("Compiled"):
             fused += 1
         total_name = "Compiled" if p.startswith("Compiled") else p
-        by_primitive[total_name] = by_primitive.get(total_name, 0) + 1
-        total += 1
+        launches = len(node.input_names) if p in PER_INPUT_PRIMITIVES else 1
+        by_primitive[total_name] = by_primitive.get(total_name, 0) + launches
+        total += launches
         contiguous.update((n, True) for n in node.output_names)
     return Dispatches(total=total, fused=fused, kernels=kernels,
                       by_primitive=tuple(sorted(by_primitive.items(), key=lambda kv: -kv[1])))
@@ -672,6 +679,7 @@ def step_dispatches(optimizer: Any, parameters: Any, gradients: Any, *, compiled
 
 __all__ = [
     "DTYPE_SIZES",
+    "PER_INPUT_PRIMITIVES",
     "RESHAPE_PRIMITIVES",
     "VIEW_PRIMITIVES",
     "Dispatches",
