@@ -203,9 +203,9 @@ def run_sweep(steps: int, repeats: int, smoke: bool) -> tuple[list[SweepPoint],
 
     contenders = [c for c in CONTENDERS if c.label in DISPATCH_CONTENDERS]
     modes = ("eager", "compiled")
-    print(f"\ndispatches per step\n{'tensors':>8} "
-          + " ".join(f"{f'{DISPATCH_CONTENDERS[c.label]} {m}':>21}" for c in contenders
-                     for m in modes))
+    labels = [f"{DISPATCH_CONTENDERS[c.label]} {m}" for c in contenders for m in modes]
+    width = max(map(len, labels))
+    print(f"\ndispatches per step\n{'tensors':>8} " + " ".join(f"{x:>{width}}" for x in labels))
     dispatch_points = []
     for layers in ((1, 2) if smoke else (1, 2, 4, 8, 16, 32)):
         shapes = llama_tree(layers)
@@ -213,7 +213,7 @@ def run_sweep(steps: int, repeats: int, smoke: bool) -> tuple[list[SweepPoint],
         counts = {f"{DISPATCH_CONTENDERS[c.label]} {m}": count(c, tree, m == "compiled").total
                   for c in contenders for m in modes}
         dispatch_points.append(DispatchPoint(len(shapes), counts))
-        print(f"{len(shapes):>8} " + " ".join(f"{v:>21}" for v in counts.values()))
+        print(f"{len(shapes):>8} " + " ".join(f"{v:>{width}}" for v in counts.values()))
     return points, dispatch_points, bandwidth
 
 

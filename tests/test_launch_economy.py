@@ -1,6 +1,7 @@
-"""Fused backends update same-shape tensors as one stack (afgen_runtime's
-GeneratedOptimizer._update_stacks): the kernels run on the CPU executor here, and a
-stacked step must give exactly what updating each tensor alone gives."""
+"""What keeps a fused step's launches few: same-shape tensors updated as one stack
+(afgen_runtime's GeneratedOptimizer._update_stacks), whose step must give exactly what
+updating each tensor alone gives (the kernels run on the CPU executor here), and step
+values computed once per step."""
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -149,3 +150,25 @@ def test_stacks_hold_no_tensor_above_the_size_limit(monkeypatch):
                             or update_stack(self, f, a, m))
         mx.eval(opt.apply_gradients(grads[0], params))
     assert members and max(members) <= 34 and 35 not in members  # "a" to "c" are 5 x 7
+
+
+def test_step_values_are_computed_once_per_step_for_the_whole_tree(monkeypatch):
+    module, make = generated_class("adam")
+    calls = []
+    for name, function in vars(module).items():
+        if name.startswith("_step_values_"):
+            monkeypatch.setattr(module, name, lambda self, f=function, n=name:
+                                calls.append(n) or f(self))
+    params, grads = _trees(2)
+    with backend_context(module, "metal"):
+        opt = make(backend="metal")
+        for g in grads:
+            params = opt.apply_gradients(g, params)
+    mx.eval(params)
+    assert len(calls) == 2  # one specialisation, two steps
+    # Outside a step (an update called directly), a new step still gets new values.
+    with backend_context(module, "metal"):
+        before = opt._per_step(getattr(module, calls[0]))
+        opt.state["step"] = opt.state["step"] + 1
+        after = opt._per_step(getattr(module, calls[0]))
+    assert len(calls) == 4 and after is not before
