@@ -53,7 +53,12 @@ MLX_SHAPES = {True: [(5, 7), (1, 9), (8, 1), (3, 4, 6), (2, 1, 3, 5), (33, 17)],
 # from 3 chunks on does it still leave a column out. (2, 1, 3, 5) is a 4-D batch of
 # matrices smaller than a SIMD group's share (SIMD groups and lanes without work).
 # Unfactored: 3071 elements are 2 full 1024-element chunks and one of 1023; and 0-D.
-KERNEL_SHAPES = {True: [(2, 127, 511), (1, 767), (2, 1, 3, 5)], False: [(3071,), ()]}
+# A shape given twice is one stack (afgen_runtime's STACK_MAX_ELEMENTS): its launches
+# find each tensor's matrices, chunks and scalars by the tensor's index; (2, 1, 3, 5)
+# twice has 2 matrices per tensor, so a tensor index taken per matrix fails, and 1025
+# elements twice spill one element into a second chunk of each tensor.
+KERNEL_SHAPES = {True: [(2, 127, 511), (1, 767), (2, 1, 3, 5), (2, 1, 3, 5)],
+                 False: [(3071,), (), (1025,), (1025,)]}
 # 16-bit cases run the same kernel bodies (only the `using T/S` lines differ, the index
 # arithmetic is the same text), so they check the loads, stores and roundings on the
 # smaller shapes; float32 covers the tiles. The executor spends its time in thread
