@@ -249,6 +249,30 @@ def test_requires_that_nothing_satisfies_is_refused_at_it(checks, line, message)
     assert (error.loc.line, error.loc.col) == (line, 12), str(error)
 
 
+def test_a_requirement_on_values_is_checked_by_the_constructor_only():
+    """The constructor refuses the values that break a requirement on values."""
+    text = _spec().replace("layout:", "requires:\n  - check: not nesterov or lr < 1\n"
+                           "    message: Nesterov needs a small step.\nlayout:")
+    cls = _module(text)
+    cls(nesterov=True, lr=0.5)
+    cls(nesterov=False, lr=5.0)
+    with pytest.raises(ValueError, match="Nesterov needs a small step."):
+        cls(nesterov=True, lr=5.0)
+
+
+@pytest.mark.parametrize("check,message,col", [
+    ("lr", r"must be a condition on static options .* or on the values", 12),
+    ("factored or lr > 0", r"cannot use 'factored'", 12),
+    ("not nesterov or beta > 0", r"unknown name 'beta'", 28),  # may be None: not readable
+    ("lr > 1", r"the defaults do not meet this requirement", 12),
+])
+def test_bad_requirements_on_values_are_refused_at_them(check, message, col):
+    error = _error(_spec().replace("layout:", f"requires:\n  - check: {check}\n"
+                                   "    message: m\nlayout:"))
+    assert re.search(message, error.message), error.message
+    assert (error.loc.line, error.loc.col) == (7, col), str(error)
+
+
 @pytest.mark.parametrize("transform,message,line", [
     (lambda t: t.replace("default: 0.1}", "default: 0.1, check: 'lr > 1'}"),
      r"the default 0.1 of 'lr' fails its own check 'lr > 1'", 3),

@@ -157,7 +157,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         step_function = f"_step_values_{plan.name}"
         lines.append(f"{', '.join(returned)}{',' if len(returned) == 1 else ''} = "
                      f"self._per_step({step_function})")
-        step_lines.append(f"return {', '.join(returned)}")
+        step_lines.append(f"return {', '.join(returned)}{',' if len(returned) == 1 else ''}")
     # Full-size arrays travel flat: a 0-D array would otherwise become a reference in
     # MLX's kernel signature, not a buffer.
     full_sources = {GRAD: f"{gradient}.reshape(-1)", PARAM: f"{parameter}.reshape(-1)"}

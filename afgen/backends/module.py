@@ -11,7 +11,7 @@ import sympy
 from afgen import __version__
 from afgen.backends.gpu_driver import driver_model, plan_kernels, share_step_values
 from afgen.backends.kernels import THREADS
-from afgen.backends.mlx_function import layout_functions
+from afgen.backends.mlx_function import hyperparameter_reads, layout_functions
 from afgen.backends.mlx_passes import mlx_pass
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
 from afgen.backends.printers import python_code
@@ -74,7 +74,11 @@ def _static_code(spec: Spec) -> dict[sympy.Symbol, sympy.Symbol]:
 
 
 def _condition_code(condition: sympy.Basic, spec: Spec) -> str:
-    return python_code(condition.xreplace(_static_code(spec)))
+    """A condition as Python on the optimizer's attributes (static options, and numeric
+    hyperparameters for a requirement on values)."""
+    values = {sympy.Symbol(n, real=True): sympy.Symbol(code)
+              for n, code in hyperparameter_reads(spec, "mx.float32").items()}
+    return python_code(condition.xreplace({**_static_code(spec), **values}))
 
 
 # Operations that raise on some Python numbers (ZeroDivisionError, a math domain error,

@@ -142,6 +142,37 @@ def hyper_for(compiled: Compiled, plan: KernelPlan, dynamic: dict[str, bool] | N
             hyper[h.name] = tuple(e if on else None for e, on in zip(example, enabled))
         elif h.example is not None:
             hyper[h.name] = h.example
+    return _meeting_requirements(compiled.spec, hyper)
+
+
+def _meeting_requirements(spec, hyper: dict[str, object]) -> dict[str, object]:
+    """``hyper`` with the fewest examples put back to their defaults for the constructor's
+    requirements on values to hold (the examples exercise the code, but SGD's Nesterov
+    momentum, say, needs the default dampening of 0)."""
+    checks = [r.condition for r in spec.requires if not r.static]
+    if not checks:
+        return hyper
+    swappable = [h for h in spec.hyperparameters if h.name in hyper and not h.is_static
+                 and h.default is not None and hyper[h.name] != h.default]
+
+    def meets(values: dict[str, object]) -> bool:
+        subs: dict[sympy.Symbol, object] = {}
+        for h in spec.hyperparameters:
+            value = values.get(h.name, h.default)
+            if h.kind == "bool":
+                subs[sympy.Symbol(h.name)] = sympy.true if value else sympy.false
+            elif h.kind == "pair":
+                subs.update({sympy.Symbol(n, real=True): v
+                             for n, v in zip(h.component_names, value)})
+            elif value is not None and h.kind != "schedule":
+                subs[sympy.Symbol(h.name, real=True)] = value
+        return all(c.subs(subs) is sympy.true for c in checks)
+
+    for count in range(len(swappable) + 1):
+        for back in itertools.combinations(swappable, count):
+            candidate = {**hyper, **{h.name: h.default for h in back}}
+            if meets(candidate):
+                return candidate
     return hyper
 
 
@@ -165,7 +196,7 @@ def dynamic_variants(compiled: Compiled, plan: KernelPlan) -> list[dict[str, boo
                       for bits in itertools.product((True, False), repeat=len(names))]
     else:
         candidates = [defaults, *({**defaults, n: not defaults[n]} for n in names)]
-    requires = [r.condition.subs(plan.config.as_subs()) for r in spec.requires]
+    requires = [r.condition.subs(plan.config.as_subs()) for r in spec.requires if r.static]
 
     def allowed(values: dict[str, bool]) -> bool:
         subs = {sympy.Symbol(k): sympy.true if v else sympy.false for k, v in values.items()}

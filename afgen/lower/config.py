@@ -151,7 +151,8 @@ def satisfiable(conditions: list[sympy.Basic], dynamic: tuple[str, ...]) -> bool
 
 
 def requirement_holds(spec: Spec, config: StaticConfig, dynamic: tuple[str, ...]) -> bool:
-    return satisfiable([req.condition.subs(config.as_subs()) for req in spec.requires],
+    return satisfiable([req.condition.subs(config.as_subs()) for req in spec.requires
+                        if req.static],
                        dynamic)
 
 

@@ -158,7 +158,7 @@ class _Specialiser:
         becomes ``Piecewise((then, condition), (else, True))``, a small value the glue
         computes with a Python ``if`` (``dynamic_statics`` admits only such branches)."""
         condition = branch.condition.subs(self.subs)
-        requires = [r.condition.subs(self.subs) for r in self.spec.requires]
+        requires = [r.condition.subs(self.subs) for r in self.spec.requires if r.static]
         before, reachable, arms = dict(self.env), self.reachable, []
         for arm, holds in ((branch.then, condition), (branch.orelse, sympy.Not(condition))):
             self.env = dict(before)

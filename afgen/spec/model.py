@@ -70,12 +70,15 @@ class Hyperparameter:
 
 @dataclass(frozen=True)
 class Requirement:
-    """A constructor-time check on static options (e.g. a schedule is needed without
-    relative steps)."""
+    """A constructor-time check: on static options (e.g. a schedule is needed without
+    relative steps), which also rules configurations out at compile time, or, when it
+    reads numeric hyperparameters (``static`` False), on the values given (e.g. Nesterov
+    momentum needs a momentum), checked by the constructor only."""
 
     condition: sympy.Basic
     message: str
     loc: Loc
+    static: bool = True
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,31 @@ def _assigned_lines(node: Node, out: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def _never_none(h: Hyperparameter) -> bool:
+    """Whether every value of ``h`` is a number (none may be None)."""
+    return not h.is_optional and not h.optional_components
+
+
+def _check_defaults_meet(condition: sympy.Basic, hypers: list[Hyperparameter],
+                         loc: Loc) -> None:
+    """A requirement on values that the defaults break would make the constructor raise
+    whenever those options are left out."""
+    values: dict[sympy.Symbol, object] = {}
+    for h in hypers:
+        if h.default is None and h.kind != "bool":
+            continue
+        if h.kind == "bool":
+            values[sympy.Symbol(h.name)] = sympy.true if h.default else sympy.false
+        elif h.kind == "pair":
+            values.update({sympy.Symbol(n, real=True): v
+                           for n, v in zip(h.component_names, h.default)})
+        else:
+            values[sympy.Symbol(h.name, real=True)] = h.default
+    if condition.free_symbols <= set(values) and condition.subs(values) is sympy.false:
+        raise SpecError(loc, "the defaults do not meet this requirement, so every "
+                        "constructor call that leaves these options out would raise")
+
+
 class _SpecBuilder:
     def __init__(self, root: Node, text: str, path: str):
         self.root = root
@@ -265,7 +290,12 @@ class _SpecBuilder:
                    for h in hypers if not h.is_static for n in h.value_names}
         hypers = self._attach_checks(top["hyperparameters"], hypers, numbers, optional)
         static_scope = _Scope(static, optional)
-        requires = self._requires(top.get("requires"), static_scope)
+        # A requirement may also read the values of numeric hyperparameters that are
+        # never None (checked by the constructor on the values given).
+        valued = {n: numbers[n] for h in hypers if h.kind in ("float", "int", "pair")
+                  and _never_none(h) for n in h.value_names}
+        requires = self._requires(top.get("requires"), _Scope({**static, **valued}, optional),
+                                  hypers)
         factored_when, factored_text, factor_axes = (
             self._layout(top["layout"], hypers) if "layout" in top
             else (sympy.false, "never", "last"))
@@ -417,7 +447,8 @@ class _SpecBuilder:
             out.append(dataclasses.replace(h, check=typed.expr, check_text=" ".join(text.split())))
         return out
 
-    def _requires(self, node: Node | None, scope: _Scope) -> list[Requirement]:
+    def _requires(self, node: Node | None, scope: _Scope, hypers: list[Hyperparameter]
+                  ) -> list[Requirement]:
         if node is None:
             return []
         out = []
@@ -425,7 +456,26 @@ class _SpecBuilder:
         for item in _expect_list(node, "'requires'"):
             _expect_map(item, "a requirement")
             _check_keys(item, {"check", "message"}, "a requirement", {"check", "message"})
-            cond = self._static_condition(item.value["check"], scope)
+            check = item.value["check"]
+            message = _expect_str(item.value["message"], "'message'")
+            if not isinstance(check.value, bool):
+                text = _expect_str(check, "a condition")
+                typed = parse_expression(text, check.loc, scope, _expr_col_shift(check),
+                                         reductions=False)
+                if typed.kind not in (DYN_BOOL, STATIC_BOOL):
+                    raise SpecError(check.loc, f"'{text}' must be a condition on static "
+                                    "options (bool hyperparameters, has(x)) or on the values "
+                                    "of numeric hyperparameters, e.g. 'not nesterov or "
+                                    "momentum > 0'")
+                if typed.kind == DYN_BOOL:
+                    if sympy.Symbol(FACTORED) in typed.expr.free_symbols:
+                        raise SpecError(check.loc, "'requires' is checked when the optimizer "
+                                        "is constructed, before it sees a parameter: it "
+                                        "cannot use 'factored'")
+                    _check_defaults_meet(typed.expr, hypers, check.loc)
+                    out.append(Requirement(typed.expr, message, check.loc, static=False))
+                    continue
+            cond = self._static_condition(check, scope)
             if sympy.Symbol(FACTORED) in cond.free_symbols:
                 raise SpecError(item.value["check"].loc, "'requires' is checked when the "
                                 "optimizer is constructed, before it sees a parameter: it "
@@ -438,8 +488,7 @@ class _SpecBuilder:
             if not satisfiable(together):
                 raise SpecError(item.value["check"].loc, "no configuration satisfies this "
                                 "requirement together with the ones before it")
-            out.append(Requirement(cond, _expect_str(item.value["message"], "'message'"),
-                                   item.value["check"].loc))
+            out.append(Requirement(cond, message, check.loc))
         return out
 
     def _static_condition(self, node: Node, scope: _Scope) -> sympy.Basic:

@@ -1,0 +1,164 @@
+"""The specs of the rest of mlx.optimizers (SGD, RMSprop, Adagrad, AdaDelta, Adamax, Lion)
+against the MLX classes themselves: every constructor option, schedules, state keys,
+0-D to 4-D parameters, eager and compiled, MLX ops and the fused kernels (on the CPU
+executor), and precision="param", which must be MLX bit for bit."""
+from functools import partial
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from helpers import backend_context, generated_class, tree_bits
+
+SHAPES = {"s": (), "v": (7,), "m": (5, 9), "t": (2, 3, 4), "q": (2, 1, 3, 5)}
+
+
+def _decay(lr):
+    return optim.cosine_decay(lr, 40)
+
+
+# Per spec: the MLX class and configurations that set every constructor option.
+CASES = {
+    "sgd": (optim.SGD, [
+        dict(learning_rate=0.05),
+        dict(learning_rate=0.05, momentum=0.9),
+        dict(learning_rate=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+        dict(learning_rate=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+        dict(learning_rate=0.05, momentum=0.0, dampening=0.5, weight_decay=0.1),
+        dict(learning_rate=_decay(0.05), momentum=0.5),
+    ]),
+    "rmsprop": (optim.RMSprop, [
+        dict(learning_rate=0.01),
+        dict(learning_rate=0.01, alpha=0.9, eps=1e-6),
+        dict(learning_rate=_decay(0.01)),
+    ]),
+    "adagrad": (optim.Adagrad, [
+        dict(learning_rate=0.05),
+        dict(learning_rate=0.05, eps=1e-6),
+        dict(learning_rate=_decay(0.05)),
+    ]),
+    "adadelta": (optim.AdaDelta, [
+        dict(learning_rate=0.5),
+        dict(learning_rate=0.5, rho=0.8, eps=1e-5),
+        dict(learning_rate=_decay(0.5)),
+    ]),
+    "adamax": (optim.Adamax, [
+        dict(learning_rate=0.01),
+        dict(learning_rate=0.01, betas=[0.8, 0.99], eps=1e-6),
+        dict(learning_rate=_decay(0.01)),
+    ]),
+    "lion": (optim.Lion, [
+        dict(learning_rate=0.001),
+        dict(learning_rate=0.001, betas=[0.8, 0.95], weight_decay=0.1),
+        dict(learning_rate=_decay(0.001), weight_decay=0.05),
+    ]),
+}
+PARAMS = [(stem, index) for stem, (_, configs) in CASES.items() for index in range(len(configs))]
+
+
+def _generated(stem: str):
+    """(module, class) of ``generated/<stem>.py``."""
+    module, make = generated_class(stem)
+    return module, make.func if isinstance(make, partial) else make
+
+
+def _trees(seed: int, count: int, dtype=mx.float32) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{k: mx.array(rng.standard_normal(s).astype(np.float32)).astype(dtype)
+             for k, s in SHAPES.items()} for _ in range(count)]
+
+
+def _steps(opt, params: dict, grads: list[dict]) -> dict:
+    for g in grads:
+        params = opt.apply_gradients(g, params)
+    mx.eval(params, opt.state)
+    return params
+
+
+def _assert_close(ours, theirs, p1: dict, p2: dict, rtol: float = 2e-5) -> None:
+    for k in SHAPES:
+        np.testing.assert_allclose(np.array(p1[k]), np.array(p2[k]), rtol=rtol, atol=1e-6,
+                                   err_msg=k)
+        assert set(ours.state[k]) == set(theirs.state[k]), k
+        for key, value in theirs.state[k].items():
+            np.testing.assert_allclose(np.array(ours.state[k][key]), np.array(value),
+                                       rtol=rtol, atol=1e-6, err_msg=f"{k}.{key}")
+
+
+@pytest.mark.parametrize("backend", ["mlx", "metal", "cuda"])
+@pytest.mark.parametrize("stem,index", PARAMS)
+def test_matches_mlx(stem, index, backend):
+    module, make = _generated(stem)
+    theirs_cls, configs = CASES[stem]
+    kwargs = configs[index]
+    steps = 25 if backend == "mlx" else 3
+    params, *grads = _trees(index, steps + 1)
+    with backend_context(module, backend):
+        ours = make(**kwargs, backend=backend)
+        p1 = _steps(ours, dict(params), grads)
+    theirs = theirs_cls(**kwargs)
+    p2 = _steps(theirs, dict(params), grads)
+    _assert_close(ours, theirs, p1, p2)
+
+
+@pytest.mark.parametrize("stem", sorted(CASES))
+def test_compiled_step_matches_mlx(stem):
+    module, make = _generated(stem)
+    theirs_cls, configs = CASES[stem]
+    kwargs = configs[-1]  # the schedule: the step count is compiled state too
+    params, *grads = _trees(7, 26)
+    results = []
+    for opt in (make(**kwargs, backend="mlx"), theirs_cls(**kwargs)):
+        holder = {"p": dict(params)}
+        opt.init(holder["p"])
+        state = [holder, opt.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(g, opt=opt, holder=holder):
+            holder["p"] = opt.apply_gradients(g, holder["p"])
+
+        for g in grads:
+            step(g)
+        mx.eval(holder["p"], opt.state)
+        results.append((opt, holder["p"]))
+    (ours, p1), (theirs, p2) = results
+    _assert_close(ours, theirs, p1, p2)
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+@pytest.mark.parametrize("stem,index", PARAMS)
+def test_param_precision_is_mlx_bit_for_bit(stem, index, dtype):
+    _, make = _generated(stem)
+    theirs_cls, configs = CASES[stem]
+    params, *grads = _trees(3, 11, dtype)
+    ours = make(**configs[index], backend="mlx", precision="param")
+    theirs = theirs_cls(**configs[index])
+    assert tree_bits(_steps(ours, dict(params), grads)) == \
+        tree_bits(_steps(theirs, dict(params), grads))
+    assert tree_bits(ours.state) == tree_bits(theirs.state)
+
+
+@pytest.mark.parametrize("stem", sorted(CASES))
+def test_learning_rate_is_required(stem):
+    _, make = _generated(stem)
+    with pytest.raises(TypeError):
+        make()
+
+
+@pytest.mark.parametrize("stem,kwargs", [
+    ("sgd", dict(nesterov=True)),
+    ("sgd", dict(nesterov=True, momentum=0.9, dampening=0.1)),
+    ("rmsprop", dict(alpha=-0.5)),
+    ("rmsprop", dict(eps=0.0)),
+    ("adagrad", dict(eps=0.0)),
+    ("adadelta", dict(rho=-0.5)),
+    ("adadelta", dict(eps=0.0)),
+    ("lion", dict(betas=[1.0, 0.9])),
+    ("lion", dict(betas=[0.9, -0.1])),
+])
+def test_refuses_what_mlx_refuses(stem, kwargs):
+    _, ours = _generated(stem)
+    with pytest.raises(ValueError):
+        CASES[stem][0](0.1, **kwargs)
+    with pytest.raises(ValueError):
+        ours(0.1, **kwargs)
