@@ -380,14 +380,16 @@ def fit(value: Any, like: mx.array) -> mx.array:
     return collapse(value, like, "full")
 
 
-def once(value: mx.array) -> mx.array:
+def once(value: Any) -> Any:
     """A small array value that meets a full-size one, computed once. Under
     ``mx.compile`` MLX fuses elementwise arithmetic on a small array into the loop over
     the full-size array that reads it, so a scalar's ``sqrt``, divisions and ``maximum``
     would be recomputed for every element. A view that adds and drops an axis is not
     fused (and, unlike ``mx.contiguous``, ``mx.export_function`` can save it), so the
     value is computed on its own and the loop reads the result. Eagerly it is the value
-    itself, shared."""
+    itself, shared. A Python number (a static choice may pick one) stays as it is."""
+    if not isinstance(value, mx.array):
+        return value
     return mx.squeeze(mx.expand_dims(value, 0), 0)
 
 

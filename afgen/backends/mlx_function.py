@@ -103,8 +103,10 @@ class _Layout:
         if isinstance(expr, sympy.Piecewise):
             pieces = [(self.walk(v), self.walk(c)) for v, c in expr.args]
             to = max(s for (_, s), _ in pieces)
+            # A scalar condition (a Python bool, or a 0-D array such as ``t == 1``)
+            # broadcasts as it is.
             return sympy.Piecewise(*((self.lift(v, to, s), c if is_host_condition(c)
-                                      else self.lift(c, to, cs))
+                                      or cs is ShapeClass.SCALAR else self.lift(c, to, cs))
                                      for (v, s), (c, cs) in pieces), evaluate=False), to
         walked = [self.walk(a) for a in expr.args]
         if isinstance(expr, Op) and len(walked) == 1:
