@@ -26,6 +26,18 @@ CASES = {
         (dict(clip=False, eps=1e-4), dict(clip_lambda=None, eps=1e-4)),
         (dict(maximize=True, weight_decay=0.01), dict(maximize=True, weight_decay=0.01)),
     ]),
+    "mars": (pytorch_optimizer.MARS, [
+        (dict(), dict()),
+        (dict(learning_rate=1e-2, betas=[0.9, 0.95], gamma=0.05, weight_decay=0.01,
+              lr_1d=5e-3, betas_1d=[0.8, 0.9], weight_decay_1d=0.05),
+         dict(lr=1e-2, betas=(0.9, 0.95), gamma=0.05, weight_decay=0.01, lr_1d=5e-3,
+              betas_1d=(0.8, 0.9), weight_decay_1d=0.05)),
+        (dict(optimize_1d=True, ams_bound=True, eps=1e-6),
+         dict(optimize_1d=True, ams_bound=True, eps=1e-6)),
+        (dict(weight_decouple=False, weight_decay=0.1, maximize=True),
+         dict(weight_decouple=False, weight_decay=0.1, maximize=True)),
+        (dict(weight_decay=0.1, fixed_decay=True), dict(weight_decay=0.1, fixed_decay=True)),
+    ]),
 }
 PARAMS = [(stem, i) for stem, (_, configs) in CASES.items() for i in range(len(configs))]
 
