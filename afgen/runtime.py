@@ -393,6 +393,22 @@ def once(value: Any) -> Any:
     return mx.squeeze(mx.expand_dims(value, 0), 0)
 
 
+def host_log(x: float) -> float:
+    """``log`` of a Python number in double precision, -inf at 0 and NaN below 0 as MLX
+    gives them (``math.log`` raises there)."""
+    if x > 0:
+        return math.log(x)
+    return -math.inf if x == 0 else math.nan
+
+
+def host_exp(x: float) -> float:
+    """``exp`` of a Python number in double precision, inf where it overflows (as MLX)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def largest_two(shape: Sequence[int]) -> tuple[int, int]:
     """The factored axes are the two largest (sizes sorted stably, so ties go to the later
     axis): the second largest gives the rows, the largest the cols."""

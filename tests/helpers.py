@@ -30,6 +30,13 @@ def tree_bits(tree) -> dict:
             for k, v in tree_flatten(tree)}
 
 
+def relative_error(ours, theirs) -> float:
+    """The largest difference relative to the largest magnitude of the reference tensor
+    (state tensors are small, so an absolute floor would hide their errors)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    return float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-30))
+
+
 def run_steps(opt, params, grads_list):
     """Apply each gradient tree in turn; returns the parameters, evaluated."""
     for grads in grads_list:

@@ -7,7 +7,6 @@ and finally writes the state. Full-size arrays are touched only by the kernels.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import sympy
@@ -15,7 +14,7 @@ import sympy
 from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
 from afgen.backends.mlx_function import hyperparameter_reads
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
-from afgen.backends.printers import broadcast_reduction, mlx_code
+from afgen.backends.printers import PLAIN_READ, broadcast_reduction, mlx_code
 from afgen.backends.targets import smallest_limits
 from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Schedule
@@ -229,10 +228,6 @@ def share_step_values(drivers: list[DriverModel]) -> list[DriverModel]:
         lines = tuple(line.replace(call, f"self._per_step({name})") for line in drv.lines)
         shared.append(replace(drv, lines=lines, step_function="", step_lines=()))
     return shared
-
-
-PLAIN_READ = re.compile(r"self\.\w+(\[\d+\])?")
-"""A hyperparameter read that runs no MLX op (an attribute, or an entry of a tuple)."""
 
 
 def _read_later(plan: KernelPlan, kernels: list[PassKernel], hoisted: set[str]) -> set[str]:

@@ -169,7 +169,7 @@ def hyperparameter_reads(spec: Spec, cdt: str) -> dict[str, str]:
     for h in spec.hyperparameters:
         if h.kind == "schedule":
             reads[h.name] = f'_rt.cast(self.state["{h.name}"], {cdt})'
-        elif h.kind == "pair":
+        elif h.is_tuple:
             reads.update({c: f"self.{h.name}[{i}]" for i, c in enumerate(h.component_names)})
         elif not h.is_static:
             reads[h.name] = f"self.{h.name}"

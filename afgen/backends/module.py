@@ -30,11 +30,13 @@ ANNOTATIONS = {
     "optional_float": "Optional[float]",
     "schedule": "Union[float, Callable[[mx.array], mx.array], None]",
     "pair": "Tuple[float, float]",
+    "tuple": "Tuple[float, ...]",
 }
 # Docstring lines of a hyperparameter, after the class body's 8-space indent.
 DOC_WIDTH = 84
 TYPE_DOCS = {"float": "float", "int": "int", "bool": "bool", "optional_float": "float, optional",
-             "schedule": "float or callable, optional", "pair": "tuple(float, float)"}
+             "schedule": "float or callable, optional", "pair": "tuple(float, float)",
+             "tuple": "tuple(float, ...)"}
 SHAPE_CODE = {ShapeClass.FULL: "shape", ShapeClass.ROW: "shape[:-1]",
               ShapeClass.COL: "shape[:-2] + shape[-1:]", ShapeClass.BATCH: "shape[:-2]",
               ShapeClass.SCALAR: "()"}
@@ -98,16 +100,17 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
         lines += [f"if {h.name} is not None:",
                   f'    self._maybe_schedule("{h.name}", {h.name})']
     else:
-        if h.kind == "pair":
-            lines += [f"if len(tuple({h.name})) != 2:",
-                      f'    raise ValueError(f"{h.name} must be a pair of floats, '
+        if h.is_tuple:
+            count = len(h.component_names)
+            lines += [f"if len(tuple({h.name})) != {count}:",
+                      f'    raise ValueError(f"{h.name} must be {count} floats, '
                       f'got {{{h.name}!r}}")']
         if h.kind == "int":
             lines += [f"if not isinstance({h.name}, int) or isinstance({h.name}, bool):",
                       f'    raise ValueError(f"{h.name} must be an int, got {{{h.name}!r}}")']
         if h.check is not None:
             test = f"not ({python_code(h.check)})"
-            if h.kind == "pair":
+            if h.is_tuple:
                 lines.append(f"{', '.join(h.component_names)} = {h.name}")
             if h.kind == "optional_float":
                 test = f"{h.name} is not None and {test}"

@@ -7,6 +7,8 @@ node's name instead of printing something the target cannot compile.
 """
 from __future__ import annotations
 
+import re
+
 import sympy
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
@@ -211,6 +213,10 @@ class BasePrinter(StrPrinter):
         return text
 
 
+PLAIN_READ = re.compile(r"self\.\w+(\[\d+\])?")
+"""A hyperparameter read that runs no MLX op (an attribute, or an entry of a tuple)."""
+
+
 class MLXPrinter(BasePrinter):
     """MLX ops; Python floats stay Python floats (MLX scalars are weakly typed).
 
@@ -226,6 +232,22 @@ class MLXPrinter(BasePrinter):
     def _print_Rounded(self, expr: ops.Rounded) -> str:
         text = self._print(expr.args[0])
         return f"_rt.cast({text}, {self.cdt})" if is_wide(expr.args[0], self.wide) else text
+
+    def is_host(self, expr: sympy.Basic) -> bool:
+        """Whether ``expr`` reads only Python numbers: hyperparameters read as
+        ``self.<name>`` (or a part of a tuple), and constants."""
+        return all(PLAIN_READ.fullmatch(self._print(s)) for s in expr.free_symbols)
+
+    # exp and log of hyperparameters alone are computed on the host in double precision,
+    # like the rest of their arithmetic (MLX's optimizers compute with Python floats):
+    # log(0.9999) in float32 is 1e-4 off in relative terms, from rounding 0.9999 itself.
+    def _print_Exp(self, expr: ops.Exp) -> str:
+        name = "_rt.host_exp" if self.is_host(expr.args[0]) else "mx.exp"
+        return f"{name}({self._print(expr.args[0])})"
+
+    def _print_Log(self, expr: ops.Log) -> str:
+        name = "_rt.host_log" if self.is_host(expr.args[0]) else "mx.log"
+        return f"{name}({self._print(expr.args[0])})"
 
     funcs = {name: f"mx.{name}" for name in (
         "sqrt", "rsqrt", "abs", "exp", "log", "sign", "maximum", "minimum", "where", "square",

@@ -37,7 +37,7 @@ def dynamic_values(spec: Spec, hyper: dict[str, object], step_count: int) -> dic
         value = hyper[h.name]
         if h.is_static or value is None:
             continue
-        if h.kind == "pair":
+        if h.is_tuple:
             out.update({n: float(v) for n, v in zip(h.component_names, value)
                         if v is not None})
         elif callable(value):

@@ -161,7 +161,7 @@ def _meeting_requirements(spec, hyper: dict[str, object]) -> dict[str, object]:
             value = values.get(h.name, h.default)
             if h.kind == "bool":
                 subs[sympy.Symbol(h.name)] = sympy.true if value else sympy.false
-            elif h.kind == "pair":
+            elif h.is_tuple:
                 subs.update({sympy.Symbol(n, real=True): v
                              for n, v in zip(h.component_names, value)})
             elif value is not None and h.kind != "schedule":

@@ -268,7 +268,7 @@ def _declared_values(spec: Spec) -> list[dict[str, float]]:
             value = pick(h)
             if h.is_static or value is None or isinstance(value, str):
                 continue
-            items = zip(h.component_names, value) if h.kind == "pair" else [(h.name, value)]
+            items = zip(h.component_names, value) if h.is_tuple else [(h.name, value)]
             values.update({n: float(v) for n, v in items if isinstance(v, (int, float))})
         out.append(values)
     return out

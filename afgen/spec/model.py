@@ -10,7 +10,9 @@ import sympy
 from afgen.errors import Loc
 from afgen.spec.shapes import ShapeClass
 
-HYPER_KINDS = ("float", "int", "bool", "optional_float", "schedule", "pair")
+HYPER_KINDS = ("float", "int", "bool", "optional_float", "schedule", "pair", "tuple")
+TUPLE_KINDS = ("pair", "tuple")  # named parts: exactly two, or two to MAX_TUPLE
+MAX_TUPLE = 8
 
 # Names every update can read: the gradient, the parameter and the 1-based step.
 GRAD, PARAM, STEP = "grad", "param", "t"
@@ -52,16 +54,21 @@ class Hyperparameter:
         return self.kind in ("optional_float", "schedule") and not self.required
 
     @property
+    def is_tuple(self) -> bool:
+        """A pair or tuple: a sequence of numbers, each part named in expressions."""
+        return self.kind in TUPLE_KINDS
+
+    @property
     def optional_components(self) -> tuple[str, ...]:
-        """Components of a pair whose default is None: each may be None at run time."""
-        if self.kind != "pair" or self.default is None:
+        """Parts of a pair or tuple whose default is None: each may be None at run time."""
+        if not self.is_tuple or self.default is None:
             return ()
         return tuple(n for n, v in zip(self.component_names, self.default) if v is None)
 
     @property
     def value_names(self) -> tuple[str, ...]:
         """Names this hyperparameter contributes to expressions."""
-        return self.component_names if self.kind == "pair" else (self.name,)
+        return self.component_names if self.is_tuple else (self.name,)
 
     @property
     def has_symbol(self) -> sympy.Symbol:

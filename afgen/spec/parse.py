@@ -33,8 +33,10 @@ from afgen.spec.model import (
     LAYOUT_COLS,
     LAYOUT_NDIM,
     LAYOUT_ROWS,
+    MAX_TUPLE,
     PARAM,
     STEP,
+    TUPLE_KINDS,
     Branch,
     Equation,
     Hyperparameter,
@@ -253,7 +255,7 @@ def _check_defaults_meet(condition: sympy.Basic, hypers: list[Hyperparameter],
             continue
         if h.kind == "bool":
             values[sympy.Symbol(h.name)] = sympy.true if h.default else sympy.false
-        elif h.kind == "pair":
+        elif h.is_tuple:
             values.update({sympy.Symbol(n, real=True): v
                            for n, v in zip(h.component_names, h.default)})
         else:
@@ -292,7 +294,7 @@ class _SpecBuilder:
         static_scope = _Scope(static, optional)
         # A requirement may also read the values of numeric hyperparameters that are
         # never None (checked by the constructor on the values given).
-        valued = {n: numbers[n] for h in hypers if h.kind in ("float", "int", "pair")
+        valued = {n: numbers[n] for h in hypers if h.kind in ("float", "int", *TUPLE_KINDS)
                   and _never_none(h) for n in h.value_names}
         requires = self._requires(top.get("requires"), _Scope({**static, **valued}, optional),
                                   hypers)
@@ -343,19 +345,20 @@ class _SpecBuilder:
                 raise SpecError(spec.value["type"].loc, f"unknown hyperparameter type '{kind}' "
                                 f"(expected one of: {', '.join(HYPER_KINDS)})")
             components: tuple[str, ...] = ()
-            if kind == "pair":
-                components = self._pair_names(spec, name)
+            if kind in TUPLE_KINDS:
+                components = self._part_names(spec, name, kind)
             elif "names" in spec.value:
-                raise SpecError(spec.key_locs["names"], "'names' is only for type 'pair'")
+                raise SpecError(spec.key_locs["names"], "'names' is only for types 'pair' and "
+                                "'tuple'")
             required = "default" not in spec.value
             if required and kind in ("bool", "optional_float"):
                 raise SpecError(spec.loc, f"hyperparameter '{name}' needs a 'default'")
             if required and hypers and not hypers[-1].required:
                 raise SpecError(spec.loc, f"required hyperparameter '{name}' (no 'default') "
                                 "must come before those with defaults")
-            default = None if required else self._default(spec, name, kind)
+            default = None if required else self._default(spec, name, kind, len(components))
             doc = _doc_text(spec.value["doc"], "'doc'") if "doc" in spec.value else ""
-            example = self._example(spec, name, kind)
+            example = self._example(spec, name, kind, len(components))
             for n in (name, *components):
                 if n in seen:
                     raise SpecError(key_loc, f"name '{n}' is defined twice")
@@ -364,7 +367,7 @@ class _SpecBuilder:
                                          example=example, required=required))
         return hypers
 
-    def _example(self, spec: Node, name: str, kind: str) -> object:
+    def _example(self, spec: Node, name: str, kind: str, parts: int) -> object:
         """A value verification uses to exercise the hyperparameter (defaults can be 0 or
         None, which would leave code paths untested)."""
         if "example" not in spec.value:
@@ -372,10 +375,11 @@ class _SpecBuilder:
         node = spec.value["example"]
         if kind == "bool":
             raise SpecError(node.loc, "'example' is for numeric hyperparameters, not bool")
-        if kind == "pair":
-            items = _expect_list(node, f"the example of pair '{name}'")
-            if len(items) != 2:
-                raise SpecError(node.loc, f"the example of pair '{name}' needs 2 numbers")
+        if kind in TUPLE_KINDS:
+            items = _expect_list(node, f"the example of {kind} '{name}'")
+            if len(items) != parts:
+                raise SpecError(node.loc, f"the example of {kind} '{name}' needs {parts} "
+                                "numbers, one per name")
             return tuple(_number(i, f"the example of '{name}'") for i in items)
         if kind == "int":
             return _integer(node, f"the example of int '{name}'")
@@ -388,21 +392,25 @@ class _SpecBuilder:
         if name in RESERVED or name in FUNCTIONS or keyword.iskeyword(name):
             raise SpecError(loc, f"'{name}' is reserved and cannot name a {what}")
 
-    def _pair_names(self, spec: Node, name: str) -> tuple[str, ...]:
+    def _part_names(self, spec: Node, name: str, kind: str) -> tuple[str, ...]:
         if "names" not in spec.value:
-            raise SpecError(spec.loc, f"pair hyperparameter '{name}' needs 'names: [a, b]'")
+            raise SpecError(spec.loc, f"{kind} hyperparameter '{name}' needs 'names: [a, b"
+                            f"{', ...' if kind == 'tuple' else ''}]'")
         names_node = spec.value["names"]
         items = _expect_list(names_node, "'names'")
-        if len(items) != 2:
+        if kind == "pair" and len(items) != 2:
             raise SpecError(names_node.loc, "'names' of a pair must list exactly 2 names")
+        if not 2 <= len(items) <= MAX_TUPLE:
+            raise SpecError(names_node.loc, f"'names' of a tuple must list 2 to {MAX_TUPLE} "
+                            "names")
         out = []
         for item in items:
-            component = _expect_str(item, "a pair component name")
-            self._identifier(component, item.loc, "pair component")
+            component = _expect_str(item, f"a {kind} component name")
+            self._identifier(component, item.loc, f"{kind} component")
             out.append(component)
         return tuple(out)
 
-    def _default(self, spec: Node, name: str, kind: str) -> object:
+    def _default(self, spec: Node, name: str, kind: str, parts: int) -> object:
         node = spec.value["default"]
         if kind == "bool":
             if not isinstance(node.value, bool):
@@ -411,10 +419,11 @@ class _SpecBuilder:
             return node.value
         if kind in ("optional_float", "schedule") and node.value is None:
             return None
-        if kind == "pair":
-            items = _expect_list(node, f"the default of pair '{name}'")
-            if len(items) != 2:
-                raise SpecError(node.loc, f"the default of pair '{name}' needs 2 numbers")
+        if kind in TUPLE_KINDS:
+            items = _expect_list(node, f"the default of {kind} '{name}'")
+            if len(items) != parts:
+                raise SpecError(node.loc, f"the default of {kind} '{name}' needs {parts} "
+                                "numbers, one per name")
             return tuple(None if i.value is None else _number(i, f"the default of '{name}'")
                          for i in items)
         if kind == "int":
