@@ -571,3 +571,11 @@ def test_stochastic_rounding_writes_bfloat16_parameters_by_key():
     first, again, other = run(1), run(1), run(2)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert set(np.unique(first)) == {1.0, 1.0 + 2 ** -7}  # 1 + 2**-10 rounded both ways
+
+
+def test_host_functions_give_what_mlx_gives_where_math_raises():
+    assert rt.host_log(1.0) == 0.0 and rt.host_log(0.0) == -math.inf
+    assert math.isnan(rt.host_log(-1.0)) and math.isnan(rt.host_log(math.nan))
+    assert rt.host_exp(0.0) == 1.0 and rt.host_exp(1000.0) == math.inf
+    # double precision: float32 would round 0.9999 first (1e-4 relative off)
+    assert rt.host_log(0.9999) == math.log(0.9999)

@@ -312,3 +312,34 @@ def test_host_arithmetic_is_checked_with_the_example_too():
                         "  lr: {type: float, default: 0.1, example: 0.0}")
     text = text.replace("  - param = param - lr * g\n", "  - param = param - grad * (1 / lr)\n")
     assert "with lr = 0.0" in str(_error(_spec(base=text)))
+
+
+@pytest.mark.parametrize("entry,message,col", [
+    ("{type: tuple, names: [a, b, c], default: [0.9, 0.99]}",
+     r"the default of tuple 'betas' needs 3 numbers", 51),
+    ("{type: tuple, names: [a], default: [0.9]}", r"must list 2 to 8 names", 31),
+    ("{type: tuple, names: [a, b, c, d, e, f, g, h, i], default: [1, 1, 1, 1, 1, 1, 1, 1, 1]}",
+     r"must list 2 to 8 names", 31),
+    ("{type: pair, names: [a, b, c], default: [1, 1, 1]}", r"exactly 2 names", 30),
+    ("{type: tuple, default: [1, 1, 1]}", r"needs 'names: \[a, b, \.\.\.\]'", 10),
+])
+def test_bad_tuples_are_refused_at_them(entry, message, col):
+    text = _spec().replace("  nesterov: {type: bool, default: false}",
+                           f"  nesterov: {{type: bool, default: false}}\n  betas: {entry}")
+    error = _error(text)
+    assert re.search(message, error.message), error.message
+    assert (error.loc.line, error.loc.col) == (6, col), str(error)
+
+
+def test_a_tuple_of_three_reaches_the_update_by_name():
+    text = _spec("  - g = g * b3 / (b1 + b2)").replace(
+        "  nesterov: {type: bool, default: false}",
+        "  nesterov: {type: bool, default: false}\n"
+        "  betas: {type: tuple, names: [b1, b2, b3], default: [1.0, 3.0, 2.0]}")
+    cls = _module(text)
+    with pytest.raises(ValueError, match="betas must be 3 floats"):
+        cls(betas=(1.0, 2.0))
+    import mlx.core as mx
+    opt = cls(lr=1.0, betas=(1.0, 1.0, 4.0))
+    new = opt.apply_gradients({"w": mx.array([1.0])}, {"w": mx.array([0.0])})
+    assert new["w"].item() == -2.0  # g * 4 / (1 + 1)
