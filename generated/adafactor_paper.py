@@ -81,7 +81,7 @@ class Adafactor(_rt.GeneratedOptimizer):
         super().__init__(backend=backend, precision=precision, nonfinite=nonfinite,
                          stochastic_rounding=stochastic_rounding, seed=seed)
         if len(tuple(eps)) != 2:
-            raise ValueError(f"eps must be 2 floats, got {eps!r}")
+            raise ValueError(f"eps must be a pair of floats, got {eps!r}")
         eps1, eps2 = eps
         if not (((eps1 >= 0) and (eps2 >= 0))):
             raise ValueError(f"eps must satisfy eps1 >= 0 and eps2 >= 0, got {eps!r}")

@@ -94,7 +94,7 @@ class Adafactor(_rt.GeneratedOptimizer):
             raise ValueError(f"beta2_decay must satisfy beta2_decay <= 0, got {beta2_decay!r}")
         self.beta2_decay = beta2_decay
         if len(tuple(eps)) != 2:
-            raise ValueError(f"eps must be 2 floats, got {eps!r}")
+            raise ValueError(f"eps must be a pair of floats, got {eps!r}")
         eps1, eps2 = eps
         if eps1 is not None and not (((eps1 >= 0) and (eps2 >= 0))):
             raise ValueError(f"eps must satisfy eps1 >= 0 and eps2 >= 0, got {eps!r}")

@@ -79,7 +79,7 @@ class Adamax(_rt.GeneratedOptimizer):
                          stochastic_rounding=stochastic_rounding, seed=seed)
         self._maybe_schedule("learning_rate", learning_rate)
         if len(tuple(betas)) != 2:
-            raise ValueError(f"betas must be 2 floats, got {betas!r}")
+            raise ValueError(f"betas must be a pair of floats, got {betas!r}")
         beta1, beta2 = betas
         if not (((beta1 >= 0) and (beta2 >= 0) and (beta1 < 1) and (beta2 < 1))):
             raise ValueError(f"betas must satisfy beta1 >= 0 and beta1 < 1 and beta2 >= 0 and beta2 < 1, got {betas!r}")

@@ -111,7 +111,7 @@ class MARS(_rt.GeneratedOptimizer):
         if learning_rate is not None:
             self._maybe_schedule("learning_rate", learning_rate)
         if len(tuple(betas)) != 2:
-            raise ValueError(f"betas must be 2 floats, got {betas!r}")
+            raise ValueError(f"betas must be a pair of floats, got {betas!r}")
         beta1, beta2 = betas
         if not (((beta1 >= 0) and (beta2 >= 0) and (beta1 < 1) and (beta2 < 1))):
             raise ValueError(f"betas must satisfy beta1 >= 0 and beta1 < 1 and beta2 >= 0 and beta2 < 1, got {betas!r}")
@@ -124,7 +124,7 @@ class MARS(_rt.GeneratedOptimizer):
             raise ValueError(f"lr_1d must satisfy lr_1d >= 0, got {lr_1d!r}")
         self.lr_1d = lr_1d
         if len(tuple(betas_1d)) != 2:
-            raise ValueError(f"betas_1d must be 2 floats, got {betas_1d!r}")
+            raise ValueError(f"betas_1d must be a pair of floats, got {betas_1d!r}")
         beta1_1d, beta2_1d = betas_1d
         if not (((beta1_1d >= 0) and (beta2_1d >= 0) and (beta1_1d < 1) and (beta2_1d < 1))):
             raise ValueError(f"betas_1d must satisfy beta1_1d >= 0 and beta1_1d < 1 and beta2_1d >= 0 and beta2_1d < 1, got {betas_1d!r}")

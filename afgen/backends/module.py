@@ -102,9 +102,9 @@ def _hyper_view(h: Hyperparameter) -> HyperView:
     else:
         if h.is_tuple:
             count = len(h.component_names)
+            what = "a pair of floats" if h.kind == "pair" else f"{count} floats"
             lines += [f"if len(tuple({h.name})) != {count}:",
-                      f'    raise ValueError(f"{h.name} must be {count} floats, '
-                      f'got {{{h.name}!r}}")']
+                      f'    raise ValueError(f"{h.name} must be {what}, got {{{h.name}!r}}")']
         if h.kind == "int":
             lines += [f"if not isinstance({h.name}, int) or isinstance({h.name}, bool):",
                       f'    raise ValueError(f"{h.name} must be an int, got {{{h.name}!r}}")']
