@@ -37,6 +37,24 @@ def relative_error(ours, theirs) -> float:
     return float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-30))
 
 
+def compiled_steps(opt, params, grads_list):
+    """Apply each gradient tree in turn through one ``mx.compile``d step that takes the
+    parameters and the optimizer state as implicit inputs and outputs, as training loops
+    do; returns the parameters, evaluated."""
+    holder = {"p": dict(params)}
+    opt.init(holder["p"])
+    state = [holder, opt.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(g):
+        holder["p"] = opt.apply_gradients(g, holder["p"])
+
+    for grads in grads_list:
+        step(grads)
+    mx.eval(holder["p"], opt.state)
+    return holder["p"]
+
+
 def run_steps(opt, params, grads_list):
     """Apply each gradient tree in turn; returns the parameters, evaluated."""
     for grads in grads_list:

@@ -1,11 +1,11 @@
 """Generated Adam/AdamW against mlx.optimizers.Adam/AdamW."""
 import contextlib
-from functools import partial
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from helpers import compiled_steps
 
 from afgen.build import compile_path, load_module
 from afgen.check.kernel_runner import cpu_kernels
@@ -61,21 +61,8 @@ def test_learning_rate_is_required(pair):
 def test_compiled_step_matches_mlx(pair):
     _, ours_cls, theirs_cls = pair
     params, *grads = _trees(1, 11)
-    results = []
-    for cls in (ours_cls, theirs_cls):
-        opt = cls(learning_rate=0.01, bias_correction=True)
-        holder = {"p": dict(params)}
-        opt.init(holder["p"])
-        state = [holder, opt.state]
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(g, opt=opt, holder=holder):
-            holder["p"] = opt.apply_gradients(g, holder["p"])
-
-        for g in grads:
-            step(g)
-            mx.eval(holder["p"], opt.state)
-        results.append(holder["p"])
+    results = [compiled_steps(cls(learning_rate=0.01, bias_correction=True), params, grads)
+               for cls in (ours_cls, theirs_cls)]
     for k in SHAPES:
         np.testing.assert_allclose(np.array(results[0][k]), np.array(results[1][k]),
                                    rtol=1e-5, atol=1e-6)

@@ -1,14 +1,12 @@
 """Specs of optimizers beyond MLX against pytorch-optimizer (pinned, torch on the CPU):
 the same parameters, gradients and options, 25 steps on 0-D to 4-D parameters, eager and
 compiled, MLX ops and the fused kernels (on the CPU executor)."""
-from functools import partial
-
 import mlx.core as mx
 import numpy as np
 import pytest
 import pytorch_optimizer
 import torch
-from helpers import backend_context, generated_class, relative_error
+from helpers import backend_context, compiled_steps, generated_class, relative_error
 
 SHAPES = {"s": (), "v": (7,), "m": (5, 9), "t": (2, 3, 4), "q": (2, 1, 3, 5)}
 
@@ -111,15 +109,7 @@ def test_compiled_step_matches_pytorch_optimizer(stem):
     ours_options, theirs_options = configs[1]
     params, grads = _data(5, 25)
     opt = make(**ours_options)
-    holder = {"p": {k: mx.array(v) for k, v in params.items()}}
-    opt.init(holder["p"])
-    state = [holder, opt.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(g):
-        holder["p"] = opt.apply_gradients(g, holder["p"])
-
-    for g in grads:
-        step({k: mx.array(v) for k, v in g.items()})
-    mx.eval(holder["p"], opt.state)
-    _assert_close(holder["p"], opt.state, _theirs(cls, theirs_options, params, grads))
+    mx_params = {k: mx.array(v) for k, v in params.items()}
+    mx_grads = [{k: mx.array(v) for k, v in g.items()} for g in grads]
+    _assert_close(compiled_steps(opt, mx_params, mx_grads), opt.state,
+                  _theirs(cls, theirs_options, params, grads))
