@@ -757,8 +757,8 @@ STACK_MAX_ELEMENTS = 1 << 22
 stack (``GeneratedOptimizer._update_stacks``): a step then launches a few kernels and one
 run of the glue per pass for each shape, not per tensor. Stacking copies the gradients,
 parameters and state once more; on a GPU, where every launch costs several microseconds
-whatever its size, that copy is cheaper than the launches it saves up to a few million
-elements per tensor."""
+whatever its size, that copy is estimated (not yet timed on a GPU) to cost less than the
+launches it saves up to a few million elements per tensor."""
 
 CHUNK_ELEMENTS = 1 << 21
 """A pass that only reduces runs on chunks of about this many elements (8 MB of float32):

@@ -231,10 +231,11 @@ def share_step_values(drivers: list[DriverModel]) -> list[DriverModel]:
 
 
 def _read_later(plan: KernelPlan, kernels: list[PassKernel], hoisted: set[str]) -> set[str]:
-    """The names the driver reads outside its step values: in its own glue and as the
-    kernels' small inputs."""
+    """The names the driver reads outside its step values: in its own glue, as the
+    kernels' small inputs, and as the results it writes."""
     read = {n for k in kernels for n in (*k.scalar_names, *k.batch_inputs, *k.row_inputs,
                                          *k.col_inputs)}
+    read |= {name for name, _ in plan.flat.results}
     for sched in plan.glue:
         for name, expr in (*((str(s.name), s.expr) for s in sched.steps), *sched.results):
             if name not in hoisted:
