@@ -36,6 +36,17 @@ CASES = {
          dict(t_alpha_beta3=100.0, betas=(0.9, 0.999, 0.99), weight_decay=0.1,
               weight_decouple=True, fixed_decay=True, maximize=True)),
     ]),
+    "came": (pytorch_optimizer.CAME, [
+        (dict(), dict()),
+        (dict(learning_rate=1e-3, betas=[0.8, 0.99, 0.999], clip_threshold=0.5,
+              weight_decay=0.01, eps1=1e-20, eps2=1e-12),
+         dict(lr=1e-3, betas=(0.8, 0.99, 0.999), clip_threshold=0.5, weight_decay=0.01,
+              eps1=1e-20, eps2=1e-12)),
+        (dict(ams_bound=True, weight_decay=0.1, fixed_decay=True),
+         dict(ams_bound=True, weight_decay=0.1, fixed_decay=True)),
+        (dict(weight_decouple=False, weight_decay=0.1, maximize=True),
+         dict(weight_decouple=False, weight_decay=0.1, maximize=True)),
+    ]),
     "mars": (pytorch_optimizer.MARS, [
         (dict(), dict()),
         (dict(learning_rate=1e-2, betas=[0.9, 0.95], gamma=0.05, weight_decay=0.01,
@@ -70,8 +81,7 @@ def _theirs(cls, options: dict, params: dict, grads: list[dict]):
             p.grad = torch.tensor(g[k])
         opt.step()
     state = {k: {key: value.numpy() for key, value in opt.state[p].items()
-                 if isinstance(value, torch.Tensor) and value.shape == p.shape}
-             for k, p in tensors.items()}
+                 if isinstance(value, torch.Tensor)} for k, p in tensors.items()}
     return {k: p.detach().numpy() for k, p in tensors.items()}, state
 
 
@@ -82,6 +92,7 @@ def _assert_close(ours_params: dict, ours_state: dict, theirs: tuple) -> None:
         assert relative_error(ours_params[k], theirs_params[k]) <= 2e-5, k
         assert set(theirs_state[k]) <= set(ours_state[k]), k
         for key, value in theirs_state[k].items():
+            assert tuple(ours_state[k][key].shape) == value.shape, (k, key)
             assert relative_error(ours_state[k][key], value) <= 2e-5, (k, key)
 
 
