@@ -100,6 +100,12 @@ def generated_class(stem):
     return module, partial(cls, 0.01) if lr is not None and lr.default is lr.empty else cls
 
 
+def generated_optimizer(stem):
+    """(module, class) of ``generated/<stem>.py``: the class itself, its arguments free."""
+    module, make = generated_class(stem)
+    return module, make.func if isinstance(make, partial) else make
+
+
 @contextlib.contextmanager
 def backend_context(module, backend):
     """Fused backends run on the CPU executor; construct optimizers inside the block."""

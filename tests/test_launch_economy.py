@@ -5,7 +5,7 @@ values computed once per step."""
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import GENERATED, backend_context, generated_class, tree_bits
+from helpers import GENERATED, backend_context, generated_class, generated_optimizer, tree_bits
 
 from afgen.report.mlx_graph import kernel_stand_ins, step_dispatches
 
@@ -47,8 +47,7 @@ def test_stacked_step_is_the_per_tensor_step_bit_for_bit(stem, monkeypatch):
     alone = _run(module, make, "metal", 0, monkeypatch)
     assert tree_bits(stacked[0]) == tree_bits(alone[0])
     assert tree_bits(stacked[1]) == tree_bits(alone[1])  # each state in its own shape
-    classes = set(make.func._STATE_CLASSES.values() if hasattr(make, "func")
-                  else make._STATE_CLASSES.values())
+    classes = set(generated_optimizer(stem)[1]._STATE_CLASSES.values())
     if module._STACKED and classes <= {"full", "row", "col"}:
         # glue between passes: once per stack and pass
         assert len(stacked[2]) < len(alone[2])

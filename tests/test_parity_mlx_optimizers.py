@@ -2,7 +2,6 @@
 against the MLX classes themselves: every constructor option, schedules, state keys,
 0-D to 4-D parameters, eager and compiled, MLX ops and the fused kernels (on the CPU
 executor), and precision="param", which must be MLX bit for bit."""
-from functools import partial
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -11,7 +10,7 @@ import pytest
 from helpers import (
     backend_context,
     compiled_steps,
-    generated_class,
+    generated_optimizer,
     relative_error,
     tree_bits,
 )
@@ -62,12 +61,6 @@ CASES = {
 PARAMS = [(stem, index) for stem, (_, configs) in CASES.items() for index in range(len(configs))]
 
 
-def _generated(stem: str):
-    """(module, class) of ``generated/<stem>.py``."""
-    module, make = generated_class(stem)
-    return module, make.func if isinstance(make, partial) else make
-
-
 def _trees(seed: int, count: int, dtype=mx.float32) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [{k: mx.array(rng.standard_normal(s).astype(np.float32)).astype(dtype)
@@ -93,7 +86,7 @@ def _assert_close(ours, theirs, p1: dict, p2: dict) -> None:
 @pytest.mark.parametrize("backend", ["mlx", "metal", "cuda"])
 @pytest.mark.parametrize("stem,index", PARAMS)
 def test_matches_mlx(stem, index, backend):
-    module, make = _generated(stem)
+    module, make = generated_optimizer(stem)
     theirs_cls, configs = CASES[stem]
     kwargs = configs[index]
     steps = 25 if backend == "mlx" else 3
@@ -108,7 +101,7 @@ def test_matches_mlx(stem, index, backend):
 
 @pytest.mark.parametrize("stem", sorted(CASES))
 def test_compiled_step_matches_mlx(stem):
-    module, make = _generated(stem)
+    module, make = generated_optimizer(stem)
     theirs_cls, configs = CASES[stem]
     kwargs = configs[-1]  # the schedule: the step count is compiled state too
     params, *grads = _trees(7, 26)
@@ -120,7 +113,7 @@ def test_compiled_step_matches_mlx(stem):
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
 @pytest.mark.parametrize("stem,index", PARAMS)
 def test_param_precision_is_mlx_bit_for_bit(stem, index, dtype):
-    _, make = _generated(stem)
+    _, make = generated_optimizer(stem)
     theirs_cls, configs = CASES[stem]
     params, *grads = _trees(3, 11, dtype)
     ours = make(**configs[index], backend="mlx", precision="param")
@@ -132,7 +125,7 @@ def test_param_precision_is_mlx_bit_for_bit(stem, index, dtype):
 
 @pytest.mark.parametrize("stem", sorted(CASES))
 def test_learning_rate_is_required(stem):
-    _, make = _generated(stem)
+    _, make = generated_optimizer(stem)
     with pytest.raises(TypeError):
         make()
 
@@ -149,7 +142,7 @@ def test_learning_rate_is_required(stem):
     ("lion", dict(betas=[0.9, -0.1])),
 ])
 def test_refuses_what_mlx_refuses(stem, kwargs):
-    _, ours = _generated(stem)
+    _, ours = generated_optimizer(stem)
     with pytest.raises(ValueError):
         CASES[stem][0](0.1, **kwargs)
     with pytest.raises(ValueError):

@@ -147,8 +147,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
              if name in needed - defined and shapes.get(name) is not ShapeClass.FULL]
     in_float32 = {name: _small_load(spec, plan, name, {**v, "cdt": "mx.float32"})
                   for name, _ in loads}
-    step_lines, hoisted, returned = _step_values(spec, plan, kernels, loads, in_float32)
-    later = _read_later(plan, kernels, hoisted)
+    step_lines, hoisted, returned, later = _step_values(spec, plan, kernels, loads,
+                                                       in_float32)
     lines += [f"{name} = {code}" for name, code in loads
               if name not in hoisted or (name not in returned and name in later)]
     step_function = ""
@@ -245,12 +245,12 @@ def _read_later(plan: KernelPlan, kernels: list[PassKernel], hoisted: set[str]) 
 
 def _step_values(spec: Spec, plan: KernelPlan, kernels: list[PassKernel],
                  loads: list[tuple[str, str]], in_float32: dict[str, str]
-                 ) -> tuple[list[str], set[str], list[str]]:
+                 ) -> tuple[list[str], set[str], list[str], set[str]]:
     """What depends on the step and the hyperparameters alone is the same for every
     parameter: the driver gets it once per step (eagerly, every MLX op is a dispatch).
     Returns the lines that compute it (with the loads ``in_float32``), every name they
-    define, and the names the driver takes from them (a plain hyperparameter read it
-    makes itself, and the lines use in place)."""
+    define, the names the driver takes from them (a plain hyperparameter read it makes
+    itself, and the lines use in place), and what the driver reads (``_read_later``)."""
     per_step = {STEP, *spec.dynamic_names, *dynamic_statics(spec)}
     hoisted = {name for name, _ in loads if name in per_step}
     glue = []
@@ -270,7 +270,7 @@ def _step_values(spec: Spec, plan: KernelPlan, kernels: list[PassKernel],
     for name, expr in glue:
         inline = {s: sympy.Symbol(plain[str(s)]) for s in expr.free_symbols if str(s) in plain}
         lines.append(f"{name} = {mlx_code(expr.xreplace(inline))}")
-    return lines, hoisted, returned
+    return lines, hoisted, returned, later
 
 
 def _like(output: str, v: dict[str, str]) -> str:

@@ -27,7 +27,7 @@ from afgen.check.reference import SpecReference
 from afgen.check.verify_adversarial import CONDITIONING
 from afgen.lower.compiler import Compiled
 from afgen.lower.plan import KernelPlan
-from afgen.spec.model import Branch
+from afgen.spec.model import Branch, value_symbols
 
 BACKENDS = ("mlx", "metal", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -156,16 +156,8 @@ def _meeting_requirements(spec, hyper: dict[str, object]) -> dict[str, object]:
                  and h.default is not None and hyper[h.name] != h.default]
 
     def meets(values: dict[str, object]) -> bool:
-        subs: dict[sympy.Symbol, object] = {}
-        for h in spec.hyperparameters:
-            value = values.get(h.name, h.default)
-            if h.kind == "bool":
-                subs[sympy.Symbol(h.name)] = sympy.true if value else sympy.false
-            elif h.is_tuple:
-                subs.update({sympy.Symbol(n, real=True): v
-                             for n, v in zip(h.component_names, value)})
-            elif value is not None and h.kind != "schedule":
-                subs[sympy.Symbol(h.name, real=True)] = value
+        subs = value_symbols(spec.hyperparameters,
+                             {h.name: values.get(h.name, h.default) for h in spec.hyperparameters})
         return all(c.subs(subs) is sympy.true for c in checks)
 
     for count in range(len(swappable) + 1):

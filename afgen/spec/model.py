@@ -88,6 +88,26 @@ class Requirement:
     static: bool = True
 
 
+def value_symbols(hypers: tuple[Hyperparameter, ...] | list[Hyperparameter],
+                  values: dict[str, object]) -> dict[sympy.Symbol, object]:
+    """The expression symbols of bool and numeric hyperparameters bound to ``values`` (by
+    hyperparameter name, e.g. defaults or constructor arguments), to evaluate a condition
+    on them; a missing or None value, a None part and a schedule stay free."""
+    out: dict[sympy.Symbol, object] = {}
+    for h in hypers:
+        value = values.get(h.name)
+        if value is None or h.kind == "schedule":
+            continue
+        if h.kind == "bool":
+            out[sympy.Symbol(h.name)] = sympy.true if value else sympy.false
+        elif h.is_tuple:
+            out.update({sympy.Symbol(n, real=True): v
+                        for n, v in zip(h.component_names, value) if v is not None})
+        else:
+            out[sympy.Symbol(h.name, real=True)] = value
+    return out
+
+
 @dataclass(frozen=True)
 class StateTensor:
     name: str

@@ -44,6 +44,7 @@ from afgen.spec.model import (
     Spec,
     Statement,
     StateTensor,
+    value_symbols,
 )
 from afgen.spec.ops import to_sympy
 from afgen.spec.shapes import ShapeClass
@@ -249,17 +250,7 @@ def _check_defaults_meet(condition: sympy.Basic, hypers: list[Hyperparameter],
                          loc: Loc) -> None:
     """A requirement on values that the defaults break would make the constructor raise
     whenever those options are left out."""
-    values: dict[sympy.Symbol, object] = {}
-    for h in hypers:
-        if h.default is None and h.kind != "bool":
-            continue
-        if h.kind == "bool":
-            values[sympy.Symbol(h.name)] = sympy.true if h.default else sympy.false
-        elif h.is_tuple:
-            values.update({sympy.Symbol(n, real=True): v
-                           for n, v in zip(h.component_names, h.default)})
-        else:
-            values[sympy.Symbol(h.name, real=True)] = h.default
+    values = value_symbols(hypers, {h.name: h.default for h in hypers})
     if condition.free_symbols <= set(values) and condition.subs(values) is sympy.false:
         raise SpecError(loc, "the defaults do not meet this requirement, so every "
                         "constructor call that leaves these options out would raise")
