@@ -241,7 +241,7 @@ def _gpu_flat__weight_decouple__maximize__has_t_alpha_beta3(self, gradient, para
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, alpha_t, w3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__maximize__has_t_alpha_beta3)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_0a2a2e05cb", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_f47b659661", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -276,7 +276,7 @@ def _gpu_flat__weight_decouple__maximize__no_has_t_alpha_beta3(self, gradient, p
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, alpha_t, w3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__maximize__no_has_t_alpha_beta3)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_0a2a2e05cb", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_f47b659661", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -297,7 +297,7 @@ def _gpu_flat__weight_decouple__has_t_alpha_beta3__no_maximize(self, gradient, p
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, alpha_t, w3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__maximize__has_t_alpha_beta3)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_b24313c578", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_ae5b3f76ca", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -318,7 +318,7 @@ def _gpu_flat__weight_decouple__no_maximize_no_has_t_alpha_beta3(self, gradient,
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, alpha_t, w3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__maximize__no_has_t_alpha_beta3)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_b24313c578", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_ae5b3f76ca", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -357,7 +357,7 @@ def _gpu_flat__maximize__has_t_alpha_beta3__no_weight_decouple(self, gradient, p
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, alpha_t, w3, s3, s4 = self._per_step(_step_values_flat__maximize__has_t_alpha_beta3__no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_32259f7bfa", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_b7d8efa70e", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -392,7 +392,7 @@ def _gpu_flat__maximize__no_weight_decouple_no_has_t_alpha_beta3(self, gradient,
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, alpha_t, w3, s3, s4 = self._per_step(_step_values_flat__maximize__no_weight_decouple_no_has_t_alpha_beta3)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_32259f7bfa", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_b7d8efa70e", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -414,7 +414,7 @@ def _gpu_flat__has_t_alpha_beta3__no_weight_decouple_no_maximize(self, gradient,
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, alpha_t, w3, s3, s4 = self._per_step(_step_values_flat__maximize__has_t_alpha_beta3__no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_d3969fe38c", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_1435824f20", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -436,7 +436,7 @@ def _gpu_flat__no_weight_decouple_no_maximize_no_has_t_alpha_beta3(self, gradien
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, alpha_t, w3, s3, s4 = self._per_step(_step_values_flat__maximize__no_weight_decouple_no_has_t_alpha_beta3)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_d3969fe38c", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_slow = self._launch(backend, "afgen_ademamix_u0_1435824f20", geo, [state["exp_avg"].reshape(-1), state["exp_avg_slow"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_slow"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -465,166 +465,12 @@ _STACKED = frozenset({
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "afgen_ademamix_u0_0a2a2e05cb": (
-        ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "w3_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
-        ["T", "S"],
-        """\
-// afgen_ademamix_u0_0a2a2e05cb: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float alpha_t = alpha_t_in[t];
-const float beta2 = beta2_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float w3 = w3_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_slow = afg_load(exp_avg_slow_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g = -grad;
-  const float x0_1 = exp_avg + s2 * (g - exp_avg);
-  const float x0_2 = exp_avg_slow + w3 * (g - exp_avg_slow);
-  const float x0_3 = exp_avg_sq * beta2 + s4 * (g * g);
-  new_param[idx] = afg_store_rounded<T>((s0 ? param : param * s1) - learning_rate * ((x0_1 / s3 + alpha_t * x0_2) / (afg_sqrt(x0_3) / s5 + eps)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_1);
-  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
-  new_exp_avg_slow[idx] = afg_store<S>(x0_2);
-
-}
-""",
-    ),
-    "afgen_ademamix_u0_32259f7bfa": (
+    "afgen_ademamix_u0_1435824f20": (
         ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "w3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
         ["T", "S"],
         """\
-// afgen_ademamix_u0_32259f7bfa: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float alpha_t = alpha_t_in[t];
-const float beta2 = beta2_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float w3 = w3_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_slow = afg_load(exp_avg_slow_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g0 = -grad;
-  const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
-  const float x0_2 = exp_avg + s0 * (x0_1 - exp_avg);
-  const float x0_3 = exp_avg_slow + w3 * (x0_1 - exp_avg_slow);
-  const float x0_4 = exp_avg_sq * beta2 + s3 * (x0_1 * x0_1);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * ((x0_2 / s2 + alpha_t * x0_3) / (afg_sqrt(x0_4) / s4 + eps)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_2);
-  new_exp_avg_sq[idx] = afg_store<S>(x0_4);
-  new_exp_avg_slow[idx] = afg_store<S>(x0_3);
-
-}
-""",
-    ),
-    "afgen_ademamix_u0_b24313c578": (
-        ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "w3_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
-        ["T", "S"],
-        """\
-// afgen_ademamix_u0_b24313c578: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float alpha_t = alpha_t_in[t];
-const float beta2 = beta2_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float w3 = w3_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_slow = afg_load(exp_avg_slow_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g = grad;
-  const float x0_1 = exp_avg + s2 * (g - exp_avg);
-  const float x0_2 = exp_avg_slow + w3 * (g - exp_avg_slow);
-  const float x0_3 = exp_avg_sq * beta2 + s4 * (g * g);
-  new_param[idx] = afg_store_rounded<T>((s0 ? param : param * s1) - learning_rate * ((x0_1 / s3 + alpha_t * x0_2) / (afg_sqrt(x0_3) / s5 + eps)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_1);
-  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
-  new_exp_avg_slow[idx] = afg_store<S>(x0_2);
-
-}
-""",
-    ),
-    "afgen_ademamix_u0_d3969fe38c": (
-        ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "w3_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
-        ["T", "S"],
-        """\
-// afgen_ademamix_u0_d3969fe38c: pass 0, unfactored layout
+// afgen_ademamix_u0_1435824f20: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -671,6 +517,160 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+    "afgen_ademamix_u0_ae5b3f76ca": (
+        ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "w3_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
+        ["T", "S"],
+        """\
+// afgen_ademamix_u0_ae5b3f76ca: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float alpha_t = alpha_t_in[t];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float w3 = w3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_slow = afg_load(exp_avg_slow_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g = grad;
+  const float x0_1 = exp_avg + s2 * (g - exp_avg);
+  const float x0_2 = exp_avg_slow + w3 * (g - exp_avg_slow);
+  const float x0_3 = exp_avg_sq * beta2 + s4 * (g * g);
+  new_param[idx] = afg_store_rounded<T>((s0 ? param : param * s1) - learning_rate * ((x0_1 / s3 + alpha_t * x0_2) / (afg_sqrt(x0_3) / s5 + eps)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_1);
+  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
+  new_exp_avg_slow[idx] = afg_store<S>(x0_2);
+
+}
+""",
+    ),
+    "afgen_ademamix_u0_b7d8efa70e": (
+        ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "w3_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
+        ["T", "S"],
+        """\
+// afgen_ademamix_u0_b7d8efa70e: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float alpha_t = alpha_t_in[t];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float w3 = w3_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_slow = afg_load(exp_avg_slow_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g0 = -grad;
+  const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
+  const float x0_2 = exp_avg + s0 * (x0_1 - exp_avg);
+  const float x0_3 = exp_avg_slow + w3 * (x0_1 - exp_avg_slow);
+  const float x0_4 = exp_avg_sq * beta2 + s3 * (x0_1 * x0_1);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * ((x0_2 / s2 + alpha_t * x0_3) / (afg_sqrt(x0_4) / s4 + eps)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_2);
+  new_exp_avg_sq[idx] = afg_store<S>(x0_4);
+  new_exp_avg_slow[idx] = afg_store<S>(x0_3);
+
+}
+""",
+    ),
+    "afgen_ademamix_u0_f47b659661": (
+        ["exp_avg_in", "exp_avg_slow_in", "exp_avg_sq_in", "grad_in", "param_in", "alpha_t_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "w3_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_slow"],
+        ["T", "S"],
+        """\
+// afgen_ademamix_u0_f47b659661: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float alpha_t = alpha_t_in[t];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float w3 = w3_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_slow = afg_load(exp_avg_slow_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g = -grad;
+  const float x0_1 = exp_avg + s2 * (g - exp_avg);
+  const float x0_2 = exp_avg_slow + w3 * (g - exp_avg_slow);
+  const float x0_3 = exp_avg_sq * beta2 + s4 * (g * g);
+  new_param[idx] = afg_store_rounded<T>((s0 ? param : param * s1) - learning_rate * ((x0_1 / s3 + alpha_t * x0_2) / (afg_sqrt(x0_3) / s5 + eps)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_1);
+  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
+  new_exp_avg_slow[idx] = afg_store<S>(x0_2);
+
+}
+""",
+    ),
 }
 
 # Each kernel's twin in MLX ops, which the drivers launch for backend="mlx" with float32
@@ -678,13 +678,28 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 
 @mx.compile
-def _mlx_afgen_ademamix_u0_0a2a2e05cb(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3):
+def _mlx_afgen_ademamix_u0_1435824f20(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_slow = _rt.cast(exp_avg_slow, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g = -grad
+    g0 = grad
+    x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
+    x0_2 = exp_avg + s0 * (x0_1 - exp_avg)
+    x0_3 = exp_avg_slow + w3 * (x0_1 - exp_avg_slow)
+    x0_4 = exp_avg_sq * beta2 + s3 * (x0_1 * x0_1)
+    return param - learning_rate * ((x0_2 / s2 + alpha_t * x0_3) / (mx.sqrt(x0_4) / s4 + eps)), x0_2, x0_4, x0_3
+
+
+@mx.compile
+def _mlx_afgen_ademamix_u0_ae5b3f76ca(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_slow = _rt.cast(exp_avg_slow, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g = grad
     x0_1 = exp_avg + s2 * (g - exp_avg)
     x0_2 = exp_avg_slow + w3 * (g - exp_avg_slow)
     x0_3 = exp_avg_sq * beta2 + s4 * (g * g)
@@ -692,7 +707,7 @@ def _mlx_afgen_ademamix_u0_0a2a2e05cb(exp_avg, exp_avg_slow, exp_avg_sq, grad, p
 
 
 @mx.compile
-def _mlx_afgen_ademamix_u0_32259f7bfa(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay):
+def _mlx_afgen_ademamix_u0_b7d8efa70e(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_slow = _rt.cast(exp_avg_slow, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
@@ -707,42 +722,27 @@ def _mlx_afgen_ademamix_u0_32259f7bfa(exp_avg, exp_avg_slow, exp_avg_sq, grad, p
 
 
 @mx.compile
-def _mlx_afgen_ademamix_u0_b24313c578(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3):
+def _mlx_afgen_ademamix_u0_f47b659661(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, s5, w3):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_slow = _rt.cast(exp_avg_slow, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g = grad
+    g = -grad
     x0_1 = exp_avg + s2 * (g - exp_avg)
     x0_2 = exp_avg_slow + w3 * (g - exp_avg_slow)
     x0_3 = exp_avg_sq * beta2 + s4 * (g * g)
     return mx.where(s0, param, param * s1) - learning_rate * ((x0_1 / s3 + alpha_t * x0_2) / (mx.sqrt(x0_3) / s5 + eps)), x0_1, x0_3, x0_2
 
 
-@mx.compile
-def _mlx_afgen_ademamix_u0_d3969fe38c(exp_avg, exp_avg_slow, exp_avg_sq, grad, param, alpha_t, beta2, eps, learning_rate, s0, s1, s2, s3, s4, w3, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_slow = _rt.cast(exp_avg_slow, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0 = grad
-    x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
-    x0_2 = exp_avg + s0 * (x0_1 - exp_avg)
-    x0_3 = exp_avg_slow + w3 * (x0_1 - exp_avg_slow)
-    x0_4 = exp_avg_sq * beta2 + s3 * (x0_1 * x0_1)
-    return param - learning_rate * ((x0_2 / s2 + alpha_t * x0_3) / (mx.sqrt(x0_4) / s4 + eps)), x0_2, x0_4, x0_3
-
-
 _MLX_PASSES = {
-    "afgen_ademamix_u0_0a2a2e05cb": (_mlx_afgen_ademamix_u0_0a2a2e05cb, False, "fffff", "pfff",
+    "afgen_ademamix_u0_1435824f20": (_mlx_afgen_ademamix_u0_1435824f20, False, "fffff", "pfff",
         11),
-    "afgen_ademamix_u0_32259f7bfa": (_mlx_afgen_ademamix_u0_32259f7bfa, False, "fffff", "pfff",
+    "afgen_ademamix_u0_ae5b3f76ca": (_mlx_afgen_ademamix_u0_ae5b3f76ca, False, "fffff", "pfff",
         11),
-    "afgen_ademamix_u0_b24313c578": (_mlx_afgen_ademamix_u0_b24313c578, False, "fffff", "pfff",
+    "afgen_ademamix_u0_b7d8efa70e": (_mlx_afgen_ademamix_u0_b7d8efa70e, False, "fffff", "pfff",
         11),
-    "afgen_ademamix_u0_d3969fe38c": (_mlx_afgen_ademamix_u0_d3969fe38c, False, "fffff", "pfff",
+    "afgen_ademamix_u0_f47b659661": (_mlx_afgen_ademamix_u0_f47b659661, False, "fffff", "pfff",
         11),
 }
 

@@ -217,7 +217,7 @@ def _gpu_flat__clip__weight_decouple__maximize(self, gradient, parameter, state,
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, bound, s4 = self._per_step(_step_values_flat__clip__weight_decouple__maximize)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_65e1dd56c6", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_cb9d5f7a83", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -236,7 +236,7 @@ def _gpu_flat__clip__weight_decouple__no_maximize(self, gradient, parameter, sta
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, bound, s4 = self._per_step(_step_values_flat__clip__weight_decouple__maximize)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_09cec613d6", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_d5b6ddde61", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -267,7 +267,7 @@ def _gpu_flat__clip__maximize__no_weight_decouple(self, gradient, parameter, sta
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, bound, s3 = self._per_step(_step_values_flat__clip__maximize__no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_b233cbb8fa", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_1233f1fbb9", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -287,7 +287,7 @@ def _gpu_flat__clip__no_weight_decouple_no_maximize(self, gradient, parameter, s
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, bound, s3 = self._per_step(_step_values_flat__clip__maximize__no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_b93194cbb0", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_4aab4d3657", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -317,7 +317,7 @@ def _gpu_flat__weight_decouple__maximize__no_clip(self, gradient, parameter, sta
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, s4 = self._per_step(_step_values_flat__weight_decouple__maximize__no_clip)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_71a7ad993f", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_de8cd7fbfe", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -336,7 +336,7 @@ def _gpu_flat__weight_decouple__no_clip_no_maximize(self, gradient, parameter, s
     beta2 = self.betas[1]
     eps = self.eps
     learning_rate, s0, s1, s2, s3, s4 = self._per_step(_step_values_flat__weight_decouple__maximize__no_clip)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_fc84e9ef43", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_e88e304c21", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -366,7 +366,7 @@ def _gpu_flat__maximize__no_clip_no_weight_decouple(self, gradient, parameter, s
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__maximize__no_clip_no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_3fa248d172", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_acae19e947", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -386,7 +386,7 @@ def _gpu_flat__no_clip_no_weight_decouple_no_maximize(self, gradient, parameter,
     weight_decay = self.weight_decay
     eps = self.eps
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__maximize__no_clip_no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_6e7cf3b6f8", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_adopt_u0_f14f4a7ae6", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -413,246 +413,12 @@ _STACKED = frozenset({
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "afgen_adopt_u0_09cec613d6": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "bound_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_adopt_u0_09cec613d6: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float bound = bound_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x0_0 = (s0 ? param : param * s1);
-  const float gd = grad;
-  const float x0_2 = (s2 ? exp_avg : exp_avg + s3 * (afg_min(afg_max(gd / afg_max(afg_sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg));
-  const float x0_3 = gd * gd;
-  new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_2);
-  new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
-
-}
-""",
-    ),
-    "afgen_adopt_u0_3fa248d172": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_adopt_u0_3fa248d172: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float p = param;
-  const float g = -grad;
-  const float x0_2 = (s2 ? g + weight_decay * param : g);
-  const float x0_3 = (s0 ? exp_avg : exp_avg + s1 * (x0_2 / afg_max(afg_sqrt(exp_avg_sq), eps) - exp_avg));
-  const float x0_4 = x0_2 * x0_2;
-  new_param[idx] = afg_store_rounded<T>((s0 ? p : p - learning_rate * x0_3), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_3);
-  new_exp_avg_sq[idx] = afg_store<S>((s0 ? exp_avg_sq + x0_4 : beta2 * exp_avg_sq + s3 * x0_4));
-
-}
-""",
-    ),
-    "afgen_adopt_u0_65e1dd56c6": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "bound_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_adopt_u0_65e1dd56c6: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float bound = bound_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x0_0 = (s0 ? param : param * s1);
-  const float gd = -grad;
-  const float x0_2 = (s2 ? exp_avg : exp_avg + s3 * (afg_min(afg_max(gd / afg_max(afg_sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg));
-  const float x0_3 = gd * gd;
-  new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_2);
-  new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
-
-}
-""",
-    ),
-    "afgen_adopt_u0_6e7cf3b6f8": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_adopt_u0_6e7cf3b6f8: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float p = param;
-  const float g = grad;
-  const float x0_2 = (s2 ? g + weight_decay * param : g);
-  const float x0_3 = (s0 ? exp_avg : exp_avg + s1 * (x0_2 / afg_max(afg_sqrt(exp_avg_sq), eps) - exp_avg));
-  const float x0_4 = x0_2 * x0_2;
-  new_param[idx] = afg_store_rounded<T>((s0 ? p : p - learning_rate * x0_3), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_3);
-  new_exp_avg_sq[idx] = afg_store<S>((s0 ? exp_avg_sq + x0_4 : beta2 * exp_avg_sq + s3 * x0_4));
-
-}
-""",
-    ),
-    "afgen_adopt_u0_71a7ad993f": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_adopt_u0_71a7ad993f: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps = eps_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float x0_0 = (s0 ? param : param * s1);
-  const float gd = -grad;
-  const float x0_2 = (s2 ? exp_avg : exp_avg + s3 * (gd / afg_max(afg_sqrt(exp_avg_sq), eps) - exp_avg));
-  const float x0_3 = gd * gd;
-  new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_2);
-  new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
-
-}
-""",
-    ),
-    "afgen_adopt_u0_b233cbb8fa": (
+    "afgen_adopt_u0_1233f1fbb9": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "bound_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_adopt_u0_b233cbb8fa: pass 0, unfactored layout
+// afgen_adopt_u0_1233f1fbb9: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -695,12 +461,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_adopt_u0_b93194cbb0": (
+    "afgen_adopt_u0_4aab4d3657": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "bound_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_adopt_u0_b93194cbb0: pass 0, unfactored layout
+// afgen_adopt_u0_4aab4d3657: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -743,12 +509,199 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_adopt_u0_fc84e9ef43": (
+    "afgen_adopt_u0_acae19e947": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_adopt_u0_acae19e947: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float p = param;
+  const float g = -grad;
+  const float x0_2 = (s2 ? g + weight_decay * param : g);
+  const float x0_3 = (s0 ? exp_avg : exp_avg + s1 * (x0_2 / afg_max(afg_sqrt(exp_avg_sq), eps) - exp_avg));
+  const float x0_4 = x0_2 * x0_2;
+  new_param[idx] = afg_store_rounded<T>((s0 ? p : p - learning_rate * x0_3), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_3);
+  new_exp_avg_sq[idx] = afg_store<S>((s0 ? exp_avg_sq + x0_4 : beta2 * exp_avg_sq + s3 * x0_4));
+
+}
+""",
+    ),
+    "afgen_adopt_u0_cb9d5f7a83": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "bound_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_adopt_u0_cb9d5f7a83: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float bound = bound_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x0_0 = (s0 ? param : param * s1);
+  const float gd = -grad;
+  const float x0_2 = (s2 ? exp_avg : exp_avg + s3 * (afg_min(afg_max(gd / afg_max(afg_sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg));
+  const float x0_3 = gd * gd;
+  new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_2);
+  new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
+
+}
+""",
+    ),
+    "afgen_adopt_u0_d5b6ddde61": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "bound_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_adopt_u0_d5b6ddde61: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float bound = bound_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x0_0 = (s0 ? param : param * s1);
+  const float gd = grad;
+  const float x0_2 = (s2 ? exp_avg : exp_avg + s3 * (afg_min(afg_max(gd / afg_max(afg_sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg));
+  const float x0_3 = gd * gd;
+  new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_2);
+  new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
+
+}
+""",
+    ),
+    "afgen_adopt_u0_de8cd7fbfe": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_adopt_u0_fc84e9ef43: pass 0, unfactored layout
+// afgen_adopt_u0_de8cd7fbfe: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float x0_0 = (s0 ? param : param * s1);
+  const float gd = -grad;
+  const float x0_2 = (s2 ? exp_avg : exp_avg + s3 * (gd / afg_max(afg_sqrt(exp_avg_sq), eps) - exp_avg));
+  const float x0_3 = gd * gd;
+  new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_2);
+  new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
+
+}
+""",
+    ),
+    "afgen_adopt_u0_e88e304c21": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_adopt_u0_e88e304c21: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -785,6 +738,53 @@ for (unsigned int c = 0; c < 4; ++c) {
   new_param[idx] = afg_store_rounded<T>((s2 ? x0_0 : x0_0 - learning_rate * x0_2), idx, afg_key);
   new_exp_avg[idx] = afg_store<S>(x0_2);
   new_exp_avg_sq[idx] = afg_store<S>((s2 ? exp_avg_sq + x0_3 : beta2 * exp_avg_sq + s4 * x0_3));
+
+}
+""",
+    ),
+    "afgen_adopt_u0_f14f4a7ae6": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_adopt_u0_f14f4a7ae6: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps = eps_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float p = param;
+  const float g = grad;
+  const float x0_2 = (s2 ? g + weight_decay * param : g);
+  const float x0_3 = (s0 ? exp_avg : exp_avg + s1 * (x0_2 / afg_max(afg_sqrt(exp_avg_sq), eps) - exp_avg));
+  const float x0_4 = x0_2 * x0_2;
+  new_param[idx] = afg_store_rounded<T>((s0 ? p : p - learning_rate * x0_3), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_3);
+  new_exp_avg_sq[idx] = afg_store<S>((s0 ? exp_avg_sq + x0_4 : beta2 * exp_avg_sq + s3 * x0_4));
 
 }
 """,
@@ -796,74 +796,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 
 @mx.compile
-def _mlx_afgen_adopt_u0_09cec613d6(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    x0_0 = mx.where(s0, param, param * s1)
-    gd = grad
-    x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (mx.minimum(mx.maximum(gd / mx.maximum(mx.sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg))
-    x0_3 = gd * gd
-    return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
-
-
-@mx.compile
-def _mlx_afgen_adopt_u0_3fa248d172(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    p = param
-    g = -grad
-    x0_2 = mx.where(s2, g + weight_decay * param, g)
-    x0_3 = mx.where(s0, exp_avg, exp_avg + s1 * (x0_2 / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
-    x0_4 = x0_2 * x0_2
-    return mx.where(s0, p, p - learning_rate * x0_3), x0_3, mx.where(s0, exp_avg_sq + x0_4, beta2 * exp_avg_sq + s3 * x0_4)
-
-
-@mx.compile
-def _mlx_afgen_adopt_u0_65e1dd56c6(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    x0_0 = mx.where(s0, param, param * s1)
-    gd = -grad
-    x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (mx.minimum(mx.maximum(gd / mx.maximum(mx.sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg))
-    x0_3 = gd * gd
-    return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
-
-
-@mx.compile
-def _mlx_afgen_adopt_u0_6e7cf3b6f8(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    p = param
-    g = grad
-    x0_2 = mx.where(s2, g + weight_decay * param, g)
-    x0_3 = mx.where(s0, exp_avg, exp_avg + s1 * (x0_2 / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
-    x0_4 = x0_2 * x0_2
-    return mx.where(s0, p, p - learning_rate * x0_3), x0_3, mx.where(s0, exp_avg_sq + x0_4, beta2 * exp_avg_sq + s3 * x0_4)
-
-
-@mx.compile
-def _mlx_afgen_adopt_u0_71a7ad993f(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, s4):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    x0_0 = mx.where(s0, param, param * s1)
-    gd = -grad
-    x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (gd / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
-    x0_3 = gd * gd
-    return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
-
-
-@mx.compile
-def _mlx_afgen_adopt_u0_b233cbb8fa(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay):
+def _mlx_afgen_adopt_u0_1233f1fbb9(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -877,7 +810,7 @@ def _mlx_afgen_adopt_u0_b233cbb8fa(exp_avg, exp_avg_sq, grad, param, beta2, boun
 
 
 @mx.compile
-def _mlx_afgen_adopt_u0_b93194cbb0(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay):
+def _mlx_afgen_adopt_u0_4aab4d3657(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -891,7 +824,60 @@ def _mlx_afgen_adopt_u0_b93194cbb0(exp_avg, exp_avg_sq, grad, param, beta2, boun
 
 
 @mx.compile
-def _mlx_afgen_adopt_u0_fc84e9ef43(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, s4):
+def _mlx_afgen_adopt_u0_acae19e947(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    p = param
+    g = -grad
+    x0_2 = mx.where(s2, g + weight_decay * param, g)
+    x0_3 = mx.where(s0, exp_avg, exp_avg + s1 * (x0_2 / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
+    x0_4 = x0_2 * x0_2
+    return mx.where(s0, p, p - learning_rate * x0_3), x0_3, mx.where(s0, exp_avg_sq + x0_4, beta2 * exp_avg_sq + s3 * x0_4)
+
+
+@mx.compile
+def _mlx_afgen_adopt_u0_cb9d5f7a83(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    x0_0 = mx.where(s0, param, param * s1)
+    gd = -grad
+    x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (mx.minimum(mx.maximum(gd / mx.maximum(mx.sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg))
+    x0_3 = gd * gd
+    return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
+
+
+@mx.compile
+def _mlx_afgen_adopt_u0_d5b6ddde61(exp_avg, exp_avg_sq, grad, param, beta2, bound, eps, learning_rate, s0, s1, s2, s3, s4):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    x0_0 = mx.where(s0, param, param * s1)
+    gd = grad
+    x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (mx.minimum(mx.maximum(gd / mx.maximum(mx.sqrt(exp_avg_sq), eps), -bound), bound) - exp_avg))
+    x0_3 = gd * gd
+    return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
+
+
+@mx.compile
+def _mlx_afgen_adopt_u0_de8cd7fbfe(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, s4):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    x0_0 = mx.where(s0, param, param * s1)
+    gd = -grad
+    x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (gd / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
+    x0_3 = gd * gd
+    return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
+
+
+@mx.compile
+def _mlx_afgen_adopt_u0_e88e304c21(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, s4):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -901,24 +887,38 @@ def _mlx_afgen_adopt_u0_fc84e9ef43(exp_avg, exp_avg_sq, grad, param, beta2, eps,
     x0_2 = mx.where(s2, exp_avg, exp_avg + s3 * (gd / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
     x0_3 = gd * gd
     return mx.where(s2, x0_0, x0_0 - learning_rate * x0_2), x0_2, mx.where(s2, exp_avg_sq + x0_3, beta2 * exp_avg_sq + s4 * x0_3)
+
+
+@mx.compile
+def _mlx_afgen_adopt_u0_f14f4a7ae6(exp_avg, exp_avg_sq, grad, param, beta2, eps, learning_rate, s0, s1, s2, s3, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    p = param
+    g = grad
+    x0_2 = mx.where(s2, g + weight_decay * param, g)
+    x0_3 = mx.where(s0, exp_avg, exp_avg + s1 * (x0_2 / mx.maximum(mx.sqrt(exp_avg_sq), eps) - exp_avg))
+    x0_4 = x0_2 * x0_2
+    return mx.where(s0, p, p - learning_rate * x0_3), x0_3, mx.where(s0, exp_avg_sq + x0_4, beta2 * exp_avg_sq + s3 * x0_4)
 
 
 _MLX_PASSES = {
-    "afgen_adopt_u0_09cec613d6": (_mlx_afgen_adopt_u0_09cec613d6, False, "ffff", "pff",
+    "afgen_adopt_u0_1233f1fbb9": (_mlx_afgen_adopt_u0_1233f1fbb9, False, "ffff", "pff",
         9),
-    "afgen_adopt_u0_3fa248d172": (_mlx_afgen_adopt_u0_3fa248d172, False, "ffff", "pff",
+    "afgen_adopt_u0_4aab4d3657": (_mlx_afgen_adopt_u0_4aab4d3657, False, "ffff", "pff",
+        9),
+    "afgen_adopt_u0_acae19e947": (_mlx_afgen_adopt_u0_acae19e947, False, "ffff", "pff",
         8),
-    "afgen_adopt_u0_65e1dd56c6": (_mlx_afgen_adopt_u0_65e1dd56c6, False, "ffff", "pff",
+    "afgen_adopt_u0_cb9d5f7a83": (_mlx_afgen_adopt_u0_cb9d5f7a83, False, "ffff", "pff",
         9),
-    "afgen_adopt_u0_6e7cf3b6f8": (_mlx_afgen_adopt_u0_6e7cf3b6f8, False, "ffff", "pff",
+    "afgen_adopt_u0_d5b6ddde61": (_mlx_afgen_adopt_u0_d5b6ddde61, False, "ffff", "pff",
+        9),
+    "afgen_adopt_u0_de8cd7fbfe": (_mlx_afgen_adopt_u0_de8cd7fbfe, False, "ffff", "pff",
         8),
-    "afgen_adopt_u0_71a7ad993f": (_mlx_afgen_adopt_u0_71a7ad993f, False, "ffff", "pff",
+    "afgen_adopt_u0_e88e304c21": (_mlx_afgen_adopt_u0_e88e304c21, False, "ffff", "pff",
         8),
-    "afgen_adopt_u0_b233cbb8fa": (_mlx_afgen_adopt_u0_b233cbb8fa, False, "ffff", "pff",
-        9),
-    "afgen_adopt_u0_b93194cbb0": (_mlx_afgen_adopt_u0_b93194cbb0, False, "ffff", "pff",
-        9),
-    "afgen_adopt_u0_fc84e9ef43": (_mlx_afgen_adopt_u0_fc84e9ef43, False, "ffff", "pff",
+    "afgen_adopt_u0_f14f4a7ae6": (_mlx_afgen_adopt_u0_f14f4a7ae6, False, "ffff", "pff",
         8),
 }
 

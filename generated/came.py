@@ -332,7 +332,7 @@ def _gpu_factored__weight_decouple__ams_bound__maximize(self, gradient, paramete
     s7 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_94111a8e18", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [beta2, learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_d53e575067", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [beta2, learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq_hat = new_exp_avg_sq_hat.reshape(state["exp_avg_sq_hat"].shape)
@@ -388,7 +388,7 @@ def _gpu_factored__weight_decouple__ams_bound__no_maximize(self, gradient, param
     s7 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_0ace22bf45", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [beta2, learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_918fa0ed96", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [beta2, learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq_hat = new_exp_avg_sq_hat.reshape(state["exp_avg_sq_hat"].shape)
@@ -444,7 +444,7 @@ def _gpu_factored__weight_decouple__maximize__no_ams_bound(self, gradient, param
     s7 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_2c433fc06f", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_5a06ff1cdf", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg"] = new_exp_avg
@@ -498,7 +498,7 @@ def _gpu_factored__weight_decouple__no_ams_bound_no_maximize(self, gradient, par
     s7 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_0a2afbed15", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_eddae3d5c5", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.rows(s6, geo), _rt.cols(s1, geo), _rt.cols(s7, geo), [learning_rate, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg"] = new_exp_avg
@@ -537,7 +537,7 @@ def _gpu_factored__ams_bound__maximize__no_weight_decouple(self, gradient, param
     exp_avg_res_row = _rt.cast(_rt.expand(state["exp_avg_res_row"], "row"), cdt)
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_ea35e43253", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_33bcecd4b8", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -549,10 +549,10 @@ def _gpu_factored__ams_bound__maximize__no_weight_decouple(self, gradient, param
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
-    red4_part, = self._launch(backend, "afgen_came_f1_8d3d9cafd8", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_came_f1_ef6c16bccf", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
-    red5_part, red6_part = self._launch(backend, "afgen_came_f2_adcbaf3bac", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red5_part, red6_part = self._launch(backend, "afgen_came_f2_0a893e00dc", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red5 = _rt.row_total(red5_part, geo) / geo.N
     red6 = _rt.col_total(red6_part, geo) / geo.M
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
@@ -562,7 +562,7 @@ def _gpu_factored__ams_bound__maximize__no_weight_decouple(self, gradient, param
     s6 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_c7f238ddc8", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [beta2, learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_98e33f470e", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [beta2, learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq_hat = new_exp_avg_sq_hat.reshape(state["exp_avg_sq_hat"].shape)
@@ -594,7 +594,7 @@ def _gpu_factored__ams_bound__no_weight_decouple_no_maximize(self, gradient, par
     exp_avg_res_row = _rt.cast(_rt.expand(state["exp_avg_res_row"], "row"), cdt)
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_4cedc0cbd3", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_d6e976af34", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -606,10 +606,10 @@ def _gpu_factored__ams_bound__no_weight_decouple_no_maximize(self, gradient, par
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
-    red4_part, = self._launch(backend, "afgen_came_f1_dfd2e2c348", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_came_f1_441243ea5b", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
-    red5_part, red6_part = self._launch(backend, "afgen_came_f2_1acada9753", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red5_part, red6_part = self._launch(backend, "afgen_came_f2_3360baafdd", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red5 = _rt.row_total(red5_part, geo) / geo.N
     red6 = _rt.col_total(red6_part, geo) / geo.M
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
@@ -619,7 +619,7 @@ def _gpu_factored__ams_bound__no_weight_decouple_no_maximize(self, gradient, par
     s6 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_180e81a4eb", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [beta2, learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_f3_523bc56db7", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [beta2, learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq_hat = new_exp_avg_sq_hat.reshape(state["exp_avg_sq_hat"].shape)
@@ -651,7 +651,7 @@ def _gpu_factored__maximize__no_weight_decouple_no_ams_bound(self, gradient, par
     exp_avg_res_row = _rt.cast(_rt.expand(state["exp_avg_res_row"], "row"), cdt)
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_ea35e43253", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_33bcecd4b8", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -663,10 +663,10 @@ def _gpu_factored__maximize__no_weight_decouple_no_ams_bound(self, gradient, par
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
-    red4_part, = self._launch(backend, "afgen_came_f1_c87c0f9417", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_came_f1_eac1c6e13b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
-    red5_part, red6_part = self._launch(backend, "afgen_came_f2_b242ebbdb7", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red5_part, red6_part = self._launch(backend, "afgen_came_f2_4e1fef2398", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red5 = _rt.row_total(red5_part, geo) / geo.N
     red6 = _rt.col_total(red6_part, geo) / geo.M
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
@@ -676,7 +676,7 @@ def _gpu_factored__maximize__no_weight_decouple_no_ams_bound(self, gradient, par
     s6 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_da9c1bdc88", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_3554d9705b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg"] = new_exp_avg
@@ -706,7 +706,7 @@ def _gpu_factored__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, p
     exp_avg_res_row = _rt.cast(_rt.expand(state["exp_avg_res_row"], "row"), cdt)
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_4cedc0cbd3", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_d6e976af34", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.row_total(red1_part, geo) / geo.N
     red2 = _rt.col_total(red2_part, geo) / geo.M
@@ -718,10 +718,10 @@ def _gpu_factored__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, p
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
-    red4_part, = self._launch(backend, "afgen_came_f1_8281da9086", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red4_part, = self._launch(backend, "afgen_came_f1_366750b6a9", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red4 = _rt.tensor_total(red4_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
-    red5_part, red6_part = self._launch(backend, "afgen_came_f2_7401b1591a", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
+    red5_part, red6_part = self._launch(backend, "afgen_came_f2_a95cfec188", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     red5 = _rt.row_total(red5_part, geo) / geo.N
     red6 = _rt.col_total(red6_part, geo) / geo.M
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
@@ -731,7 +731,7 @@ def _gpu_factored__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, p
     s6 = mx.rsqrt(exp_avg_res_col_1)
     new_exp_avg_res_row = exp_avg_res_row_1
     new_exp_avg_res_col = exp_avg_res_col_1
-    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_8dd0bee9d7", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg = self._launch(backend, "afgen_came_f3_08cebae37a", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.rows(s5, geo), _rt.cols(s2, geo), _rt.cols(s6, geo), [learning_rate, s0, s3, s4, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     state["exp_avg"] = new_exp_avg
@@ -768,7 +768,7 @@ def _gpu_flat__weight_decouple__ams_bound__maximize(self, gradient, parameter, s
     red1 = _rt.tensor_total(red1_part, geo) / size
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_63304f544a", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_6388c53cf4", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -796,7 +796,7 @@ def _gpu_flat__weight_decouple__ams_bound__no_maximize(self, gradient, parameter
     red1 = _rt.tensor_total(red1_part, geo) / size
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_164d234e21", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_0e26ee972d", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -824,7 +824,7 @@ def _gpu_flat__weight_decouple__maximize__no_ams_bound(self, gradient, parameter
     red1 = _rt.tensor_total(red1_part, geo) / size
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_d92a089f97", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_3e12179a3e", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -850,7 +850,7 @@ def _gpu_flat__weight_decouple__no_ams_bound_no_maximize(self, gradient, paramet
     red1 = _rt.tensor_total(red1_part, geo) / size
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_0d5d1c0409", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_73335000ca", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -880,12 +880,12 @@ def _gpu_flat__ams_bound__maximize__no_weight_decouple(self, gradient, parameter
     clip_threshold = self.clip_threshold
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part = self._launch(backend, "afgen_came_u0_2d931e24a2", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_came_u0_b80ef1739a", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.tensor_total(red1_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_5be11ee5d7", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_0c3e5d4df0", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -909,12 +909,12 @@ def _gpu_flat__ams_bound__no_weight_decouple_no_maximize(self, gradient, paramet
     clip_threshold = self.clip_threshold
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part = self._launch(backend, "afgen_came_u0_af13c4ef24", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_came_u0_98335d399b", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.tensor_total(red1_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_ba28799999", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_90c0031fb8", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -938,12 +938,12 @@ def _gpu_flat__maximize__no_weight_decouple_no_ams_bound(self, gradient, paramet
     clip_threshold = self.clip_threshold
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part = self._launch(backend, "afgen_came_u0_8a48e6b99f", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_came_u0_1e1586ae8b", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.tensor_total(red1_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_4bb4edc20f", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_30b4bb788a", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -965,12 +965,12 @@ def _gpu_flat__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, param
     clip_threshold = self.clip_threshold
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
-    red0_part, red1_part = self._launch(backend, "afgen_came_u0_20d3aeb045", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
+    red0_part, red1_part = self._launch(backend, "afgen_came_u0_61de7bdabf", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
     red0 = _rt.tensor_total(red0_part, geo) / size
     red1 = _rt.tensor_total(red1_part, geo) / size
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
-    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_c04aa2a805", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_aa21def5b9", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -1022,6 +1022,83 @@ _STACKED = frozenset({
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
+    "afgen_came_f0_33bcecd4b8": (
+        ["grad_in", "param_in", "eps1_in", "s0_in", "weight_decay_in", "dims"],
+        ["red0_part", "red1_part", "red2_part"],
+        ["T", "S"],
+        """\
+// afgen_came_f0_33bcecd4b8: pass 0, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
+const float weight_decay = weight_decay_in[t];
+float acc_red0 = 0.0f;
+float acc_red1[4];
+float acc_red2[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red2[c] = 0.0f;
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  acc_red1[r] = 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0 = -grad;
+    const float x0_1 = (s0 ? g0 + weight_decay * param : g0);
+    const float x0_2 = x0_1 * x0_1 + eps1;
+    acc_red0 += afg_sq(param);
+    acc_red1[r] += x0_2;
+    acc_red2[c] += x0_2;
+
+  }
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red1[r]);
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
+    red1_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+afg_shared float afg_cols_red2[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red2[afg_warp * 256 + c * 32 + afg_lane] = acc_red2[c];
+}
+afg_barrier();
+{
+  const unsigned int j = cc * 256 + afg_lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red2[w * 256 + afg_lid];
+    }
+    red2_part[(b * nrb + rb) * N + j] = total;
+  }
+}
+afg_shared float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+    ),
     "afgen_came_f0_34a7f90052": (
         ["grad_in", "param_in", "eps1_in", "dims"],
         ["red0_part", "red1_part", "red2_part"],
@@ -1062,83 +1139,6 @@ for (unsigned int r = 0; r < 4; ++r) {
     acc_red0 += afg_sq(param);
     acc_red1[r] += sq;
     acc_red2[c] += sq;
-
-  }
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red1[r]);
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  if (afg_lane == 0 && m < M) {
-    red1_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-afg_shared float afg_cols_red2[2048];
-for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red2[afg_warp * 256 + c * 32 + afg_lane] = acc_red2[c];
-}
-afg_barrier();
-{
-  const unsigned int j = cc * 256 + afg_lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red2[w * 256 + afg_lid];
-    }
-    red2_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-afg_shared float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
-  if (afg_lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-    ),
-    "afgen_came_f0_4cedc0cbd3": (
-        ["grad_in", "param_in", "eps1_in", "s0_in", "weight_decay_in", "dims"],
-        ["red0_part", "red1_part", "red2_part"],
-        ["T", "S"],
-        """\
-// afgen_came_f0_4cedc0cbd3: pass 0, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float eps1 = eps1_in[t];
-const float s0 = s0_in[t];
-const float weight_decay = weight_decay_in[t];
-float acc_red0 = 0.0f;
-float acc_red1[4];
-float acc_red2[8];
-for (unsigned int c = 0; c < 8; ++c) {
-  acc_red2[c] = 0.0f;
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  acc_red1[r] = 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g0 = grad;
-    const float x0_1 = (s0 ? g0 + weight_decay * param : g0);
-    const float x0_2 = x0_1 * x0_1 + eps1;
-    acc_red0 += afg_sq(param);
-    acc_red1[r] += x0_2;
-    acc_red2[c] += x0_2;
 
   }
 }
@@ -1247,12 +1247,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_f0_ea35e43253": (
+    "afgen_came_f0_d6e976af34": (
         ["grad_in", "param_in", "eps1_in", "s0_in", "weight_decay_in", "dims"],
         ["red0_part", "red1_part", "red2_part"],
         ["T", "S"],
         """\
-// afgen_came_f0_ea35e43253: pass 0, factored layout
+// afgen_came_f0_d6e976af34: pass 0, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1284,7 +1284,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const unsigned int idx = (b * M + m) * N + j;
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float g0 = -grad;
+    const float g0 = grad;
     const float x0_1 = (s0 ? g0 + weight_decay * param : g0);
     const float x0_2 = x0_1 * x0_1 + eps1;
     acc_red0 += afg_sq(param);
@@ -1368,12 +1368,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_f1_8281da9086": (
+    "afgen_came_f1_366750b6a9": (
         ["grad_in", "param_in", "s1_in", "s2_in", "s0_in", "weight_decay_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
-// afgen_came_f1_8281da9086: pass 1, factored layout
+// afgen_came_f1_366750b6a9: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1414,12 +1414,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_f1_8d3d9cafd8": (
+    "afgen_came_f1_441243ea5b": (
         ["exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s2_in", "beta2_in", "s0_in", "weight_decay_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
-// afgen_came_f1_8d3d9cafd8: pass 1, factored layout
+// afgen_came_f1_441243ea5b: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1448,7 +1448,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float g0_1 = -grad;
+    const float g0_1 = grad;
     acc_red4 += afg_sq(afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2)) / beta2) * (s0 ? g0_1 + weight_decay * param : g0_1));
 
   }
@@ -1547,12 +1547,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_f1_c87c0f9417": (
+    "afgen_came_f1_eac1c6e13b": (
         ["grad_in", "param_in", "s1_in", "s2_in", "s0_in", "weight_decay_in", "dims"],
         ["red4_part"],
         ["T", "S"],
         """\
-// afgen_came_f1_c87c0f9417: pass 1, factored layout
+// afgen_came_f1_eac1c6e13b: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1581,54 +1581,6 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float param = afg_load(param_in[idx]);
     const float g0_1 = -grad;
     acc_red4 += afg_sq(s1 * s2 * (s0 ? g0_1 + weight_decay * param : g0_1));
-
-  }
-}
-afg_shared float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
-  if (afg_lid == 0) {
-    red4_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-    ),
-    "afgen_came_f1_dfd2e2c348": (
-        ["exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s2_in", "beta2_in", "s0_in", "weight_decay_in", "dims"],
-        ["red4_part"],
-        ["T", "S"],
-        """\
-// afgen_came_f1_dfd2e2c348: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float s0 = s0_in[t];
-const float weight_decay = weight_decay_in[t];
-float acc_red4 = 0.0f;
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g0_1 = grad;
-    acc_red4 += afg_sq(afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2)) / beta2) * (s0 ? g0_1 + weight_decay * param : g0_1));
 
   }
 }
@@ -1682,12 +1634,135 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_f2_1acada9753": (
+    "afgen_came_f1_ef6c16bccf": (
+        ["exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s2_in", "beta2_in", "s0_in", "weight_decay_in", "dims"],
+        ["red4_part"],
+        ["T", "S"],
+        """\
+// afgen_came_f1_ef6c16bccf: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float s0 = s0_in[t];
+const float weight_decay = weight_decay_in[t];
+float acc_red4 = 0.0f;
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0_1 = -grad;
+    acc_red4 += afg_sq(afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2)) / beta2) * (s0 ? g0_1 + weight_decay * param : g0_1));
+
+  }
+}
+afg_shared float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red4, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
+    red4_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+    ),
+    "afgen_came_f2_0a893e00dc": (
         ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s2_in", "beta2_in", "eps2_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "dims"],
         ["red5_part", "red6_part"],
         ["T", "S"],
         """\
-// afgen_came_f2_1acada9753: pass 2, factored layout
+// afgen_came_f2_0a893e00dc: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps2 = eps2_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay = weight_decay_in[t];
+float acc_red5[4];
+float acc_red6[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red6[c] = 0.0f;
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  acc_red5[r] = 0.0f;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0_2 = -grad;
+    const float x2_1 = afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2)) / beta2) * (s0 ? g0_2 + weight_decay * param : g0_2) / s3;
+    const float x2_2 = afg_sq(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2;
+    acc_red5[r] += x2_2;
+    acc_red6[c] += x2_2;
+
+  }
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red5[r]);
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
+    red5_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+afg_shared float afg_cols_red6[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red6[afg_warp * 256 + c * 32 + afg_lane] = acc_red6[c];
+}
+afg_barrier();
+{
+  const unsigned int j = cc * 256 + afg_lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red6[w * 256 + afg_lid];
+    }
+    red6_part[(b * nrb + rb) * N + j] = total;
+  }
+}
+""",
+    ),
+    "afgen_came_f2_3360baafdd": (
+        ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s2_in", "beta2_in", "eps2_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "dims"],
+        ["red5_part", "red6_part"],
+        ["T", "S"],
+        """\
+// afgen_came_f2_3360baafdd: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1828,6 +1903,79 @@ afg_barrier();
 }
 """,
     ),
+    "afgen_came_f2_4e1fef2398": (
+        ["exp_avg_in", "grad_in", "param_in", "s1_in", "s2_in", "eps2_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "dims"],
+        ["red5_part", "red6_part"],
+        ["T", "S"],
+        """\
+// afgen_came_f2_4e1fef2398: pass 2, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float eps2 = eps2_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay = weight_decay_in[t];
+float acc_red5[4];
+float acc_red6[8];
+for (unsigned int c = 0; c < 8; ++c) {
+  acc_red6[c] = 0.0f;
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  acc_red5[r] = 0.0f;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0_2 = -grad;
+    const float x2_1 = s1 * s2 * (s0 ? g0_2 + weight_decay * param : g0_2) / s3;
+    const float x2_2 = afg_sq(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2;
+    acc_red5[r] += x2_2;
+    acc_red6[c] += x2_2;
+
+  }
+}
+for (unsigned int r = 0; r < 4; ++r) {
+  const float total = afg_warp_sum(acc_red5[r]);
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  if (afg_lane == 0 && m < M) {
+    red5_part[(b * M + m) * ncc + cc] = total;
+  }
+}
+afg_shared float afg_cols_red6[2048];
+for (unsigned int c = 0; c < 8; ++c) {
+  afg_cols_red6[afg_warp * 256 + c * 32 + afg_lane] = acc_red6[c];
+}
+afg_barrier();
+{
+  const unsigned int j = cc * 256 + afg_lid;
+  if (j < N) {
+    float total = 0.0f;
+    for (unsigned int w = 0; w < 8; ++w) {
+      total += afg_cols_red6[w * 256 + afg_lid];
+    }
+    red6_part[(b * nrb + rb) * N + j] = total;
+  }
+}
+""",
+    ),
     "afgen_came_f2_6b3b6b61a4": (
         ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "s0_in", "s1_in", "beta2_in", "eps2_in", "s2_in", "s3_in", "dims"],
         ["red5_part", "red6_part"],
@@ -1899,12 +2047,12 @@ afg_barrier();
 }
 """,
     ),
-    "afgen_came_f2_7401b1591a": (
+    "afgen_came_f2_a95cfec188": (
         ["exp_avg_in", "grad_in", "param_in", "s1_in", "s2_in", "eps2_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "dims"],
         ["red5_part", "red6_part"],
         ["T", "S"],
         """\
-// afgen_came_f2_7401b1591a: pass 2, factored layout
+// afgen_came_f2_a95cfec188: pass 2, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1941,154 +2089,6 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
     const float g0_2 = grad;
-    const float x2_1 = s1 * s2 * (s0 ? g0_2 + weight_decay * param : g0_2) / s3;
-    const float x2_2 = afg_sq(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2;
-    acc_red5[r] += x2_2;
-    acc_red6[c] += x2_2;
-
-  }
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red5[r]);
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  if (afg_lane == 0 && m < M) {
-    red5_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-afg_shared float afg_cols_red6[2048];
-for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red6[afg_warp * 256 + c * 32 + afg_lane] = acc_red6[c];
-}
-afg_barrier();
-{
-  const unsigned int j = cc * 256 + afg_lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red6[w * 256 + afg_lid];
-    }
-    red6_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-    ),
-    "afgen_came_f2_adcbaf3bac": (
-        ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s2_in", "beta2_in", "eps2_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "dims"],
-        ["red5_part", "red6_part"],
-        ["T", "S"],
-        """\
-// afgen_came_f2_adcbaf3bac: pass 2, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps2 = eps2_in[t];
-const float s0 = s0_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float weight_decay = weight_decay_in[t];
-float acc_red5[4];
-float acc_red6[8];
-for (unsigned int c = 0; c < 8; ++c) {
-  acc_red6[c] = 0.0f;
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  acc_red5[r] = 0.0f;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g0_2 = -grad;
-    const float x2_1 = afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2)) / beta2) * (s0 ? g0_2 + weight_decay * param : g0_2) / s3;
-    const float x2_2 = afg_sq(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2;
-    acc_red5[r] += x2_2;
-    acc_red6[c] += x2_2;
-
-  }
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const float total = afg_warp_sum(acc_red5[r]);
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  if (afg_lane == 0 && m < M) {
-    red5_part[(b * M + m) * ncc + cc] = total;
-  }
-}
-afg_shared float afg_cols_red6[2048];
-for (unsigned int c = 0; c < 8; ++c) {
-  afg_cols_red6[afg_warp * 256 + c * 32 + afg_lane] = acc_red6[c];
-}
-afg_barrier();
-{
-  const unsigned int j = cc * 256 + afg_lid;
-  if (j < N) {
-    float total = 0.0f;
-    for (unsigned int w = 0; w < 8; ++w) {
-      total += afg_cols_red6[w * 256 + afg_lid];
-    }
-    red6_part[(b * nrb + rb) * N + j] = total;
-  }
-}
-""",
-    ),
-    "afgen_came_f2_b242ebbdb7": (
-        ["exp_avg_in", "grad_in", "param_in", "s1_in", "s2_in", "eps2_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "dims"],
-        ["red5_part", "red6_part"],
-        ["T", "S"],
-        """\
-// afgen_came_f2_b242ebbdb7: pass 2, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float eps2 = eps2_in[t];
-const float s0 = s0_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float weight_decay = weight_decay_in[t];
-float acc_red5[4];
-float acc_red6[8];
-for (unsigned int c = 0; c < 8; ++c) {
-  acc_red6[c] = 0.0f;
-}
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  acc_red5[r] = 0.0f;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g0_2 = -grad;
     const float x2_1 = s1 * s2 * (s0 ? g0_2 + weight_decay * param : g0_2) / s3;
     const float x2_2 = afg_sq(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2;
     acc_red5[r] += x2_2;
@@ -2258,12 +2258,157 @@ afg_barrier();
 }
 """,
     ),
-    "afgen_came_f3_0a2afbed15": (
+    "afgen_came_f3_08cebae37a": (
+        ["exp_avg_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg"],
+        ["T", "S"],
+        """\
+// afgen_came_f3_08cebae37a: pass 3, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float s6 = s6_in[b * N + j];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0_3 = grad;
+    const float x3_1 = exp_avg + s4 * (s1 * s2 * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_1), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x3_1);
+
+  }
+}
+""",
+    ),
+    "afgen_came_f3_3554d9705b": (
+        ["exp_avg_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg"],
+        ["T", "S"],
+        """\
+// afgen_came_f3_3554d9705b: pass 3, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float s6 = s6_in[b * N + j];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0_3 = -grad;
+    const float x3_1 = exp_avg + s4 * (s1 * s2 * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_1), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x3_1);
+
+  }
+}
+""",
+    ),
+    "afgen_came_f3_523bc56db7": (
+        ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "beta2_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq_hat"],
+        ["T", "S"],
+        """\
+// afgen_came_f3_523bc56db7: pass 3, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
+  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float s2 = s2_in[b * N + j];
+    const float s6 = s6_in[b * N + j];
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g0_3 = grad;
+    const float x3_0 = afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2));
+    const float x3_2 = exp_avg + s4 * (afg_rsqrt(x3_0 / beta2) * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
+    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_2), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x3_2);
+    new_exp_avg_sq_hat[idx] = afg_store<S>(x3_0);
+
+  }
+}
+""",
+    ),
+    "afgen_came_f3_5a06ff1cdf": (
         ["exp_avg_in", "grad_in", "param_in", "s0_in", "s6_in", "s1_in", "s7_in", "learning_rate_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg"],
         ["T", "S"],
         """\
-// afgen_came_f3_0a2afbed15: pass 3, factored layout
+// afgen_came_f3_5a06ff1cdf: pass 3, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2296,7 +2441,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float exp_avg = afg_load(exp_avg_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float x3_0 = exp_avg + s3 * (s0 * s1 * grad / s2 - exp_avg);
+    const float x3_0 = exp_avg + s3 * (s0 * s1 * (-grad) / s2 - exp_avg);
     new_param[idx] = afg_store_rounded<T>((s4 ? param : param * s5) - learning_rate * (s6 * s7 * x3_0), idx, afg_key);
     new_exp_avg[idx] = afg_store<S>(x3_0);
 
@@ -2304,12 +2449,12 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
     ),
-    "afgen_came_f3_0ace22bf45": (
+    "afgen_came_f3_918fa0ed96": (
         ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s0_in", "s6_in", "s1_in", "s7_in", "beta2_in", "learning_rate_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq_hat"],
         ["T", "S"],
         """\
-// afgen_came_f3_0ace22bf45: pass 3, factored layout
+// afgen_came_f3_918fa0ed96: pass 3, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2354,12 +2499,12 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
     ),
-    "afgen_came_f3_180e81a4eb": (
+    "afgen_came_f3_98e33f470e": (
         ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "beta2_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq_hat"],
         ["T", "S"],
         """\
-// afgen_came_f3_180e81a4eb: pass 3, factored layout
+// afgen_came_f3_98e33f470e: pass 3, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2394,7 +2539,7 @@ for (unsigned int r = 0; r < 4; ++r) {
     const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float g0_3 = grad;
+    const float g0_3 = -grad;
     const float x3_0 = afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2));
     const float x3_2 = exp_avg + s4 * (afg_rsqrt(x3_0 / beta2) * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
     new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_2), idx, afg_key);
@@ -2405,105 +2550,12 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
     ),
-    "afgen_came_f3_2c433fc06f": (
-        ["exp_avg_in", "grad_in", "param_in", "s0_in", "s6_in", "s1_in", "s7_in", "learning_rate_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg"],
-        ["T", "S"],
-        """\
-// afgen_came_f3_2c433fc06f: pass 3, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float learning_rate = learning_rate_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
-  const float s6 = m_ok ? s6_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s1 = s1_in[b * N + j];
-    const float s7 = s7_in[b * N + j];
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float x3_0 = exp_avg + s3 * (s0 * s1 * (-grad) / s2 - exp_avg);
-    new_param[idx] = afg_store_rounded<T>((s4 ? param : param * s5) - learning_rate * (s6 * s7 * x3_0), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x3_0);
-
-  }
-}
-""",
-    ),
-    "afgen_came_f3_8dd0bee9d7": (
-        ["exp_avg_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg"],
-        ["T", "S"],
-        """\
-// afgen_came_f3_8dd0bee9d7: pass 3, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float s6 = s6_in[b * N + j];
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g0_3 = grad;
-    const float x3_1 = exp_avg + s4 * (s1 * s2 * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_1), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x3_1);
-
-  }
-}
-""",
-    ),
-    "afgen_came_f3_94111a8e18": (
+    "afgen_came_f3_d53e575067": (
         ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s0_in", "s6_in", "s1_in", "s7_in", "beta2_in", "learning_rate_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq_hat"],
         ["T", "S"],
         """\
-// afgen_came_f3_94111a8e18: pass 3, factored layout
+// afgen_came_f3_d53e575067: pass 3, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2548,63 +2600,12 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
     ),
-    "afgen_came_f3_c7f238ddc8": (
-        ["exp_avg_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "beta2_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq_hat"],
-        ["T", "S"],
-        """\
-// afgen_came_f3_c7f238ddc8: pass 3, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float s6 = s6_in[b * N + j];
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g0_3 = -grad;
-    const float x3_0 = afg_max(exp_avg_sq_hat, 1.0f / (s1 * s2));
-    const float x3_2 = exp_avg + s4 * (afg_rsqrt(x3_0 / beta2) * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_2), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x3_2);
-    new_exp_avg_sq_hat[idx] = afg_store<S>(x3_0);
-
-  }
-}
-""",
-    ),
-    "afgen_came_f3_da9c1bdc88": (
-        ["exp_avg_in", "grad_in", "param_in", "s1_in", "s5_in", "s2_in", "s6_in", "learning_rate_in", "s0_in", "s3_in", "s4_in", "weight_decay_in", "afg_key_in", "dims"],
+    "afgen_came_f3_eddae3d5c5": (
+        ["exp_avg_in", "grad_in", "param_in", "s0_in", "s6_in", "s1_in", "s7_in", "learning_rate_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg"],
         ["T", "S"],
         """\
-// afgen_came_f3_da9c1bdc88: pass 3, factored layout
+// afgen_came_f3_eddae3d5c5: pass 3, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2616,31 +2617,30 @@ const unsigned int rb = (afg_group / ncc) % nrb;
 const unsigned int b = afg_group / (ncc * nrb);
 const unsigned int t = b / dims[5];
 const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
+const float s2 = s2_in[t];
 const float s3 = s3_in[t];
 const float s4 = s4_in[t];
-const float weight_decay = weight_decay_in[t];
+const float s5 = s5_in[t];
 const unsigned int afg_key = afg_bits(afg_key_in[t]);
 for (unsigned int r = 0; r < 4; ++r) {
   const unsigned int m = rb * 32 + r * 8 + afg_warp;
   const bool m_ok = m < M;
-  const float s1 = m_ok ? s1_in[b * M + m] : 0.0f;
-  const float s5 = m_ok ? s5_in[b * M + m] : 0.0f;
+  const float s0 = m_ok ? s0_in[b * M + m] : 0.0f;
+  const float s6 = m_ok ? s6_in[b * M + m] : 0.0f;
   for (unsigned int c = 0; c < 8; ++c) {
     const unsigned int j = cc * 256 + c * 32 + afg_lane;
     if (!m_ok || j >= N) {
       continue;
     }
     const unsigned int idx = (b * M + m) * N + j;
-    const float s2 = s2_in[b * N + j];
-    const float s6 = s6_in[b * N + j];
+    const float s1 = s1_in[b * N + j];
+    const float s7 = s7_in[b * N + j];
     const float exp_avg = afg_load(exp_avg_in[idx]);
     const float grad = afg_load(grad_in[idx]);
     const float param = afg_load(param_in[idx]);
-    const float g0_3 = -grad;
-    const float x3_1 = exp_avg + s4 * (s1 * s2 * (s0 ? g0_3 + weight_decay * param : g0_3) / s3 - exp_avg);
-    new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s5 * s6 * x3_1), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x3_1);
+    const float x3_0 = exp_avg + s3 * (s0 * s1 * grad / s2 - exp_avg);
+    new_param[idx] = afg_store_rounded<T>((s4 ? param : param * s5) - learning_rate * (s6 * s7 * x3_0), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x3_0);
 
   }
 }
@@ -2697,12 +2697,65 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_u0_20d3aeb045": (
+    "afgen_came_u0_1e1586ae8b": (
         ["exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "s1_in", "weight_decay_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
-// afgen_came_u0_20d3aeb045: pass 0, unfactored layout
+// afgen_came_u0_1e1586ae8b: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay = weight_decay_in[t];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g0 = -grad;
+  const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(afg_rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1)) * x0_1);
+
+}
+afg_shared float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+    ),
+    "afgen_came_u0_61de7bdabf": (
+        ["exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "s1_in", "weight_decay_in", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
+// afgen_came_u0_61de7bdabf: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2730,113 +2783,6 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
   const float g0 = grad;
-  const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(afg_rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1)) * x0_1);
-
-}
-afg_shared float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
-  if (afg_lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
-  if (afg_lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-    ),
-    "afgen_came_u0_2d931e24a2": (
-        ["exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "s1_in", "weight_decay_in", "dims"],
-        ["red0_part", "red1_part"],
-        ["T", "S"],
-        """\
-// afgen_came_u0_2d931e24a2: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps1 = eps1_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float weight_decay = weight_decay_in[t];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g0 = -grad;
-  const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
-  acc_red0 += afg_sq(param);
-  acc_red1 += afg_sq(afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / afg_rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1))) / beta2) * x0_1);
-
-}
-afg_shared float afg_scratch[8];
-{
-  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
-  if (afg_lid == 0) {
-    red0_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-{
-  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
-  if (afg_lid == 0) {
-    red1_part[(b * nrb + rb) * ncc + cc] = total;
-  }
-}
-""",
-    ),
-    "afgen_came_u0_8a48e6b99f": (
-        ["exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "s1_in", "weight_decay_in", "dims"],
-        ["red0_part", "red1_part"],
-        ["T", "S"],
-        """\
-// afgen_came_u0_8a48e6b99f: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps1 = eps1_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float weight_decay = weight_decay_in[t];
-float acc_red0 = 0.0f;
-float acc_red1 = 0.0f;
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g0 = -grad;
   const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
   acc_red0 += afg_sq(param);
   acc_red1 += afg_sq(afg_rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1)) * x0_1);
@@ -2907,6 +2853,60 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
+    "afgen_came_u0_98335d399b": (
+        ["exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "s1_in", "weight_decay_in", "dims"],
+        ["red0_part", "red1_part"],
+        ["T", "S"],
+        """\
+// afgen_came_u0_98335d399b: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps1 = eps1_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float weight_decay = weight_decay_in[t];
+float acc_red0 = 0.0f;
+float acc_red1 = 0.0f;
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g0 = grad;
+  const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
+  acc_red0 += afg_sq(param);
+  acc_red1 += afg_sq(afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / afg_rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1))) / beta2) * x0_1);
+
+}
+afg_shared float afg_scratch[8];
+{
+  const float total = afg_block_sum(acc_red0, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
+    red0_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+{
+  const float total = afg_block_sum(acc_red1, afg_scratch, afg_lid, afg_lane, afg_warp, 8);
+  if (afg_lid == 0) {
+    red1_part[(b * nrb + rb) * ncc + cc] = total;
+  }
+}
+""",
+    ),
     "afgen_came_u0_9934de7e3e": (
         ["exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "dims"],
         ["red0_part", "red1_part"],
@@ -2957,12 +2957,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_u0_af13c4ef24": (
+    "afgen_came_u0_b80ef1739a": (
         ["exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "s0_in", "s1_in", "weight_decay_in", "dims"],
         ["red0_part", "red1_part"],
         ["T", "S"],
         """\
-// afgen_came_u0_af13c4ef24: pass 0, unfactored layout
+// afgen_came_u0_b80ef1739a: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2990,7 +2990,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float g0 = grad;
+  const float g0 = -grad;
   const float x0_1 = (s1 ? g0 + weight_decay * param : g0);
   acc_red0 += afg_sq(param);
   acc_red1 += afg_sq(afg_rsqrt(afg_max(exp_avg_sq_hat, 1.0f / afg_rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1))) / beta2) * x0_1);
@@ -3062,151 +3062,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_came_u1_0d5d1c0409": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_came_u1_0d5d1c0409: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps1 = eps1_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g_1 = grad;
-  const float x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1);
-  const float x1_2 = exp_avg + s3 * (afg_rsqrt(x1_1) * g_1 / s4 - exp_avg);
-  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - learning_rate * x1_2, idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_2);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_1);
-
-}
-""",
-    ),
-    "afgen_came_u1_164d234e21": (
-        ["exp_avg_in", "exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_sq_hat"],
-        ["T", "S"],
-        """\
-// afgen_came_u1_164d234e21: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps1 = eps1_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g_1 = grad;
-  const float x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1);
-  const float x1_2 = afg_max(exp_avg_sq_hat, 1.0f / afg_rsqrt(x1_1));
-  const float x1_3 = exp_avg + s3 * (afg_rsqrt(x1_2 / beta2) * g_1 / s4 - exp_avg);
-  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - learning_rate * x1_3, idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_3);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_1);
-  new_exp_avg_sq_hat[idx] = afg_store<S>(x1_2);
-
-}
-""",
-    ),
-    "afgen_came_u1_4bb4edc20f": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_came_u1_4bb4edc20f: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps1 = eps1_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g0_1 = -grad;
-  const float x1_1 = (s1 ? g0_1 + weight_decay * param : g0_1);
-  const float x1_2 = exp_avg_sq * beta2 + s0 * (x1_1 * x1_1 + eps1);
-  const float x1_3 = exp_avg + s2 * (afg_rsqrt(x1_2) * x1_1 / s3 - exp_avg);
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * x1_3, idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_3);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_2);
-
-}
-""",
-    ),
-    "afgen_came_u1_5be11ee5d7": (
+    "afgen_came_u1_0c3e5d4df0": (
         ["exp_avg_in", "exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_sq_hat"],
         ["T", "S"],
         """\
-// afgen_came_u1_5be11ee5d7: pass 1, unfactored layout
+// afgen_came_u1_0c3e5d4df0: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -3250,12 +3111,151 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_came_u1_63304f544a": (
+    "afgen_came_u1_0e26ee972d": (
         ["exp_avg_in", "exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_sq_hat"],
         ["T", "S"],
         """\
-// afgen_came_u1_63304f544a: pass 1, unfactored layout
+// afgen_came_u1_0e26ee972d: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps1 = eps1_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float exp_avg_sq_hat = afg_load(exp_avg_sq_hat_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g_1 = grad;
+  const float x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1);
+  const float x1_2 = afg_max(exp_avg_sq_hat, 1.0f / afg_rsqrt(x1_1));
+  const float x1_3 = exp_avg + s3 * (afg_rsqrt(x1_2 / beta2) * g_1 / s4 - exp_avg);
+  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - learning_rate * x1_3, idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_3);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_1);
+  new_exp_avg_sq_hat[idx] = afg_store<S>(x1_2);
+
+}
+""",
+    ),
+    "afgen_came_u1_30b4bb788a": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_came_u1_30b4bb788a: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps1 = eps1_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g0_1 = -grad;
+  const float x1_1 = (s1 ? g0_1 + weight_decay * param : g0_1);
+  const float x1_2 = exp_avg_sq * beta2 + s0 * (x1_1 * x1_1 + eps1);
+  const float x1_3 = exp_avg + s2 * (afg_rsqrt(x1_2) * x1_1 / s3 - exp_avg);
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * x1_3, idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_3);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_2);
+
+}
+""",
+    ),
+    "afgen_came_u1_3e12179a3e": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_came_u1_3e12179a3e: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps1 = eps1_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g_1 = -grad;
+  const float x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1);
+  const float x1_2 = exp_avg + s3 * (afg_rsqrt(x1_1) * g_1 / s4 - exp_avg);
+  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - learning_rate * x1_2, idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_2);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_1);
+
+}
+""",
+    ),
+    "afgen_came_u1_6388c53cf4": (
+        ["exp_avg_in", "exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_sq_hat"],
+        ["T", "S"],
+        """\
+// afgen_came_u1_6388c53cf4: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -3298,12 +3298,57 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_came_u1_ba28799999": (
+    "afgen_came_u1_73335000ca": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_came_u1_73335000ca: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float beta2 = beta2_in[t];
+const float eps1 = eps1_in[t];
+const float learning_rate = learning_rate_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g_1 = grad;
+  const float x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1);
+  const float x1_2 = exp_avg + s3 * (afg_rsqrt(x1_1) * g_1 / s4 - exp_avg);
+  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - learning_rate * x1_2, idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_2);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_1);
+
+}
+""",
+    ),
+    "afgen_came_u1_90c0031fb8": (
         ["exp_avg_in", "exp_avg_sq_in", "exp_avg_sq_hat_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_exp_avg_sq_hat"],
         ["T", "S"],
         """\
-// afgen_came_u1_ba28799999: pass 1, unfactored layout
+// afgen_came_u1_90c0031fb8: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -3347,12 +3392,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_came_u1_c04aa2a805": (
+    "afgen_came_u1_aa21def5b9": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_came_u1_c04aa2a805: pass 1, unfactored layout
+// afgen_came_u1_aa21def5b9: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -3389,51 +3434,6 @@ for (unsigned int c = 0; c < 4; ++c) {
   new_param[idx] = afg_store_rounded<T>(param - learning_rate * x1_3, idx, afg_key);
   new_exp_avg[idx] = afg_store<S>(x1_3);
   new_exp_avg_sq[idx] = afg_store<S>(x1_2);
-
-}
-""",
-    ),
-    "afgen_came_u1_d92a089f97": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "beta2_in", "eps1_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_came_u1_d92a089f97: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float beta2 = beta2_in[t];
-const float eps1 = eps1_in[t];
-const float learning_rate = learning_rate_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g_1 = -grad;
-  const float x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1);
-  const float x1_2 = exp_avg + s3 * (afg_rsqrt(x1_1) * g_1 / s4 - exp_avg);
-  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - learning_rate * x1_2, idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_2);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_1);
 
 }
 """,
@@ -3442,6 +3442,16 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 # Each kernel's twin in MLX ops, which the drivers launch for backend="mlx" with float32
 # math: the pass as one compiled function (afgen_runtime.launch_mlx_pass runs it).
+
+
+@mx.compile
+def _mlx_afgen_came_f0_33bcecd4b8(grad, param, eps1, s0, weight_decay):
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0 = -grad
+    x0_1 = mx.where(s0, g0 + weight_decay * param, g0)
+    x0_2 = x0_1 * x0_1 + eps1
+    return mx.square(param), x0_2, x0_2
 
 
 @mx.compile
@@ -3454,16 +3464,6 @@ def _mlx_afgen_came_f0_34a7f90052(grad, param, eps1):
 
 
 @mx.compile
-def _mlx_afgen_came_f0_4cedc0cbd3(grad, param, eps1, s0, weight_decay):
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0 = grad
-    x0_1 = mx.where(s0, g0 + weight_decay * param, g0)
-    x0_2 = x0_1 * x0_1 + eps1
-    return mx.square(param), x0_2, x0_2
-
-
-@mx.compile
 def _mlx_afgen_came_f0_bb4bed83cd(grad, param, eps1):
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
@@ -3473,10 +3473,10 @@ def _mlx_afgen_came_f0_bb4bed83cd(grad, param, eps1):
 
 
 @mx.compile
-def _mlx_afgen_came_f0_ea35e43253(grad, param, eps1, s0, weight_decay):
+def _mlx_afgen_came_f0_d6e976af34(grad, param, eps1, s0, weight_decay):
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0 = -grad
+    g0 = grad
     x0_1 = mx.where(s0, g0 + weight_decay * param, g0)
     x0_2 = x0_1 * x0_1 + eps1
     return mx.square(param), x0_2, x0_2
@@ -3490,7 +3490,7 @@ def _mlx_afgen_came_f1_35536071f9(exp_avg_sq_hat, grad, s0, s1, beta2):
 
 
 @mx.compile
-def _mlx_afgen_came_f1_8281da9086(grad, param, s1, s2, s0, weight_decay):
+def _mlx_afgen_came_f1_366750b6a9(grad, param, s1, s2, s0, weight_decay):
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
     g0_1 = grad
@@ -3498,11 +3498,11 @@ def _mlx_afgen_came_f1_8281da9086(grad, param, s1, s2, s0, weight_decay):
 
 
 @mx.compile
-def _mlx_afgen_came_f1_8d3d9cafd8(exp_avg_sq_hat, grad, param, s1, s2, beta2, s0, weight_decay):
+def _mlx_afgen_came_f1_441243ea5b(exp_avg_sq_hat, grad, param, s1, s2, beta2, s0, weight_decay):
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0_1 = -grad
+    g0_1 = grad
     return mx.square(mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2)) / beta2) * mx.where(s0, g0_1 + weight_decay * param, g0_1)),
 
 
@@ -3520,20 +3520,11 @@ def _mlx_afgen_came_f1_c5f447f175(grad, s0, s1):
 
 
 @mx.compile
-def _mlx_afgen_came_f1_c87c0f9417(grad, param, s1, s2, s0, weight_decay):
+def _mlx_afgen_came_f1_eac1c6e13b(grad, param, s1, s2, s0, weight_decay):
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
     g0_1 = -grad
     return mx.square(s1 * s2 * mx.where(s0, g0_1 + weight_decay * param, g0_1)),
-
-
-@mx.compile
-def _mlx_afgen_came_f1_dfd2e2c348(exp_avg_sq_hat, grad, param, s1, s2, beta2, s0, weight_decay):
-    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0_1 = grad
-    return mx.square(mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2)) / beta2) * mx.where(s0, g0_1 + weight_decay * param, g0_1)),
 
 
 @mx.compile
@@ -3543,7 +3534,28 @@ def _mlx_afgen_came_f1_ecc5efb4eb(grad, s0, s1):
 
 
 @mx.compile
-def _mlx_afgen_came_f2_1acada9753(exp_avg, exp_avg_sq_hat, grad, param, s1, s2, beta2, eps2, s0, s3, s4, weight_decay):
+def _mlx_afgen_came_f1_ef6c16bccf(exp_avg_sq_hat, grad, param, s1, s2, beta2, s0, weight_decay):
+    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0_1 = -grad
+    return mx.square(mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2)) / beta2) * mx.where(s0, g0_1 + weight_decay * param, g0_1)),
+
+
+@mx.compile
+def _mlx_afgen_came_f2_0a893e00dc(exp_avg, exp_avg_sq_hat, grad, param, s1, s2, beta2, eps2, s0, s3, s4, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0_2 = -grad
+    x2_1 = mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2)) / beta2) * mx.where(s0, g0_2 + weight_decay * param, g0_2) / s3
+    x2_2 = mx.square(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2
+    return x2_2, x2_2
+
+
+@mx.compile
+def _mlx_afgen_came_f2_3360baafdd(exp_avg, exp_avg_sq_hat, grad, param, s1, s2, beta2, eps2, s0, s3, s4, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -3565,6 +3577,17 @@ def _mlx_afgen_came_f2_4de4de4c86(exp_avg, exp_avg_sq_hat, grad, s0, s1, beta2, 
 
 
 @mx.compile
+def _mlx_afgen_came_f2_4e1fef2398(exp_avg, grad, param, s1, s2, eps2, s0, s3, s4, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0_2 = -grad
+    x2_1 = s1 * s2 * mx.where(s0, g0_2 + weight_decay * param, g0_2) / s3
+    x2_2 = mx.square(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2
+    return x2_2, x2_2
+
+
+@mx.compile
 def _mlx_afgen_came_f2_6b3b6b61a4(exp_avg, exp_avg_sq_hat, grad, s0, s1, beta2, eps2, s2, s3):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
@@ -3575,34 +3598,11 @@ def _mlx_afgen_came_f2_6b3b6b61a4(exp_avg, exp_avg_sq_hat, grad, s0, s1, beta2, 
 
 
 @mx.compile
-def _mlx_afgen_came_f2_7401b1591a(exp_avg, grad, param, s1, s2, eps2, s0, s3, s4, weight_decay):
+def _mlx_afgen_came_f2_a95cfec188(exp_avg, grad, param, s1, s2, eps2, s0, s3, s4, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
     g0_2 = grad
-    x2_1 = s1 * s2 * mx.where(s0, g0_2 + weight_decay * param, g0_2) / s3
-    x2_2 = mx.square(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2
-    return x2_2, x2_2
-
-
-@mx.compile
-def _mlx_afgen_came_f2_adcbaf3bac(exp_avg, exp_avg_sq_hat, grad, param, s1, s2, beta2, eps2, s0, s3, s4, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0_2 = -grad
-    x2_1 = mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2)) / beta2) * mx.where(s0, g0_2 + weight_decay * param, g0_2) / s3
-    x2_2 = mx.square(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2
-    return x2_2, x2_2
-
-
-@mx.compile
-def _mlx_afgen_came_f2_b242ebbdb7(exp_avg, grad, param, s1, s2, eps2, s0, s3, s4, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0_2 = -grad
     x2_1 = s1 * s2 * mx.where(s0, g0_2 + weight_decay * param, g0_2) / s3
     x2_2 = mx.square(x2_1 - (exp_avg + s4 * (x2_1 - exp_avg))) + eps2
     return x2_2, x2_2
@@ -3627,16 +3627,48 @@ def _mlx_afgen_came_f2_e22a422da5(exp_avg, grad, s0, s1, eps2, s2, s3):
 
 
 @mx.compile
-def _mlx_afgen_came_f3_0a2afbed15(exp_avg, grad, param, s0, s6, s1, s7, learning_rate, s2, s3, s4, s5):
+def _mlx_afgen_came_f3_08cebae37a(exp_avg, grad, param, s1, s5, s2, s6, learning_rate, s0, s3, s4, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    x3_0 = exp_avg + s3 * (s0 * s1 * grad / s2 - exp_avg)
+    g0_3 = grad
+    x3_1 = exp_avg + s4 * (s1 * s2 * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
+    return param - learning_rate * (s5 * s6 * x3_1), x3_1
+
+
+@mx.compile
+def _mlx_afgen_came_f3_3554d9705b(exp_avg, grad, param, s1, s5, s2, s6, learning_rate, s0, s3, s4, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0_3 = -grad
+    x3_1 = exp_avg + s4 * (s1 * s2 * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
+    return param - learning_rate * (s5 * s6 * x3_1), x3_1
+
+
+@mx.compile
+def _mlx_afgen_came_f3_523bc56db7(exp_avg, exp_avg_sq_hat, grad, param, s1, s5, s2, s6, beta2, learning_rate, s0, s3, s4, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0_3 = grad
+    x3_0 = mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2))
+    x3_2 = exp_avg + s4 * (mx.rsqrt(x3_0 / beta2) * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
+    return param - learning_rate * (s5 * s6 * x3_2), x3_2, x3_0
+
+
+@mx.compile
+def _mlx_afgen_came_f3_5a06ff1cdf(exp_avg, grad, param, s0, s6, s1, s7, learning_rate, s2, s3, s4, s5):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    x3_0 = exp_avg + s3 * (s0 * s1 * -grad / s2 - exp_avg)
     return mx.where(s4, param, param * s5) - learning_rate * (s6 * s7 * x3_0), x3_0
 
 
 @mx.compile
-def _mlx_afgen_came_f3_0ace22bf45(exp_avg, exp_avg_sq_hat, grad, param, s0, s6, s1, s7, beta2, learning_rate, s2, s3, s4, s5):
+def _mlx_afgen_came_f3_918fa0ed96(exp_avg, exp_avg_sq_hat, grad, param, s0, s6, s1, s7, beta2, learning_rate, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -3647,38 +3679,19 @@ def _mlx_afgen_came_f3_0ace22bf45(exp_avg, exp_avg_sq_hat, grad, param, s0, s6, 
 
 
 @mx.compile
-def _mlx_afgen_came_f3_180e81a4eb(exp_avg, exp_avg_sq_hat, grad, param, s1, s5, s2, s6, beta2, learning_rate, s0, s3, s4, weight_decay):
+def _mlx_afgen_came_f3_98e33f470e(exp_avg, exp_avg_sq_hat, grad, param, s1, s5, s2, s6, beta2, learning_rate, s0, s3, s4, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0_3 = grad
+    g0_3 = -grad
     x3_0 = mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2))
     x3_2 = exp_avg + s4 * (mx.rsqrt(x3_0 / beta2) * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
     return param - learning_rate * (s5 * s6 * x3_2), x3_2, x3_0
 
 
 @mx.compile
-def _mlx_afgen_came_f3_2c433fc06f(exp_avg, grad, param, s0, s6, s1, s7, learning_rate, s2, s3, s4, s5):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    x3_0 = exp_avg + s3 * (s0 * s1 * -grad / s2 - exp_avg)
-    return mx.where(s4, param, param * s5) - learning_rate * (s6 * s7 * x3_0), x3_0
-
-
-@mx.compile
-def _mlx_afgen_came_f3_8dd0bee9d7(exp_avg, grad, param, s1, s5, s2, s6, learning_rate, s0, s3, s4, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0_3 = grad
-    x3_1 = exp_avg + s4 * (s1 * s2 * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
-    return param - learning_rate * (s5 * s6 * x3_1), x3_1
-
-
-@mx.compile
-def _mlx_afgen_came_f3_94111a8e18(exp_avg, exp_avg_sq_hat, grad, param, s0, s6, s1, s7, beta2, learning_rate, s2, s3, s4, s5):
+def _mlx_afgen_came_f3_d53e575067(exp_avg, exp_avg_sq_hat, grad, param, s0, s6, s1, s7, beta2, learning_rate, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -3689,25 +3702,12 @@ def _mlx_afgen_came_f3_94111a8e18(exp_avg, exp_avg_sq_hat, grad, param, s0, s6, 
 
 
 @mx.compile
-def _mlx_afgen_came_f3_c7f238ddc8(exp_avg, exp_avg_sq_hat, grad, param, s1, s5, s2, s6, beta2, learning_rate, s0, s3, s4, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0_3 = -grad
-    x3_0 = mx.maximum(exp_avg_sq_hat, 1 / (s1 * s2))
-    x3_2 = exp_avg + s4 * (mx.rsqrt(x3_0 / beta2) * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
-    return param - learning_rate * (s5 * s6 * x3_2), x3_2, x3_0
-
-
-@mx.compile
-def _mlx_afgen_came_f3_da9c1bdc88(exp_avg, grad, param, s1, s5, s2, s6, learning_rate, s0, s3, s4, weight_decay):
+def _mlx_afgen_came_f3_eddae3d5c5(exp_avg, grad, param, s0, s6, s1, s7, learning_rate, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0_3 = -grad
-    x3_1 = exp_avg + s4 * (s1 * s2 * mx.where(s0, g0_3 + weight_decay * param, g0_3) / s3 - exp_avg)
-    return param - learning_rate * (s5 * s6 * x3_1), x3_1
+    x3_0 = exp_avg + s3 * (s0 * s1 * grad / s2 - exp_avg)
+    return mx.where(s4, param, param * s5) - learning_rate * (s6 * s7 * x3_0), x3_0
 
 
 @mx.compile
@@ -3721,32 +3721,21 @@ def _mlx_afgen_came_u0_0e045103a8(exp_avg_sq, exp_avg_sq_hat, grad, param, beta2
 
 
 @mx.compile
-def _mlx_afgen_came_u0_20d3aeb045(exp_avg_sq, grad, param, beta2, eps1, s0, s1, weight_decay):
+def _mlx_afgen_came_u0_1e1586ae8b(exp_avg_sq, grad, param, beta2, eps1, s0, s1, weight_decay):
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0 = grad
+    g0 = -grad
     x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
     return mx.square(param), mx.square(mx.rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1)) * x0_1)
 
 
 @mx.compile
-def _mlx_afgen_came_u0_2d931e24a2(exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, s0, s1, weight_decay):
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0 = -grad
-    x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
-    return mx.square(param), mx.square(mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / mx.rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1))) / beta2) * x0_1)
-
-
-@mx.compile
-def _mlx_afgen_came_u0_8a48e6b99f(exp_avg_sq, grad, param, beta2, eps1, s0, s1, weight_decay):
+def _mlx_afgen_came_u0_61de7bdabf(exp_avg_sq, grad, param, beta2, eps1, s0, s1, weight_decay):
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0 = -grad
+    g0 = grad
     x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
     return mx.square(param), mx.square(mx.rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1)) * x0_1)
 
@@ -3761,6 +3750,17 @@ def _mlx_afgen_came_u0_95d295d6e9(exp_avg_sq, grad, param, beta2, eps1, s0):
 
 
 @mx.compile
+def _mlx_afgen_came_u0_98335d399b(exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, s0, s1, weight_decay):
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0 = grad
+    x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
+    return mx.square(param), mx.square(mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / mx.rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1))) / beta2) * x0_1)
+
+
+@mx.compile
 def _mlx_afgen_came_u0_9934de7e3e(exp_avg_sq, grad, param, beta2, eps1, s0):
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -3770,12 +3770,12 @@ def _mlx_afgen_came_u0_9934de7e3e(exp_avg_sq, grad, param, beta2, eps1, s0):
 
 
 @mx.compile
-def _mlx_afgen_came_u0_af13c4ef24(exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, s0, s1, weight_decay):
+def _mlx_afgen_came_u0_b80ef1739a(exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, s0, s1, weight_decay):
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g0 = grad
+    g0 = -grad
     x0_1 = mx.where(s1, g0 + weight_decay * param, g0)
     return mx.square(param), mx.square(mx.rsqrt(mx.maximum(exp_avg_sq_hat, 1 / mx.rsqrt(exp_avg_sq * beta2 + s0 * (x0_1 * x0_1 + eps1))) / beta2) * x0_1)
 
@@ -3791,46 +3791,7 @@ def _mlx_afgen_came_u0_f8202984b3(exp_avg_sq, exp_avg_sq_hat, grad, param, beta2
 
 
 @mx.compile
-def _mlx_afgen_came_u1_0d5d1c0409(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1)
-    x1_2 = exp_avg + s3 * (mx.rsqrt(x1_1) * g_1 / s4 - exp_avg)
-    return mx.where(s1, param, param * s2) - learning_rate * x1_2, x1_2, x1_1
-
-
-@mx.compile
-def _mlx_afgen_came_u1_164d234e21(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1)
-    x1_2 = mx.maximum(exp_avg_sq_hat, 1 / mx.rsqrt(x1_1))
-    x1_3 = exp_avg + s3 * (mx.rsqrt(x1_2 / beta2) * g_1 / s4 - exp_avg)
-    return mx.where(s1, param, param * s2) - learning_rate * x1_3, x1_3, x1_1, x1_2
-
-
-@mx.compile
-def _mlx_afgen_came_u1_4bb4edc20f(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g0_1 = -grad
-    x1_1 = mx.where(s1, g0_1 + weight_decay * param, g0_1)
-    x1_2 = exp_avg_sq * beta2 + s0 * (x1_1 * x1_1 + eps1)
-    x1_3 = exp_avg + s2 * (mx.rsqrt(x1_2) * x1_1 / s3 - exp_avg)
-    return param - learning_rate * x1_3, x1_3, x1_2
-
-
-@mx.compile
-def _mlx_afgen_came_u1_5be11ee5d7(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
+def _mlx_afgen_came_u1_0c3e5d4df0(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
@@ -3845,7 +3806,46 @@ def _mlx_afgen_came_u1_5be11ee5d7(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, par
 
 
 @mx.compile
-def _mlx_afgen_came_u1_63304f544a(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
+def _mlx_afgen_came_u1_0e26ee972d(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1)
+    x1_2 = mx.maximum(exp_avg_sq_hat, 1 / mx.rsqrt(x1_1))
+    x1_3 = exp_avg + s3 * (mx.rsqrt(x1_2 / beta2) * g_1 / s4 - exp_avg)
+    return mx.where(s1, param, param * s2) - learning_rate * x1_3, x1_3, x1_1, x1_2
+
+
+@mx.compile
+def _mlx_afgen_came_u1_30b4bb788a(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g0_1 = -grad
+    x1_1 = mx.where(s1, g0_1 + weight_decay * param, g0_1)
+    x1_2 = exp_avg_sq * beta2 + s0 * (x1_1 * x1_1 + eps1)
+    x1_3 = exp_avg + s2 * (mx.rsqrt(x1_2) * x1_1 / s3 - exp_avg)
+    return param - learning_rate * x1_3, x1_3, x1_2
+
+
+@mx.compile
+def _mlx_afgen_came_u1_3e12179a3e(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = -grad
+    x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1)
+    x1_2 = exp_avg + s3 * (mx.rsqrt(x1_1) * g_1 / s4 - exp_avg)
+    return mx.where(s1, param, param * s2) - learning_rate * x1_2, x1_2, x1_1
+
+
+@mx.compile
+def _mlx_afgen_came_u1_6388c53cf4(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
@@ -3859,7 +3859,19 @@ def _mlx_afgen_came_u1_63304f544a(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, par
 
 
 @mx.compile
-def _mlx_afgen_came_u1_ba28799999(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
+def _mlx_afgen_came_u1_73335000ca(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1)
+    x1_2 = exp_avg + s3 * (mx.rsqrt(x1_1) * g_1 / s4 - exp_avg)
+    return mx.where(s1, param, param * s2) - learning_rate * x1_2, x1_2, x1_1
+
+
+@mx.compile
+def _mlx_afgen_came_u1_90c0031fb8(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     exp_avg_sq_hat = _rt.cast(exp_avg_sq_hat, mx.float32)
@@ -3874,7 +3886,7 @@ def _mlx_afgen_came_u1_ba28799999(exp_avg, exp_avg_sq, exp_avg_sq_hat, grad, par
 
 
 @mx.compile
-def _mlx_afgen_came_u1_c04aa2a805(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
+def _mlx_afgen_came_u1_aa21def5b9(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -3884,108 +3896,96 @@ def _mlx_afgen_came_u1_c04aa2a805(exp_avg, exp_avg_sq, grad, param, beta2, eps1,
     x1_2 = exp_avg_sq * beta2 + s0 * (x1_1 * x1_1 + eps1)
     x1_3 = exp_avg + s2 * (mx.rsqrt(x1_2) * x1_1 / s3 - exp_avg)
     return param - learning_rate * x1_3, x1_3, x1_2
-
-
-@mx.compile
-def _mlx_afgen_came_u1_d92a089f97(exp_avg, exp_avg_sq, grad, param, beta2, eps1, learning_rate, s0, s1, s2, s3, s4):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = -grad
-    x1_1 = exp_avg_sq * beta2 + s0 * (g_1 * g_1 + eps1)
-    x1_2 = exp_avg + s3 * (mx.rsqrt(x1_1) * g_1 / s4 - exp_avg)
-    return mx.where(s1, param, param * s2) - learning_rate * x1_2, x1_2, x1_1
 
 
 _MLX_PASSES = {
-    "afgen_came_f0_34a7f90052": (_mlx_afgen_came_f0_34a7f90052, True, "ff", "arc",
+    "afgen_came_f0_33bcecd4b8": (_mlx_afgen_came_f0_33bcecd4b8, True, "ff", "arc",
         None),
-    "afgen_came_f0_4cedc0cbd3": (_mlx_afgen_came_f0_4cedc0cbd3, True, "ff", "arc",
+    "afgen_came_f0_34a7f90052": (_mlx_afgen_came_f0_34a7f90052, True, "ff", "arc",
         None),
     "afgen_came_f0_bb4bed83cd": (_mlx_afgen_came_f0_bb4bed83cd, True, "ff", "arc",
         None),
-    "afgen_came_f0_ea35e43253": (_mlx_afgen_came_f0_ea35e43253, True, "ff", "arc",
+    "afgen_came_f0_d6e976af34": (_mlx_afgen_came_f0_d6e976af34, True, "ff", "arc",
         None),
     "afgen_came_f1_35536071f9": (_mlx_afgen_came_f1_35536071f9, True, "ffrc", "a",
         None),
-    "afgen_came_f1_8281da9086": (_mlx_afgen_came_f1_8281da9086, True, "ffrc", "a",
+    "afgen_came_f1_366750b6a9": (_mlx_afgen_came_f1_366750b6a9, True, "ffrc", "a",
         None),
-    "afgen_came_f1_8d3d9cafd8": (_mlx_afgen_came_f1_8d3d9cafd8, True, "fffrc", "a",
+    "afgen_came_f1_441243ea5b": (_mlx_afgen_came_f1_441243ea5b, True, "fffrc", "a",
         None),
     "afgen_came_f1_a71b39d247": (_mlx_afgen_came_f1_a71b39d247, True, "ffrc", "a",
         None),
     "afgen_came_f1_c5f447f175": (_mlx_afgen_came_f1_c5f447f175, True, "frc", "a",
         None),
-    "afgen_came_f1_c87c0f9417": (_mlx_afgen_came_f1_c87c0f9417, True, "ffrc", "a",
-        None),
-    "afgen_came_f1_dfd2e2c348": (_mlx_afgen_came_f1_dfd2e2c348, True, "fffrc", "a",
+    "afgen_came_f1_eac1c6e13b": (_mlx_afgen_came_f1_eac1c6e13b, True, "ffrc", "a",
         None),
     "afgen_came_f1_ecc5efb4eb": (_mlx_afgen_came_f1_ecc5efb4eb, True, "frc", "a",
         None),
-    "afgen_came_f2_1acada9753": (_mlx_afgen_came_f2_1acada9753, True, "ffffrc", "rc",
+    "afgen_came_f1_ef6c16bccf": (_mlx_afgen_came_f1_ef6c16bccf, True, "fffrc", "a",
+        None),
+    "afgen_came_f2_0a893e00dc": (_mlx_afgen_came_f2_0a893e00dc, True, "ffffrc", "rc",
+        None),
+    "afgen_came_f2_3360baafdd": (_mlx_afgen_came_f2_3360baafdd, True, "ffffrc", "rc",
         None),
     "afgen_came_f2_4de4de4c86": (_mlx_afgen_came_f2_4de4de4c86, True, "fffrc", "rc",
         None),
+    "afgen_came_f2_4e1fef2398": (_mlx_afgen_came_f2_4e1fef2398, True, "fffrc", "rc",
+        None),
     "afgen_came_f2_6b3b6b61a4": (_mlx_afgen_came_f2_6b3b6b61a4, True, "fffrc", "rc",
         None),
-    "afgen_came_f2_7401b1591a": (_mlx_afgen_came_f2_7401b1591a, True, "fffrc", "rc",
-        None),
-    "afgen_came_f2_adcbaf3bac": (_mlx_afgen_came_f2_adcbaf3bac, True, "ffffrc", "rc",
-        None),
-    "afgen_came_f2_b242ebbdb7": (_mlx_afgen_came_f2_b242ebbdb7, True, "fffrc", "rc",
+    "afgen_came_f2_a95cfec188": (_mlx_afgen_came_f2_a95cfec188, True, "fffrc", "rc",
         None),
     "afgen_came_f2_d0c846ce87": (_mlx_afgen_came_f2_d0c846ce87, True, "ffrc", "rc",
         None),
     "afgen_came_f2_e22a422da5": (_mlx_afgen_came_f2_e22a422da5, True, "ffrc", "rc",
         None),
-    "afgen_came_f3_0a2afbed15": (_mlx_afgen_came_f3_0a2afbed15, True, "fffrrcc", "pf",
+    "afgen_came_f3_08cebae37a": (_mlx_afgen_came_f3_08cebae37a, True, "fffrrcc", "pf",
         5),
-    "afgen_came_f3_0ace22bf45": (_mlx_afgen_came_f3_0ace22bf45, True, "ffffrrcc", "pff",
-        6),
-    "afgen_came_f3_180e81a4eb": (_mlx_afgen_came_f3_180e81a4eb, True, "ffffrrcc", "pff",
-        6),
-    "afgen_came_f3_2c433fc06f": (_mlx_afgen_came_f3_2c433fc06f, True, "fffrrcc", "pf",
+    "afgen_came_f3_3554d9705b": (_mlx_afgen_came_f3_3554d9705b, True, "fffrrcc", "pf",
         5),
-    "afgen_came_f3_8dd0bee9d7": (_mlx_afgen_came_f3_8dd0bee9d7, True, "fffrrcc", "pf",
+    "afgen_came_f3_523bc56db7": (_mlx_afgen_came_f3_523bc56db7, True, "ffffrrcc", "pff",
+        6),
+    "afgen_came_f3_5a06ff1cdf": (_mlx_afgen_came_f3_5a06ff1cdf, True, "fffrrcc", "pf",
         5),
-    "afgen_came_f3_94111a8e18": (_mlx_afgen_came_f3_94111a8e18, True, "ffffrrcc", "pff",
+    "afgen_came_f3_918fa0ed96": (_mlx_afgen_came_f3_918fa0ed96, True, "ffffrrcc", "pff",
         6),
-    "afgen_came_f3_c7f238ddc8": (_mlx_afgen_came_f3_c7f238ddc8, True, "ffffrrcc", "pff",
+    "afgen_came_f3_98e33f470e": (_mlx_afgen_came_f3_98e33f470e, True, "ffffrrcc", "pff",
         6),
-    "afgen_came_f3_da9c1bdc88": (_mlx_afgen_came_f3_da9c1bdc88, True, "fffrrcc", "pf",
+    "afgen_came_f3_d53e575067": (_mlx_afgen_came_f3_d53e575067, True, "ffffrrcc", "pff",
+        6),
+    "afgen_came_f3_eddae3d5c5": (_mlx_afgen_came_f3_eddae3d5c5, True, "fffrrcc", "pf",
         5),
     "afgen_came_u0_0e045103a8": (_mlx_afgen_came_u0_0e045103a8, False, "ffff", "aa",
         None),
-    "afgen_came_u0_20d3aeb045": (_mlx_afgen_came_u0_20d3aeb045, False, "fff", "aa",
+    "afgen_came_u0_1e1586ae8b": (_mlx_afgen_came_u0_1e1586ae8b, False, "fff", "aa",
         None),
-    "afgen_came_u0_2d931e24a2": (_mlx_afgen_came_u0_2d931e24a2, False, "ffff", "aa",
-        None),
-    "afgen_came_u0_8a48e6b99f": (_mlx_afgen_came_u0_8a48e6b99f, False, "fff", "aa",
+    "afgen_came_u0_61de7bdabf": (_mlx_afgen_came_u0_61de7bdabf, False, "fff", "aa",
         None),
     "afgen_came_u0_95d295d6e9": (_mlx_afgen_came_u0_95d295d6e9, False, "fff", "aa",
         None),
+    "afgen_came_u0_98335d399b": (_mlx_afgen_came_u0_98335d399b, False, "ffff", "aa",
+        None),
     "afgen_came_u0_9934de7e3e": (_mlx_afgen_came_u0_9934de7e3e, False, "fff", "aa",
         None),
-    "afgen_came_u0_af13c4ef24": (_mlx_afgen_came_u0_af13c4ef24, False, "ffff", "aa",
+    "afgen_came_u0_b80ef1739a": (_mlx_afgen_came_u0_b80ef1739a, False, "ffff", "aa",
         None),
     "afgen_came_u0_f8202984b3": (_mlx_afgen_came_u0_f8202984b3, False, "ffff", "aa",
         None),
-    "afgen_came_u1_0d5d1c0409": (_mlx_afgen_came_u1_0d5d1c0409, False, "ffff", "pff",
+    "afgen_came_u1_0c3e5d4df0": (_mlx_afgen_came_u1_0c3e5d4df0, False, "fffff", "pfff",
         8),
-    "afgen_came_u1_164d234e21": (_mlx_afgen_came_u1_164d234e21, False, "fffff", "pfff",
+    "afgen_came_u1_0e26ee972d": (_mlx_afgen_came_u1_0e26ee972d, False, "fffff", "pfff",
         8),
-    "afgen_came_u1_4bb4edc20f": (_mlx_afgen_came_u1_4bb4edc20f, False, "ffff", "pff",
+    "afgen_came_u1_30b4bb788a": (_mlx_afgen_came_u1_30b4bb788a, False, "ffff", "pff",
         8),
-    "afgen_came_u1_5be11ee5d7": (_mlx_afgen_came_u1_5be11ee5d7, False, "fffff", "pfff",
+    "afgen_came_u1_3e12179a3e": (_mlx_afgen_came_u1_3e12179a3e, False, "ffff", "pff",
         8),
-    "afgen_came_u1_63304f544a": (_mlx_afgen_came_u1_63304f544a, False, "fffff", "pfff",
+    "afgen_came_u1_6388c53cf4": (_mlx_afgen_came_u1_6388c53cf4, False, "fffff", "pfff",
         8),
-    "afgen_came_u1_ba28799999": (_mlx_afgen_came_u1_ba28799999, False, "fffff", "pfff",
+    "afgen_came_u1_73335000ca": (_mlx_afgen_came_u1_73335000ca, False, "ffff", "pff",
         8),
-    "afgen_came_u1_c04aa2a805": (_mlx_afgen_came_u1_c04aa2a805, False, "ffff", "pff",
+    "afgen_came_u1_90c0031fb8": (_mlx_afgen_came_u1_90c0031fb8, False, "fffff", "pfff",
         8),
-    "afgen_came_u1_d92a089f97": (_mlx_afgen_came_u1_d92a089f97, False, "ffff", "pff",
+    "afgen_came_u1_aa21def5b9": (_mlx_afgen_came_u1_aa21def5b9, False, "ffff", "pff",
         8),
 }
 

@@ -168,7 +168,7 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     beta1 = self.betas[0]
     beta2 = self.betas[1]
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat)
-    new_param, new_m = self._launch(backend, "afgen_lion_u0_e7d6e5bc42", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), [beta1, beta2, learning_rate, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_m = self._launch(backend, "afgen_lion_u0_068f5938ad", geo, [gradient.reshape(-1), state["m"].reshape(-1), parameter.reshape(-1), [beta1, beta2, learning_rate, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["m"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_m = new_m.reshape(state["m"].shape)
     state["m"] = new_m
@@ -186,12 +186,12 @@ _STACKED = frozenset({
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "afgen_lion_u0_e7d6e5bc42": (
+    "afgen_lion_u0_068f5938ad": (
         ["grad_in", "m_in", "param_in", "beta1_in", "beta2_in", "learning_rate_in", "s0_in", "s1_in", "s2_in", "s3_in", "afg_key_in", "dims"],
         ["new_param", "new_m"],
         ["T", "S"],
         """\
-// afgen_lion_u0_e7d6e5bc42: pass 0, unfactored layout
+// afgen_lion_u0_068f5938ad: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -232,7 +232,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 
 @mx.compile
-def _mlx_afgen_lion_u0_e7d6e5bc42(grad, m, param, beta1, beta2, learning_rate, s0, s1, s2, s3):
+def _mlx_afgen_lion_u0_068f5938ad(grad, m, param, beta1, beta2, learning_rate, s0, s1, s2, s3):
     grad = _rt.cast(grad, mx.float32)
     m = _rt.cast(m, mx.float32)
     param = _rt.cast(param, mx.float32)
@@ -240,7 +240,7 @@ def _mlx_afgen_lion_u0_e7d6e5bc42(grad, m, param, beta1, beta2, learning_rate, s
 
 
 _MLX_PASSES = {
-    "afgen_lion_u0_e7d6e5bc42": (_mlx_afgen_lion_u0_e7d6e5bc42, False, "fff", "pf",
+    "afgen_lion_u0_068f5938ad": (_mlx_afgen_lion_u0_068f5938ad, False, "fff", "pf",
         7),
 }
 

@@ -329,7 +329,7 @@ def _gpu_factored__optimize_1d__weight_decouple__ams_bound__maximize(self, gradi
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_f9d91defa2", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_05fc433acc", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -356,7 +356,7 @@ def _gpu_factored__optimize_1d__weight_decouple__ams_bound__no_maximize(self, gr
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_3ac993fef1", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_df4207f045", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -383,7 +383,7 @@ def _gpu_factored__optimize_1d__weight_decouple__maximize__no_ams_bound(self, gr
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_69d1d69377", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_0fe97d06ba", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -408,7 +408,7 @@ def _gpu_factored__optimize_1d__weight_decouple__no_ams_bound_no_maximize(self, 
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_89e3ca10a0", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_427ef030f6", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -449,7 +449,7 @@ def _gpu_factored__optimize_1d__ams_bound__maximize__no_weight_decouple(self, gr
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_290cabcd64", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_94bc23b8e5", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -476,7 +476,7 @@ def _gpu_factored__optimize_1d__ams_bound__no_weight_decouple_no_maximize(self, 
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_92ca43a267", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_f1_4b41f23092", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -503,7 +503,7 @@ def _gpu_factored__optimize_1d__maximize__no_weight_decouple_no_ams_bound(self, 
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_3c50af3137", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_280f405baa", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -528,7 +528,7 @@ def _gpu_factored__optimize_1d__no_weight_decouple_no_ams_bound_no_maximize(self
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_def118e45c", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_f1_83c2f77884", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -552,7 +552,7 @@ def _gpu_flat__optimize_1d__weight_decouple__ams_bound__maximize(self, gradient,
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_bc8711c072", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_57c1a73a90", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -578,7 +578,7 @@ def _gpu_flat__optimize_1d__weight_decouple__ams_bound__no_maximize(self, gradie
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_0e7c370ff8", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_6e3167aeb7", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -604,7 +604,7 @@ def _gpu_flat__optimize_1d__weight_decouple__maximize__no_ams_bound(self, gradie
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_2e70f902bf", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_dff4c46240", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -628,7 +628,7 @@ def _gpu_flat__optimize_1d__weight_decouple__no_ams_bound_no_maximize(self, grad
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s4 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_581800c152", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_f5e404a348", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -652,7 +652,7 @@ def _gpu_flat__optimize_1d__ams_bound__maximize__no_weight_decouple(self, gradie
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_bd4d40b48d", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_897e6462f3", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -678,7 +678,7 @@ def _gpu_flat__optimize_1d__ams_bound__no_weight_decouple_no_maximize(self, grad
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_8a2def8300", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u1_400db7846f", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -704,7 +704,7 @@ def _gpu_flat__optimize_1d__maximize__no_weight_decouple_no_ams_bound(self, grad
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_2016bf46f9", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_ddf3be9ef0", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -728,7 +728,7 @@ def _gpu_flat__optimize_1d__no_weight_decouple_no_ams_bound_no_maximize(self, gr
     red0 = _rt.tensor_total(red0_part, geo)
     norm = mx.sqrt(red0)
     s2 = (norm > 1)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_f1f3638339", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u1_1e3c26ccaa", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["last_grad"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -763,7 +763,7 @@ def _gpu_flat__weight_decouple__ams_bound__maximize__no_optimize_1d(self, gradie
     cdt = mx.float32
     eps = self.eps
     lr, b2, s0, s1, s2, s3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize__no_optimize_1d)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_0f8f5db43d", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_02a95d49de", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -785,7 +785,7 @@ def _gpu_flat__weight_decouple__ams_bound__no_optimize_1d_no_maximize(self, grad
     cdt = mx.float32
     eps = self.eps
     lr, b2, s0, s1, s2, s3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize__no_optimize_1d)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_1850cb01e3", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_036fe8a755", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -807,7 +807,7 @@ def _gpu_flat__weight_decouple__maximize__no_optimize_1d_no_ams_bound(self, grad
     cdt = mx.float32
     eps = self.eps
     lr, b2, s0, s1, s2, s3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize__no_optimize_1d)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_c672d1e7e4", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_2fe7234a02", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -827,7 +827,7 @@ def _gpu_flat__weight_decouple__no_optimize_1d_no_ams_bound_no_maximize(self, gr
     cdt = mx.float32
     eps = self.eps
     lr, b2, s0, s1, s2, s3, s4, s5 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize__no_optimize_1d)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_2e1f9b91cb", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_95e8713736", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, s5, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -861,7 +861,7 @@ def _gpu_flat__ams_bound__maximize__no_optimize_1d_no_weight_decouple(self, grad
     cdt = mx.float32
     eps = self.eps
     b2, wd, lr, s0, s1, s2, s3, s4 = self._per_step(_step_values_flat__ams_bound__maximize__no_optimize_1d_no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_35ac1e5c01", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_6b6c959202", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -883,7 +883,7 @@ def _gpu_flat__ams_bound__no_optimize_1d_no_weight_decouple_no_maximize(self, gr
     cdt = mx.float32
     eps = self.eps
     b2, wd, lr, s0, s1, s2, s3, s4 = self._per_step(_step_values_flat__ams_bound__maximize__no_optimize_1d_no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_60fd27b3c9", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad, new_max_exp_avg_sq = self._launch(backend, "afgen_mars_u0_6f2067fbaf", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), state["max_exp_avg_sq"].reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt), ((state["max_exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -905,7 +905,7 @@ def _gpu_flat__maximize__no_optimize_1d_no_weight_decouple_no_ams_bound(self, gr
     cdt = mx.float32
     eps = self.eps
     b2, wd, lr, s0, s1, s2, s3, s4 = self._per_step(_step_values_flat__ams_bound__maximize__no_optimize_1d_no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_1051e53005", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_e71292a903", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -925,7 +925,7 @@ def _gpu_flat__no_optimize_1d_no_weight_decouple_no_ams_bound_no_maximize(self, 
     cdt = mx.float32
     eps = self.eps
     b2, wd, lr, s0, s1, s2, s3, s4 = self._per_step(_step_values_flat__ams_bound__maximize__no_optimize_1d_no_weight_decouple)
-    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_fb38245ace", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_exp_avg, new_exp_avg_sq, new_last_grad = self._launch(backend, "afgen_mars_u0_4ef504d266", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [b2, eps, lr, s0, s1, s2, s3, s4, wd, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["last_grad"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_exp_avg = new_exp_avg.reshape(state["exp_avg"].shape)
     new_exp_avg_sq = new_exp_avg_sq.reshape(state["exp_avg_sq"].shape)
@@ -1080,420 +1080,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_mars_f1_290cabcd64": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_290cabcd64: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float wd = wd_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = -grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
-    const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
-    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
-    new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_3ac993fef1": (
+    "afgen_mars_f1_05fc433acc": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_f1_3ac993fef1: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float s7 = s7_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s4 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
-    const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
-    new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>(g_1);
-    new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_3c50af3137": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_3c50af3137: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float wd = wd_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = -grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
-    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_69d1d69377": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_69d1d69377: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float s7 = s7_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = -grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s4 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
-    new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>(g_1);
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_89e3ca10a0": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_89e3ca10a0: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float s7 = s7_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s4 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
-    new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>(g_1);
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_92ca43a267": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_92ca43a267: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float wd = wd_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
-    const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
-    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
-    new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_def118e45c": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_def118e45c: pass 1, factored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float wd = wd_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int r = 0; r < 4; ++r) {
-  const unsigned int m = rb * 32 + r * 8 + afg_warp;
-  const bool m_ok = m < M;
-  for (unsigned int c = 0; c < 8; ++c) {
-    const unsigned int j = cc * 256 + c * 32 + afg_lane;
-    if (!m_ok || j >= N) {
-      continue;
-    }
-    const unsigned int idx = (b * M + m) * N + j;
-    const float exp_avg = afg_load(exp_avg_in[idx]);
-    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-    const float grad = afg_load(grad_in[idx]);
-    const float last_grad = afg_load(last_grad_in[idx]);
-    const float param = afg_load(param_in[idx]);
-    const float g_1 = grad;
-    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
-    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
-    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
-    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
-    new_exp_avg[idx] = afg_store<S>(x1_3);
-    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
-
-  }
-}
-""",
-    ),
-    "afgen_mars_f1_f9d91defa2": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_mars_f1_f9d91defa2: pass 1, factored layout
+// afgen_mars_f1_05fc433acc: pass 1, factored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1548,12 +1140,420 @@ for (unsigned int r = 0; r < 4; ++r) {
 }
 """,
     ),
-    "afgen_mars_u0_0f8f5db43d": (
+    "afgen_mars_f1_0fe97d06ba": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_0fe97d06ba: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float s7 = s7_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = -grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s4 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
+    new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>(g_1);
+
+  }
+}
+""",
+    ),
+    "afgen_mars_f1_280f405baa": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_280f405baa: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float wd = wd_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = -grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
+    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
+
+  }
+}
+""",
+    ),
+    "afgen_mars_f1_427ef030f6": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_427ef030f6: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float s7 = s7_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s4 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
+    new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>(g_1);
+
+  }
+}
+""",
+    ),
+    "afgen_mars_f1_4b41f23092": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_4b41f23092: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float wd = wd_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
+    const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
+    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
+    new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
+
+  }
+}
+""",
+    ),
+    "afgen_mars_f1_83c2f77884": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_83c2f77884: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float wd = wd_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
+    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
+
+  }
+}
+""",
+    ),
+    "afgen_mars_f1_94bc23b8e5": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_94bc23b8e5: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float wd = wd_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = -grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s2 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2);
+    const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
+    new_param[idx] = afg_store_rounded<T>(param - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
+    new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
+
+  }
+}
+""",
+    ),
+    "afgen_mars_f1_df4207f045": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_mars_f1_df4207f045: pass 1, factored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float s7 = s7_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int r = 0; r < 4; ++r) {
+  const unsigned int m = rb * 32 + r * 8 + afg_warp;
+  const bool m_ok = m < M;
+  for (unsigned int c = 0; c < 8; ++c) {
+    const unsigned int j = cc * 256 + c * 32 + afg_lane;
+    if (!m_ok || j >= N) {
+      continue;
+    }
+    const unsigned int idx = (b * M + m) * N + j;
+    const float exp_avg = afg_load(exp_avg_in[idx]);
+    const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+    const float grad = afg_load(grad_in[idx]);
+    const float last_grad = afg_load(last_grad_in[idx]);
+    const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
+    const float param = afg_load(param_in[idx]);
+    const float g_1 = grad;
+    const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+    const float x1_2 = (s4 ? x1_1 / norm : x1_1);
+    const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
+    const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
+    const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
+    new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
+    new_exp_avg[idx] = afg_store<S>(x1_3);
+    new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+    new_last_grad[idx] = afg_store<S>(g_1);
+    new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
+
+  }
+}
+""",
+    ),
+    "afgen_mars_u0_02a95d49de": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_u0_0f8f5db43d: pass 0, unfactored layout
+// afgen_mars_u0_02a95d49de: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1598,60 +1598,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u0_1051e53005": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "wd_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_u0_1051e53005: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float wd = wd_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c_1 = 0; c_1 < 4; ++c_1) {
-  const unsigned int j = cc * 1024 + c_1 * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g = -grad;
-  const float c = g;
-  const float x0_2 = exp_avg + s0 * (c - exp_avg);
-  const float x0_3 = exp_avg_sq * b2 + s1 * (c * c);
-  new_param[idx] = afg_store_rounded<T>(param - lr * (x0_2 / ((afg_sqrt(x0_3 + 1e-15f) + eps) / s2 * s3)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_2);
-  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
-  new_last_grad[idx] = afg_store<S>((s4 ? g + wd * param : g));
-
-}
-""",
-    ),
-    "afgen_mars_u0_1850cb01e3": (
+    "afgen_mars_u0_036fe8a755": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_u0_1850cb01e3: pass 0, unfactored layout
+// afgen_mars_u0_036fe8a755: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1696,12 +1648,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u0_2e1f9b91cb": (
+    "afgen_mars_u0_2fe7234a02": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
         ["T", "S"],
         """\
-// afgen_mars_u0_2e1f9b91cb: pass 0, unfactored layout
+// afgen_mars_u0_2fe7234a02: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1732,64 +1684,13 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float last_grad_1 = grad;
+  const float last_grad_1 = -grad;
   const float x0_1 = exp_avg + s2 * (last_grad_1 - exp_avg);
   const float x0_2 = exp_avg_sq * b2 + s3 * (last_grad_1 * last_grad_1);
   new_param[idx] = afg_store_rounded<T>((s0 ? param : param * s1) - lr * (x0_1 / ((afg_sqrt(x0_2 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
   new_exp_avg[idx] = afg_store<S>(x0_1);
   new_exp_avg_sq[idx] = afg_store<S>(x0_2);
   new_last_grad[idx] = afg_store<S>(last_grad_1);
-
-}
-""",
-    ),
-    "afgen_mars_u0_35ac1e5c01": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "wd_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_mars_u0_35ac1e5c01: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float wd = wd_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c_1 = 0; c_1 < 4; ++c_1) {
-  const unsigned int j = cc * 1024 + c_1 * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g = -grad;
-  const float c = g;
-  const float x0_2 = exp_avg + s0 * (c - exp_avg);
-  const float x0_3 = exp_avg_sq * b2 + s1 * (c * c);
-  const float x0_4 = afg_max(max_exp_avg_sq, x0_3);
-  new_param[idx] = afg_store_rounded<T>(param - lr * (x0_2 / ((afg_sqrt(x0_4 + 1e-15f) + eps) / s2 * s3)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x0_2);
-  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
-  new_last_grad[idx] = afg_store<S>((s4 ? g + wd * param : g));
-  new_max_exp_avg_sq[idx] = afg_store<S>(x0_4);
 
 }
 """,
@@ -1833,12 +1734,111 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_mars_u0_60fd27b3c9": (
+    "afgen_mars_u0_4ef504d266": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "wd_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_u0_4ef504d266: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float wd = wd_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c_1 = 0; c_1 < 4; ++c_1) {
+  const unsigned int j = cc * 1024 + c_1 * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g = grad;
+  const float c = g;
+  const float x0_2 = exp_avg + s0 * (c - exp_avg);
+  const float x0_3 = exp_avg_sq * b2 + s1 * (c * c);
+  new_param[idx] = afg_store_rounded<T>(param - lr * (x0_2 / ((afg_sqrt(x0_3 + 1e-15f) + eps) / s2 * s3)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_2);
+  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
+  new_last_grad[idx] = afg_store<S>((s4 ? g + wd * param : g));
+
+}
+""",
+    ),
+    "afgen_mars_u0_6b6c959202": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "wd_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_u0_60fd27b3c9: pass 0, unfactored layout
+// afgen_mars_u0_6b6c959202: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float wd = wd_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c_1 = 0; c_1 < 4; ++c_1) {
+  const unsigned int j = cc * 1024 + c_1 * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g = -grad;
+  const float c = g;
+  const float x0_2 = exp_avg + s0 * (c - exp_avg);
+  const float x0_3 = exp_avg_sq * b2 + s1 * (c * c);
+  const float x0_4 = afg_max(max_exp_avg_sq, x0_3);
+  new_param[idx] = afg_store_rounded<T>(param - lr * (x0_2 / ((afg_sqrt(x0_4 + 1e-15f) + eps) / s2 * s3)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x0_2);
+  new_exp_avg_sq[idx] = afg_store<S>(x0_3);
+  new_last_grad[idx] = afg_store<S>((s4 ? g + wd * param : g));
+  new_max_exp_avg_sq[idx] = afg_store<S>(x0_4);
+
+}
+""",
+    ),
+    "afgen_mars_u0_6f2067fbaf": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "wd_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_mars_u0_6f2067fbaf: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1884,12 +1884,12 @@ for (unsigned int c_1 = 0; c_1 < 4; ++c_1) {
 }
 """,
     ),
-    "afgen_mars_u0_c672d1e7e4": (
+    "afgen_mars_u0_95e8713736": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
         ["T", "S"],
         """\
-// afgen_mars_u0_c672d1e7e4: pass 0, unfactored layout
+// afgen_mars_u0_95e8713736: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1920,7 +1920,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float last_grad_1 = -grad;
+  const float last_grad_1 = grad;
   const float x0_1 = exp_avg + s2 * (last_grad_1 - exp_avg);
   const float x0_2 = exp_avg_sq * b2 + s3 * (last_grad_1 * last_grad_1);
   new_param[idx] = afg_store_rounded<T>((s0 ? param : param * s1) - lr * (x0_1 / ((afg_sqrt(x0_2 + 1e-15f) + eps) / s4 * s5)), idx, afg_key);
@@ -1931,12 +1931,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u0_fb38245ace": (
+    "afgen_mars_u0_e71292a903": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "param_in", "b2_in", "eps_in", "lr_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "wd_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
         ["T", "S"],
         """\
-// afgen_mars_u0_fb38245ace: pass 0, unfactored layout
+// afgen_mars_u0_e71292a903: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -1967,7 +1967,7 @@ for (unsigned int c_1 = 0; c_1 < 4; ++c_1) {
   const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
   const float grad = afg_load(grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float g = grad;
+  const float g = -grad;
   const float c = g;
   const float x0_2 = exp_avg + s0 * (c - exp_avg);
   const float x0_3 = exp_avg_sq * b2 + s1 * (c * c);
@@ -2018,68 +2018,12 @@ afg_shared float afg_scratch[8];
 }
 """,
     ),
-    "afgen_mars_u1_0e7c370ff8": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
-        ["T", "S"],
-        """\
-// afgen_mars_u1_0e7c370ff8: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float s7 = s7_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float last_grad = afg_load(last_grad_in[idx]);
-  const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g_1 = grad;
-  const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-  const float x1_2 = (s4 ? x1_1 / norm : x1_1);
-  const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
-  const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
-  const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
-  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_3);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-  new_last_grad[idx] = afg_store<S>(g_1);
-  new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
-
-}
-""",
-    ),
-    "afgen_mars_u1_2016bf46f9": (
+    "afgen_mars_u1_1e3c26ccaa": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
         ["T", "S"],
         """\
-// afgen_mars_u1_2016bf46f9: pass 1, unfactored layout
+// afgen_mars_u1_1e3c26ccaa: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2114,7 +2058,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float last_grad = afg_load(last_grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float g_1 = -grad;
+  const float g_1 = grad;
   const float x1_1 = (g_1 - last_grad) * s0 + g_1;
   const float x1_2 = (s2 ? x1_1 / norm : x1_1);
   const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
@@ -2127,118 +2071,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u1_2e70f902bf": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_u1_2e70f902bf: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float s7 = s7_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float last_grad = afg_load(last_grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g_1 = -grad;
-  const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-  const float x1_2 = (s4 ? x1_1 / norm : x1_1);
-  const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
-  const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
-  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_3);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-  new_last_grad[idx] = afg_store<S>(g_1);
-
-}
-""",
-    ),
-    "afgen_mars_u1_581800c152": (
-        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
-        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
-        ["T", "S"],
-        """\
-// afgen_mars_u1_581800c152: pass 1, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float b2 = b2_in[t];
-const float eps = eps_in[t];
-const float lr = lr_in[t];
-const float norm = norm_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float s4 = s4_in[t];
-const float s5 = s5_in[t];
-const float s6 = s6_in[t];
-const float s7 = s7_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float exp_avg = afg_load(exp_avg_in[idx]);
-  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
-  const float grad = afg_load(grad_in[idx]);
-  const float last_grad = afg_load(last_grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float g_1 = grad;
-  const float x1_1 = (g_1 - last_grad) * s0 + g_1;
-  const float x1_2 = (s4 ? x1_1 / norm : x1_1);
-  const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
-  const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
-  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
-  new_exp_avg[idx] = afg_store<S>(x1_3);
-  new_exp_avg_sq[idx] = afg_store<S>(x1_4);
-  new_last_grad[idx] = afg_store<S>(g_1);
-
-}
-""",
-    ),
-    "afgen_mars_u1_8a2def8300": (
+    "afgen_mars_u1_400db7846f": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_u1_8a2def8300: pass 1, unfactored layout
+// afgen_mars_u1_400db7846f: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2289,12 +2127,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u1_bc8711c072": (
+    "afgen_mars_u1_57c1a73a90": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_u1_bc8711c072: pass 1, unfactored layout
+// afgen_mars_u1_57c1a73a90: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2345,12 +2183,68 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u1_bd4d40b48d": (
+    "afgen_mars_u1_6e3167aeb7": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
+        ["T", "S"],
+        """\
+// afgen_mars_u1_6e3167aeb7: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float s7 = s7_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float last_grad = afg_load(last_grad_in[idx]);
+  const float max_exp_avg_sq = afg_load(max_exp_avg_sq_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g_1 = grad;
+  const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+  const float x1_2 = (s4 ? x1_1 / norm : x1_1);
+  const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
+  const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
+  const float x1_5 = afg_max(max_exp_avg_sq, x1_4);
+  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_5 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_3);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+  new_last_grad[idx] = afg_store<S>(g_1);
+  new_max_exp_avg_sq[idx] = afg_store<S>(x1_5);
+
+}
+""",
+    ),
+    "afgen_mars_u1_897e6462f3": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "max_exp_avg_sq_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad", "new_max_exp_avg_sq"],
         ["T", "S"],
         """\
-// afgen_mars_u1_bd4d40b48d: pass 1, unfactored layout
+// afgen_mars_u1_897e6462f3: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2401,12 +2295,12 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
-    "afgen_mars_u1_f1f3638339": (
+    "afgen_mars_u1_ddf3be9ef0": (
         ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "wd_in", "afg_key_in", "dims"],
         ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
         ["T", "S"],
         """\
-// afgen_mars_u1_f1f3638339: pass 1, unfactored layout
+// afgen_mars_u1_ddf3be9ef0: pass 1, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -2441,7 +2335,7 @@ for (unsigned int c = 0; c < 4; ++c) {
   const float grad = afg_load(grad_in[idx]);
   const float last_grad = afg_load(last_grad_in[idx]);
   const float param = afg_load(param_in[idx]);
-  const float g_1 = grad;
+  const float g_1 = -grad;
   const float x1_1 = (g_1 - last_grad) * s0 + g_1;
   const float x1_2 = (s2 ? x1_1 / norm : x1_1);
   const float x1_3 = exp_avg + s1 * (x1_2 - exp_avg);
@@ -2450,6 +2344,112 @@ for (unsigned int c = 0; c < 4; ++c) {
   new_exp_avg[idx] = afg_store<S>(x1_3);
   new_exp_avg_sq[idx] = afg_store<S>(x1_4);
   new_last_grad[idx] = afg_store<S>((s6 ? g_1 + wd * param : g_1));
+
+}
+""",
+    ),
+    "afgen_mars_u1_dff4c46240": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_u1_dff4c46240: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float s7 = s7_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float last_grad = afg_load(last_grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g_1 = -grad;
+  const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+  const float x1_2 = (s4 ? x1_1 / norm : x1_1);
+  const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
+  const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
+  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_3);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+  new_last_grad[idx] = afg_store<S>(g_1);
+
+}
+""",
+    ),
+    "afgen_mars_u1_f5e404a348": (
+        ["exp_avg_in", "exp_avg_sq_in", "grad_in", "last_grad_in", "param_in", "b2_in", "eps_in", "lr_in", "norm_in", "s0_in", "s1_in", "s2_in", "s3_in", "s4_in", "s5_in", "s6_in", "s7_in", "afg_key_in", "dims"],
+        ["new_param", "new_exp_avg", "new_exp_avg_sq", "new_last_grad"],
+        ["T", "S"],
+        """\
+// afgen_mars_u1_f5e404a348: pass 1, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float b2 = b2_in[t];
+const float eps = eps_in[t];
+const float lr = lr_in[t];
+const float norm = norm_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float s4 = s4_in[t];
+const float s5 = s5_in[t];
+const float s6 = s6_in[t];
+const float s7 = s7_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float exp_avg = afg_load(exp_avg_in[idx]);
+  const float exp_avg_sq = afg_load(exp_avg_sq_in[idx]);
+  const float grad = afg_load(grad_in[idx]);
+  const float last_grad = afg_load(last_grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float g_1 = grad;
+  const float x1_1 = (g_1 - last_grad) * s0 + g_1;
+  const float x1_2 = (s4 ? x1_1 / norm : x1_1);
+  const float x1_3 = exp_avg + s3 * (x1_2 - exp_avg);
+  const float x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2);
+  new_param[idx] = afg_store_rounded<T>((s1 ? param : param * s2) - lr * (x1_3 / ((afg_sqrt(x1_4 + 1e-15f) + eps) / s6 * s7)), idx, afg_key);
+  new_exp_avg[idx] = afg_store<S>(x1_3);
+  new_exp_avg_sq[idx] = afg_store<S>(x1_4);
+  new_last_grad[idx] = afg_store<S>(g_1);
 
 }
 """,
@@ -2477,118 +2477,7 @@ def _mlx_afgen_mars_f0_e5f2f7e7c6(grad, last_grad, s0):
 
 
 @mx.compile
-def _mlx_afgen_mars_f1_290cabcd64(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = -grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
-    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
-    return param - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1), x1_5
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_3ac993fef1(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
-    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
-    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1, x1_5
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_3c50af3137(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = -grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
-    return param - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1)
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_69d1d69377(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = -grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
-    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_89e3ca10a0(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
-    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_92ca43a267(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
-    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
-    return param - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1), x1_5
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_def118e45c(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
-    return param - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1)
-
-
-@mx.compile
-def _mlx_afgen_mars_f1_f9d91defa2(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+def _mlx_afgen_mars_f1_05fc433acc(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2605,7 +2494,118 @@ def _mlx_afgen_mars_f1_f9d91defa2(exp_avg, exp_avg_sq, grad, last_grad, max_exp_
 
 
 @mx.compile
-def _mlx_afgen_mars_u0_0f8f5db43d(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
+def _mlx_afgen_mars_f1_0fe97d06ba(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = -grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
+    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
+
+
+@mx.compile
+def _mlx_afgen_mars_f1_280f405baa(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = -grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
+    return param - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1)
+
+
+@mx.compile
+def _mlx_afgen_mars_f1_427ef030f6(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
+    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
+
+
+@mx.compile
+def _mlx_afgen_mars_f1_4b41f23092(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
+    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
+    return param - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1), x1_5
+
+
+@mx.compile
+def _mlx_afgen_mars_f1_83c2f77884(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
+    return param - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1)
+
+
+@mx.compile
+def _mlx_afgen_mars_f1_94bc23b8e5(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = -grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
+    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
+    return param - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1), x1_5
+
+
+@mx.compile
+def _mlx_afgen_mars_f1_df4207f045(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
+    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
+    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1, x1_5
+
+
+@mx.compile
+def _mlx_afgen_mars_u0_02a95d49de(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2619,20 +2619,7 @@ def _mlx_afgen_mars_u0_0f8f5db43d(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, par
 
 
 @mx.compile
-def _mlx_afgen_mars_u0_1051e53005(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g = -grad
-    c = g
-    x0_2 = exp_avg + s0 * (c - exp_avg)
-    x0_3 = exp_avg_sq * b2 + s1 * (c * c)
-    return param - lr * (x0_2 / ((mx.sqrt(x0_3 + 1e-15) + eps) / s2 * s3)), x0_2, x0_3, mx.where(s4, g + wd * param, g)
-
-
-@mx.compile
-def _mlx_afgen_mars_u0_1850cb01e3(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
+def _mlx_afgen_mars_u0_036fe8a755(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2646,30 +2633,15 @@ def _mlx_afgen_mars_u0_1850cb01e3(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, par
 
 
 @mx.compile
-def _mlx_afgen_mars_u0_2e1f9b91cb(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
+def _mlx_afgen_mars_u0_2fe7234a02(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    last_grad_1 = grad
+    last_grad_1 = -grad
     x0_1 = exp_avg + s2 * (last_grad_1 - exp_avg)
     x0_2 = exp_avg_sq * b2 + s3 * (last_grad_1 * last_grad_1)
     return mx.where(s0, param, param * s1) - lr * (x0_1 / ((mx.sqrt(x0_2 + 1e-15) + eps) / s4 * s5)), x0_1, x0_2, last_grad_1
-
-
-@mx.compile
-def _mlx_afgen_mars_u0_35ac1e5c01(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g = -grad
-    c = g
-    x0_2 = exp_avg + s0 * (c - exp_avg)
-    x0_3 = exp_avg_sq * b2 + s1 * (c * c)
-    x0_4 = mx.maximum(max_exp_avg_sq, x0_3)
-    return param - lr * (x0_2 / ((mx.sqrt(x0_4 + 1e-15) + eps) / s2 * s3)), x0_2, x0_3, mx.where(s4, g + wd * param, g), x0_4
 
 
 @mx.compile
@@ -2681,7 +2653,35 @@ def _mlx_afgen_mars_u0_4c87e27676(grad, last_grad, s0):
 
 
 @mx.compile
-def _mlx_afgen_mars_u0_60fd27b3c9(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
+def _mlx_afgen_mars_u0_4ef504d266(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g = grad
+    c = g
+    x0_2 = exp_avg + s0 * (c - exp_avg)
+    x0_3 = exp_avg_sq * b2 + s1 * (c * c)
+    return param - lr * (x0_2 / ((mx.sqrt(x0_3 + 1e-15) + eps) / s2 * s3)), x0_2, x0_3, mx.where(s4, g + wd * param, g)
+
+
+@mx.compile
+def _mlx_afgen_mars_u0_6b6c959202(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g = -grad
+    c = g
+    x0_2 = exp_avg + s0 * (c - exp_avg)
+    x0_3 = exp_avg_sq * b2 + s1 * (c * c)
+    x0_4 = mx.maximum(max_exp_avg_sq, x0_3)
+    return param - lr * (x0_2 / ((mx.sqrt(x0_4 + 1e-15) + eps) / s2 * s3)), x0_2, x0_3, mx.where(s4, g + wd * param, g), x0_4
+
+
+@mx.compile
+def _mlx_afgen_mars_u0_6f2067fbaf(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2696,24 +2696,24 @@ def _mlx_afgen_mars_u0_60fd27b3c9(exp_avg, exp_avg_sq, grad, max_exp_avg_sq, par
 
 
 @mx.compile
-def _mlx_afgen_mars_u0_c672d1e7e4(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
+def _mlx_afgen_mars_u0_95e8713736(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, s5):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    last_grad_1 = -grad
+    last_grad_1 = grad
     x0_1 = exp_avg + s2 * (last_grad_1 - exp_avg)
     x0_2 = exp_avg_sq * b2 + s3 * (last_grad_1 * last_grad_1)
     return mx.where(s0, param, param * s1) - lr * (x0_1 / ((mx.sqrt(x0_2 + 1e-15) + eps) / s4 * s5)), x0_1, x0_2, last_grad_1
 
 
 @mx.compile
-def _mlx_afgen_mars_u0_fb38245ace(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
+def _mlx_afgen_mars_u0_e71292a903(exp_avg, exp_avg_sq, grad, param, b2, eps, lr, s0, s1, s2, s3, s4, wd):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
-    g = grad
+    g = -grad
     c = g
     x0_2 = exp_avg + s0 * (c - exp_avg)
     x0_3 = exp_avg_sq * b2 + s1 * (c * c)
@@ -2729,30 +2729,13 @@ def _mlx_afgen_mars_u0_fc65799eb8(grad, last_grad, s0):
 
 
 @mx.compile
-def _mlx_afgen_mars_u1_0e7c370ff8(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+def _mlx_afgen_mars_u1_1e3c26ccaa(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
     last_grad = _rt.cast(last_grad, mx.float32)
-    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
     param = _rt.cast(param, mx.float32)
     g_1 = grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
-    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
-    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1, x1_5
-
-
-@mx.compile
-def _mlx_afgen_mars_u1_2016bf46f9(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = -grad
     x1_1 = (g_1 - last_grad) * s0 + g_1
     x1_2 = mx.where(s2, x1_1 / norm, x1_1)
     x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
@@ -2761,37 +2744,7 @@ def _mlx_afgen_mars_u1_2016bf46f9(exp_avg, exp_avg_sq, grad, last_grad, param, b
 
 
 @mx.compile
-def _mlx_afgen_mars_u1_2e70f902bf(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = -grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
-    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
-
-
-@mx.compile
-def _mlx_afgen_mars_u1_581800c152(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
-    exp_avg = _rt.cast(exp_avg, mx.float32)
-    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
-    grad = _rt.cast(grad, mx.float32)
-    last_grad = _rt.cast(last_grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    g_1 = grad
-    x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
-    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
-
-
-@mx.compile
-def _mlx_afgen_mars_u1_8a2def8300(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+def _mlx_afgen_mars_u1_400db7846f(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2808,7 +2761,7 @@ def _mlx_afgen_mars_u1_8a2def8300(exp_avg, exp_avg_sq, grad, last_grad, max_exp_
 
 
 @mx.compile
-def _mlx_afgen_mars_u1_bc8711c072(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+def _mlx_afgen_mars_u1_57c1a73a90(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2825,7 +2778,24 @@ def _mlx_afgen_mars_u1_bc8711c072(exp_avg, exp_avg_sq, grad, last_grad, max_exp_
 
 
 @mx.compile
-def _mlx_afgen_mars_u1_bd4d40b48d(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+def _mlx_afgen_mars_u1_6e3167aeb7(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    max_exp_avg_sq = _rt.cast(max_exp_avg_sq, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
+    x1_5 = mx.maximum(max_exp_avg_sq, x1_4)
+    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_5 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1, x1_5
+
+
+@mx.compile
+def _mlx_afgen_mars_u1_897e6462f3(exp_avg, exp_avg_sq, grad, last_grad, max_exp_avg_sq, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2842,7 +2812,37 @@ def _mlx_afgen_mars_u1_bd4d40b48d(exp_avg, exp_avg_sq, grad, last_grad, max_exp_
 
 
 @mx.compile
-def _mlx_afgen_mars_u1_f1f3638339(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+def _mlx_afgen_mars_u1_ddf3be9ef0(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, wd):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = -grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
+    return param - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1)
+
+
+@mx.compile
+def _mlx_afgen_mars_u1_dff4c46240(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
+    exp_avg = _rt.cast(exp_avg, mx.float32)
+    exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
+    grad = _rt.cast(grad, mx.float32)
+    last_grad = _rt.cast(last_grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    g_1 = -grad
+    x1_1 = (g_1 - last_grad) * s0 + g_1
+    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
+    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
+
+
+@mx.compile
+def _mlx_afgen_mars_u1_f5e404a348(exp_avg, exp_avg_sq, grad, last_grad, param, b2, eps, lr, norm, s0, s1, s2, s3, s4, s5, s6, s7):
     exp_avg = _rt.cast(exp_avg, mx.float32)
     exp_avg_sq = _rt.cast(exp_avg_sq, mx.float32)
     grad = _rt.cast(grad, mx.float32)
@@ -2850,10 +2850,10 @@ def _mlx_afgen_mars_u1_f1f3638339(exp_avg, exp_avg_sq, grad, last_grad, param, b
     param = _rt.cast(param, mx.float32)
     g_1 = grad
     x1_1 = (g_1 - last_grad) * s0 + g_1
-    x1_2 = mx.where(s2, x1_1 / norm, x1_1)
-    x1_3 = exp_avg + s1 * (x1_2 - exp_avg)
-    x1_4 = exp_avg_sq * b2 + s3 * (x1_2 * x1_2)
-    return param - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s4 * s5)), x1_3, x1_4, mx.where(s6, g_1 + wd * param, g_1)
+    x1_2 = mx.where(s4, x1_1 / norm, x1_1)
+    x1_3 = exp_avg + s3 * (x1_2 - exp_avg)
+    x1_4 = exp_avg_sq * b2 + s5 * (x1_2 * x1_2)
+    return mx.where(s1, param, param * s2) - lr * (x1_3 / ((mx.sqrt(x1_4 + 1e-15) + eps) / s6 * s7)), x1_3, x1_4, g_1
 
 
 _MLX_PASSES = {
@@ -2861,57 +2861,57 @@ _MLX_PASSES = {
         None),
     "afgen_mars_f0_e5f2f7e7c6": (_mlx_afgen_mars_f0_e5f2f7e7c6, True, "ff", "a",
         None),
-    "afgen_mars_f1_290cabcd64": (_mlx_afgen_mars_f1_290cabcd64, True, "ffffff", "pffff",
+    "afgen_mars_f1_05fc433acc": (_mlx_afgen_mars_f1_05fc433acc, True, "ffffff", "pffff",
         12),
-    "afgen_mars_f1_3ac993fef1": (_mlx_afgen_mars_f1_3ac993fef1, True, "ffffff", "pffff",
+    "afgen_mars_f1_0fe97d06ba": (_mlx_afgen_mars_f1_0fe97d06ba, True, "fffff", "pfff",
         12),
-    "afgen_mars_f1_3c50af3137": (_mlx_afgen_mars_f1_3c50af3137, True, "fffff", "pfff",
+    "afgen_mars_f1_280f405baa": (_mlx_afgen_mars_f1_280f405baa, True, "fffff", "pfff",
         12),
-    "afgen_mars_f1_69d1d69377": (_mlx_afgen_mars_f1_69d1d69377, True, "fffff", "pfff",
+    "afgen_mars_f1_427ef030f6": (_mlx_afgen_mars_f1_427ef030f6, True, "fffff", "pfff",
         12),
-    "afgen_mars_f1_89e3ca10a0": (_mlx_afgen_mars_f1_89e3ca10a0, True, "fffff", "pfff",
+    "afgen_mars_f1_4b41f23092": (_mlx_afgen_mars_f1_4b41f23092, True, "ffffff", "pffff",
         12),
-    "afgen_mars_f1_92ca43a267": (_mlx_afgen_mars_f1_92ca43a267, True, "ffffff", "pffff",
+    "afgen_mars_f1_83c2f77884": (_mlx_afgen_mars_f1_83c2f77884, True, "fffff", "pfff",
         12),
-    "afgen_mars_f1_def118e45c": (_mlx_afgen_mars_f1_def118e45c, True, "fffff", "pfff",
+    "afgen_mars_f1_94bc23b8e5": (_mlx_afgen_mars_f1_94bc23b8e5, True, "ffffff", "pffff",
         12),
-    "afgen_mars_f1_f9d91defa2": (_mlx_afgen_mars_f1_f9d91defa2, True, "ffffff", "pffff",
+    "afgen_mars_f1_df4207f045": (_mlx_afgen_mars_f1_df4207f045, True, "ffffff", "pffff",
         12),
-    "afgen_mars_u0_0f8f5db43d": (_mlx_afgen_mars_u0_0f8f5db43d, False, "fffff", "pffff",
+    "afgen_mars_u0_02a95d49de": (_mlx_afgen_mars_u0_02a95d49de, False, "fffff", "pffff",
         9),
-    "afgen_mars_u0_1051e53005": (_mlx_afgen_mars_u0_1051e53005, False, "ffff", "pfff",
+    "afgen_mars_u0_036fe8a755": (_mlx_afgen_mars_u0_036fe8a755, False, "fffff", "pffff",
         9),
-    "afgen_mars_u0_1850cb01e3": (_mlx_afgen_mars_u0_1850cb01e3, False, "fffff", "pffff",
-        9),
-    "afgen_mars_u0_2e1f9b91cb": (_mlx_afgen_mars_u0_2e1f9b91cb, False, "ffff", "pfff",
-        9),
-    "afgen_mars_u0_35ac1e5c01": (_mlx_afgen_mars_u0_35ac1e5c01, False, "fffff", "pffff",
+    "afgen_mars_u0_2fe7234a02": (_mlx_afgen_mars_u0_2fe7234a02, False, "ffff", "pfff",
         9),
     "afgen_mars_u0_4c87e27676": (_mlx_afgen_mars_u0_4c87e27676, False, "ff", "a",
         None),
-    "afgen_mars_u0_60fd27b3c9": (_mlx_afgen_mars_u0_60fd27b3c9, False, "fffff", "pffff",
+    "afgen_mars_u0_4ef504d266": (_mlx_afgen_mars_u0_4ef504d266, False, "ffff", "pfff",
         9),
-    "afgen_mars_u0_c672d1e7e4": (_mlx_afgen_mars_u0_c672d1e7e4, False, "ffff", "pfff",
+    "afgen_mars_u0_6b6c959202": (_mlx_afgen_mars_u0_6b6c959202, False, "fffff", "pffff",
         9),
-    "afgen_mars_u0_fb38245ace": (_mlx_afgen_mars_u0_fb38245ace, False, "ffff", "pfff",
+    "afgen_mars_u0_6f2067fbaf": (_mlx_afgen_mars_u0_6f2067fbaf, False, "fffff", "pffff",
+        9),
+    "afgen_mars_u0_95e8713736": (_mlx_afgen_mars_u0_95e8713736, False, "ffff", "pfff",
+        9),
+    "afgen_mars_u0_e71292a903": (_mlx_afgen_mars_u0_e71292a903, False, "ffff", "pfff",
         9),
     "afgen_mars_u0_fc65799eb8": (_mlx_afgen_mars_u0_fc65799eb8, False, "ff", "a",
         None),
-    "afgen_mars_u1_0e7c370ff8": (_mlx_afgen_mars_u1_0e7c370ff8, False, "ffffff", "pffff",
+    "afgen_mars_u1_1e3c26ccaa": (_mlx_afgen_mars_u1_1e3c26ccaa, False, "fffff", "pfff",
         12),
-    "afgen_mars_u1_2016bf46f9": (_mlx_afgen_mars_u1_2016bf46f9, False, "fffff", "pfff",
+    "afgen_mars_u1_400db7846f": (_mlx_afgen_mars_u1_400db7846f, False, "ffffff", "pffff",
         12),
-    "afgen_mars_u1_2e70f902bf": (_mlx_afgen_mars_u1_2e70f902bf, False, "fffff", "pfff",
+    "afgen_mars_u1_57c1a73a90": (_mlx_afgen_mars_u1_57c1a73a90, False, "ffffff", "pffff",
         12),
-    "afgen_mars_u1_581800c152": (_mlx_afgen_mars_u1_581800c152, False, "fffff", "pfff",
+    "afgen_mars_u1_6e3167aeb7": (_mlx_afgen_mars_u1_6e3167aeb7, False, "ffffff", "pffff",
         12),
-    "afgen_mars_u1_8a2def8300": (_mlx_afgen_mars_u1_8a2def8300, False, "ffffff", "pffff",
+    "afgen_mars_u1_897e6462f3": (_mlx_afgen_mars_u1_897e6462f3, False, "ffffff", "pffff",
         12),
-    "afgen_mars_u1_bc8711c072": (_mlx_afgen_mars_u1_bc8711c072, False, "ffffff", "pffff",
+    "afgen_mars_u1_ddf3be9ef0": (_mlx_afgen_mars_u1_ddf3be9ef0, False, "fffff", "pfff",
         12),
-    "afgen_mars_u1_bd4d40b48d": (_mlx_afgen_mars_u1_bd4d40b48d, False, "ffffff", "pffff",
+    "afgen_mars_u1_dff4c46240": (_mlx_afgen_mars_u1_dff4c46240, False, "fffff", "pfff",
         12),
-    "afgen_mars_u1_f1f3638339": (_mlx_afgen_mars_u1_f1f3638339, False, "fffff", "pfff",
+    "afgen_mars_u1_f5e404a348": (_mlx_afgen_mars_u1_f5e404a348, False, "fffff", "pfff",
         12),
 }
 

@@ -177,7 +177,7 @@ def _gpu_flat__nesterov(self, gradient, parameter, state, backend, tensors=1):
     momentum = self.momentum
     weight_decay = self.weight_decay
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__nesterov)
-    new_param, new_v = self._launch(backend, "afgen_sgd_u0_208a1cc07d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [learning_rate, momentum, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_sgd_u0_fa32277552", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [learning_rate, momentum, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -194,7 +194,7 @@ def _gpu_flat__no_nesterov(self, gradient, parameter, state, backend, tensors=1)
     momentum = self.momentum
     weight_decay = self.weight_decay
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__nesterov)
-    new_param, new_v = self._launch(backend, "afgen_sgd_u0_c7455a2ea2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [learning_rate, momentum, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
+    new_param, new_v = self._launch(backend, "afgen_sgd_u0_5af42b0e33", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [learning_rate, momentum, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_v = new_v.reshape(state["v"].shape)
     state["v"] = new_v
@@ -213,53 +213,12 @@ _STACKED = frozenset({
 # Kernel bodies, one text for every target (MLX writes the signatures): name ->
 # (input names, output names, template parameters (parameter dtype, state dtype), body).
 _KERNELS = {
-    "afgen_sgd_u0_208a1cc07d": (
+    "afgen_sgd_u0_5af42b0e33": (
         ["grad_in", "param_in", "v_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
         ["new_param", "new_v"],
         ["T", "S"],
         """\
-// afgen_sgd_u0_208a1cc07d: pass 0, unfactored layout
-const unsigned int M = dims[1];
-const unsigned int N = dims[2];
-const unsigned int nrb = dims[3];
-const unsigned int ncc = dims[4];
-// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
-// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
-const unsigned int cc = afg_group % ncc;
-const unsigned int rb = (afg_group / ncc) % nrb;
-const unsigned int b = afg_group / (ncc * nrb);
-const unsigned int t = b / dims[5];
-const float learning_rate = learning_rate_in[t];
-const float momentum = momentum_in[t];
-const float s0 = s0_in[t];
-const float s1 = s1_in[t];
-const float s2 = s2_in[t];
-const float s3 = s3_in[t];
-const float weight_decay = weight_decay_in[t];
-const unsigned int afg_key = afg_bits(afg_key_in[t]);
-for (unsigned int c = 0; c < 4; ++c) {
-  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
-  if (j >= N) {
-    continue;
-  }
-  const unsigned int idx = b * N + j;
-  const float grad = afg_load(grad_in[idx]);
-  const float param = afg_load(param_in[idx]);
-  const float v = afg_load(v_in[idx]);
-  const float x0_0 = (s0 ? grad + weight_decay * param : grad);
-  const float x0_1 = (s1 ? v : momentum * v + (s3 ? s2 * x0_0 : x0_0));
-  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s1 ? x0_0 : x0_0 + momentum * x0_1), idx, afg_key);
-  new_v[idx] = afg_store<S>(x0_1);
-
-}
-""",
-    ),
-    "afgen_sgd_u0_c7455a2ea2": (
-        ["grad_in", "param_in", "v_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
-        ["new_param", "new_v"],
-        ["T", "S"],
-        """\
-// afgen_sgd_u0_c7455a2ea2: pass 0, unfactored layout
+// afgen_sgd_u0_5af42b0e33: pass 0, unfactored layout
 const unsigned int M = dims[1];
 const unsigned int N = dims[2];
 const unsigned int nrb = dims[3];
@@ -295,6 +254,47 @@ for (unsigned int c = 0; c < 4; ++c) {
 }
 """,
     ),
+    "afgen_sgd_u0_fa32277552": (
+        ["grad_in", "param_in", "v_in", "learning_rate_in", "momentum_in", "s0_in", "s1_in", "s2_in", "s3_in", "weight_decay_in", "afg_key_in", "dims"],
+        ["new_param", "new_v"],
+        ["T", "S"],
+        """\
+// afgen_sgd_u0_fa32277552: pass 0, unfactored layout
+const unsigned int M = dims[1];
+const unsigned int N = dims[2];
+const unsigned int nrb = dims[3];
+const unsigned int ncc = dims[4];
+// Threadgroups run along x only (CUDA caps grid y and z at 65535 blocks): group g owns
+// column chunk g % ncc of row block (g / ncc) % nrb of matrix g / (ncc * nrb).
+const unsigned int cc = afg_group % ncc;
+const unsigned int rb = (afg_group / ncc) % nrb;
+const unsigned int b = afg_group / (ncc * nrb);
+const unsigned int t = b / dims[5];
+const float learning_rate = learning_rate_in[t];
+const float momentum = momentum_in[t];
+const float s0 = s0_in[t];
+const float s1 = s1_in[t];
+const float s2 = s2_in[t];
+const float s3 = s3_in[t];
+const float weight_decay = weight_decay_in[t];
+const unsigned int afg_key = afg_bits(afg_key_in[t]);
+for (unsigned int c = 0; c < 4; ++c) {
+  const unsigned int j = cc * 1024 + c * 256 + afg_lid;
+  if (j >= N) {
+    continue;
+  }
+  const unsigned int idx = b * N + j;
+  const float grad = afg_load(grad_in[idx]);
+  const float param = afg_load(param_in[idx]);
+  const float v = afg_load(v_in[idx]);
+  const float x0_0 = (s0 ? grad + weight_decay * param : grad);
+  const float x0_1 = (s1 ? v : momentum * v + (s3 ? s2 * x0_0 : x0_0));
+  new_param[idx] = afg_store_rounded<T>(param - learning_rate * (s1 ? x0_0 : x0_0 + momentum * x0_1), idx, afg_key);
+  new_v[idx] = afg_store<S>(x0_1);
+
+}
+""",
+    ),
 }
 
 # Each kernel's twin in MLX ops, which the drivers launch for backend="mlx" with float32
@@ -302,17 +302,7 @@ for (unsigned int c = 0; c < 4; ++c) {
 
 
 @mx.compile
-def _mlx_afgen_sgd_u0_208a1cc07d(grad, param, v, learning_rate, momentum, s0, s1, s2, s3, weight_decay):
-    grad = _rt.cast(grad, mx.float32)
-    param = _rt.cast(param, mx.float32)
-    v = _rt.cast(v, mx.float32)
-    x0_0 = mx.where(s0, grad + weight_decay * param, grad)
-    x0_1 = mx.where(s1, v, momentum * v + mx.where(s3, s2 * x0_0, x0_0))
-    return param - learning_rate * mx.where(s1, x0_0, x0_0 + momentum * x0_1), x0_1
-
-
-@mx.compile
-def _mlx_afgen_sgd_u0_c7455a2ea2(grad, param, v, learning_rate, momentum, s0, s1, s2, s3, weight_decay):
+def _mlx_afgen_sgd_u0_5af42b0e33(grad, param, v, learning_rate, momentum, s0, s1, s2, s3, weight_decay):
     grad = _rt.cast(grad, mx.float32)
     param = _rt.cast(param, mx.float32)
     v = _rt.cast(v, mx.float32)
@@ -321,10 +311,20 @@ def _mlx_afgen_sgd_u0_c7455a2ea2(grad, param, v, learning_rate, momentum, s0, s1
     return param - learning_rate * mx.where(s1, x0_0, x0_1), x0_1
 
 
+@mx.compile
+def _mlx_afgen_sgd_u0_fa32277552(grad, param, v, learning_rate, momentum, s0, s1, s2, s3, weight_decay):
+    grad = _rt.cast(grad, mx.float32)
+    param = _rt.cast(param, mx.float32)
+    v = _rt.cast(v, mx.float32)
+    x0_0 = mx.where(s0, grad + weight_decay * param, grad)
+    x0_1 = mx.where(s1, v, momentum * v + mx.where(s3, s2 * x0_0, x0_0))
+    return param - learning_rate * mx.where(s1, x0_0, x0_0 + momentum * x0_1), x0_1
+
+
 _MLX_PASSES = {
-    "afgen_sgd_u0_208a1cc07d": (_mlx_afgen_sgd_u0_208a1cc07d, False, "fff", "pf",
+    "afgen_sgd_u0_5af42b0e33": (_mlx_afgen_sgd_u0_5af42b0e33, False, "fff", "pf",
         7),
-    "afgen_sgd_u0_c7455a2ea2": (_mlx_afgen_sgd_u0_c7455a2ea2, False, "fff", "pf",
+    "afgen_sgd_u0_fa32277552": (_mlx_afgen_sgd_u0_fa32277552, False, "fff", "pf",
         7),
 }
 

@@ -2,6 +2,7 @@
 and arithmetic kept exactly as the spec writes it."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy
 
@@ -163,3 +164,20 @@ def test_too_many_specialising_options_are_refused_at_the_first_past_the_cap():
         _compiled(_flags_spec(flags, update))
     assert info.value.loc.line == 4 + MAX_SPECIALISING  # the hyperparameter past the cap
     assert "static options change the program" in str(info.value)
+
+
+@pytest.mark.parametrize("sgd", [False, True])
+def test_a_choice_inside_a_condition_is_kept_as_written(sgd):
+    """SymPy's Piecewise folds a choice found inside a condition into the condition, and
+    once turned ``where(lr * (1 if sgd else -1) > 0, ...)`` into ``lr * 1 > 0``, dropping
+    the -1: the float64 oracle then took every step LAMB's rectification skips. Choices
+    are afgen.spec.ops.Where, built as written."""
+    from afgen.check.oracle import Oracle
+
+    compiled = _compiled(_flags_spec(["sgd"], [
+        "  - s = lr * (1 if sgd else -1)", "  - m = where(s > 0, grad, -grad)"]))
+    assert compiled.dynamic == ("sgd",)
+    oracle = Oracle(compiled, {"lr": 0.1, "sgd": sgd})
+    grad = np.array([1.0, -2.0, 3.0])
+    oracle.step({"p": np.zeros(3)}, {"p": grad}, 1e-7)
+    np.testing.assert_array_equal(oracle.state["p"]["m"], grad if sgd else -grad)

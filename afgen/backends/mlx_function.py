@@ -105,7 +105,7 @@ class _Layout:
             to = max(s for (_, s), _ in pieces)
             # A scalar condition (a Python bool, or a 0-D array such as ``t == 1``)
             # broadcasts as it is.
-            return sympy.Piecewise(*((self.lift(v, to, s), c if is_host_condition(c)
+            return ops.Where(*((self.lift(v, to, s), c if is_host_condition(c)
                                       or cs is ShapeClass.SCALAR else self.lift(c, to, cs))
                                      for (v, s), (c, cs) in pieces), evaluate=False), to
         walked = [self.walk(a) for a in expr.args]

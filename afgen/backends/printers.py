@@ -180,6 +180,17 @@ class BasePrinter(StrPrinter):
             out = self.select(self._print(condition), self._print(value), out)
         return out
 
+    # SymPy dispatches a subclass of a Function (Where is a Piecewise) by its own name.
+    _print_Where = _print_Piecewise
+
+    def _print_ITE(self, expr: sympy.logic.boolalg.ITE) -> str:
+        # SymPy's spelling of a comparison of a value chosen by a static option, e.g.
+        # ``step_size > 0`` where ``step_size`` depends on a run-time bool.
+        condition, then, orelse = expr.args
+        if is_host_condition(condition):
+            return self.host_select([(then, condition)], orelse)
+        return self.select(self._print(condition), self._print(then), self._print(orelse))
+
     def _print_Relational(self, expr: sympy.core.relational.Relational) -> str:
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
         return (f"({self.parenthesize(expr.lhs, PRECEDENCE['Relational'])} {op} "

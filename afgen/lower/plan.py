@@ -20,7 +20,7 @@ import sympy
 from afgen.lower.config import StaticConfig
 from afgen.lower.specialise import Program, Reduction, shape_of
 from afgen.names import SymbolTable
-from afgen.spec.ops import Negate
+from afgen.spec.ops import Negate, Where
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
@@ -232,7 +232,7 @@ class _Hoister:
         if expr.is_Atom or not expr.args:
             return expr
         if isinstance(expr, sympy.Piecewise):  # its arguments are (value, condition) pairs
-            return sympy.Piecewise(*[(self.hoist(value), self.hoist(cond))
+            return Where(*[(self.hoist(value), self.hoist(cond))
                                      for value, cond in expr.args])
         return expr.func(*[self.hoist(a) for a in expr.args])
 

@@ -29,7 +29,7 @@ from afgen.spec.model import (
     Spec,
     Statement,
 )
-from afgen.spec.ops import Rounded
+from afgen.spec.ops import Rounded, Where
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
@@ -170,7 +170,7 @@ class _Specialiser:
         for name in then.keys() | orelse.keys():
             if name in then and name in orelse:
                 self.env[name] = then[name] if then[name] == orelse[name] else \
-                    sympy.Piecewise((then[name], condition), (orelse[name], True))
+                    Where((then[name], condition), (orelse[name], True))
 
     def _equation(self, eq: Equation) -> None:
         where = f"(configuration: {self.config.label})"

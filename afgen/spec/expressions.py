@@ -26,6 +26,7 @@ from afgen.spec.ops import (
     Power,
     Sqrt,
     Square,
+    Where,
     to_sympy,
 )
 from afgen.spec.shapes import (
@@ -310,7 +311,7 @@ class ExpressionConverter:
         body = self._num(node.body, depth, "'if' expression")
         orelse = self._num(node.orelse, depth, "'else' expression")
         shape = self._join(node, [body.shape, orelse.shape])
-        return Typed(sympy.Piecewise((body.expr, test.expr), (orelse.expr, True)), NUM, shape)
+        return Typed(Where((body.expr, test.expr), (orelse.expr, True)), NUM, shape)
 
     def _join(self, node: ast.AST, shapes: list[ShapeClass]) -> ShapeClass:
         result = ShapeClass.SCALAR
@@ -391,7 +392,7 @@ class ExpressionConverter:
             if arg.kind != NUM:
                 raise self.fail(arg_node, "where() needs numbers as its 2nd and 3rd arguments")
         shape = self._join(node, [cond.shape, a.shape, b.shape])
-        return Typed(sympy.Piecewise((a.expr, cond.expr), (b.expr, True)), NUM, shape)
+        return Typed(Where((a.expr, cond.expr), (b.expr, True)), NUM, shape)
 
 
 def _wide_integers_as_floats(value: Typed) -> Typed:

@@ -18,6 +18,7 @@ the constant checks.
 from __future__ import annotations
 
 import sympy
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 
 class Op(sympy.Function):
@@ -138,6 +139,41 @@ class Rounded(Op):
         return printer._print(self.args[0])
 
 
+class Piece(ExprCondPair):
+    """One ``(value, condition)`` of a ``Where``: SymPy rebuilds a pair whenever it
+    substitutes into one, and its own pair folds choices into the condition."""
+
+    def __new__(cls, value, condition):
+        return sympy.Tuple.__new__(cls, sympy.sympify(value), sympy.sympify(condition))
+
+
+class Where(sympy.Piecewise):
+    """A choice, ``Piecewise((a, c), (b, True))``, that SymPy builds as written.
+
+    SymPy's own ``Piecewise`` folds any choice found inside a condition into the
+    condition (``piecewise_fold``) and canonicalises it, and that rewrite is not even safe:
+    ``where(step_size > 0, ...)`` with ``step_size = lr * (1 if sgd else -1)`` came out as
+    ``lr * 1 > 0``. Only the rewrites that are exact are kept: a literal ``True``/``False``
+    condition (a resolved static option) ends the choice or drops its piece, and a choice
+    between equal values is that value."""
+
+    def __new__(cls, *args, **options):
+        pairs = []
+        for pair in args:
+            value, condition = (sympy.sympify(a) for a in getattr(pair, "args", pair))
+            if condition == sympy.false:
+                continue
+            last = condition == sympy.true
+            pairs.append(Piece(value, sympy.true if last else condition))
+            if last:
+                break
+        if not pairs:
+            raise ValueError("a choice with no piece whose condition can hold")
+        if pairs[-1].cond == sympy.true and all(p.expr == pairs[0].expr for p in pairs):
+            return pairs[0].expr
+        return sympy.Basic.__new__(cls, *pairs)
+
+
 UNARY_FUNCTIONS: dict[str, type[Op]] = {
     "sqrt": Sqrt, "rsqrt": Rsqrt, "abs": Fabs, "square": Square, "exp": Exp, "log": Log,
     "sign": Sign,
@@ -152,6 +188,8 @@ def to_sympy(expr: sympy.Basic) -> sympy.Basic:
     display and for finding constants with no float value; never for code."""
     if isinstance(expr, Op):
         return type(expr).meaning(*[to_sympy(a) for a in expr.args])
+    if isinstance(expr, Where):
+        return sympy.Piecewise(*[(to_sympy(v), to_sympy(c)) for v, c in expr.args])
     if not expr.args or expr.is_Atom:
         return expr
     return expr.func(*[to_sympy(a) for a in expr.args])

@@ -66,7 +66,7 @@ DEFAULT_PATH = "<spec>"
 # Nodes in one value once earlier names are substituted (every binary operation is one:
 # shipped specs reach about 240), and their nesting (about 30). SymPy's time grows fast
 # with both.
-MAX_INLINED_NODES = 5000
+MAX_INLINED_NODES = 10000
 MAX_INLINED_DEPTH = 48
 
 
