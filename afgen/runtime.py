@@ -606,20 +606,32 @@ def scalar_buffers(values: Sequence[Any], geo: Geometry) -> list[mx.array]:
     return [mx.broadcast_to(v, (geo.tensors,)) if v.size == 1 else v for v in buffers]
 
 
-def tensor_total(part: mx.array, geo: Geometry) -> mx.array:
-    """A kernel's partial sums (flat, in matrix order) added up per tensor: one value, or
-    one per stacked tensor in the broadcast layout of the stack (``(tensors, 1, ...)``)."""
+def largest(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False
+            ) -> mx.array:
+    """``mx.max``, with ``total``'s signature."""
+    return mx.max(x, axis=axis, keepdims=keepdims)
+
+
+FOLDS = {"sum": total, "mean": mean, "max": largest}
+"""How the drivers fold a reduction's partials or a small value, by the spec's ``how``."""
+
+
+def tensor_total(part: mx.array, geo: Geometry, fold: str = "sum") -> mx.array:
+    """A kernel's partial sums (maxima) (flat, in matrix order) folded per tensor: one
+    value, or one per stacked tensor in the broadcast layout of the stack
+    (``(tensors, 1, ...)``)."""
+    reduce = FOLDS[fold]
     if geo.tensors == 1:
-        return total(part)
-    per_tensor = total(part.reshape(geo.tensors, -1), 1)
+        return reduce(part)
+    per_tensor = reduce(part.reshape(geo.tensors, -1), 1)
     return per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1))
 
 
-def tensor_reduce(x: Any, geo: Geometry, average: bool) -> mx.array:
-    """The sum (or mean) over a whole tensor of a small value in the broadcast layout:
+def tensor_reduce(x: Any, geo: Geometry, how: str) -> mx.array:
+    """The sum, mean or max over a whole tensor of a small value in the broadcast layout:
     per tensor when ``geo`` stacks several and the value differs between them (it has
     their leading axis), else one value for all."""
-    reduce = mean if average else total
+    reduce = FOLDS[how]
     x = x if isinstance(x, mx.array) else mx.array(x)
     if geo.tensors == 1 or x.ndim != len(geo.shape) or x.shape[0] != geo.tensors:
         return reduce(x)
@@ -627,14 +639,18 @@ def tensor_reduce(x: Any, geo: Geometry, average: bool) -> mx.array:
     return per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1))
 
 
-def row_total(part: mx.array, geo: Geometry) -> mx.array:
-    """Per-row totals (broadcast layout) from a kernel's partial sums, one per col chunk."""
-    return total(part.reshape(geo.B, geo.M, geo.ncc), -1).reshape(geo.shape[:-1] + (1,))
+def row_total(part: mx.array, geo: Geometry, fold: str = "sum") -> mx.array:
+    """Per-row totals (maxima) (broadcast layout) from a kernel's partials, one per col
+    chunk."""
+    per_row = FOLDS[fold](part.reshape(geo.B, geo.M, geo.ncc), -1)
+    return per_row.reshape(geo.shape[:-1] + (1,))
 
 
-def col_total(part: mx.array, geo: Geometry) -> mx.array:
-    """Per-col totals (broadcast layout) from a kernel's partial sums, one per row block."""
-    return total(part.reshape(geo.B, geo.nrb, geo.N), 1).reshape(geo.shape[:-2] + (1, geo.N))
+def col_total(part: mx.array, geo: Geometry, fold: str = "sum") -> mx.array:
+    """Per-col totals (maxima) (broadcast layout) from a kernel's partials, one per row
+    block."""
+    per_col = FOLDS[fold](part.reshape(geo.B, geo.nrb, geo.N), 1)
+    return per_col.reshape(geo.shape[:-2] + (1, geo.N))
 
 
 class KernelTables(NamedTuple):
@@ -732,7 +748,7 @@ def launch_mlx_pass(twin: tuple, geo: Geometry, inputs: list[Any],
     for kind, value, (shape, dtype) in zip(result_kinds, results, outputs):
         if value.shape != full:  # a result that is constant along some axis
             value = mx.broadcast_to(value, full)
-        if kind in "arc":
+        if kind in "arcARC":
             out.append(_reduced(value, kind, factored).reshape(shape))
             continue
         value = value.reshape(geo.shape)
@@ -770,11 +786,12 @@ arithmetic)."""
 
 def _reduced(value: mx.array, kind: str, factored: bool) -> mx.array:
     """A twin's reduction operand folded as its kernel folds it: per matrix (``a``), row
-    (``r``) or col (``c``); an unfactored parameter is one row, so per col is per
-    element."""
+    (``r``) or col (``c``), summed (lower case) or the largest value (upper case); an
+    unfactored parameter is one row, so per col is per element."""
+    fold = largest if kind.isupper() else total
     if factored:
-        return total(value, {"a": (-2, -1), "r": -1, "c": -2}[kind])
-    return value if kind == "c" else total(value)
+        return fold(value, {"a": (-2, -1), "r": -1, "c": -2}[kind.lower()])
+    return value if kind in "cC" else fold(value)
 
 
 def _reduce_in_chunks(function: Callable, factored: bool, in_kinds: str, result_kinds: str,
@@ -792,7 +809,7 @@ def _reduce_in_chunks(function: Callable, factored: bool, in_kinds: str, result_
         shapes = [(B, b - a, N) for a, b in bounds]
     else:
         size = geo.B * geo.M * geo.N
-        if "c" in result_kinds:  # per element: nothing to chunk
+        if set("cC") & set(result_kinds):  # per element: nothing to chunk
             bounds = [(0, size)]
         else:
             bounds = [(a, min(a + CHUNK_ELEMENTS, size))
@@ -807,10 +824,10 @@ def _reduce_in_chunks(function: Callable, factored: bool, in_kinds: str, result_
             partials[index].append(value if value.ndim else value.reshape(1))
     out = []
     for kind, parts, (shape, _) in zip(result_kinds, partials, outputs):
-        if kind == "r" and factored:
+        if kind in "rR" and factored:
             value = mx.concatenate(parts, axis=1)
         else:
-            value = total(mx.stack(parts), 0)
+            value = (largest if kind.isupper() else total)(mx.stack(parts), 0)
         out.append(value.reshape(shape))
     return out
 

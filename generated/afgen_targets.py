@@ -65,8 +65,21 @@ template <> inline bfloat16_t afg_store_rounded<bfloat16_t>(float x, uint idx, u
   return static_cast<bfloat16_t>(as_type<float>(bits));
 }
 
-// Sum over the threadgroup: SIMD-group sums, then one SIMD group sums the partials.
-// Every thread must call it (it contains barriers); the total is valid in thread 0.
+inline float afg_inf() { return as_type<float>(0x7f800000u); }
+
+inline float afg_warp_sum(float v) { return simd_sum(v); }
+// The largest value of the SIMD group, valid in lane 0; NaN if any lane holds one (as
+// mx.max), where simd_max would skip it.
+inline float afg_warp_max(float v) {
+  for (ushort offset = 16; offset > 0; offset >>= 1) {
+    v = afg_max(v, simd_shuffle_down(v, offset));
+  }
+  return v;
+}
+
+// Sum (largest value) over the threadgroup: SIMD-group sums (maxima), then one SIMD group
+// folds the partials. Every thread must call it (it contains barriers); the result is
+// valid in thread 0.
 inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint lane,
                            uint group, uint groups) {
   v = simd_sum(v);
@@ -82,7 +95,20 @@ inline float afg_block_sum(float v, threadgroup float* scratch, uint lid, uint l
   return total;
 }
 
-inline float afg_warp_sum(float v) { return simd_sum(v); }
+inline float afg_block_max(float v, threadgroup float* scratch, uint lid, uint lane,
+                           uint group, uint groups) {
+  v = afg_warp_max(v);
+  if (lane == 0) {
+    scratch[group] = v;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float largest = -afg_inf();
+  if (group == 0) {
+    largest = afg_warp_max(lane < groups ? scratch[lane] : -afg_inf());
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  return largest;
+}
 """,
     "cuda": """\
 // afgen kernel helpers (CUDA). Every kernel accumulates in float32; kernel bodies
@@ -172,6 +198,33 @@ __device__ __forceinline__ float afg_warp_sum(float v) {
     v += __shfl_down_sync(0xffffffffu, v, offset);
   }
   return v;
+}
+
+__device__ __forceinline__ float afg_inf() { return __uint_as_float(0x7f800000u); }
+
+// The largest value of a warp, valid in lane 0; NaN if any lane holds one (as mx.max).
+__device__ __forceinline__ float afg_warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = afg_max(v, __shfl_down_sync(0xffffffffu, v, offset));
+  }
+  return v;
+}
+
+// The largest value of the block, as afg_block_sum: valid in thread 0.
+__device__ __forceinline__ float afg_block_max(float v, float* scratch, unsigned lid,
+                                               unsigned lane, unsigned group,
+                                               unsigned groups) {
+  v = afg_warp_max(v);
+  if (lane == 0) {
+    scratch[group] = v;
+  }
+  __syncthreads();
+  float largest = -afg_inf();
+  if (group == 0) {
+    largest = afg_warp_max(lane < groups ? scratch[lane] : -afg_inf());
+  }
+  __syncthreads();
+  return largest;
 }
 """,
 }

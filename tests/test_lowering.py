@@ -181,3 +181,31 @@ def test_a_choice_inside_a_condition_is_kept_as_written(sgd):
     grad = np.array([1.0, -2.0, 3.0])
     oracle.step({"p": np.zeros(3)}, {"p": grad}, 1e-7)
     np.testing.assert_array_equal(oracle.state["p"]["m"], grad if sgd else -grad)
+
+
+def test_a_layout_choice_reads_only_the_state_of_its_layout():
+    """``x if factored else y`` where each arm reads state only its layout has: the
+    MLX-ops method of a layout once loaded the other arm's state too (a KeyError)."""
+    import mlx.core as mx
+
+    from afgen.check.verify import load_module
+
+    compiled = _compiled("""\
+optimizer: Covers
+hyperparameters:
+  lr: {type: float, default: 0.5}
+layout:
+  factored: ndim >= 2
+state:
+  a: {shape: row, when: factored, init: 1.0}
+  b: {shape: col, when: factored, init: 2.0}
+  c: {shape: full, when: not factored, init: 3.0}
+update:
+  - nu = min(a, b) if factored else c
+  - param = param - lr * nu
+""")
+    opt = load_module(compiled).Covers(backend="mlx")
+    new = opt.apply_gradients({"m": mx.zeros((2, 3)), "v": mx.zeros((4,))},
+                              {"m": mx.zeros((2, 3)), "v": mx.zeros((4,))})
+    np.testing.assert_array_equal(np.array(new["m"]), np.full((2, 3), -0.5))
+    np.testing.assert_array_equal(np.array(new["v"]), np.full((4,), -1.5))

@@ -68,25 +68,30 @@ def _glue_lines(sched: Schedule, geo: str, hoisted: set[str]) -> list[str]:
             continue
         code = mlx_code(step.expr)
         if step.is_reduction and step.reduce is ReduceAxes.ALL:  # per tensor of a stack
-            code = f"_rt.tensor_reduce({code}, {geo}, {step.mean})"
+            code = f"_rt.tensor_reduce({code}, {geo}, {step.how!r})"
         elif step.is_reduction:  # accurate at any size (afgen/runtime.py)
-            code = broadcast_reduction(("_rt.total", "_rt.mean"), step.mean, step.reduce, code)
+            code = broadcast_reduction(GLUE_REDUCTIONS, step.how, step.reduce, code)
         lines.append(f"{step.name} = {code}")
     lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results
               if name not in hoisted]
     return lines
 
 
-def _finish_reduction(name: str, part: str, axes: ReduceAxes, mean: bool,
+GLUE_REDUCTIONS = {"sum": "_rt.total", "mean": "_rt.mean", "max": "mx.max"}
+
+
+def _finish_reduction(name: str, part: str, axes: ReduceAxes, how: str,
                       v: dict[str, str]) -> str:
+    """The reduction from a pass's partials (one per threadgroup, row or col chunk)."""
     geo = v["geo"]
+    fold = ', "max"' if how == "max" else ""
     if axes is ReduceAxes.ALL:
-        total, count = f"_rt.tensor_total({part}, {geo})", v["size"]
+        total, count = f"_rt.tensor_total({part}, {geo}{fold})", v["size"]
     elif axes is ReduceAxes.ROWWISE:
-        total, count = f"_rt.row_total({part}, {geo})", f"{geo}.N"
+        total, count = f"_rt.row_total({part}, {geo}{fold})", f"{geo}.N"
     else:
-        total, count = f"_rt.col_total({part}, {geo})", f"{geo}.M"
-    return f"{name} = {total} / {count}" if mean else f"{name} = {total}"
+        total, count = f"_rt.col_total({part}, {geo}{fold})", f"{geo}.M"
+    return f"{name} = {total} / {count}" if how == "mean" else f"{name} = {total}"
 
 
 def _plan_names(plan: KernelPlan, kernels: list[PassKernel]) -> set[str]:
@@ -191,7 +196,7 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         for out in kernel.full_outputs:
             lines.append(f"{out.name} = {out.name}.reshape({_like(out.name, v)}.shape)")
         for red in kernel.reductions:
-            lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.mean, v))
+            lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.how, v))
     lines += _glue_lines(plan.glue[len(kernels)], geo, hoisted)
     state_shapes = {s.name: s.shape for s in spec.state}
     result = parameter

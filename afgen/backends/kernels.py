@@ -78,15 +78,29 @@ class KernelNames:
 @dataclass(frozen=True)
 class KernelReduction:
     """A reduction the pass folds: ``acc`` accumulates it per thread, ``buffer`` takes
-    the partial sums, ``shared`` (colwise only) is the threadgroup exchange array."""
+    the partials, ``shared`` (colwise only) is the threadgroup exchange array. ``how``
+    is "sum" or "mean" (partial sums; the driver divides) or "max"."""
 
     name: str
     axes: ReduceAxes
-    mean: bool
+    how: str
     code: str
     acc: str = ""
     buffer: str = ""
     shared: str = ""
+
+    @property
+    def largest(self) -> bool:
+        return self.how == "max"
+
+    @property
+    def identity(self) -> str:
+        """The accumulator's start: nothing folded yet."""
+        return "-afg_inf()" if self.largest else "0.0f"
+
+    def fold(self, acc: str, value: str) -> str:
+        """``acc`` with ``value`` folded in (an assignment)."""
+        return f"{acc} = afg_max({acc}, {value})" if self.largest else f"{acc} += {value}"
 
 
 @dataclass(frozen=True)
@@ -246,7 +260,7 @@ def pass_kernel(plan: KernelPlan, pass_: Pass, full_dtypes: dict[str, str],
         code = kernel_code(step.expr)
         if step.is_reduction:
             reductions[step.reduce].append(KernelReduction(str(step.name), step.reduce,
-                                                           step.mean, code))
+                                                           step.how, code))
         else:
             body.append((str(step.name), code))
     supported = kernel_reductions()

@@ -38,11 +38,16 @@ SMALL_TO_FULL = {ShapeClass.ROW: "[..., None]", ShapeClass.COL: "[..., None, :]"
                  ShapeClass.BATCH: "[..., None, None]"}
 
 
-def reduction_code(mean: bool, operand: str, axes: ReduceAxes, operand_class: ShapeClass
+# Sums and means accurate at any size (afgen/runtime.py); maxima and minima are exact.
+STATEMENT_REDUCTIONS = {"sum": "self._sum", "mean": "self._mean", "max": "mx.max",
+                        "min": "mx.min"}
+
+
+def reduction_code(how: str, operand: str, axes: ReduceAxes, operand_class: ShapeClass
                    ) -> str:
     """One reduction in the compact layout: rowwise folds the last axis of a full value,
     colwise the one before it, matrixwise both (or the one axis of a row or col value)."""
-    op = "self._mean" if mean else "self._sum"  # accurate at any size (afgen/runtime.py)
+    op = STATEMENT_REDUCTIONS[how]
     if axes is ReduceAxes.ALL:
         return f"{op}({operand})"
     if axes is ReduceAxes.ROWWISE:
@@ -62,7 +67,9 @@ class Lift(Op):
 
 
 def _join(expr: sympy.Basic, classes: list[ShapeClass]) -> ShapeClass:
-    join = join_multiplicative if isinstance(expr, (ops.Times, ops.Divide)) else join_additive
+    # a product and a min/max of a row and a col are full (an outer product or extremum)
+    outer = (ops.Times, ops.Divide, ops.Minimum, ops.Maximum)
+    join = join_multiplicative if isinstance(expr, outer) else join_additive
     out = ShapeClass.SCALAR
     for shape in classes:
         out = join(out, shape)
@@ -148,8 +155,8 @@ class _SpecPrinter(MLXPrinter):
         found = reduction_of(expr) if isinstance(expr, AppliedUndef) else None
         if found is None:
             return super()._print_Function(expr)
-        axes, mean = found
-        return reduction_code(mean, self._print(expr.args[0]), axes, self.reduced[expr])
+        axes, how = found
+        return reduction_code(how, self._print(expr.args[0]), axes, self.reduced[expr])
 
     def _print_Lift(self, expr: Lift) -> str:
         value, shape, to = expr.args
@@ -264,12 +271,14 @@ class _Renderer:
             self.lines.append("    " * depth + "pass")
 
     def _equation(self, eq: Statement, indent: str, loaded: set[str], wide: set[str]) -> None:
-        for name in sorted(str(s) for s in eq.value.free_symbols):
+        # ``x if factored else y`` reads only the layout's own arm (and its state)
+        value = eq.value.xreplace(
+            {sympy.Symbol(FACTORED): sympy.true if self.factored else sympy.false})
+        for name in sorted(str(s) for s in value.free_symbols):
             if name in self.state_shapes and name not in loaded:
                 self.lines.append(f"{indent}{name} = {self._load_state(name)}")
                 loaded.add(name)
-        value, shape = self.layout.walk(eq.value.xreplace(
-            {sympy.Symbol(FACTORED): sympy.true if self.factored else sympy.false}))
+        value, shape = self.layout.walk(value)
         value = Rounded(value)
         printer = _SpecPrinter(frozenset(wide), self.rename, self.cdt, self.layout.reduced)
         self.lines.append(f"{indent}{eq.target} = {printer.doprint(value)}")

@@ -21,6 +21,7 @@ from afgen.lower.plan import Pass
 from afgen.spec.model import PARAM
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
+# A reduction's result kind: its axes, upper case for a maximum (else partial sums).
 REDUCTION_KINDS = {ReduceAxes.ALL: "a", ReduceAxes.ROWWISE: "r", ReduceAxes.COLWISE: "c"}
 
 
@@ -63,7 +64,8 @@ def mlx_pass(pass_: Pass, kernel: PassKernel) -> MLXPass:
     inputs = "".join(cls.label[0] * len(names) for cls, names in classes.items())
     results = "".join("p" if name == f"new_{PARAM}" else "f"
                       for name, _ in pass_.schedule.results)
-    results += "".join(REDUCTION_KINDS[r.axes] for r in kernel.reductions)
+    results += "".join(REDUCTION_KINDS[r.axes].upper() if r.largest else REDUCTION_KINDS[r.axes]
+                       for r in kernel.reductions)
     return MLXPass(kernel.name, kernel.factored, f"_mlx_{kernel.name}",
                    ", ".join((*arrays, *kernel.scalar_names)), tuple(lines), inputs,
                    results, kernel.rounding_key_index)

@@ -343,10 +343,10 @@ BROADCAST_AXES = {ReduceAxes.ROWWISE: "-1", ReduceAxes.COLWISE: "-2",
                   ReduceAxes.MATRIXWISE: "(-2, -1)"}
 
 
-def broadcast_reduction(functions: tuple[str, str], mean: bool, axes: ReduceAxes,
+def broadcast_reduction(functions: dict[str, str], how: str, axes: ReduceAxes,
                         operand: str) -> str:
-    """A reduction call in the broadcast layout; ``functions`` spell (sum, mean)."""
-    call = functions[1] if mean else functions[0]
+    """A reduction call in the broadcast layout; ``functions`` spell each ``how``."""
+    call = functions[how]
     if axes is ReduceAxes.ALL:
         return f"{call}({operand})"
     return f"{call}({operand}, axis={BROADCAST_AXES[axes]}, keepdims=True)"

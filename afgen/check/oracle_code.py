@@ -17,6 +17,7 @@ from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
 
 # How each input of the plan is read: the function's arguments and ``hp`` (hyperparameter
 # values by expression name, the run-time bool options and ``dtype_eps``).
+NUMPY_REDUCTIONS = {"sum": "np.sum", "mean": "np.mean", "max": "np.max"}
 FIXED_LOADS = {GRAD: "grad_in", PARAM: "param_in", STEP: "np.float64(step)",
                DTYPE_EPS: 'hp["dtype_eps"]'}
 
@@ -56,7 +57,7 @@ def function_model(spec: Spec, plan: KernelPlan) -> FunctionModel:
     for step in flat.steps:
         code = numpy_code(step.expr)
         if step.is_reduction:
-            code = broadcast_reduction(("np.sum", "np.mean"), step.mean, step.reduce, code)
+            code = broadcast_reduction(NUMPY_REDUCTIONS, step.how, step.reduce, code)
         body.append((str(step.name), code))
     stores, result = [], PARAM
     state_shapes = {s.name: s.shape for s in spec.state}

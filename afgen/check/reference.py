@@ -32,7 +32,9 @@ from collections.abc import Callable
 import numpy as np
 
 from afgen.check.bookkeeping import Stepper, static_values
+from afgen.spec.expressions import REDUCTIONS
 from afgen.spec.model import FACTORED, GRAD, PARAM, STEP, Branch, Spec
+from afgen.spec.shapes import ReduceAxes
 
 _BINARY: dict[type, Callable] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
                                  ast.Div: np.divide, ast.Pow: np.power}
@@ -41,12 +43,10 @@ _COMPARE: dict[type, Callable] = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.G
                                   ast.NotEq: np.not_equal}
 _UNARY: dict[str, Callable] = {"sqrt": np.sqrt, "abs": np.abs, "square": np.square,
                                "exp": np.exp, "log": np.log, "sign": np.sign}
-# Axes each reduction folds in the broadcast layout (None: every axis), and whether it
-# is a mean.
-_REDUCTIONS: dict[str, tuple[tuple[int, ...] | None, bool]] = {
-    f"{prefix}{kind}": (axes, kind == "mean") for kind in ("sum", "mean")
-    for prefix, axes in (("", None), ("rowwise_", (-1,)), ("colwise_", (-2,)),
-                         ("matrixwise_", (-2, -1)))}
+# Axes each reduction folds in the broadcast layout (None: every axis).
+_AXES: dict[ReduceAxes, tuple[int, ...] | None] = {
+    ReduceAxes.ALL: None, ReduceAxes.ROWWISE: (-1,), ReduceAxes.COLWISE: (-2,),
+    ReduceAxes.MATRIXWISE: (-2, -1)}
 
 
 def round_to_bfloat16(value: np.ndarray) -> np.ndarray:
@@ -144,7 +144,7 @@ class _Evaluator:
         if name == "rsqrt":
             return np.divide(self.dtype(1), np.sqrt(args[0]))
         if name == "rms":
-            return np.sqrt(self.reduce(np.square(args[0]), None, mean=True))
+            return np.sqrt(self.reduce(np.square(args[0]), None, "mean"))
         if name in ("min", "max"):
             fold = np.minimum if name == "min" else np.maximum
             out = args[0]
@@ -155,14 +155,17 @@ class _Evaluator:
             return np.power(args[0], args[1])
         if name == "where":
             return np.where(args[0], args[1], args[2])
-        axes, mean = _REDUCTIONS[name]
-        return self.reduce(args[0], axes, mean)
+        axes, how = REDUCTIONS[name]
+        return self.reduce(args[0], _AXES[axes], how)
 
-    def reduce(self, value: object, axes: tuple[int, ...] | None, mean: bool) -> object:
-        """Sum (or mean) in the dtype, keeping dims so the result broadcasts."""
+    def reduce(self, value: object, axes: tuple[int, ...] | None, how: str) -> object:
+        """Sum, mean, max or min in the dtype, keeping dims so the result broadcasts."""
         array = np.asarray(value, self.dtype)
+        if how in ("max", "min"):
+            extreme = np.max if how == "max" else np.min
+            return extreme(array, axis=axes, keepdims=axes is not None)
         total = np.sum(array, axis=axes, keepdims=axes is not None, dtype=self.dtype)
-        if not mean:
+        if how == "sum":
             return total
         folded = array.size if axes is None else int(np.prod([array.shape[a] for a in axes]))
         return np.divide(total, self.dtype(folded))

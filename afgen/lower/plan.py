@@ -32,7 +32,7 @@ class Step:
     expr: sympy.Expr
     shape: ShapeClass
     reduce: ReduceAxes | None = None
-    mean: bool = False
+    how: str = "sum"  # of a reduction: "sum", "mean", "max" or "min"
     operand_shape: ShapeClass | None = None
 
     @property
@@ -40,10 +40,14 @@ class Step:
         return self.reduce is not None
 
     @property
+    def mean(self) -> bool:
+        return self.how == "mean"
+
+    @property
     def kind(self) -> str:
         if self.reduce is None:
             return "assign"
-        return f"{self.reduce.value}_{'mean' if self.mean else 'sum'}"
+        return f"{self.reduce.value}_{self.how}"
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
         nodes[symbol] = Step(symbol, expr, shapes[symbol])
     for reduction, operand in zip(reductions, reduced):
         nodes[reduction.name] = Step(reduction.name, operand, reduction.shape, reduction.axes,
-                                     reduction.mean, shape_of(operand, shapes))
+                                     reduction.how, shape_of(operand, shapes))
     def_exprs = reduced[len(reductions):len(reductions) + len(defs)]
     for (symbol, _), expr in zip(defs, def_exprs):
         if expr in nodes and not nodes[expr].is_reduction:  # CSE named the whole value:
@@ -256,7 +260,7 @@ def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
     small arrays, before the full-size operations that use them."""
     names = SymbolTable(program.atom_names)
     hoister = _Hoister(shapes, levels, _Namer("h", names, program.value_names))
-    reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand)
+    reductions = [Reduction(r.name, r.axes, r.how, hoister.hoist(r.operand)
                             if r.operand_shape is ShapeClass.FULL else r.operand,
                             r.operand_shape, r.shape) for r in program.reductions]
     results = {f"new_{k}": hoister.hoist(v) if shape_of(v, shapes) is ShapeClass.FULL else v
@@ -270,7 +274,8 @@ def pass_reductions(reductions: list[Reduction], foldable: frozenset[ReduceAxes]
     """The reductions as passes and glue compute them, when a pass kernel folds only the
     axes in ``foldable``: a matrixwise reduction of a full value becomes a rowwise one in
     the pass and a matrixwise one of its (small) result in the glue (every row has the
-    same length, so a mean of row means is the mean). ``shapes`` gains the row values."""
+    same length, so a mean of row means is the mean, and a max of row maxima the max).
+    ``shapes`` gains the row values."""
     out = []
     taken = {str(s) for s in shapes}
     for r in reductions:
@@ -285,9 +290,9 @@ def pass_reductions(reductions: list[Reduction], foldable: frozenset[ReduceAxes]
         taken.add(name)
         rows = sympy.Symbol(name, real=True)
         shapes[rows] = ShapeClass.ROW
-        out.append(Reduction(rows, ReduceAxes.ROWWISE, r.mean, r.operand, ShapeClass.FULL,
+        out.append(Reduction(rows, ReduceAxes.ROWWISE, r.how, r.operand, ShapeClass.FULL,
                              ShapeClass.ROW))
-        out.append(Reduction(r.name, r.axes, r.mean, rows, ShapeClass.ROW, r.shape))
+        out.append(Reduction(r.name, r.axes, r.how, rows, ShapeClass.ROW, r.shape))
     return out
 
 
@@ -311,7 +316,7 @@ def build_plan(program: Program, configs: list[StaticConfig],
     hoister = _Hoister(shapes, levels, _Namer("s", names, program.value_names))
     passes = []
     for index in range(last + 1):
-        reductions = [Reduction(r.name, r.axes, r.mean, hoister.hoist(r.operand),
+        reductions = [Reduction(r.name, r.axes, r.how, hoister.hoist(r.operand),
                                 r.operand_shape, r.shape)
                       for r in full_reductions if _level(r.operand, levels) == index]
         outputs = ({f"new_{k}": hoister.hoist(v) for k, v in full_outputs.items()}

@@ -29,24 +29,29 @@ from afgen.spec.model import (
     Spec,
     Statement,
 )
-from afgen.spec.ops import Rounded, Where
+from afgen.spec.ops import Negate, Rounded, Where
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
 @dataclass(frozen=True)
 class Reduction:
-    """``name = reduce(operand)`` over ``axes``; a mean divides by the count folded."""
+    """``name = reduce(operand)`` over ``axes``; ``how`` is "sum", "mean" (the sum
+    divided by the count folded), "max" or "min"."""
 
     name: sympy.Symbol
     axes: ReduceAxes
-    mean: bool
+    how: str
     operand: sympy.Expr
     operand_shape: ShapeClass
     shape: ShapeClass
 
     @property
+    def mean(self) -> bool:
+        return self.how == "mean"
+
+    @property
     def kind(self) -> str:
-        return f"{self.axes.value}_{'mean' if self.mean else 'sum'}"
+        return f"{self.axes.value}_{self.how}"
 
 
 @dataclass
@@ -231,22 +236,27 @@ class _Specialiser:
         calls.sort(key=lambda c: sympy.count_ops(c))
         replaced = {}
         for call in calls:
-            axes, mean = reduction_of(call)
+            axes, how = reduction_of(call)
             operand = self._extract_reductions(call.args[0], eq)
+            if how == "min":  # min(x) is -max(-x), exactly: passes fold sums and maxima
+                operand, how, negated = Negate(operand), "max", True
+            else:
+                negated = False
             operand_shape = shape_of(operand, self.shapes)
             if axes is not ReduceAxes.ALL and not self.config.factored:
                 raise SpecError(eq.loc, f"{axes.value} reductions need a factored parameter; "
                                 f"put '{eq.target}' under 'if: factored' "
                                 f"(configuration: {self.config.label})")
-            key = (axes, mean, operand)
+            key = (axes, how, operand)
             if key not in self.reduction_keys:
                 symbol = sympy.Symbol(self.names.fresh(f"red{len(self.reductions)}"),
                                       real=True)
                 shape = axes.result(operand_shape)
-                self.reductions.append(Reduction(symbol, axes, mean, operand, operand_shape, shape))
+                self.reductions.append(Reduction(symbol, axes, how, operand, operand_shape, shape))
                 self.reduction_keys[key] = symbol
                 self.shapes[symbol] = shape
-            replaced[call] = self.reduction_keys[key]
+            replaced[call] = Negate(self.reduction_keys[key]) if negated \
+                else self.reduction_keys[key]
         return expr.xreplace(replaced)
 
 

@@ -69,21 +69,21 @@ class Scope(Protocol):
     def has_predicate(self, name: str) -> sympy.Symbol | None: ...
 
 
-REDUCTIONS: dict[str, tuple[ReduceAxes, bool]] = {
-    "sum": (ReduceAxes.ALL, False),
-    "mean": (ReduceAxes.ALL, True),
-    "rowwise_sum": (ReduceAxes.ROWWISE, False),
-    "rowwise_mean": (ReduceAxes.ROWWISE, True),
-    "colwise_sum": (ReduceAxes.COLWISE, False),
-    "colwise_mean": (ReduceAxes.COLWISE, True),
-    "matrixwise_sum": (ReduceAxes.MATRIXWISE, False),
-    "matrixwise_mean": (ReduceAxes.MATRIXWISE, True),
+# name -> (axes, how): "sum", "mean", or "max"/"min" (the largest/smallest element).
+REDUCTIONS: dict[str, tuple[ReduceAxes, str]] = {
+    "sum": (ReduceAxes.ALL, "sum"),
+    "mean": (ReduceAxes.ALL, "mean"),
+    "amax": (ReduceAxes.ALL, "max"),
+    "amin": (ReduceAxes.ALL, "min"),
+    **{f"{axes.value}_{how}": (axes, how)
+       for axes in (ReduceAxes.ROWWISE, ReduceAxes.COLWISE, ReduceAxes.MATRIXWISE)
+       for how in ("sum", "mean", "max", "min")},
 }
 REDUCTION_FUNCS = {name: sympy.Function(name) for name in REDUCTIONS}
 
 
-def reduction_of(expr: sympy.Basic) -> tuple[ReduceAxes, bool] | None:
-    """(axes, is_mean) if ``expr`` is an unevaluated reduction call."""
+def reduction_of(expr: sympy.Basic) -> tuple[ReduceAxes, str] | None:
+    """(axes, how) if ``expr`` is an unevaluated reduction call."""
     func = getattr(expr, "func", None)
     name = getattr(func, "__name__", None)
     if isinstance(expr, sympy.core.function.AppliedUndef) and name in REDUCTIONS:
@@ -363,7 +363,10 @@ class ExpressionConverter:
             return self._power(node, args[0], args[1])
         if len(args) < 2:
             raise self.fail(node, f"{name}() needs at least 2 arguments")
-        shape = self._join(node, [a.shape for a in args])
+        # min/max of a row and a col is their outer min/max (SM3's cover estimate).
+        shape = ShapeClass.SCALAR
+        for arg in args:
+            shape = join_multiplicative(shape, arg.shape)
         combine = Minimum if name == "min" else Maximum
         expr = args[0].expr
         for arg in args[1:]:  # min(a, b, c) is min(min(a, b), c), in the order written

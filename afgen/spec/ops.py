@@ -173,6 +173,16 @@ class Where(sympy.Piecewise):
             return pairs[0].expr
         return sympy.Basic.__new__(cls, *pairs)
 
+    def _latex(self, printer) -> str:
+        return printer._print(to_sympy(self))
+
+    def _sympystr(self, printer) -> str:
+        *pieces, (last, _) = self.args
+        out = printer._print(last)
+        for value, condition in reversed(pieces):
+            out = f"where({printer._print(condition)}, {printer._print(value)}, {out})"
+        return out
+
 
 UNARY_FUNCTIONS: dict[str, type[Op]] = {
     "sqrt": Sqrt, "rsqrt": Rsqrt, "abs": Fabs, "square": Square, "exp": Exp, "log": Log,
