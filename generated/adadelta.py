@@ -21,6 +21,9 @@ SPEC_SHA256 = "ddd79db71eb2333ad65e6095ae2e42705a18ee28a90db9a8a5b8ea5c5516f803"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -163,7 +166,6 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     unfactored
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     rho = self.rho

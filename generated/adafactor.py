@@ -21,6 +21,9 @@ SPEC_SHA256 = "7247df3de00136de08a9c30b2076b782916cc31d7bec3a18a3647a9f840df1b7"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -196,7 +199,7 @@ class Adafactor(_rt.GeneratedOptimizer):
         exp_avg_sq_col = _rt.cast(state["exp_avg_sq_col"], cdt)
         exp_avg_sq_col = beta2t * exp_avg_sq_col + (1 - beta2t) * self._mean(g2, axis=-2)
         state["exp_avg_sq_col"] = _rt.fit(exp_avg_sq_col, state["exp_avg_sq_col"])
-        u = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=-1)[..., None])[..., None] * mx.rsqrt(exp_avg_sq_col)[..., None, :] * grad
+        u = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=-1, of='row')[..., None])[..., None] * mx.rsqrt(exp_avg_sq_col)[..., None, :] * grad
         u = _rt.once(alpha) * (u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold)))
         if self.beta_1 is not None:
             exp_avg = _rt.cast(state["exp_avg"], cdt)
@@ -256,7 +259,6 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     factored scale_parameter !has_learning_rate has_beta_1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -270,11 +272,11 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     t, learning_rate, s3, beta2t, g1_1 = self._per_step(_step_values_factored__scale_parameter__has_beta_1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
@@ -283,7 +285,7 @@ def _gpu_factored__scale_parameter__has_beta_1(self, gradient, parameter, state,
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s4 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -307,7 +309,6 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     factored scale_parameter !has_learning_rate !has_beta_1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -320,11 +321,11 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     t, learning_rate, beta2t, g1_1 = self._per_step(_step_values_factored__scale_parameter__no_has_beta_1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_f0_f2fa08580a", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red2
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
@@ -333,7 +334,7 @@ def _gpu_factored__scale_parameter__no_has_beta_1(self, gradient, parameter, sta
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red4_part, = self._launch(backend, "afgen_adafactor_f1_4abdd69733", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -358,7 +359,6 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     factored !scale_parameter !has_learning_rate has_beta_1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -368,17 +368,17 @@ def _gpu_factored__has_beta_1__no_scale_parameter(self, gradient, parameter, sta
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     alpha, s2, s3, beta2t, g1_1 = self._per_step(_step_values_factored__has_beta_1__no_scale_parameter)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), [eps1], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
-    red2 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red2)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s4 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     new_param, new_exp_avg = self._launch(backend, "afgen_adafactor_f2_dcbcfebc5b", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, beta_1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -404,7 +404,6 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     factored !scale_parameter !has_learning_rate !has_beta_1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -413,17 +412,17 @@ def _gpu_factored__no_scale_parameter_no_has_beta_1(self, gradient, parameter, s
     exp_avg_sq_col = _rt.cast(_rt.expand(state["exp_avg_sq_col"], "col"), cdt)
     alpha, s2, beta2t, g1_1 = self._per_step(_step_values_factored__no_scale_parameter_no_has_beta_1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_f0_566585e7b2", geo, [gradient.reshape(-1), [eps1], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     exp_avg_sq_row_1 = beta2t * exp_avg_sq_row + g1_1 * red0
-    red2 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = beta2t * exp_avg_sq_col + g1_1 * red1
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red2)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
     new_exp_avg_sq_row = exp_avg_sq_row_1
     new_exp_avg_sq_col = exp_avg_sq_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_f1_2643e57e32", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_f2_66b17d107b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -446,7 +445,6 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     unfactored scale_parameter !has_learning_rate has_beta_1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -458,8 +456,8 @@ def _gpu_flat__scale_parameter__has_beta_1(self, gradient, parameter, state, bac
     warmup_init = self.warmup_init
     t, learning_rate, beta2t, s0, s2 = self._per_step(_step_values_flat__scale_parameter__has_beta_1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s3 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -485,7 +483,6 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     unfactored scale_parameter !has_learning_rate !has_beta_1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -496,8 +493,8 @@ def _gpu_flat__scale_parameter__no_has_beta_1(self, gradient, parameter, state, 
     warmup_init = self.warmup_init
     t, learning_rate, beta2t, s0 = self._per_step(_step_values_flat__scale_parameter__no_has_beta_1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_u0_e8b3be9882", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * (mx.minimum((1e-06 * t if warmup_init else 0.01), mx.rsqrt(t)) if relative_step else learning_rate)
     s1 = -weight_decay * alpha
     s2 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
@@ -524,7 +521,6 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     unfactored !scale_parameter !has_learning_rate has_beta_1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -532,7 +528,7 @@ def _gpu_flat__has_beta_1__no_scale_parameter(self, gradient, parameter, state, 
     beta_1 = self.beta_1
     beta2t, alpha, s0, s1, s2 = self._per_step(_step_values_flat__has_beta_1__no_scale_parameter)
     red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     new_param, new_exp_avg_sq, new_exp_avg = self._launch(backend, "afgen_adafactor_u1_52ab904c80", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, beta_1, eps1, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -558,14 +554,13 @@ def _gpu_flat__no_scale_parameter_no_has_beta_1(self, gradient, parameter, state
     unfactored !scale_parameter !has_learning_rate !has_beta_1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
     clip_threshold = self.clip_threshold
     beta2t, alpha, s0, s1 = self._per_step(_step_values_flat__no_scale_parameter_no_has_beta_1)
     red0_part, = self._launch(backend, "afgen_adafactor_u0_a0892c8d90", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clip_threshold)
     new_param, new_exp_avg_sq = self._launch(backend, "afgen_adafactor_u1_1a6a5d12f2", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [alpha, beta2t, eps1, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)

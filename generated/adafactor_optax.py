@@ -20,6 +20,9 @@ SPEC_SHA256 = "786a69fe7634eade0e0ec31774484095befe88a4d772f0f1b115673439947698"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -195,7 +198,7 @@ class Adafactor(_rt.GeneratedOptimizer):
         v_col = _rt.cast(state["v_col"], cdt)
         v_col = decay * v_col + (1 - decay) * self._mean(g2, axis=-2)
         state["v_col"] = _rt.fit(v_col, state["v_col"])
-        u = grad * mx.rsqrt(v_row / self._mean(v_row, axis=-1)[..., None])[..., None] * mx.rsqrt(v_col)[..., None, :]
+        u = grad * mx.rsqrt(v_row / self._mean(v_row, axis=-1, of='row')[..., None])[..., None] * mx.rsqrt(v_col)[..., None, :]
         if self.clipping_threshold is not None:
             u = u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clipping_threshold))
         if "learning_rate" in self.state:
@@ -261,7 +264,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -271,11 +273,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -283,7 +285,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_393d38ba51", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -307,7 +309,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -317,11 +318,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -329,7 +330,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_34f5a63f21", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -353,7 +354,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -362,11 +362,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -374,7 +374,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_1cd966491b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -395,7 +395,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -404,11 +403,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -416,7 +415,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_dd8badfbfe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -439,7 +438,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -448,11 +446,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -481,7 +479,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -490,11 +487,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -514,7 +511,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -522,11 +518,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__has_weight_de
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -544,7 +540,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     factored multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -552,11 +547,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_learning_rate__no_has_clippi
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -583,7 +578,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -593,11 +587,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -605,7 +599,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_8491f41583", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, s4, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -628,7 +622,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -638,11 +631,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -650,7 +643,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_mome
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_24acae2e4c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -673,7 +666,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -682,11 +674,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -694,7 +686,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weig
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_6ecc74172c", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -714,7 +706,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -723,11 +714,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red4_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_c8047b4aab", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -735,7 +726,7 @@ def _gpu_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_l
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_ecc4f21468", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -757,7 +748,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -766,11 +756,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_r
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -798,7 +788,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -807,11 +796,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_ra
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -831,7 +820,6 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -839,11 +827,11 @@ def _gpu_factored__multiply_by_parameter_scale__has_weight_decay_rate__no_has_le
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -861,7 +849,6 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     factored multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -869,11 +856,11 @@ def _gpu_factored__multiply_by_parameter_scale__no_has_learning_rate_no_has_clip
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red3_part, red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_4a01c567bb", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -891,7 +878,6 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -901,17 +887,17 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__has_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_dd7215b12e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -926,7 +912,6 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -936,17 +921,17 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_momentum__no_m
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_e898ca7f6c", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, momentum, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -961,7 +946,6 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -970,17 +954,17 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__has_weight_decay_r
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_788dbf7cbe", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -993,7 +977,6 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1002,17 +985,17 @@ def _gpu_factored__has_learning_rate__has_clipping_threshold__no_multiply_by_par
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_133ca7ffb2", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [learning_rate, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1025,7 +1008,6 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -1034,10 +1016,10 @@ def _gpu_factored__has_learning_rate__has_momentum__has_weight_decay_rate__no_mu
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1056,7 +1038,6 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -1065,10 +1046,10 @@ def _gpu_factored__has_learning_rate__has_momentum__no_multiply_by_parameter_sca
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1087,7 +1068,6 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -1095,10 +1075,10 @@ def _gpu_factored__has_learning_rate__has_weight_decay_rate__no_multiply_by_para
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1115,7 +1095,6 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     factored !multiply_by_parameter_scale factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -1123,10 +1102,10 @@ def _gpu_factored__has_learning_rate__no_multiply_by_parameter_scale_no_has_clip
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     learning_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1143,7 +1122,6 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1153,17 +1131,17 @@ def _gpu_factored__has_clipping_threshold__has_momentum__has_weight_decay_rate__
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_27378df6f9", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1178,7 +1156,6 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1188,17 +1165,17 @@ def _gpu_factored__has_clipping_threshold__has_momentum__no_multiply_by_paramete
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s2, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, new_ema = self._launch(backend, "afgen_adafactor_optax_f2_9e2616e65a", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [momentum, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1213,7 +1190,6 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1222,17 +1198,17 @@ def _gpu_factored__has_clipping_threshold__has_weight_decay_rate__no_multiply_by
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_50e9801fa7", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1245,7 +1221,6 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1254,17 +1229,17 @@ def _gpu_factored__has_clipping_threshold__no_multiply_by_parameter_scale_no_has
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
     new_v_row = v_row_1
     new_v_col = v_col_1
     red3_part, = self._launch(backend, "afgen_adafactor_optax_f1_635aa4bfd1", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red3 = _rt.tensor_total(red3_part, geo) / size
+    red3 = _rt.tensor_total(red3_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red3) / clipping_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_optax_f2_08dcde8f8a", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1277,7 +1252,6 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -1286,10 +1260,10 @@ def _gpu_factored__has_momentum__has_weight_decay_rate__no_multiply_by_parameter
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1308,7 +1282,6 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -1317,10 +1290,10 @@ def _gpu_factored__has_momentum__no_multiply_by_parameter_scale_no_has_learning_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     s0, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s1 = mx.rsqrt(v_row_1 / red2)
     s2 = mx.rsqrt(v_col_1)
@@ -1339,7 +1312,6 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -1347,10 +1319,10 @@ def _gpu_factored__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     weight_decay_rate, decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1367,7 +1339,6 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     factored !multiply_by_parameter_scale factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -1375,10 +1346,10 @@ def _gpu_factored__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_cl
     v_col = _rt.cast(_rt.expand(state["v_col"], "col"), cdt)
     decay, g1_1 = self._per_step(_step_values_factored__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_f0_3f8f9e339c", geo, [gradient.reshape(-1), [eps], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.row_total(red0_part, geo) / geo.N
-    red1 = _rt.col_total(red1_part, geo) / geo.M
+    red0 = _rt.row_total(red0_part, geo, 'mean')
+    red1 = _rt.col_total(red1_part, geo, 'mean')
     v_row_1 = decay * v_row + g1_1 * red0
-    red2 = _rt.mean(v_row_1, axis=(-2, -1), keepdims=True)
+    red2 = _rt.small_reduce(v_row_1, geo, 'mean', (-2, -1), 'row')
     v_col_1 = decay * v_col + g1_1 * red1
     s0 = mx.rsqrt(v_row_1 / red2)
     s1 = mx.rsqrt(v_col_1)
@@ -1406,7 +1377,6 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1414,8 +1384,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     eps = self.eps
     learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9ef415e76f", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1441,7 +1411,6 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1449,8 +1418,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     eps = self.eps
     learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_c1929612e5", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1476,15 +1445,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_615025fb38", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1507,15 +1475,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_thre
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_bc96f9f5fa", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1540,14 +1507,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
     eps = self.eps
     learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__has_weight_decay_rate__no_has_clipping_threshold)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_10164be6f2", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1572,14 +1538,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
     eps = self.eps
     learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_momentum__no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_6093285407", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1595,13 +1560,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__has_weight_decay_
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
     learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c0df32ce34", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1615,13 +1579,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_learning_rate__no_has_clipping_t
     unfactored multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
     learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_ad3bab1c99", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1644,7 +1607,6 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1652,8 +1614,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     eps = self.eps
     weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e425bd9031", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, s3, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1678,7 +1640,6 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1686,8 +1647,8 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum
     eps = self.eps
     decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s3 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_9b85adc914", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
@@ -1712,15 +1673,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_d
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_baede38030", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1742,15 +1702,14 @@ def _gpu_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learn
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_optax_u0_5d3bcb261e", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     s2 = mx.maximum(mx.sqrt(red1), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_3ce49f4884", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
@@ -1774,14 +1733,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate_
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
     eps = self.eps
     weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_momentum__has_weight_decay_rate__no_has_learning_rate_no_has_clipping_threshold)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_dfa32f3685", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1805,14 +1763,13 @@ def _gpu_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_n
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
     eps = self.eps
     decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_momentum__no_has_learning_rate_no_has_clipping_threshold_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_e6188fd26d", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1828,13 +1785,12 @@ def _gpu_flat__multiply_by_parameter_scale__has_weight_decay_rate__no_has_learni
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
     weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_776e811870", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1848,13 +1804,12 @@ def _gpu_flat__multiply_by_parameter_scale__no_has_learning_rate_no_has_clipping
     unfactored multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
     decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_fd5bc4007a", geo, [parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(mx.sqrt(red0), 0.001)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_788741f968", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1868,7 +1823,6 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1876,7 +1830,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__has_weig
     eps = self.eps
     learning_rate, weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_f673bd03f3", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1892,7 +1846,6 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -1900,7 +1853,7 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_momentum__no_multi
     eps = self.eps
     learning_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_momentum__no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_ef66f0e1e7", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1916,14 +1869,13 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__has_weight_decay_rate_
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     learning_rate, weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__has_weight_decay_rate__no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_fbdee229ff", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1937,14 +1889,13 @@ def _gpu_flat__has_learning_rate__has_clipping_threshold__no_multiply_by_paramet
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     learning_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_learning_rate__has_clipping_threshold__no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_462bad4011", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, learning_rate, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -1958,7 +1909,6 @@ def _gpu_flat__has_learning_rate__has_momentum__has_weight_decay_rate__no_multip
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -1978,7 +1928,6 @@ def _gpu_flat__has_learning_rate__has_momentum__no_multiply_by_parameter_scale_n
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -1998,7 +1947,6 @@ def _gpu_flat__has_learning_rate__has_weight_decay_rate__no_multiply_by_paramete
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -2015,7 +1963,6 @@ def _gpu_flat__has_learning_rate__no_multiply_by_parameter_scale_no_has_clipping
     unfactored !multiply_by_parameter_scale !factored_second_moment has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -2032,7 +1979,6 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -2040,7 +1986,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_m
     eps = self.eps
     weight_decay_rate, decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__has_weight_decay_rate__no_has_learning_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_7b68b4eb43", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2056,7 +2002,6 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
@@ -2064,7 +2009,7 @@ def _gpu_flat__has_clipping_threshold__has_momentum__no_multiply_by_parameter_sc
     eps = self.eps
     decay, s0, s1 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_momentum__no_has_learning_rate_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v, new_ema = self._launch(backend, "afgen_adafactor_optax_u1_977603948e", geo, [state["ema"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, momentum, s0, s1, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt), ((state["ema"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2080,14 +2025,13 @@ def _gpu_flat__has_clipping_threshold__has_weight_decay_rate__no_multiply_by_par
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     weight_decay_rate, decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__has_weight_decay_rate__no_has_learning_rate_no_has_momentum)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_e4682a888a", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, weight_decay_rate, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2101,14 +2045,13 @@ def _gpu_flat__has_clipping_threshold__no_multiply_by_parameter_scale_no_has_lea
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     clipping_threshold = self.clipping_threshold
     eps = self.eps
     decay, s0 = self._per_step(_step_values_flat__multiply_by_parameter_scale__has_clipping_threshold__no_has_learning_rate_no_has_momentum_no_has_weight_decay_rate)
     red0_part, = self._launch(backend, "afgen_adafactor_optax_u0_06a6b519f1", geo, [gradient.reshape(-1), state["v"].reshape(-1), [decay, eps, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     s1 = mx.maximum(1, mx.sqrt(red0) / clipping_threshold)
     new_param, new_v = self._launch(backend, "afgen_adafactor_optax_u1_c171adee39", geo, [gradient.reshape(-1), parameter.reshape(-1), state["v"].reshape(-1), [decay, eps, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["v"].size,), sdt)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -2122,7 +2065,6 @@ def _gpu_flat__has_momentum__has_weight_decay_rate__no_multiply_by_parameter_sca
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -2142,7 +2084,6 @@ def _gpu_flat__has_momentum__no_multiply_by_parameter_scale_no_has_learning_rate
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -2162,7 +2103,6 @@ def _gpu_flat__has_weight_decay_rate__no_multiply_by_parameter_scale_no_has_lear
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -2179,7 +2119,6 @@ def _gpu_flat__no_multiply_by_parameter_scale_no_has_learning_rate_no_has_clippi
     unfactored !multiply_by_parameter_scale !factored_second_moment !has_learning_rate !has_clipping_threshold !has_momentum !has_weight_decay_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps

@@ -20,6 +20,9 @@ SPEC_SHA256 = "e69476e3ac1eeef5e67f6ac8e34ece8214a18166c7fa115ca871e2df7c8df7d5"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -158,7 +161,7 @@ class Adafactor(_rt.GeneratedOptimizer):
         col_sums = _rt.cast(state["col_sums"], cdt)
         col_sums = beta2t * col_sums + (1 - beta2t) * self._sum(g2, axis=-2)
         state["col_sums"] = _rt.fit(col_sums, state["col_sums"])
-        sqrt_v = mx.sqrt(row_sums / self._sum(row_sums, axis=-1)[..., None])[..., None] * mx.sqrt(col_sums)[..., None, :]
+        sqrt_v = mx.sqrt(row_sums / self._sum(row_sums, axis=-1, of='row')[..., None])[..., None] * mx.sqrt(col_sums)[..., None, :]
         u = grad / sqrt_v
         param = param - _rt.once(alpha) * u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.clip_threshold))
         return self._write_parameter(param, parameter)
@@ -198,7 +201,6 @@ def _gpu_factored(self, gradient, parameter, state, backend, tensors=1):
     factored
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -209,11 +211,11 @@ def _gpu_factored(self, gradient, parameter, state, backend, tensors=1):
     col_sums = _rt.cast(_rt.expand(state["col_sums"], "col"), cdt)
     t, beta2t, g1_1 = self._per_step(_step_values_factored)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_paper_f0_8006deeeca", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
     red1 = _rt.row_total(red1_part, geo)
     red2 = _rt.col_total(red2_part, geo)
     row_sums_1 = beta2t * row_sums + g1_1 * red1
-    red3 = _rt.total(row_sums_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(row_sums_1, geo, 'sum', (-2, -1), 'row')
     col_sums_1 = beta2t * col_sums + g1_1 * red2
     s0 = mx.sqrt(row_sums_1 / red3)
     s1 = mx.sqrt(col_sums_1)
@@ -221,7 +223,7 @@ def _gpu_factored(self, gradient, parameter, state, backend, tensors=1):
     new_row_sums = row_sums_1
     new_col_sums = col_sums_1
     red4_part, = self._launch(backend, "afgen_adafactor_paper_f1_d97444e0af", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s2 = mx.maximum(1, mx.sqrt(red4) / clip_threshold)
     new_param, = self._launch(backend, "afgen_adafactor_paper_f2_f9635637e5", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [alpha, s2, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -241,7 +243,6 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     unfactored
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps1 = self.eps[0]
@@ -250,8 +251,8 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     max_step = self.max_step
     t, beta2t, s0 = self._per_step(_step_values_flat)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_paper_u0_fced218a40", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), [beta2t, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(max_step, mx.rsqrt(t))
     s1 = mx.maximum(1, mx.sqrt(red1) / clip_threshold)
     new_param, new_second_moment = self._launch(backend, "afgen_adafactor_paper_u1_c2ed20bba0", geo, [gradient.reshape(-1), parameter.reshape(-1), state["second_moment"].reshape(-1), [alpha, beta2t, eps1, s0, s1, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["second_moment"].size,), sdt)], parameter.dtype, sdt)

@@ -20,6 +20,9 @@ SPEC_SHA256 = "808590359bdf56174094d7cbd0fbe8c7ef18d4a6a1606bbcf73d0823bf235650"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -176,7 +179,7 @@ class Adafactor(_rt.GeneratedOptimizer):
         col_var = _rt.cast(state["col_var"], cdt)
         col_var = col_var + w * (self._mean(mx.square(g), axis=-2) - col_var)
         state["col_var"] = _rt.fit(col_var, state["col_var"])
-        v = row_var[..., None] * col_var[..., None, :] / mx.maximum(self._mean(row_var, axis=-1), e1)[..., None, None]
+        v = row_var[..., None] * col_var[..., None, :] / mx.maximum(self._mean(row_var, axis=-1, of='row'), e1)[..., None, None]
         u = g * mx.rsqrt(mx.maximum(v, e1 * e1))
         param = param - _rt.once(alpha) * u / _rt.once(mx.maximum(1, mx.sqrt(self._mean(mx.square(u))) / self.d))
         return self._write_parameter(param, parameter)
@@ -221,7 +224,6 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend,
     factored maximize has_eps1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     lr = self.lr
@@ -232,18 +234,18 @@ def _gpu_factored__maximize__has_eps1(self, gradient, parameter, state, backend,
     col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
     t, s1, s2, w = self._per_step(_step_values_factored__maximize__has_eps1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(row_var_1, geo, 'mean', (-2, -1), 'row')
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, eps1)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -263,7 +265,6 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     factored maximize !has_eps1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     dtype_eps = mx.finfo(parameter.dtype).eps
@@ -276,18 +277,18 @@ def _gpu_factored__maximize__no_has_eps1(self, gradient, parameter, state, backe
     e1 = dtype_eps
     s1 = e1 * e1
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3b37edc0b6", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(row_var_1, geo, 'mean', (-2, -1), 'row')
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, dtype_eps)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_2a7821355a", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_10f776886e", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -300,7 +301,6 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     factored !maximize has_eps1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     lr = self.lr
@@ -311,18 +311,18 @@ def _gpu_factored__has_eps1__no_maximize(self, gradient, parameter, state, backe
     col_var = _rt.cast(_rt.expand(state["col_var"], "col"), cdt)
     t, s1, s2, w = self._per_step(_step_values_factored__maximize__has_eps1)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(row_var_1, geo, 'mean', (-2, -1), 'row')
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, eps1)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -335,7 +335,6 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     factored !maximize !has_eps1
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     dtype_eps = mx.finfo(parameter.dtype).eps
@@ -348,18 +347,18 @@ def _gpu_factored__no_maximize_no_has_eps1(self, gradient, parameter, state, bac
     e1 = dtype_eps
     s1 = e1 * e1
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_adafactor_torch_f0_3873098176", geo, [gradient.reshape(-1), parameter.reshape(-1), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     row_var_1 = row_var + w * (red1 - row_var)
-    red3 = _rt.mean(row_var_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(row_var_1, geo, 'mean', (-2, -1), 'row')
     col_var_1 = col_var + w * (red2 - col_var)
     s0 = mx.maximum(red3, dtype_eps)
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     new_row_var = row_var_1
     new_col_var = col_var_1
     red4_part, = self._launch(backend, "afgen_adafactor_torch_f1_cd85fa309e", geo, [gradient.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [s1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(1, mx.sqrt(red4) / d)
     new_param, = self._launch(backend, "afgen_adafactor_torch_f2_3805fa4066", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.batches(s0, geo), _rt.rows(row_var_1, geo), _rt.cols(col_var_1, geo), [alpha, s1, s2, s3, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
@@ -381,7 +380,6 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend, ten
     unfactored maximize has_eps1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     lr = self.lr
@@ -389,8 +387,8 @@ def _gpu_flat__maximize__has_eps1(self, gradient, parameter, state, backend, ten
     d = self.d
     t, w, s0, s1 = self._per_step(_step_values_flat__maximize__has_eps1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -411,7 +409,6 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend, 
     unfactored maximize !has_eps1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     dtype_eps = mx.finfo(parameter.dtype).eps
@@ -422,8 +419,8 @@ def _gpu_flat__maximize__no_has_eps1(self, gradient, parameter, state, backend, 
     e1 = dtype_eps
     s0 = e1 * e1
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_1181eda8f2", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_6fa05931f4", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -437,7 +434,6 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend, 
     unfactored !maximize has_eps1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     lr = self.lr
@@ -445,8 +441,8 @@ def _gpu_flat__has_eps1__no_maximize(self, gradient, parameter, state, backend, 
     d = self.d
     t, w, s0, s1 = self._per_step(_step_values_flat__maximize__has_eps1)
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)
@@ -460,7 +456,6 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     unfactored !maximize !has_eps1
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     dtype_eps = mx.finfo(parameter.dtype).eps
@@ -471,8 +466,8 @@ def _gpu_flat__no_maximize_no_has_eps1(self, gradient, parameter, state, backend
     e1 = dtype_eps
     s0 = e1 * e1
     red0_part, red1_part = self._launch(backend, "afgen_adafactor_torch_u0_853464140d", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [s0, w], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     alpha = mx.maximum(eps2, mx.sqrt(red0)) * mx.minimum(lr, mx.rsqrt(t))
     s2 = mx.maximum(1, mx.sqrt(red1) / d)
     new_param, new_variance = self._launch(backend, "afgen_adafactor_torch_u1_146f278efb", geo, [gradient.reshape(-1), parameter.reshape(-1), state["variance"].reshape(-1), [alpha, s0, s1, s2, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["variance"].size,), sdt)], parameter.dtype, sdt)

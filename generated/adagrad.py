@@ -21,6 +21,9 @@ SPEC_SHA256 = "24451aafa4e50ace9f53cb70748e7bb31f1ac799aeecfba24efe8da9e74ed8a6"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -148,7 +151,6 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     unfactored
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps

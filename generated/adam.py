@@ -21,6 +21,9 @@ SPEC_SHA256 = "50a17f1cf203b6db70a16c855caedcc128b8fb4ec4ee2e82b76a0dde70e55cc0"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -179,7 +182,6 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend, tensor
     unfactored bias_correction
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -206,7 +208,6 @@ def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend, ten
     unfactored !bias_correction
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]

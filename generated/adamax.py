@@ -21,6 +21,9 @@ SPEC_SHA256 = "ed0f2289a5e6b767926f2b562ffabed960e87d4000004ed94cd7f87a195946e8"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -165,7 +168,6 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     unfactored
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]

@@ -21,6 +21,9 @@ SPEC_SHA256 = "b82f9b145fcaced51dc6450b2211fa641935432d1d19147844e69ff975da83d2"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -187,7 +190,6 @@ def _gpu_flat__bias_correction(self, gradient, parameter, state, backend, tensor
     unfactored bias_correction
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -215,7 +217,6 @@ def _gpu_flat__no_bias_correction(self, gradient, parameter, state, backend, ten
     unfactored !bias_correction
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]

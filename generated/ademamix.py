@@ -21,6 +21,9 @@ SPEC_SHA256 = "8ef5e93ca5d9628579cff92847018031b60e85478154a06ef537bb2dfe713a2c"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -235,7 +238,6 @@ def _gpu_flat__weight_decouple__maximize__has_t_alpha_beta3(self, gradient, para
     unfactored weight_decouple maximize has_learning_rate has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -270,7 +272,6 @@ def _gpu_flat__weight_decouple__maximize__no_has_t_alpha_beta3(self, gradient, p
     unfactored weight_decouple maximize has_learning_rate !has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -291,7 +292,6 @@ def _gpu_flat__weight_decouple__has_t_alpha_beta3__no_maximize(self, gradient, p
     unfactored weight_decouple !maximize has_learning_rate has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -312,7 +312,6 @@ def _gpu_flat__weight_decouple__no_maximize_no_has_t_alpha_beta3(self, gradient,
     unfactored weight_decouple !maximize has_learning_rate !has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -350,7 +349,6 @@ def _gpu_flat__maximize__has_t_alpha_beta3__no_weight_decouple(self, gradient, p
     unfactored !weight_decouple maximize has_learning_rate has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -385,7 +383,6 @@ def _gpu_flat__maximize__no_weight_decouple_no_has_t_alpha_beta3(self, gradient,
     unfactored !weight_decouple maximize has_learning_rate !has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -407,7 +404,6 @@ def _gpu_flat__has_t_alpha_beta3__no_weight_decouple_no_maximize(self, gradient,
     unfactored !weight_decouple !maximize has_learning_rate has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -429,7 +425,6 @@ def _gpu_flat__no_weight_decouple_no_maximize_no_has_t_alpha_beta3(self, gradien
     unfactored !weight_decouple !maximize has_learning_rate !has_t_alpha_beta3
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]

@@ -21,6 +21,9 @@ SPEC_SHA256 = "5fbd9565345a8c2d5f7c84dad8c71467d0e72c212eade48a9098b47dfa4addd8"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -211,7 +214,6 @@ def _gpu_flat__clip__weight_decouple__maximize(self, gradient, parameter, state,
     unfactored clip weight_decouple maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -230,7 +232,6 @@ def _gpu_flat__clip__weight_decouple__no_maximize(self, gradient, parameter, sta
     unfactored clip weight_decouple !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -260,7 +261,6 @@ def _gpu_flat__clip__maximize__no_weight_decouple(self, gradient, parameter, sta
     unfactored clip !weight_decouple maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -280,7 +280,6 @@ def _gpu_flat__clip__no_weight_decouple_no_maximize(self, gradient, parameter, s
     unfactored clip !weight_decouple !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -311,7 +310,6 @@ def _gpu_flat__weight_decouple__maximize__no_clip(self, gradient, parameter, sta
     unfactored !clip weight_decouple maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -330,7 +328,6 @@ def _gpu_flat__weight_decouple__no_clip_no_maximize(self, gradient, parameter, s
     unfactored !clip weight_decouple !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -359,7 +356,6 @@ def _gpu_flat__maximize__no_clip_no_weight_decouple(self, gradient, parameter, s
     unfactored !clip !weight_decouple maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -379,7 +375,6 @@ def _gpu_flat__no_clip_no_weight_decouple_no_maximize(self, gradient, parameter,
     unfactored !clip !weight_decouple !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]

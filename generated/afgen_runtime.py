@@ -242,16 +242,21 @@ def read_counter(key: str, value: mx.array) -> int:
 # ---------------------------------------------------------------------------------------
 # Non-finite gradients
 # ---------------------------------------------------------------------------------------
-def finite_flag(found: list[Leaf], mode: str) -> mx.array | None:
+def finite_flag(found: list[Leaf], mode: str, groups: Sequence[Any] = ()) -> mx.array | None:
     """None when nothing is to be selected afterwards ("propagate", MLX's behaviour, costs
     nothing; "raise" has already checked). For "skip", a 0-D bool array, true when every
-    gradient is finite: it stays on the device (no host sync), so mx.compile can trace it."""
+    gradient is finite: it stays on the device (no host sync), so mx.compile can trace it.
+    With sharded parameters, every process of ``groups`` gets the same flags (a gradient
+    is finite where every process's slice is), so they all skip or raise together."""
     if mode == "propagate":
         return None
     named = [(name, g) for name, g, *_ in found]
     if not named:
         return None
     flags = mx.stack([mx.all(mx.isfinite(g)) for _, g in named])
+    for group in groups:
+        bad = mx.distributed.all_sum(mx.logical_not(flags).astype(mx.float32), group=group)
+        flags = bad == 0
     if mode == "raise":
         raise_if_nonfinite(named, flags)
         return None
@@ -532,6 +537,108 @@ def mean(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False
 
 
 # ---------------------------------------------------------------------------------------
+# Sharded parameters
+# ---------------------------------------------------------------------------------------
+class Sharding(NamedTuple):
+    """A parameter split across the processes of ``group`` along ``axis`` (each holds
+    an equal slice), as ``nn.fully_shard`` (axis 0) and MLX's sharded linear layers
+    split theirs. Its state is split the same way wherever the state has that axis."""
+
+    axis: int
+    group: Any  # mx.distributed.Group
+
+
+class ShardedAxis(NamedTuple):
+    """The sharded axis as an update sees its parameter (after ``reoriented`` moved the
+    factored axes last): axis ``axis`` of ``ndim``, completed over ``group``."""
+
+    axis: int
+    ndim: int
+    group: Any
+
+    def position(self, shape_class: str, compact: bool) -> int | None:
+        """Where the sharded axis is in a value of ``shape_class``, or None where that
+        value does not vary along it (a row value of a parameter sharded along its cols
+        is already whole). ``compact``: a row/col/batch value lacks the axes it folded
+        (the MLX-ops statements), else it keeps them with size 1 (the fused drivers)."""
+        s, rows, cols = self.axis, self.ndim - 2, self.ndim - 1
+        dropped = {"full": (), "row": (cols,), "col": (rows,), "batch": (rows, cols)}.get(
+            shape_class)
+        if dropped is None or s in dropped:
+            return None
+        return s - sum(1 for d in dropped if d < s) if compact else s
+
+    def crosses(self, shape_class: str, axis: int | Sequence[int] | None, ndim: int,
+                compact: bool = True) -> bool:
+        """Whether reducing a value of ``shape_class`` (``ndim`` axes) over ``axis``
+        (None: all) folds the sharded axis, so each process holds only part of it."""
+        where = self.position(shape_class, compact)
+        if where is None:
+            return False
+        if axis is None:
+            return True
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        return where in {a % ndim for a in axes}
+
+
+def view_sharding(sharding: Sharding | None, ndim: int, axes: Axes) -> ShardedAxis | None:
+    """The sharded axis of a parameter as its update sees it, or None if the parameter
+    is whole here (unsharded, or a group of one)."""
+    if sharding is None or sharding.group.size() == 1:
+        return None
+    axis = sharding.axis % max(ndim, 1)
+    if axes is not None and tuple(axes) != (ndim - 2, ndim - 1):
+        axis = view_permutation(axes, ndim, "full").index(axis)
+    return ShardedAxis(axis, ndim, sharding.group)
+
+
+def completed(local: mx.array, shard: ShardedAxis | None, crossing: bool,
+              how: str) -> mx.array:
+    """A reduction of this process's slice made whole: the partial sums added, the
+    partial maxima (minima) folded, over the group, where the reduction crosses the
+    sharded axis."""
+    if shard is None or not crossing:
+        return local
+    collective = {"sum": mx.distributed.all_sum, "max": mx.distributed.all_max,
+                  "min": mx.distributed.all_min}[how]
+    return collective(local, group=shard.group)
+
+
+def shardings_of(model: Any, group: Any = None) -> dict[str, Sharding]:
+    """How MLX's sharded modules split ``model``'s trainable parameters, by parameter
+    path (the paths ``tree_flatten(model.trainable_parameters())`` gives): every
+    parameter under ``nn.FullyShardedModule`` along axis 0, an ``AllToShardedLinear``'s
+    weight and bias along axis 0, a ``ShardedToAllLinear``'s weight along its last axis
+    (its bias is whole). A ``FullyShardedModule`` does not keep its group, so it is
+    ``group`` (default: the global group)."""
+    from mlx.nn.layers.distributed import (
+        AllToShardedLinear,
+        FullyShardedModule,
+        QuantizedAllToShardedLinear,
+        QuantizedShardedToAllLinear,
+        ShardedToAllLinear,
+    )
+    from mlx.utils import tree_flatten
+
+    found: dict[str, Sharding] = {}
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        own = tree_flatten(module.trainable_parameters())
+        if isinstance(module, FullyShardedModule):
+            for name, _ in own:
+                found[prefix + name] = Sharding(0, group or mx.distributed.init())
+        elif isinstance(module, (AllToShardedLinear, QuantizedAllToShardedLinear)):
+            for name, _ in own:
+                if "." not in name:
+                    found.setdefault(prefix + name, Sharding(0, module.group))
+        elif isinstance(module, (ShardedToAllLinear, QuantizedShardedToAllLinear)):
+            for name, _ in own:
+                if "." not in name and name != "bias":
+                    found.setdefault(prefix + name, Sharding(-1, module.group))
+    return found
+
+
+# ---------------------------------------------------------------------------------------
 # Fused kernels: geometry, small inputs, partial reductions, launches
 # ---------------------------------------------------------------------------------------
 class Geometry(NamedTuple):
@@ -551,10 +658,12 @@ class Geometry(NamedTuple):
     grid: tuple
     threads: int
     tensors: int = 1
+    shard: ShardedAxis | None = None  # a sharded parameter's axis (never stacked)
 
 
 def geometry(shape: Sequence[int], factored: bool, rows_per_group: int | None,
-             cols_per_group: int | None, threads: int, tensors: int = 1) -> Geometry:
+             cols_per_group: int | None, threads: int, tensors: int = 1,
+             shard: ShardedAxis | None = None) -> Geometry:
     """View the parameter as B matrices of M x N (unfactored: one 1 x size row per
     tensor); a group size of None makes one tile of a whole matrix (the MLX twins of the
     kernels). With ``tensors`` > 1, ``shape`` is that many tensors stacked on axis 0."""
@@ -569,7 +678,7 @@ def geometry(shape: Sequence[int], factored: bool, rows_per_group: int | None,
     per_tensor = max(B // tensors, 1)
     dims = mx.array([B, M, N, nrb, ncc, per_tensor], dtype=mx.uint32)
     return Geometry(shape, B, M, N, nrb, ncc, dims, (B * nrb * ncc * threads, 1, 1), threads,
-                    tensors)
+                    tensors, shard)
 
 
 def float32(value: Any) -> mx.array:
@@ -616,41 +725,73 @@ FOLDS = {"sum": total, "mean": mean, "max": largest}
 """How the drivers fold a reduction's partials or a small value, by the spec's ``how``."""
 
 
-def tensor_total(part: mx.array, geo: Geometry, fold: str = "sum") -> mx.array:
+def _finished(local: mx.array, geo: Geometry, crossing: bool, how: str, count: int
+              ) -> mx.array:
+    """Partials folded by this process made whole across a sharded axis, and a mean's
+    sum divided by how many elements it folded (on every process)."""
+    shard = geo.shard if crossing else None
+    whole = completed(local, shard, crossing, "max" if how == "max" else "sum")
+    if how != "mean":
+        return whole
+    return whole / (count * shard.group.size() if shard is not None else count)
+
+
+def tensor_total(part: mx.array, geo: Geometry, how: str = "sum") -> mx.array:
     """A kernel's partial sums (maxima) (flat, in matrix order) folded per tensor: one
     value, or one per stacked tensor in the broadcast layout of the stack
-    (``(tensors, 1, ...)``)."""
-    reduce = FOLDS[fold]
+    (``(tensors, 1, ...)``); a mean divides by the tensor's size."""
+    reduce = largest if how == "max" else total
+    count = max(math.prod(geo.shape) // geo.tensors, 1)
     if geo.tensors == 1:
-        return reduce(part)
+        return _finished(reduce(part), geo, True, how, count)
     per_tensor = reduce(part.reshape(geo.tensors, -1), 1)
-    return per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1))
+    return _finished(per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1)), geo,
+                     True, how, count)
 
 
-def tensor_reduce(x: Any, geo: Geometry, how: str) -> mx.array:
-    """The sum, mean or max over a whole tensor of a small value in the broadcast layout:
-    per tensor when ``geo`` stacks several and the value differs between them (it has
-    their leading axis), else one value for all."""
+def tensor_reduce(x: Any, geo: Geometry, how: str, shape_class: str = "full") -> mx.array:
+    """The sum, mean or max over a whole tensor of a small value (of ``shape_class``) in
+    the broadcast layout: per tensor when ``geo`` stacks several and the value differs
+    between them (it has their leading axis), else one value for all."""
     reduce = FOLDS[how]
     x = x if isinstance(x, mx.array) else mx.array(x)
+    if geo.shard is not None:
+        return small_reduce(x, geo, how, None, shape_class)
     if geo.tensors == 1 or x.ndim != len(geo.shape) or x.shape[0] != geo.tensors:
         return reduce(x)
     per_tensor = reduce(x.reshape(geo.tensors, -1), 1)
     return per_tensor.reshape((geo.tensors,) + (1,) * (len(geo.shape) - 1))
 
 
-def row_total(part: mx.array, geo: Geometry, fold: str = "sum") -> mx.array:
-    """Per-row totals (maxima) (broadcast layout) from a kernel's partials, one per col
-    chunk."""
-    per_row = FOLDS[fold](part.reshape(geo.B, geo.M, geo.ncc), -1)
-    return per_row.reshape(geo.shape[:-1] + (1,))
+def row_total(part: mx.array, geo: Geometry, how: str = "sum") -> mx.array:
+    """Per-row totals (maxima, means) (broadcast layout) from a kernel's partials, one per
+    col chunk."""
+    per_row = (largest if how == "max" else total)(part.reshape(geo.B, geo.M, geo.ncc), -1)
+    crossing = geo.shard is not None and geo.shard.axis == len(geo.shape) - 1
+    return _finished(per_row.reshape(geo.shape[:-1] + (1,)), geo, crossing, how, geo.N)
 
 
-def col_total(part: mx.array, geo: Geometry, fold: str = "sum") -> mx.array:
-    """Per-col totals (maxima) (broadcast layout) from a kernel's partials, one per row
-    block."""
-    per_col = FOLDS[fold](part.reshape(geo.B, geo.nrb, geo.N), 1)
-    return per_col.reshape(geo.shape[:-2] + (1, geo.N))
+def col_total(part: mx.array, geo: Geometry, how: str = "sum") -> mx.array:
+    """Per-col totals (maxima, means) (broadcast layout) from a kernel's partials, one per
+    row block."""
+    per_col = (largest if how == "max" else total)(part.reshape(geo.B, geo.nrb, geo.N), 1)
+    crossing = geo.shard is not None and geo.shard.axis == len(geo.shape) - 2
+    return _finished(per_col.reshape(geo.shape[:-2] + (1, geo.N)), geo, crossing, how, geo.M)
+
+
+def small_reduce(x: Any, geo: Geometry, how: str, axis: int | Sequence[int] | None,
+                 shape_class: str) -> mx.array:
+    """A reduction in the drivers' glue of a small value (of ``shape_class``, broadcast
+    layout), made whole across the sharded axis where it folds it."""
+    x = x if isinstance(x, mx.array) else mx.array(x)
+    shard = geo.shard
+    crossing = shard is not None and shard.crosses(shape_class, axis, x.ndim, compact=False)
+    if how == "mean" and crossing:
+        local = total(x, axis, keepdims=axis is not None)
+        return _finished(local, geo, True, how, x.size // max(local.size, 1))
+    reduce = FOLDS[how]
+    local = reduce(x, axis, keepdims=True) if axis is not None else reduce(x)
+    return _finished(local, geo, crossing, how, 1)
 
 
 class KernelTables(NamedTuple):
@@ -901,6 +1042,27 @@ class GeneratedOptimizer(Optimizer):
         self._memo_step: mx.array | None = None
         self._memo: dict = {}
         self.backend = backend
+        self._shardings: dict[str, Sharding] = {}
+        self._sharded: dict[int, Sharding] = {}  # by id of the state slot, during a step
+        self._shard: ShardedAxis | None = None  # of the parameter being updated
+
+    # Sharded parameters.
+    def set_sharding(self, shardings: Mapping[str, Sharding] | Any) -> None:
+        """Which parameters are split across processes: ``{path: Sharding(axis, group)}``
+        (paths as ``tree_flatten`` writes them), or a model, whose MLX sharded modules say
+        (``shardings_of(model)``). Every reduction of the update over a sharded axis is then
+        completed across its group (partial sums and one ``all_sum``, a mean divided by
+        the whole count), so each process's slice steps as the whole parameter would;
+        reductions along other axes stay local, and state is split like its parameter.
+        An unsharded parameter costs nothing extra."""
+        if hasattr(shardings, "named_modules"):  # a model (an nn.Module is a dict too)
+            shardings = shardings_of(shardings)
+        for path, sharding in shardings.items():
+            if not isinstance(sharding, Sharding) or isinstance(sharding.axis, bool) or \
+                    not isinstance(sharding.axis, numbers.Integral):
+                raise ValueError(f"the sharding of '{path}' must be a Sharding(axis, group) "
+                                 f"with an int axis, got {sharding!r}")
+        self._shardings = dict(shardings)
 
     # Options: validated whenever they are set, at construction or between steps.
     @property
@@ -994,7 +1156,10 @@ class GeneratedOptimizer(Optimizer):
         if not self.stochastic_rounding or parameter.dtype != mx.bfloat16:
             return None
         self._rounding_salt += 1
-        return rounding_key(self.seed, self._rounding_salt, self.step)
+        salt = self._rounding_salt
+        if self._shard is not None:  # each slice of a sharded parameter draws its own
+            salt += (self._shard.group.rank() + 1) << 20
+        return rounding_key(self.seed, salt, self.step)
 
     def _write_parameter(self, value: Any, parameter: mx.array) -> mx.array:
         """The new parameter in its own dtype: stochastically rounded if asked for."""
@@ -1010,19 +1175,34 @@ class GeneratedOptimizer(Optimizer):
         key = self._rounding_key(parameter)
         return 0.0 if key is None else key.view(mx.float32)
 
-    # Reductions of the MLX-ops update: precision="param" is MLX's own optimizers, bit for
-    # bit, so it reduces as they do; float32 math reduces accurately at any size.
+    # Reductions of the MLX-ops update (``of``: the operand's shape class, compact
+    # layout): precision="param" is MLX's own optimizers, bit for bit, so it reduces as
+    # they do; float32 math reduces accurately at any size. Across a sharded axis each
+    # process reduces its slice and the group completes it.
+    def _crossing(self, x: Any, axis: int | Sequence[int] | None, of: str) -> bool:
+        return self._shard is not None and self._shard.crosses(of, axis, mx.array(x).ndim)
+
     def _sum(self, x: Any, axis: int | Sequence[int] | None = None,
-             keepdims: bool = False) -> mx.array:
-        if self.precision == "param":
-            return mx.sum(x, axis=axis, keepdims=keepdims)
-        return total(x, axis, keepdims)
+             of: str = "full") -> mx.array:
+        local = mx.sum(x, axis=axis) if self.precision == "param" else total(x, axis)
+        return completed(local, self._shard, self._crossing(x, axis, of), "sum")
 
     def _mean(self, x: Any, axis: int | Sequence[int] | None = None,
-              keepdims: bool = False) -> mx.array:
+              of: str = "full") -> mx.array:
+        if self._crossing(x, axis, of):
+            local = self._sum(x, axis, of)
+            return local / (mx.array(x).size // max(local.size, 1) * self._shard.group.size())
         if self.precision == "param":
-            return mx.mean(x, axis=axis, keepdims=keepdims)
-        return mean(x, axis, keepdims)
+            return mx.mean(x, axis=axis)
+        return mean(x, axis)
+
+    def _max(self, x: Any, axis: int | Sequence[int] | None = None,
+             of: str = "full") -> mx.array:
+        return completed(mx.max(x, axis=axis), self._shard, self._crossing(x, axis, of), "max")
+
+    def _min(self, x: Any, axis: int | Sequence[int] | None = None,
+             of: str = "full") -> mx.array:
+        return completed(mx.min(x, axis=axis), self._shard, self._crossing(x, axis, of), "min")
 
     # Fused kernels of the generated module.
     def _geometry(self, shape: Sequence[int], factored: bool, rows_per_group: int,
@@ -1030,7 +1210,7 @@ class GeneratedOptimizer(Optimizer):
         if backend == "mlx":
             rows_per_group = cols_per_group = None
         return geometry(shape, factored, rows_per_group, cols_per_group,
-                        self._kernel_tables().threads, tensors)
+                        self._kernel_tables().threads, tensors, self._shard)
 
     def _launch(self, backend: str, name: str, geo: Geometry, inputs: list[mx.array],
                 outputs: list[tuple[tuple, mx.Dtype]], T: mx.Dtype, S: mx.Dtype
@@ -1097,7 +1277,13 @@ class GeneratedOptimizer(Optimizer):
                            self.precision, owner)
         if not self._initialized:  # first step, or a state assigned (e.g. a checkpoint)
             check_assigned_state(self.state, found, self.init_single)
-        finite = finite_flag(found, self.nonfinite)
+        sharded = {name: self._shardings[name] for name, *_ in found if name in self._shardings}
+        for name, gradient, *_ in found:
+            if name in sharded and gradient.ndim == 0:
+                raise ValueError(f"parameter '{name}' is 0-D: it has no axis to shard")
+        groups = list({id(s.group): s.group for s in sharded.values()
+                       if s.group.size() > 1}.values())
+        finite = finite_flag(found, self.nonfinite, groups)
         if not self._initialized or any(slot is None for *_, slot in found):
             self.init(gradients)
         before = copy_containers(self.state) if finite is not None else None
@@ -1105,7 +1291,10 @@ class GeneratedOptimizer(Optimizer):
             self.state[param] = scheduler(self.step)
         self.state["step"] = self.step + 1
         self._rounding_salt = 0  # each parameter of the tree draws its own rounding noise
-        self._stacked = self._update_stacks(leaves(gradients, parameters, self.state))
+        current = leaves(gradients, parameters, self.state)
+        self._sharded = {id(slot): sharded[name] for name, *_, slot in current
+                         if name in sharded}
+        self._stacked = self._update_stacks(current)
         updated = tree_map(lambda g, p, s: self._update_or_keep(g, p.tree, s.tree),
                            gradients, Beside(parameters), Beside(self.state))
         if finite is None:
@@ -1138,6 +1327,8 @@ class GeneratedOptimizer(Optimizer):
             if not (0 < gradient.size <= STACK_MAX_ELEMENTS and isinstance(state, dict)) or (
                     self.stochastic_rounding and parameter.dtype == mx.bfloat16):
                 continue  # each bfloat16 write draws its own rounding key
+            if id(state) in self._sharded:
+                continue  # its reductions are completed across processes, on their own
             if any(self._STATE_CLASSES.get(k) not in ("full", "row", "col") for k in state):
                 continue
             shape = tuple(gradient.shape)
@@ -1184,8 +1375,18 @@ class GeneratedOptimizer(Optimizer):
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
         """The update function of this parameter's static configuration, run with the
-        factored axes last."""
+        factored axes last (and, for a sharded parameter, reductions completed across
+        its group)."""
         axes = self._factor_axes(tuple(gradient.shape))
+        self._shard = view_sharding(self._sharded.get(id(state)), gradient.ndim, axes)
+        try:
+            return self._apply(gradient, parameter, state, axes)
+        finally:
+            self._shard = None
+
+    def _apply(self, gradient: mx.array, parameter: mx.array, state: dict, axes: Axes
+               ) -> mx.array:
+        """``apply_single`` once the parameter's sharded axis is known."""
         key = self._static_key(axes is not None)
         backend = self.backend
         function = self._fused_update(key)

@@ -21,6 +21,9 @@ SPEC_SHA256 = "7d0f6051f8fe71359d5ce8a622accec4044bd6c20a9769e63ab0f2e5a2f67ff1"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -217,7 +220,7 @@ class CAME(_rt.GeneratedOptimizer):
         exp_avg_sq_col = _rt.cast(state["exp_avg_sq_col"], cdt)
         exp_avg_sq_col = exp_avg_sq_col * self.betas[1] + (1 - self.betas[1]) * self._mean(sq, axis=-2)
         state["exp_avg_sq_col"] = _rt.fit(exp_avg_sq_col, state["exp_avg_sq_col"])
-        inv = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=-1)[..., None])[..., None] * mx.rsqrt(exp_avg_sq_col)[..., None, :]
+        inv = mx.rsqrt(exp_avg_sq_row / self._mean(exp_avg_sq_row, axis=-1, of='row')[..., None])[..., None] * mx.rsqrt(exp_avg_sq_col)[..., None, :]
         if self.ams_bound:
             exp_avg_sq_hat = _rt.cast(state["exp_avg_sq_hat"], cdt)
             exp_avg_sq_hat = mx.maximum(exp_avg_sq_hat, 1 / inv)
@@ -235,7 +238,7 @@ class CAME(_rt.GeneratedOptimizer):
         exp_avg_res_col = _rt.cast(state["exp_avg_res_col"], cdt)
         exp_avg_res_col = exp_avg_res_col * self.betas[2] + (1 - self.betas[2]) * self._mean(res, axis=-2)
         state["exp_avg_res_col"] = _rt.fit(exp_avg_res_col, state["exp_avg_res_col"])
-        direction = mx.rsqrt(exp_avg_res_row / self._mean(exp_avg_res_row, axis=-1)[..., None])[..., None] * mx.rsqrt(exp_avg_res_col)[..., None, :] * exp_avg
+        direction = mx.rsqrt(exp_avg_res_row / self._mean(exp_avg_res_row, axis=-1, of='row')[..., None])[..., None] * mx.rsqrt(exp_avg_res_col)[..., None, :] * exp_avg
         param = p - _rt.once(_rt.cast(self.state["learning_rate"], cdt)) * direction
         return self._write_parameter(param, parameter)
 
@@ -294,7 +297,6 @@ def _gpu_factored__weight_decouple__ams_bound__maximize(self, gradient, paramete
     factored weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -308,11 +310,11 @@ def _gpu_factored__weight_decouple__ams_bound__maximize(self, gradient, paramete
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s3, s4, s5, g1_0, g3_0 = self._per_step(_step_values_factored__weight_decouple__ams_bound__maximize)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_34a7f90052", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
@@ -320,13 +322,13 @@ def _gpu_factored__weight_decouple__ams_bound__maximize(self, gradient, paramete
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_a71b39d247", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [beta2], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_4de4de4c86", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [beta2, eps2, s2, s3], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s6 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s7 = mx.rsqrt(exp_avg_res_col_1)
@@ -350,7 +352,6 @@ def _gpu_factored__weight_decouple__ams_bound__no_maximize(self, gradient, param
     factored weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -364,11 +365,11 @@ def _gpu_factored__weight_decouple__ams_bound__no_maximize(self, gradient, param
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s3, s4, s5, g1_0, g3_0 = self._per_step(_step_values_factored__weight_decouple__ams_bound__maximize)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_bb4bed83cd", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
@@ -376,13 +377,13 @@ def _gpu_factored__weight_decouple__ams_bound__no_maximize(self, gradient, param
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_35536071f9", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [beta2], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_6b3b6b61a4", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [beta2, eps2, s2, s3], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s6 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s7 = mx.rsqrt(exp_avg_res_col_1)
@@ -406,7 +407,6 @@ def _gpu_factored__weight_decouple__maximize__no_ams_bound(self, gradient, param
     factored weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -420,11 +420,11 @@ def _gpu_factored__weight_decouple__maximize__no_ams_bound(self, gradient, param
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s3, s4, s5, g1_0, g3_0 = self._per_step(_step_values_factored__weight_decouple__ams_bound__maximize)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_34a7f90052", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
@@ -432,13 +432,13 @@ def _gpu_factored__weight_decouple__maximize__no_ams_bound(self, gradient, param
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_ecc5efb4eb", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_e22a422da5", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [eps2, s2, s3], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s6 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s7 = mx.rsqrt(exp_avg_res_col_1)
@@ -460,7 +460,6 @@ def _gpu_factored__weight_decouple__no_ams_bound_no_maximize(self, gradient, par
     factored weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -474,11 +473,11 @@ def _gpu_factored__weight_decouple__no_ams_bound_no_maximize(self, gradient, par
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s3, s4, s5, g1_0, g3_0 = self._per_step(_step_values_factored__weight_decouple__ams_bound__maximize)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_bb4bed83cd", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s0 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s1 = mx.rsqrt(exp_avg_sq_col_1)
@@ -486,13 +485,13 @@ def _gpu_factored__weight_decouple__no_ams_bound_no_maximize(self, gradient, par
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_c5f447f175", geo, [gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s2 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_d0c846ce87", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), _rt.rows(s0, geo), _rt.cols(s1, geo), [eps2, s2, s3], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s6 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s7 = mx.rsqrt(exp_avg_res_col_1)
@@ -523,7 +522,6 @@ def _gpu_factored__ams_bound__maximize__no_weight_decouple(self, gradient, param
     factored !weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -538,11 +536,11 @@ def _gpu_factored__ams_bound__maximize__no_weight_decouple(self, gradient, param
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_33bcecd4b8", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s1 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s2 = mx.rsqrt(exp_avg_sq_col_1)
@@ -550,13 +548,13 @@ def _gpu_factored__ams_bound__maximize__no_weight_decouple(self, gradient, param
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_ef6c16bccf", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_0a893e00dc", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s5 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s6 = mx.rsqrt(exp_avg_res_col_1)
@@ -580,7 +578,6 @@ def _gpu_factored__ams_bound__no_weight_decouple_no_maximize(self, gradient, par
     factored !weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -595,11 +592,11 @@ def _gpu_factored__ams_bound__no_weight_decouple_no_maximize(self, gradient, par
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_d6e976af34", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s1 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s2 = mx.rsqrt(exp_avg_sq_col_1)
@@ -607,13 +604,13 @@ def _gpu_factored__ams_bound__no_weight_decouple_no_maximize(self, gradient, par
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_441243ea5b", geo, [state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_3360baafdd", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [beta2, eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s5 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s6 = mx.rsqrt(exp_avg_res_col_1)
@@ -637,7 +634,6 @@ def _gpu_factored__maximize__no_weight_decouple_no_ams_bound(self, gradient, par
     factored !weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -652,11 +648,11 @@ def _gpu_factored__maximize__no_weight_decouple_no_ams_bound(self, gradient, par
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_33bcecd4b8", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s1 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s2 = mx.rsqrt(exp_avg_sq_col_1)
@@ -664,13 +660,13 @@ def _gpu_factored__maximize__no_weight_decouple_no_ams_bound(self, gradient, par
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_eac1c6e13b", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_4e1fef2398", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s5 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s6 = mx.rsqrt(exp_avg_res_col_1)
@@ -692,7 +688,6 @@ def _gpu_factored__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, p
     factored !weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -707,11 +702,11 @@ def _gpu_factored__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, p
     exp_avg_res_col = _rt.cast(_rt.expand(state["exp_avg_res_col"], "col"), cdt)
     learning_rate, s0, s4, g1_0, g3_0 = self._per_step(_step_values_factored__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part, red2_part = self._launch(backend, "afgen_came_f0_d6e976af34", geo, [gradient.reshape(-1), parameter.reshape(-1), [eps1, s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.row_total(red1_part, geo) / geo.N
-    red2 = _rt.col_total(red2_part, geo) / geo.M
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.row_total(red1_part, geo, 'mean')
+    red2 = _rt.col_total(red2_part, geo, 'mean')
     exp_avg_sq_row_1 = exp_avg_sq_row * beta2 + g1_0 * red1
-    red3 = _rt.mean(exp_avg_sq_row_1, axis=(-2, -1), keepdims=True)
+    red3 = _rt.small_reduce(exp_avg_sq_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_sq_col_1 = exp_avg_sq_col * beta2 + g1_0 * red2
     s1 = mx.rsqrt(exp_avg_sq_row_1 / red3)
     s2 = mx.rsqrt(exp_avg_sq_col_1)
@@ -719,13 +714,13 @@ def _gpu_factored__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, p
     new_exp_avg_sq_col = exp_avg_sq_col_1
     new_RMS = mx.sqrt(red0)
     red4_part, = self._launch(backend, "afgen_came_f1_366750b6a9", geo, [gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [s0, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red4 = _rt.tensor_total(red4_part, geo) / size
+    red4 = _rt.tensor_total(red4_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red4) / clip_threshold, 1)
     red5_part, red6_part = self._launch(backend, "afgen_came_f2_a95cfec188", geo, [state["exp_avg"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), _rt.rows(s1, geo), _rt.cols(s2, geo), [eps2, s0, s3, s4, weight_decay], geo.dims], [((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
-    red5 = _rt.row_total(red5_part, geo) / geo.N
-    red6 = _rt.col_total(red6_part, geo) / geo.M
+    red5 = _rt.row_total(red5_part, geo, 'mean')
+    red6 = _rt.col_total(red6_part, geo, 'mean')
     exp_avg_res_row_1 = exp_avg_res_row * beta3 + g3_0 * red5
-    red7 = _rt.mean(exp_avg_res_row_1, axis=(-2, -1), keepdims=True)
+    red7 = _rt.small_reduce(exp_avg_res_row_1, geo, 'mean', (-2, -1), 'row')
     exp_avg_res_col_1 = exp_avg_res_col * beta3 + g3_0 * red6
     s5 = mx.rsqrt(exp_avg_res_row_1 / red7)
     s6 = mx.rsqrt(exp_avg_res_col_1)
@@ -756,7 +751,6 @@ def _gpu_flat__weight_decouple__ams_bound__maximize(self, gradient, parameter, s
     unfactored weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -764,8 +758,8 @@ def _gpu_flat__weight_decouple__ams_bound__maximize(self, gradient, parameter, s
     eps1 = self.eps1
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_0e045103a8", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_6388c53cf4", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
@@ -784,7 +778,6 @@ def _gpu_flat__weight_decouple__ams_bound__no_maximize(self, gradient, parameter
     unfactored weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -792,8 +785,8 @@ def _gpu_flat__weight_decouple__ams_bound__no_maximize(self, gradient, parameter
     eps1 = self.eps1
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_f8202984b3", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_0e26ee972d", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
@@ -812,7 +805,6 @@ def _gpu_flat__weight_decouple__maximize__no_ams_bound(self, gradient, parameter
     unfactored weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -820,8 +812,8 @@ def _gpu_flat__weight_decouple__maximize__no_ams_bound(self, gradient, parameter
     eps1 = self.eps1
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_95d295d6e9", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_3e12179a3e", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
@@ -838,7 +830,6 @@ def _gpu_flat__weight_decouple__no_ams_bound_no_maximize(self, gradient, paramet
     unfactored weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -846,8 +837,8 @@ def _gpu_flat__weight_decouple__no_ams_bound_no_maximize(self, gradient, paramet
     eps1 = self.eps1
     learning_rate, s0, s1, s2, s3 = self._per_step(_step_values_flat__weight_decouple__ams_bound__maximize)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_9934de7e3e", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s4 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_73335000ca", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, s4, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
@@ -872,7 +863,6 @@ def _gpu_flat__ams_bound__maximize__no_weight_decouple(self, gradient, parameter
     unfactored !weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -881,8 +871,8 @@ def _gpu_flat__ams_bound__maximize__no_weight_decouple(self, gradient, parameter
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_b80ef1739a", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_0c3e5d4df0", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
@@ -901,7 +891,6 @@ def _gpu_flat__ams_bound__no_weight_decouple_no_maximize(self, gradient, paramet
     unfactored !weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -910,8 +899,8 @@ def _gpu_flat__ams_bound__no_weight_decouple_no_maximize(self, gradient, paramet
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_98335d399b", geo, [state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq, new_exp_avg_sq_hat = self._launch(backend, "afgen_came_u1_90c0031fb8", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), state["exp_avg_sq_hat"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt), ((state["exp_avg_sq_hat"].size,), sdt)], parameter.dtype, sdt)
@@ -930,7 +919,6 @@ def _gpu_flat__maximize__no_weight_decouple_no_ams_bound(self, gradient, paramet
     unfactored !weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -939,8 +927,8 @@ def _gpu_flat__maximize__no_weight_decouple_no_ams_bound(self, gradient, paramet
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_1e1586ae8b", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_30b4bb788a", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)
@@ -957,7 +945,6 @@ def _gpu_flat__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, param
     unfactored !weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta2 = self.betas[1]
@@ -966,8 +953,8 @@ def _gpu_flat__no_weight_decouple_no_ams_bound_no_maximize(self, gradient, param
     eps1 = self.eps1
     learning_rate, s0, s1, s2 = self._per_step(_step_values_flat__ams_bound__maximize__no_weight_decouple)
     red0_part, red1_part = self._launch(backend, "afgen_came_u0_61de7bdabf", geo, [state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, s0, s1, weight_decay], geo.dims], [((geo.B * geo.nrb * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.ncc,), mx.float32)], parameter.dtype, sdt)
-    red0 = _rt.tensor_total(red0_part, geo) / size
-    red1 = _rt.tensor_total(red1_part, geo) / size
+    red0 = _rt.tensor_total(red0_part, geo, 'mean')
+    red1 = _rt.tensor_total(red1_part, geo, 'mean')
     s3 = mx.maximum(mx.sqrt(red1) / clip_threshold, 1)
     new_RMS = mx.sqrt(red0)
     new_param, new_exp_avg, new_exp_avg_sq = self._launch(backend, "afgen_came_u1_aa21def5b9", geo, [state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), gradient.reshape(-1), parameter.reshape(-1), [beta2, eps1, learning_rate, s0, s1, s2, s3, weight_decay, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["exp_avg"].size,), sdt), ((state["exp_avg_sq"].size,), sdt)], parameter.dtype, sdt)

@@ -21,6 +21,9 @@ SPEC_SHA256 = "4c21422a46d5c2abb37eaa6ad037b76942732a08b691fbe1b1e88f67d27a4989"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -267,7 +270,6 @@ def _gpu_flat__weight_decouple__rectify__maximize(self, gradient, parameter, sta
     unfactored weight_decouple rectify maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -296,7 +298,6 @@ def _gpu_flat__weight_decouple__rectify__no_maximize(self, gradient, parameter, 
     unfactored weight_decouple rectify !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -335,7 +336,6 @@ def _gpu_flat__weight_decouple__maximize__no_rectify(self, gradient, parameter, 
     unfactored weight_decouple !rectify maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -362,7 +362,6 @@ def _gpu_flat__weight_decouple__no_rectify_no_maximize(self, gradient, parameter
     unfactored weight_decouple !rectify !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -422,7 +421,6 @@ def _gpu_flat__rectify__maximize__no_weight_decouple(self, gradient, parameter, 
     unfactored !weight_decouple rectify maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -451,7 +449,6 @@ def _gpu_flat__rectify__no_weight_decouple_no_maximize(self, gradient, parameter
     unfactored !weight_decouple rectify !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -489,7 +486,6 @@ def _gpu_flat__maximize__no_weight_decouple_no_rectify(self, gradient, parameter
     unfactored !weight_decouple !rectify maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]
@@ -517,7 +513,6 @@ def _gpu_flat__no_weight_decouple_no_rectify_no_maximize(self, gradient, paramet
     unfactored !weight_decouple !rectify !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]

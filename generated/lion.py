@@ -21,6 +21,9 @@ SPEC_SHA256 = "ec1ba7c0b5093fafdd57f93b2d595d64fef35534ae06fc900877e5f93406cf7d"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -162,7 +165,6 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     unfactored
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta1 = self.betas[0]

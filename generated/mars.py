@@ -21,6 +21,9 @@ SPEC_SHA256 = "ed77bdd08991a247b7c28a143a13d5038140ca9d45bef39753b27a237219d88f"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -320,7 +323,6 @@ def _gpu_factored__optimize_1d__weight_decouple__ams_bound__maximize(self, gradi
     factored !optimize_1d weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -347,7 +349,6 @@ def _gpu_factored__optimize_1d__weight_decouple__ams_bound__no_maximize(self, gr
     factored !optimize_1d weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -374,7 +375,6 @@ def _gpu_factored__optimize_1d__weight_decouple__maximize__no_ams_bound(self, gr
     factored !optimize_1d weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -399,7 +399,6 @@ def _gpu_factored__optimize_1d__weight_decouple__no_ams_bound_no_maximize(self, 
     factored !optimize_1d weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -440,7 +439,6 @@ def _gpu_factored__optimize_1d__ams_bound__maximize__no_weight_decouple(self, gr
     factored !optimize_1d !weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -467,7 +465,6 @@ def _gpu_factored__optimize_1d__ams_bound__no_weight_decouple_no_maximize(self, 
     factored !optimize_1d !weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -494,7 +491,6 @@ def _gpu_factored__optimize_1d__maximize__no_weight_decouple_no_ams_bound(self, 
     factored !optimize_1d !weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -519,7 +515,6 @@ def _gpu_factored__optimize_1d__no_weight_decouple_no_ams_bound_no_maximize(self
     factored !optimize_1d !weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -543,7 +538,6 @@ def _gpu_flat__optimize_1d__weight_decouple__ams_bound__maximize(self, gradient,
     unfactored optimize_1d weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -569,7 +563,6 @@ def _gpu_flat__optimize_1d__weight_decouple__ams_bound__no_maximize(self, gradie
     unfactored optimize_1d weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -595,7 +588,6 @@ def _gpu_flat__optimize_1d__weight_decouple__maximize__no_ams_bound(self, gradie
     unfactored optimize_1d weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -619,7 +611,6 @@ def _gpu_flat__optimize_1d__weight_decouple__no_ams_bound_no_maximize(self, grad
     unfactored optimize_1d weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -643,7 +634,6 @@ def _gpu_flat__optimize_1d__ams_bound__maximize__no_weight_decouple(self, gradie
     unfactored optimize_1d !weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -669,7 +659,6 @@ def _gpu_flat__optimize_1d__ams_bound__no_weight_decouple_no_maximize(self, grad
     unfactored optimize_1d !weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -695,7 +684,6 @@ def _gpu_flat__optimize_1d__maximize__no_weight_decouple_no_ams_bound(self, grad
     unfactored optimize_1d !weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -719,7 +707,6 @@ def _gpu_flat__optimize_1d__no_weight_decouple_no_ams_bound_no_maximize(self, gr
     unfactored optimize_1d !weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -758,7 +745,6 @@ def _gpu_flat__weight_decouple__ams_bound__maximize__no_optimize_1d(self, gradie
     unfactored !optimize_1d weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -780,7 +766,6 @@ def _gpu_flat__weight_decouple__ams_bound__no_optimize_1d_no_maximize(self, grad
     unfactored !optimize_1d weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -802,7 +787,6 @@ def _gpu_flat__weight_decouple__maximize__no_optimize_1d_no_ams_bound(self, grad
     unfactored !optimize_1d weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -822,7 +806,6 @@ def _gpu_flat__weight_decouple__no_optimize_1d_no_ams_bound_no_maximize(self, gr
     unfactored !optimize_1d weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -856,7 +839,6 @@ def _gpu_flat__ams_bound__maximize__no_optimize_1d_no_weight_decouple(self, grad
     unfactored !optimize_1d !weight_decouple ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -878,7 +860,6 @@ def _gpu_flat__ams_bound__no_optimize_1d_no_weight_decouple_no_maximize(self, gr
     unfactored !optimize_1d !weight_decouple ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -900,7 +881,6 @@ def _gpu_flat__maximize__no_optimize_1d_no_weight_decouple_no_ams_bound(self, gr
     unfactored !optimize_1d !weight_decouple !ams_bound maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps
@@ -920,7 +900,6 @@ def _gpu_flat__no_optimize_1d_no_weight_decouple_no_ams_bound_no_maximize(self, 
     unfactored !optimize_1d !weight_decouple !ams_bound !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     eps = self.eps

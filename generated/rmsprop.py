@@ -21,6 +21,9 @@ SPEC_SHA256 = "91001f5f5485029cc58333bd59b807e2302c031450e146fe606dd014275f020e"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -155,7 +158,6 @@ def _gpu_flat(self, gradient, parameter, state, backend, tensors=1):
     unfactored
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     alpha = self.alpha

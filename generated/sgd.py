@@ -21,6 +21,9 @@ SPEC_SHA256 = "a939329679564d50fb04aef03981f763b49f72e8c742db82fe1ab30ff44f82fd"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -171,7 +174,6 @@ def _gpu_flat__nesterov(self, gradient, parameter, state, backend, tensors=1):
     unfactored nesterov
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum
@@ -188,7 +190,6 @@ def _gpu_flat__no_nesterov(self, gradient, parameter, state, backend, tensors=1)
     unfactored !nesterov
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     momentum = self.momentum

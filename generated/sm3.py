@@ -21,6 +21,9 @@ SPEC_SHA256 = "4257f9e86a120bce25307c2efc0e53f8ee00063902908fa8b57ea4c1c57ef9a6"
 BACKENDS = _rt.BACKENDS
 PRECISIONS = _rt.PRECISIONS
 NONFINITE = _rt.NONFINITE
+# Sharded parameters: opt.set_sharding({path: Sharding(axis, group)}) or (model).
+Sharding = _rt.Sharding
+shardings_of = _rt.shardings_of
 THREADS = 256
 
 
@@ -166,9 +169,9 @@ class SM3(_rt.GeneratedOptimizer):
         accumulator_1 = _rt.cast(state["accumulator_1"], cdt)
         nu = mx.minimum(accumulator_0[..., None], accumulator_1[..., None, :])
         v = mx.where((self.beta > 0), nu * self.beta, nu) + (1 - self.beta) * g * g
-        accumulator_0 = mx.where((self.beta > 0), mx.maximum(accumulator_0, mx.max(v, axis=-1)), mx.max(v, axis=-1))
+        accumulator_0 = mx.where((self.beta > 0), mx.maximum(accumulator_0, self._max(v, axis=-1)), self._max(v, axis=-1))
         state["accumulator_0"] = _rt.fit(accumulator_0, state["accumulator_0"])
-        accumulator_1 = mx.where((self.beta > 0), mx.maximum(accumulator_1, mx.max(v, axis=-2)), mx.max(v, axis=-2))
+        accumulator_1 = mx.where((self.beta > 0), mx.maximum(accumulator_1, self._max(v, axis=-2)), self._max(v, axis=-2))
         state["accumulator_1"] = _rt.fit(accumulator_1, state["accumulator_1"])
         u = mx.rsqrt(v + self.eps) * g
         w = 1 - self.momentum
@@ -222,7 +225,6 @@ def _gpu_factored__maximize(self, gradient, parameter, state, backend, tensors=1
     factored maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta = self.beta
@@ -233,8 +235,8 @@ def _gpu_factored__maximize(self, gradient, parameter, state, backend, tensors=1
     new_param, new_momentum_buffer, red0_part, red1_part = self._launch(backend, "afgen_sm3_f0_b4edf46f7f", geo, [gradient.reshape(-1), state["momentum_buffer"].reshape(-1), parameter.reshape(-1), _rt.rows(accumulator_0, geo), _rt.cols(accumulator_1, geo), [beta, eps, learning_rate, s0, s1, s2, s3, s4, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["momentum_buffer"].size,), sdt), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_momentum_buffer = new_momentum_buffer.reshape(state["momentum_buffer"].shape)
-    red0 = _rt.row_total(red0_part, geo, "max")
-    red1 = _rt.col_total(red1_part, geo, "max")
+    red0 = _rt.row_total(red0_part, geo, 'max')
+    red1 = _rt.col_total(red1_part, geo, 'max')
     new_accumulator_0 = mx.where(g1_0, mx.maximum(accumulator_0, red0), red0)
     new_accumulator_1 = mx.where(g1_0, mx.maximum(accumulator_1, red1), red1)
     state["momentum_buffer"] = new_momentum_buffer
@@ -247,7 +249,6 @@ def _gpu_factored__no_maximize(self, gradient, parameter, state, backend, tensor
     factored !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, True, 32, 256, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta = self.beta
@@ -258,8 +259,8 @@ def _gpu_factored__no_maximize(self, gradient, parameter, state, backend, tensor
     new_param, new_momentum_buffer, red0_part, red1_part = self._launch(backend, "afgen_sm3_f0_b14b88a59d", geo, [gradient.reshape(-1), state["momentum_buffer"].reshape(-1), parameter.reshape(-1), _rt.rows(accumulator_0, geo), _rt.cols(accumulator_1, geo), [beta, eps, learning_rate, s0, s1, s2, s3, s4, w, self._kernel_rounding_key(parameter)], geo.dims], [((parameter.size,), parameter.dtype), ((state["momentum_buffer"].size,), sdt), ((geo.B * geo.M * geo.ncc,), mx.float32), ((geo.B * geo.nrb * geo.N,), mx.float32)], parameter.dtype, sdt)
     new_param = new_param.reshape(parameter.shape)
     new_momentum_buffer = new_momentum_buffer.reshape(state["momentum_buffer"].shape)
-    red0 = _rt.row_total(red0_part, geo, "max")
-    red1 = _rt.col_total(red1_part, geo, "max")
+    red0 = _rt.row_total(red0_part, geo, 'max')
+    red1 = _rt.col_total(red1_part, geo, 'max')
     new_accumulator_0 = mx.where(g1_0, mx.maximum(accumulator_0, red0), red0)
     new_accumulator_1 = mx.where(g1_0, mx.maximum(accumulator_1, red1), red1)
     state["momentum_buffer"] = new_momentum_buffer
@@ -283,7 +284,6 @@ def _gpu_flat__maximize(self, gradient, parameter, state, backend, tensors=1):
     unfactored maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta = self.beta
@@ -302,7 +302,6 @@ def _gpu_flat__no_maximize(self, gradient, parameter, state, backend, tensors=1)
     unfactored !maximize has_learning_rate
     """
     geo = self._geometry(parameter.shape, False, 1, 1024, backend, tensors)
-    size = max(parameter.size // geo.tensors, 1)
     sdt = mx.float32 if self.precision == "float32" else parameter.dtype
     cdt = mx.float32
     beta = self.beta

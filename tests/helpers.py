@@ -1,10 +1,13 @@
 """What several tests share: bit-exact tree comparison, stepping an optimizer, a small
 model and its training step (compiled as mlx-lm compiles it: model and optimizer state
 as the compiled function's inputs and outputs), every generated class, and running a
-generated module's fused kernels on the CPU executor."""
+generated module's fused kernels on the CPU executor, and one multi-process job at a
+time."""
 import contextlib
+import fcntl
 import importlib
 import inspect
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -114,3 +117,16 @@ def backend_context(module, backend):
         return
     with cpu_kernels(module):
         yield
+
+
+@contextlib.contextmanager
+def one_launch_at_a_time():
+    """One ``mlx.launch`` job at a time on this machine (pytest-xdist runs tests side by
+    side): the ring backend's processes wait for each other actively, so two jobs sharing
+    the cores take minutes instead of seconds."""
+    with open(Path(tempfile.gettempdir()) / "afgen-mlx-launch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import one_launch_at_a_time
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -102,3 +104,15 @@ def test_cpu_benchmark_plot(tmp_path):
     _run("benchmarks/bench_cpu.py", "--steps", "1", "--repeats", "1", "--smoke", "--plot",
          str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sharded_benchmark_smoke_mode_counts_the_collectives():
+    """1 process exchanges nothing; 2 and 4 carry the same O(rows + cols) payload, far
+    below the parameters' bytes."""
+    with one_launch_at_a_time():
+        out = _run("benchmarks/bench_sharded.py", "--smoke")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 4]
+    carried = [int(r[2]) for r in rows]
+    assert carried[0] == 0 and carried[1] == carried[2] > 0
+    assert all(int(r[2]) < int(r[3]) for r in rows)

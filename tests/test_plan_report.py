@@ -1,6 +1,6 @@
 """The plan report: per-pass traffic, its lower bound, and MLX's own graph for comparison."""
 from afgen.check.verify import hyper_for
-from afgen.report.show import show, traffic_report
+from afgen.report.show import sharding_report, show, traffic_report
 from afgen.report.traffic import lower_bound_bytes, plan_traffic, reference_traffic
 
 
@@ -66,3 +66,20 @@ def test_show_reports_state_bytes_per_parameter_against_adam(compiled):
     unfactored = [ln for ln in lines if "unfactored: exp_avg_sq + exp_avg" in ln]
     assert unfactored and "8.0000 B  (1.0000x Adam)" in unfactored[0]
     assert "optimizer state per parameter element" in show(compiled)
+
+
+def test_sharding_report_lists_the_collectives_and_their_bytes(compiled):
+    """Factored Adafactor split by rows completes its col means (4096 floats), the mean
+    of the row state, rms(param) and rms(u): O(rows + cols) bytes, never O(rows x cols);
+    split by cols, its row means instead; an unfactored parameter, its two RMS terms."""
+    lines = sharding_report(compiled)
+    label = "factored scale_parameter has_beta_1 "
+    by_rows = next(line for line in lines if label in line and "along axis 0" in line)
+    by_cols = next(line for line in lines if label in line and "along last axis" in line)
+    assert "4 all-reduce(s), 16396 B" in by_rows and "colwise_mean -> col" in by_rows
+    assert "3 all-reduce(s), 16392 B" in by_cols and "rowwise_mean -> row" in by_cols
+    assert "colwise" not in by_cols
+    flat = next(line for line in lines if "unfactored scale_parameter has_beta_1 " in line)
+    assert "2 all-reduce(s), 8 B" in flat
+    assert not any("unfactored" in line and "last axis" in line for line in lines)
+    assert "sharded parameters" in show(compiled)

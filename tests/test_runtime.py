@@ -379,10 +379,10 @@ def test_totals_over_whole_tensors_of_a_stack():
     part = mx.arange(3 * 2 * 1, dtype=mx.float32)  # per matrix (3) and row block (2)
     assert rt.tensor_total(part, geo).tolist() == [[[1.0]], [[5.0]], [[9.0]]]
     rows = mx.arange(6, dtype=mx.float32).reshape(3, 2, 1)
-    assert rt.tensor_reduce(rows, geo, True).tolist() == [[[0.5]], [[2.5]], [[4.5]]]
-    assert rt.tensor_reduce(rows, geo, False).shape == (3, 1, 1)
+    assert rt.tensor_reduce(rows, geo, "mean").tolist() == [[[0.5]], [[2.5]], [[4.5]]]
+    assert rt.tensor_reduce(rows, geo, "sum").shape == (3, 1, 1)
     # A value every tensor shares (no leading stack axis) is reduced once for all.
-    assert rt.tensor_reduce(mx.array(2.0), geo, True).item() == 2.0
+    assert rt.tensor_reduce(mx.array(2.0), geo, "mean").item() == 2.0
     single = rt.geometry((2, 4), True, 1, 4, 1)
     assert rt.tensor_total(mx.array([1.0, 2.0]), single).item() == 3.0
 

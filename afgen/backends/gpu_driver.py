@@ -14,7 +14,7 @@ import sympy
 from afgen.backends.kernels import PassKernel, check_fits, pass_kernel, tile
 from afgen.backends.mlx_function import hyperparameter_reads
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
-from afgen.backends.printers import PLAIN_READ, broadcast_reduction, mlx_code
+from afgen.backends.printers import BROADCAST_AXES, PLAIN_READ, mlx_code
 from afgen.backends.targets import smallest_limits
 from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Schedule
@@ -57,7 +57,7 @@ def plan_kernels(plan: KernelPlan, prefix: str) -> list[PassKernel]:
 
 
 # The driver's own locals, drawn fresh around every name of the plan and its kernels.
-DRIVER_LOCALS = ("gradient", "parameter", "state", "backend", "tensors", "geo", "size", "sdt",
+DRIVER_LOCALS = ("gradient", "parameter", "state", "backend", "tensors", "geo", "sdt",
                  "cdt")
 
 
@@ -67,31 +67,28 @@ def _glue_lines(sched: Schedule, geo: str, hoisted: set[str]) -> list[str]:
         if str(step.name) in hoisted:
             continue
         code = mlx_code(step.expr)
-        if step.is_reduction and step.reduce is ReduceAxes.ALL:  # per tensor of a stack
-            code = f"_rt.tensor_reduce({code}, {geo}, {step.how!r})"
-        elif step.is_reduction:  # accurate at any size (afgen/runtime.py)
-            code = broadcast_reduction(GLUE_REDUCTIONS, step.how, step.reduce, code)
+        if step.is_reduction:
+            # per tensor of a stack, whole across a sharded axis, accurate at any size
+            # (afgen/runtime.py)
+            of = step.operand_shape.label
+            if step.reduce is ReduceAxes.ALL:
+                code = f"_rt.tensor_reduce({code}, {geo}, {step.how!r}, {of!r})"
+            else:
+                axis = BROADCAST_AXES[step.reduce]
+                code = f"_rt.small_reduce({code}, {geo}, {step.how!r}, {axis}, {of!r})"
         lines.append(f"{step.name} = {code}")
     lines += [f"{name} = {mlx_code(expr)}" for name, expr in sched.results
               if name not in hoisted]
     return lines
 
 
-GLUE_REDUCTIONS = {"sum": "_rt.total", "mean": "_rt.mean", "max": "mx.max"}
-
-
 def _finish_reduction(name: str, part: str, axes: ReduceAxes, how: str,
                       v: dict[str, str]) -> str:
     """The reduction from a pass's partials (one per threadgroup, row or col chunk)."""
-    geo = v["geo"]
-    fold = ', "max"' if how == "max" else ""
-    if axes is ReduceAxes.ALL:
-        total, count = f"_rt.tensor_total({part}, {geo}{fold})", v["size"]
-    elif axes is ReduceAxes.ROWWISE:
-        total, count = f"_rt.row_total({part}, {geo}{fold})", f"{geo}.N"
-    else:
-        total, count = f"_rt.col_total({part}, {geo}{fold})", f"{geo}.M"
-    return f"{name} = {total} / {count}" if how == "mean" else f"{name} = {total}"
+    fold = {ReduceAxes.ALL: "tensor_total", ReduceAxes.ROWWISE: "row_total",
+            ReduceAxes.COLWISE: "col_total"}[axes]
+    extra = "" if how == "sum" else f", {how!r}"
+    return f"{name} = _rt.{fold}({part}, {v['geo']}{extra})"
 
 
 def _plan_names(plan: KernelPlan, kernels: list[PassKernel]) -> set[str]:
@@ -137,7 +134,6 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
     rows, cols = tile(plan.factored)
     lines = [f"{geo} = self._geometry({parameter}.shape, {plan.factored}, {rows}, {cols}, "
              f"{v['backend']}, {v['tensors']})",
-             f"{v['size']} = max({parameter}.size // {geo}.tensors, 1)",
              f'{v["sdt"]} = mx.float32 if self.precision == "float32" else {parameter}.dtype',
              f"{v['cdt']} = mx.float32"]
     # Small atoms the glue and the kernels' small inputs need; full ones go to kernels.

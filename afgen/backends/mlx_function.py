@@ -38,9 +38,10 @@ SMALL_TO_FULL = {ShapeClass.ROW: "[..., None]", ShapeClass.COL: "[..., None, :]"
                  ShapeClass.BATCH: "[..., None, None]"}
 
 
-# Sums and means accurate at any size (afgen/runtime.py); maxima and minima are exact.
-STATEMENT_REDUCTIONS = {"sum": "self._sum", "mean": "self._mean", "max": "mx.max",
-                        "min": "mx.min"}
+# Sums and means accurate at any size, every reduction whole across a sharded axis
+# (afgen/runtime.py).
+STATEMENT_REDUCTIONS = {"sum": "self._sum", "mean": "self._mean", "max": "self._max",
+                        "min": "self._min"}
 
 
 def reduction_code(how: str, operand: str, axes: ReduceAxes, operand_class: ShapeClass
@@ -48,15 +49,16 @@ def reduction_code(how: str, operand: str, axes: ReduceAxes, operand_class: Shap
     """One reduction in the compact layout: rowwise folds the last axis of a full value,
     colwise the one before it, matrixwise both (or the one axis of a row or col value)."""
     op = STATEMENT_REDUCTIONS[how]
+    of = "" if operand_class is ShapeClass.FULL else f", of={operand_class.label!r}"
     if axes is ReduceAxes.ALL:
-        return f"{op}({operand})"
+        return f"{op}({operand}{of})"
     if axes is ReduceAxes.ROWWISE:
         axis = "-1"
     elif axes is ReduceAxes.COLWISE:
         axis = "-2"
     else:
         axis = "(-2, -1)" if operand_class is ShapeClass.FULL else "-1"
-    return f"{op}({operand}, axis={axis})"
+    return f"{op}({operand}, axis={axis}{of})"
 
 
 class Lift(Op):

@@ -13,7 +13,7 @@ so a reader finds ``beta2t`` where the spec says ``beta2t``. Two things make tha
   a generated optimizer already has;
 * every other name (temporaries, kernel locals, buffers, loop indices) is drawn from a
   :class:`SymbolTable` that already holds the spec's names, so the generator renames its
-  own names (``size`` becomes ``size_1``), never the spec's.
+  own names (``geo`` becomes ``geo_1``), never the spec's.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def check_kernel_names(spec: Spec) -> None:
 # a spec name used as a local or as the class name must not shadow them.
 MODULE_NAMES = frozenset({"annotations", "math", "Callable", "Optional", "Tuple", "Union", "mx",
                           "AFGEN_VERSION", "SPEC_SHA256", "BACKENDS", "PRECISIONS",
-                          "NONFINITE", "THREADS", "self"})
+                          "NONFINITE", "THREADS", "Sharding", "shardings_of",
+                          "self"})
 
 
 # The keys of ``optimizer.state`` besides the schedules and the parameters' slots.

@@ -134,6 +134,38 @@ def state_memory_report(compiled: Compiled, state_bytes: int = 4) -> list[str]:
     return lines
 
 
+SHARDED_SHAPES = {True: (4096, 4096), False: (4096 * 4096,)}
+BROADCAST_FOLDS = {"rowwise": (-1,), "colwise": (-2,), "matrixwise": (-2, -1), "all": None}
+
+
+def sharding_report(compiled: Compiled) -> list[str]:
+    """Per specialisation and sharded axis, the reductions that become collectives (each
+    process reduces its slice, one all-reduce completes it) and the bytes they carry per
+    step, for one parameter split across processes."""
+    from afgen.runtime import ShardedAxis
+
+    lines = ["sharded parameters (set_sharding): reductions completed across processes, "
+             "and their payload per step:"]
+    for plan in compiled.plans:
+        shape = SHARDED_SHAPES[plan.factored]
+        label = plan.config.restricted(plan.program.used_statics).label
+        sizes = {"row": shape[0], "col": shape[-1], "batch": 1, "scalar": 1}
+        for name, axis in (("axis 0", 0), ("last axis", len(shape) - 1)):
+            if not plan.factored and name != "axis 0":  # one axis: the same split
+                continue
+            shard = ShardedAxis(axis, len(shape), None)
+            crossing = [r for r in plan.program.reductions
+                        if shard.crosses(r.operand_shape.label, BROADCAST_FOLDS[r.axes.value],
+                                         len(shape), compact=False)]
+            payload = 4 * sum(sizes[r.shape.label] for r in crossing)
+            what = ", ".join(f"{r.kind} -> {r.shape.label}" for r in crossing) or "none"
+            lines.append(f"  {label:<56} {'x'.join(map(str, shape))} split along {name}: "
+                         f"{len(crossing)} all-reduce(s), {payload} B ({what})")
+    lines.append("  (and, with nonfinite=\"skip\" or \"raise\", one flag per parameter of "
+                 "the tree; unsharded parameters exchange nothing)")
+    return lines
+
+
 def show(compiled: Compiled) -> str:
     spec = compiled.spec
     out = [f"{spec.class_name} from {spec.path}: {spec.summary}",
@@ -147,4 +179,5 @@ def show(compiled: Compiled) -> str:
         out += plan_text(plan)
     out += [""] + state_memory_report(compiled)
     out += [""] + traffic_report(compiled)
+    out += [""] + sharding_report(compiled)
     return "\n".join(out)
