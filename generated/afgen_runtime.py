@@ -881,7 +881,7 @@ def launch_mlx_pass(twin: tuple, geo: Geometry, inputs: list[Any],
     # ``mx.compile`` its arithmetic would otherwise be fused into the pass's loop.
     scalars = [once(cast(x, mx.float32)) if isinstance(x, mx.array)
                else mx.array(x, mx.float32) for x in inputs[len(in_kinds)]]
-    if not set(result_kinds) & set("fp") and math.prod(full) > CHUNK_ELEMENTS:
+    if not set(result_kinds) & set("fpm") and math.prod(full) > CHUNK_ELEMENTS:
         return _reduce_in_chunks(function, factored, in_kinds, result_kinds, geo, arrays,
                                  scalars, outputs)
     out = []
@@ -891,6 +891,9 @@ def launch_mlx_pass(twin: tuple, geo: Geometry, inputs: list[Any],
             value = mx.broadcast_to(value, full)
         if kind in "arcARC":
             out.append(_reduced(value, kind, factored).reshape(shape))
+            continue
+        if kind == "m":  # a matrix block's operand, whole
+            out.append(cast(value, mx.float32).reshape(shape))
             continue
         value = value.reshape(geo.shape)
         if kind == "p" and dtype == mx.bfloat16 and key_index is not None:
@@ -1180,7 +1183,7 @@ class GeneratedOptimizer(Optimizer):
     # they do; float32 math reduces accurately at any size. Across a sharded axis each
     # process reduces its slice and the group completes it.
     def _crossing(self, x: Any, axis: int | Sequence[int] | None, of: str) -> bool:
-        return self._shard is not None and self._shard.crosses(of, axis, mx.array(x).ndim)
+        return self._shard is not None and self._shard.crosses(of, axis, getattr(x, "ndim", 0))
 
     def _sum(self, x: Any, axis: int | Sequence[int] | None = None,
              of: str = "full") -> mx.array:
@@ -1191,10 +1194,18 @@ class GeneratedOptimizer(Optimizer):
               of: str = "full") -> mx.array:
         if self._crossing(x, axis, of):
             local = self._sum(x, axis, of)
-            return local / (mx.array(x).size // max(local.size, 1) * self._shard.group.size())
+            count = getattr(x, "size", 1) // max(local.size, 1)
+            return local / (count * self._shard.group.size())
         if self.precision == "param":
             return mx.mean(x, axis=axis)
         return mean(x, axis)
+
+    def _whole_matrix(self) -> None:
+        """A matrix block (matrix products) needs the whole matrix: refuse a slice."""
+        if self._shard is not None:
+            raise ValueError(f"{type(self).__name__} multiplies matrices, which needs each "
+                             "parameter whole: a sharded parameter cannot be updated by it "
+                             "(gather it, or leave it out of set_sharding)")
 
     def _max(self, x: Any, axis: int | Sequence[int] | None = None,
              of: str = "full") -> mx.array:

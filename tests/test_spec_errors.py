@@ -67,6 +67,22 @@ CASES = [
     ("  - g = sqrt(grad, grad)", r"sqrt\(\) takes 1 argument", 14, 9),
     ("  - g = grad +", r"syntax error", 14, 15),
     ("  - if: lr\n    then: []", r"must be a static condition", 14, 9),
+    # matrix blocks
+    ("  - g = grad @ grad", r"matrix products \('@'\) are only allowed inside", 14, 9),
+    ("  - g = transpose(grad)", r"transpose\(\) is only allowed inside a 'matrix:'", 14, 9),
+    ("  - matrix: lr\n    do: []", r"works on a full-size value assigned before it; 'lr'",
+     14, 13),
+    ("  - matrix: g\n    do:\n      - X = g @ g", r"never assigns 'g'", 14, 5),
+    ("  - matrix: g\n    do:\n      - g = g @ lr", r"'@' multiplies matrices, not a scalar",
+     16, 17),
+    ("  - matrix: g\n    do:\n      - g = rowwise_sum(g)", r"only whole-matrix reductions",
+     16, 13),
+    ("  - matrix: g\n    do:\n      - repeat: lr\n        do: []",
+     r"'repeat' takes an int hyperparameter or a count", 16, 17),
+    ("  - matrix: g\n    do:\n      - g = grad", r"unknown name 'grad'", 16, 13),
+    ("  - matrix: g\n    do:\n      - g = g if nrows(g) > lr else g",
+     r"needs a static condition .* or, in a matrix block, a comparison of sizes", 16, 18),
+    ("  - g = grad * rows", r"'rows' is the size of a factored parameter's row", 14, 5),
 ]
 
 

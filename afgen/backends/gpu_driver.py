@@ -19,7 +19,7 @@ from afgen.backends.targets import smallest_limits
 from afgen.lower.config import dynamic_statics
 from afgen.lower.plan import KernelPlan, Schedule
 from afgen.names import SymbolTable
-from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
+from afgen.spec.model import DTYPE_EPS, GRAD, LAYOUT_COLS, LAYOUT_ROWS, PARAM, STEP, Spec
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 SMALL_PACKERS = {ShapeClass.ROW: "_rt.rows", ShapeClass.COL: "_rt.cols",
@@ -109,6 +109,8 @@ def _small_load(spec: Spec, plan: KernelPlan, name: str, v: dict[str, str]) -> s
         return "self.step.astype(mx.float32)"
     if name == DTYPE_EPS:
         return f"mx.finfo({v['parameter']}.dtype).eps"
+    if name in (LAYOUT_ROWS, LAYOUT_COLS):  # the factored view's sizes
+        return f"{v['geo']}.{'M' if name == LAYOUT_ROWS else 'N'}"
     if name in plan.program.live_state:
         label = plan.program.shapes[sympy.Symbol(name, real=True)].label
         return f'_rt.cast(_rt.expand({v["state"]}["{name}"], "{label}"), {cdt})'
@@ -142,8 +144,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
     defined = {str(step.name) for sched in plan.glue for step in sched.steps}
     defined |= {name for sched in plan.glue for name, _ in sched.results}
     defined |= {str(r.name) for r in plan.program.reductions}
-    order = [STEP, DTYPE_EPS, *spec.dynamic_names, *dynamic_statics(spec),
-             *plan.program.live_state]
+    order = [STEP, DTYPE_EPS, LAYOUT_ROWS, LAYOUT_COLS, *spec.dynamic_names,
+             *dynamic_statics(spec), *plan.program.live_state]
     loads = [(name, _small_load(spec, plan, name, v)) for name in order
              if name in needed - defined and shapes.get(name) is not ShapeClass.FULL]
     in_float32 = {name: _small_load(spec, plan, name, {**v, "cdt": "mx.float32"})
@@ -183,6 +185,8 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
             kernel.row_reductions)
         outputs += [f"(({geo}.B * {geo}.nrb * {geo}.N,), mx.float32)"] * len(
             kernel.col_reductions)
+        outputs += [f"(({geo}.B * {geo}.M * {geo}.N,), mx.float32)"] * len(
+            kernel.matrix_operands)
         if not kernel.output_names:  # an update that changes nothing here: no launch
             continue
         targets = ", ".join(kernel.output_names) + ("," if len(kernel.output_names) == 1 else "")
@@ -192,6 +196,11 @@ def driver_model(spec: Spec, plan: KernelPlan, kernels: list[PassKernel]) -> Dri
         for out in kernel.full_outputs:
             lines.append(f"{out.name} = {out.name}.reshape({_like(out.name, v)}.shape)")
         for red in kernel.reductions:
+            if red.axes is ReduceAxes.MATRIX:  # read whole by a later pass
+                lines.append(f"{red.name} = self._matrix_{red.block}("
+                             f"{red.buffer}.reshape({geo}.shape))")
+                full_sources[red.name] = f"{red.name}.reshape(-1)"
+                continue
             lines.append(_finish_reduction(red.name, red.buffer, red.axes, red.how, v))
     lines += _glue_lines(plan.glue[len(kernels)], geo, hoisted)
     state_shapes = {s.name: s.shape for s in spec.state}

@@ -88,6 +88,7 @@ class KernelReduction:
     acc: str = ""
     buffer: str = ""
     shared: str = ""
+    block: int = -1  # a matrix block's operand, written whole (``buffer``: its array)
 
     @property
     def largest(self) -> bool:
@@ -133,6 +134,7 @@ class PassKernel:
     all_reductions: tuple[KernelReduction, ...]
     row_reductions: tuple[KernelReduction, ...]
     col_reductions: tuple[KernelReduction, ...]
+    matrix_operands: tuple[KernelReduction, ...]  # written out whole for a matrix block
     full_outputs: tuple[KernelOutput, ...]
     names: KernelNames | None = None
     buffers: dict[str, str] = field(default_factory=dict)  # input value -> its buffer
@@ -140,7 +142,8 @@ class PassKernel:
 
     @property
     def reductions(self) -> tuple[KernelReduction, ...]:
-        return (*self.all_reductions, *self.row_reductions, *self.col_reductions)
+        return (*self.all_reductions, *self.row_reductions, *self.col_reductions,
+                *self.matrix_operands)
 
     @property
     def rounding_key_index(self) -> int | None:
@@ -234,7 +237,8 @@ def name_kernel(kernel: PassKernel) -> PassKernel:
     return replace(kernel, names=KernelNames(**own), buffers=buffers,
                    all_reductions=tuple(map(named, kernel.all_reductions)),
                    row_reductions=tuple(map(named, kernel.row_reductions)),
-                   col_reductions=tuple(map(named, kernel.col_reductions)))
+                   col_reductions=tuple(map(named, kernel.col_reductions)),
+                   matrix_operands=tuple(map(named, kernel.matrix_operands)))
 
 
 def check_fits(kernel: PassKernel, limits: Limits) -> None:
@@ -260,7 +264,7 @@ def pass_kernel(plan: KernelPlan, pass_: Pass, full_dtypes: dict[str, str],
         code = kernel_code(step.expr)
         if step.is_reduction:
             reductions[step.reduce].append(KernelReduction(str(step.name), step.reduce,
-                                                           step.how, code))
+                                                           step.how, code, block=step.block))
         else:
             body.append((str(step.name), code))
     supported = kernel_reductions()
@@ -287,6 +291,7 @@ def pass_kernel(plan: KernelPlan, pass_: Pass, full_dtypes: dict[str, str],
         all_reductions=tuple(reductions[ReduceAxes.ALL]),
         row_reductions=tuple(reductions[ReduceAxes.ROWWISE]),
         col_reductions=tuple(reductions[ReduceAxes.COLWISE]),
+        matrix_operands=tuple(reductions[ReduceAxes.MATRIX]),
         full_outputs=outputs)
     kernel = name_kernel(kernel)
     return replace(kernel, source=render("pass_kernel.j2", k=kernel))

@@ -30,7 +30,19 @@ from afgen.backends.printers import MLXPrinter, is_host_condition, is_wide, pyth
 from afgen.names import SymbolTable
 from afgen.spec import ops
 from afgen.spec.expressions import reduction_of
-from afgen.spec.model import DTYPE_EPS, FACTORED, GRAD, PARAM, STEP, Branch, Spec, Statement
+from afgen.spec.model import (
+    DTYPE_EPS,
+    FACTORED,
+    GRAD,
+    LAYOUT_COLS,
+    LAYOUT_ROWS,
+    PARAM,
+    STEP,
+    Branch,
+    MatrixBlock,
+    Spec,
+    Statement,
+)
 from afgen.spec.ops import Op, Rounded
 from afgen.spec.shapes import ReduceAxes, ShapeClass, join_additive, join_multiplicative
 
@@ -235,6 +247,9 @@ class _Renderer:
             loads.append(f"{STEP} = self.step.astype(mx.float32)")
         if DTYPE_EPS in used:
             loads.append(f"{DTYPE_EPS} = mx.finfo({self.parameter}.dtype).eps")
+        if self.factored:  # the row and col axes' sizes (the update sees them last)
+            loads += [f"{name} = {self.gradient}.shape[{axis}]"
+                      for name, axis in ((LAYOUT_ROWS, -2), (LAYOUT_COLS, -1)) if name in used]
         self._block(self.spec.update, 1, set(), {STEP})
         return [*("    " + line for line in loads), *self.lines,
                 f"    return self._write_parameter({PARAM}, {self.parameter})"]
@@ -250,6 +265,9 @@ class _Renderer:
                wide: set[str]) -> None:
         indent = "    " * depth
         for statement in statements:
+            if isinstance(statement, MatrixBlock):
+                self._matrix_block(statement, indent, loaded)
+                continue
             if isinstance(statement, Branch):
                 condition = self._condition(statement.condition)
                 if condition in (sympy.true, sympy.false):
@@ -297,6 +315,15 @@ class _Renderer:
             loaded.add(eq.target)
             slot = f'{self.state}["{eq.target}"]'
             self.lines.append(f"{indent}{slot} = _rt.fit({eq.target}, {slot})")
+
+    def _matrix_block(self, block: MatrixBlock, indent: str, loaded: set[str]) -> None:
+        """The block's own method (the fused drivers call it too) on its full value."""
+        if block.name in self.state_shapes and block.name not in loaded:
+            self.lines.append(f"{indent}{block.name} = {self._load_state(block.name)}")
+            loaded.add(block.name)
+        self.lines.append(f"{indent}{block.name} = self._matrix_{block.index}({block.name})")
+        self.layout.classes[block.name] = ShapeClass.FULL
+        self.layout.arrays.add(block.name)
 
     def _load_state(self, name: str) -> str:
         return f'_rt.cast({self.state}["{name}"], {self.cdt})'

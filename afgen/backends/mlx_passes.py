@@ -22,7 +22,9 @@ from afgen.spec.model import PARAM
 from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 # A reduction's result kind: its axes, upper case for a maximum (else partial sums).
-REDUCTION_KINDS = {ReduceAxes.ALL: "a", ReduceAxes.ROWWISE: "r", ReduceAxes.COLWISE: "c"}
+# A matrix block's operand (``m``) is returned whole.
+REDUCTION_KINDS = {ReduceAxes.ALL: "a", ReduceAxes.ROWWISE: "r", ReduceAxes.COLWISE: "c",
+                   ReduceAxes.MATRIX: "m"}
 
 
 @dataclass(frozen=True)

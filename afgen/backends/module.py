@@ -11,6 +11,7 @@ import sympy
 from afgen import __version__
 from afgen.backends.gpu_driver import driver_model, plan_kernels, share_step_values
 from afgen.backends.kernels import THREADS
+from afgen.backends.matrix_blocks import mlx_block_lines
 from afgen.backends.mlx_function import hyperparameter_reads, layout_functions
 from afgen.backends.mlx_passes import mlx_pass
 from afgen.backends.names import MODULE_NAMES, PYTHON_RESERVED
@@ -211,7 +212,11 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         for config in plan.configs:
             key = tuple(v for _, v in config.values) + (config.factored,)
             gpu_dispatch.append((repr(key), drv.name))
-    stacked = ", ".join(drv.name for drv in drivers if len(drv.kernels) > 1)
+    # (a matrix block's function takes one parameter's matrix: never a stack)
+    blocks = {drv.name for plan, drv in zip(compiled.plans, drivers)
+              if any(r.block >= 0 for r in plan.program.reductions)}
+    stacked = ", ".join(drv.name for drv in drivers
+                        if len(drv.kernels) > 1 and drv.name not in blocks)
     stacked_lines = textwrap.wrap(stacked + ("," if stacked else ""), 92,
                                   break_long_words=False, break_on_hyphens=False)
     return {
@@ -225,6 +230,10 @@ def module_context(compiled: Compiled, spec_path: str) -> dict:
         "factored_code": _factored_code(spec), "axes_code": AXES_CODE[spec.factor_axes],
         "any_axes": spec.factor_axes != "last", "layout_functions": functions,
         "mlx_dispatch": mlx_dispatch,
+        "matrix_blocks": [{"index": b.index, "name": b.name, "line": b.loc.line,
+                           "lines": mlx_block_lines(
+                               b, hyperparameter_reads(spec, f"{b.name}.dtype"))}
+                          for b in spec.matrix_blocks()],
     }
 
 

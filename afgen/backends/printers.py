@@ -14,6 +14,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
 from afgen.spec import ops
+from afgen.spec.expressions import is_size_condition
 from afgen.spec.shapes import ReduceAxes
 
 HALF = sympy.Float(0.5)
@@ -319,7 +320,10 @@ class PythonPrinter(BasePrinter):
 
 
 def is_host_condition(condition: sympy.Basic) -> bool:
-    """A condition on static options alone (plain symbols, no data): values on the host."""
+    """A condition on static options alone (plain symbols, no data), or on a matrix's
+    sizes inside a matrix block: values on the host."""
+    if is_size_condition(condition):
+        return True
     if isinstance(condition, sympy.Symbol):
         return not condition.is_real
     if isinstance(condition, (sympy.And, sympy.Or, sympy.Not)):

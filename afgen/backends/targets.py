@@ -135,7 +135,8 @@ METAL = KernelTarget(
     launch_source=metal_source.metal_launch_source, run=cpu_run.run_metal,
     limits=Limits(threads_per_group=1024, shared_memory_bytes=32 * 1024,
                   grid_threads=2**32 - 1),
-    reductions=frozenset({ReduceAxes.ALL, ReduceAxes.ROWWISE, ReduceAxes.COLWISE}))
+    reductions=frozenset({ReduceAxes.ALL, ReduceAxes.ROWWISE, ReduceAxes.COLWISE,
+                          ReduceAxes.MATRIX}))
 
 CUDA = KernelTarget(
     name="cuda", title="CUDA", header_template="kernel_header.cuda.j2",
@@ -146,7 +147,8 @@ CUDA = KernelTarget(
     mlx_device="cuda", launch_source=cuda_source.cuda_launch_source, run=cpu_run.run_cuda,
     limits=Limits(threads_per_group=1024, shared_memory_bytes=48 * 1024,
                   grid_threads=2**31 - 1),
-    reductions=frozenset({ReduceAxes.ALL, ReduceAxes.ROWWISE, ReduceAxes.COLWISE}))
+    reductions=frozenset({ReduceAxes.ALL, ReduceAxes.ROWWISE, ReduceAxes.COLWISE,
+                          ReduceAxes.MATRIX}))
 
 TARGETS: dict[str, KernelTarget] = {t.name: t for t in (METAL, CUDA)}
 

@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 
+from afgen.backends.matrix_blocks import numpy_block_lines
 from afgen.backends.render import render
 from afgen.check.bookkeeping import Stepper, static_values
 from afgen.check.oracle_code import function_model
@@ -18,9 +19,13 @@ from afgen.lower.plan import KernelPlan
 
 
 def render_oracle(compiled: Compiled) -> str:
-    functions = [function_model(compiled.spec, plan) for plan in compiled.plans]
-    return render("oracle.py.j2", spec=compiled.spec, spec_path=compiled.spec.path,
-                  functions=functions)
+    spec = compiled.spec
+    functions = [function_model(spec, plan) for plan in compiled.plans]
+    blocks = [{"index": b.index, "name": b.name, "line": b.loc.line,
+               "lines": numpy_block_lines(b, set(spec.dynamic_names))}
+              for b in spec.matrix_blocks()]
+    return render("oracle.py.j2", spec=spec, spec_path=spec.path, functions=functions,
+                  matrix_blocks=blocks)
 
 
 def _exec_module(source: str, name: str) -> types.ModuleType:

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 from afgen.backends.printers import broadcast_reduction, numpy_code
 from afgen.lower.plan import KernelPlan
-from afgen.spec.model import DTYPE_EPS, GRAD, PARAM, STEP, Spec
+from afgen.spec.model import DTYPE_EPS, GRAD, LAYOUT_COLS, LAYOUT_ROWS, PARAM, STEP, Spec
+from afgen.spec.shapes import ReduceAxes
 
 # How each input of the plan is read: the function's arguments and ``hp`` (hyperparameter
 # values by expression name, the run-time bool options and ``dtype_eps``).
 NUMPY_REDUCTIONS = {"sum": "np.sum", "mean": "np.mean", "max": "np.max"}
 FIXED_LOADS = {GRAD: "grad_in", PARAM: "param_in", STEP: "np.float64(step)",
-               DTYPE_EPS: 'hp["dtype_eps"]'}
+               DTYPE_EPS: 'hp["dtype_eps"]', LAYOUT_ROWS: "grad_in.shape[-2]",
+               LAYOUT_COLS: "grad_in.shape[-1]"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ def function_model(spec: Spec, plan: KernelPlan) -> FunctionModel:
     body = []
     for step in flat.steps:
         code = numpy_code(step.expr)
-        if step.is_reduction:
+        if step.reduce is ReduceAxes.MATRIX:
+            code = f"_np_matrix_{step.block}({code}, hp)"
+        elif step.is_reduction:
             code = broadcast_reduction(NUMPY_REDUCTIONS, step.how, step.reduce, code)
         body.append((str(step.name), code))
     stores, result = [], PARAM

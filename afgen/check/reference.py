@@ -33,11 +33,23 @@ import numpy as np
 
 from afgen.check.bookkeeping import Stepper, static_values
 from afgen.spec.expressions import REDUCTIONS
-from afgen.spec.model import FACTORED, GRAD, PARAM, STEP, Branch, Spec
+from afgen.spec.model import (
+    FACTORED,
+    GRAD,
+    LAYOUT_COLS,
+    LAYOUT_ROWS,
+    PARAM,
+    STEP,
+    Branch,
+    MatrixBlock,
+    Repeat,
+    Spec,
+)
 from afgen.spec.shapes import ReduceAxes
 
 _BINARY: dict[type, Callable] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
-                                 ast.Div: np.divide, ast.Pow: np.power}
+                                 ast.Div: np.divide, ast.Pow: np.power,
+                                 ast.MatMult: np.matmul}
 _COMPARE: dict[type, Callable] = {ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater,
                                   ast.GtE: np.greater_equal, ast.Eq: np.equal,
                                   ast.NotEq: np.not_equal}
@@ -155,6 +167,10 @@ class _Evaluator:
             return np.power(args[0], args[1])
         if name == "where":
             return np.where(args[0], args[1], args[2])
+        if name == "transpose":
+            return np.swapaxes(args[0], -1, -2)
+        if name in ("nrows", "ncols"):
+            return args[0].shape[-2 if name == "nrows" else -1]
         axes, how = REDUCTIONS[name]
         return self.reduce(args[0], _AXES[axes], how)
 
@@ -207,6 +223,9 @@ class SpecReference(Stepper):
         factored = axes is not None
         env: dict[str, object] = {k: self.dtype(v) for k, v in scalars.items()}
         env.update({STEP: self.dtype(self.step_count), GRAD: grad, PARAM: param})
+        if factored:  # the row and col axes' sizes (the update sees them last)
+            env.update({LAYOUT_ROWS: self.dtype(grad.shape[-2]),
+                        LAYOUT_COLS: self.dtype(grad.shape[-1])})
         env.update({k: _expand(v, self._classes[k]) for k, v in state.items()})
         statics = {**self._statics, FACTORED: factored}
         evaluate = _Evaluator(self.dtype, env, statics, self.bfloat16)
@@ -222,6 +241,21 @@ class SpecReference(Stepper):
                 taken = (statement.then if self._holds(statement.condition_text, factored)
                          else statement.orelse)
                 self._run(taken, evaluate, factored)
+                continue
+            if isinstance(statement, MatrixBlock):  # on the matrix (shape[0], -1)
+                value = np.asarray(evaluate.env[statement.name], self.dtype)
+                shape = value.shape
+                numbers = {n: evaluate.env[n] for n in self.spec.dynamic_names
+                           if n in evaluate.env}
+                inner = _Evaluator(self.dtype, {**numbers, statement.name: value.reshape(
+                    shape[0] if shape else 1, -1)}, evaluate.statics, self.bfloat16)
+                self._run(statement.body, inner, factored)
+                evaluate.env[statement.name] = inner.env[statement.name].reshape(shape)
+                continue
+            if isinstance(statement, Repeat):
+                for _ in range(int(evaluate(ast.parse(statement.count_text, mode="eval")
+                                            .body))):
+                    self._run(statement.body, evaluate, factored)
                 continue
             assign = self._tree(statement.text, "exec")
             evaluate.env[statement.target] = evaluate(assign.value)

@@ -17,6 +17,7 @@ from afgen.spec.model import (
     LAYOUT_ROWS,
     PARAM,
     Branch,
+    MatrixBlock,
     Spec,
     Statement,
 )
@@ -92,6 +93,8 @@ def dynamic_statics(spec: Spec) -> tuple[str, ...]:
                 visit(statement.then)
                 visit(statement.orelse)
                 continue
+            if isinstance(statement, MatrixBlock):  # full-size: never a small choice
+                continue
             for piecewise in statement.value.atoms(sympy.Piecewise):
                 named = {str(s) for _, c in piecewise.args for s in c.free_symbols} & candidates
                 if named and not all(small(value) for value, _ in piecewise.args):
@@ -124,6 +127,8 @@ def _assigned(statements: tuple[Statement, ...]) -> dict[str, list[sympy.Basic]]
             for arm in (statement.then, statement.orelse):
                 for name, values in _assigned(arm).items():
                     out.setdefault(name, []).extend(values)
+        elif isinstance(statement, MatrixBlock):  # its value: the (full) name, transformed
+            out.setdefault(statement.name, []).append(sympy.Symbol(statement.name, real=True))
         else:
             out.setdefault(statement.target, []).append(statement.value)
     return out

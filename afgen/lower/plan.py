@@ -34,6 +34,7 @@ class Step:
     reduce: ReduceAxes | None = None
     how: str = "sum"  # of a reduction: "sum", "mean", "max" or "min"
     operand_shape: ShapeClass | None = None
+    block: int = -1  # of a matrix block's step (reduce is MATRIX)
 
     @property
     def is_reduction(self) -> bool:
@@ -47,6 +48,8 @@ class Step:
     def kind(self) -> str:
         if self.reduce is None:
             return "assign"
+        if self.reduce is ReduceAxes.MATRIX:
+            return f"matrix_{self.block}"
         return f"{self.reduce.value}_{self.how}"
 
 
@@ -158,7 +161,7 @@ def schedule(results: dict[str, sympy.Expr], reductions: list[Reduction],
         nodes[symbol] = Step(symbol, expr, shapes[symbol])
     for reduction, operand in zip(reductions, reduced):
         nodes[reduction.name] = Step(reduction.name, operand, reduction.shape, reduction.axes,
-                                     reduction.how, shape_of(operand, shapes))
+                                     reduction.how, shape_of(operand, shapes), reduction.block)
     def_exprs = reduced[len(reductions):len(reductions) + len(defs)]
     for (symbol, _), expr in zip(defs, def_exprs):
         if expr in nodes and not nodes[expr].is_reduction:  # CSE named the whole value:
@@ -260,9 +263,8 @@ def _flat_schedule(program: Program, changed: dict[str, sympy.Expr],
     small arrays, before the full-size operations that use them."""
     names = SymbolTable(program.atom_names)
     hoister = _Hoister(shapes, levels, _Namer("h", names, program.value_names))
-    reductions = [Reduction(r.name, r.axes, r.how, hoister.hoist(r.operand)
-                            if r.operand_shape is ShapeClass.FULL else r.operand,
-                            r.operand_shape, r.shape) for r in program.reductions]
+    reductions = [replace(r, operand=hoister.hoist(r.operand))
+                  if r.operand_shape is ShapeClass.FULL else r for r in program.reductions]
     results = {f"new_{k}": hoister.hoist(v) if shape_of(v, shapes) is ShapeClass.FULL else v
                for k, v in changed.items()}
     return schedule(results, reductions, shapes, _Namer("x", names, program.value_names),
@@ -316,8 +318,7 @@ def build_plan(program: Program, configs: list[StaticConfig],
     hoister = _Hoister(shapes, levels, _Namer("s", names, program.value_names))
     passes = []
     for index in range(last + 1):
-        reductions = [Reduction(r.name, r.axes, r.how, hoister.hoist(r.operand),
-                                r.operand_shape, r.shape)
+        reductions = [replace(r, operand=hoister.hoist(r.operand))
                       for r in full_reductions if _level(r.operand, levels) == index]
         outputs = ({f"new_{k}": hoister.hoist(v) for k, v in full_outputs.items()}
                    if index == last else {})

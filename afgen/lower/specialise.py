@@ -22,10 +22,13 @@ from afgen.spec.expressions import reduction_of, undefined_constant
 from afgen.spec.model import (
     DTYPE_EPS,
     GRAD,
+    LAYOUT_COLS,
+    LAYOUT_ROWS,
     PARAM,
     STEP,
     Branch,
     Equation,
+    MatrixBlock,
     Spec,
     Statement,
 )
@@ -44,6 +47,7 @@ class Reduction:
     operand: sympy.Expr
     operand_shape: ShapeClass
     shape: ShapeClass
+    block: int = -1  # of a matrix block (axes MATRIX): its index in the spec
 
     @property
     def mean(self) -> bool:
@@ -51,6 +55,8 @@ class Reduction:
 
     @property
     def kind(self) -> str:
+        if self.axes is ReduceAxes.MATRIX:
+            return f"matrix_{self.block}"
         return f"{self.axes.value}_{self.how}"
 
 
@@ -125,6 +131,9 @@ class _Specialiser:
         atom(PARAM, ShapeClass.FULL)
         atom(STEP, ShapeClass.SCALAR)
         atom(DTYPE_EPS, ShapeClass.SCALAR)
+        if self.config.factored:  # the sizes of the row and col axes
+            atom(LAYOUT_ROWS, ShapeClass.SCALAR)
+            atom(LAYOUT_COLS, ShapeClass.SCALAR)
         for name in self.spec.dynamic_names:
             atom(name, ShapeClass.SCALAR)
         for name in self.dynamic:  # read by run-time conditions, never substituted
@@ -150,7 +159,9 @@ class _Specialiser:
 
     def _walk(self, statements: tuple[Statement, ...]) -> None:
         for statement in statements:
-            if not isinstance(statement, Branch):
+            if isinstance(statement, MatrixBlock):
+                self._matrix_block(statement)
+            elif not isinstance(statement, Branch):
                 self._equation(statement)
             elif {str(s) for s in statement.condition.free_symbols} & set(self.dynamic):
                 self._run_time_branch(statement)
@@ -177,8 +188,23 @@ class _Specialiser:
                 self.env[name] = then[name] if then[name] == orelse[name] else \
                     Where((then[name], condition), (orelse[name], True))
 
+    def _matrix_block(self, block: MatrixBlock) -> None:
+        """The block's value is computed between passes from its operand, which a pass
+        writes out: a step of the plan like a reduction, with a full-size result."""
+        operand = self.env[block.name]
+        symbol = sympy.Symbol(self.names.fresh(f"matrix{block.index}"), real=True)
+        self.reductions.append(Reduction(symbol, ReduceAxes.MATRIX, "matrix", operand,
+                                         ShapeClass.FULL, ShapeClass.FULL, block.index))
+        self.shapes[symbol] = ShapeClass.FULL
+        self.env[block.name] = symbol
+
     def _equation(self, eq: Equation) -> None:
         where = f"(configuration: {self.config.label})"
+        sizes = {LAYOUT_ROWS, LAYOUT_COLS} & {str(s) for s in eq.value.free_symbols}
+        if sizes and not self.config.factored:
+            raise SpecError(eq.loc, f"'{sorted(sizes)[0]}' is the size of a factored "
+                            f"parameter's row or col axis; put '{eq.target}' under "
+                            f"'if: factored' {where}")
         if eq.shape.needs_factored and not self.config.factored:
             raise SpecError(eq.loc, f"'{eq.target}' is {eq.shape.label}-shaped, which only "
                             f"exists for factored parameters; put it under 'if: factored' {where}")

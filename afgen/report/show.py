@@ -9,7 +9,8 @@ from sympy.printing.latex import greek_letters_set
 from afgen.lower.compiler import Compiled
 from afgen.lower.config import state_shape
 from afgen.lower.plan import KernelPlan, Schedule
-from afgen.spec.model import Branch, Statement
+from afgen.spec.model import Branch, MatrixBlock, Repeat, Statement
+from afgen.spec.shapes import ReduceAxes
 
 
 def _latex_name(name: str) -> str:
@@ -38,6 +39,13 @@ def equations_latex(statements: tuple[Statement, ...], depth: int = 0) -> list[s
             if st.orelse:
                 lines.append(f"{pad}else:")
                 lines += equations_latex(st.orelse, depth + 1)
+        elif isinstance(st, MatrixBlock):
+            lines.append(f"{pad}matrix {st.name} (its (shape[0], -1) view; MLX ops between "
+                         "passes):")
+            lines += equations_latex(st.body, depth + 1)
+        elif isinstance(st, Repeat):
+            lines.append(f"{pad}repeat {st.count_text} times:")
+            lines += equations_latex(st.body, depth + 1)
         else:
             lines.append(f"{pad}{_latex_name(st.target)} \\leftarrow {_latex(st.value)}")
     return lines
@@ -150,6 +158,9 @@ def sharding_report(compiled: Compiled) -> list[str]:
         shape = SHARDED_SHAPES[plan.factored]
         label = plan.config.restricted(plan.program.used_statics).label
         sizes = {"row": shape[0], "col": shape[-1], "batch": 1, "scalar": 1}
+        if any(r.axes is ReduceAxes.MATRIX for r in plan.program.reductions):
+            lines.append(f"  {label:<56} refused: a matrix block needs the whole matrix")
+            continue
         for name, axis in (("axis 0", 0), ("last axis", len(shape) - 1)):
             if not plan.factored and name != "axis 0":  # one axis: the same split
                 continue

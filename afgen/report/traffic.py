@@ -14,7 +14,7 @@ import sympy
 
 from afgen.lower.plan import KernelPlan, _level, reduction_levels
 from afgen.spec.model import GRAD, PARAM
-from afgen.spec.shapes import ShapeClass
+from afgen.spec.shapes import ReduceAxes, ShapeClass
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,18 @@ def _bytes(name: str, param_bytes: int, state_bytes: int) -> int:
     return param_bytes if name.removeprefix("new_") in (GRAD, PARAM) else state_bytes
 
 
+MATRIX_OPERAND_BYTES = 4  # a matrix block's operand, written out in float32
+
+
 def plan_traffic(plan: KernelPlan, param_bytes: int = 4, state_bytes: int = 4
                  ) -> list[PassTraffic]:
     out = []
     for p in plan.passes:
-        out.append(PassTraffic(p.index, p.reads, p.writes,
+        operands = tuple(str(s.name) for s in p.reductions if s.reduce is ReduceAxes.MATRIX)
+        written = sum(_bytes(n, param_bytes, state_bytes) for n in p.writes)
+        out.append(PassTraffic(p.index, p.reads, p.writes + operands,
                                sum(_bytes(n, param_bytes, state_bytes) for n in p.reads),
-                               sum(_bytes(n, param_bytes, state_bytes) for n in p.writes)))
+                               written + MATRIX_OPERAND_BYTES * len(operands)))
     return out
 
 
@@ -101,6 +106,9 @@ def lower_bound_bytes(plan: KernelPlan, param_bytes: int = 4, state_bytes: int =
             if plan.program.shapes.get(symbol) is ShapeClass.FULL:
                 intervals.setdefault(str(symbol), []).append((last, last))
     total = sum(_bytes(n, param_bytes, state_bytes) for n in plan.passes[-1].writes)
+    # a matrix block's operand is written out whole (its result is a full read above)
+    total += MATRIX_OPERAND_BYTES * sum(r.axes is ReduceAxes.MATRIX
+                                        for r in plan.program.reductions)
     for name, spans in intervals.items():
         total += _point_cover(spans) * _bytes(name, param_bytes, state_bytes)
     return total

@@ -20,12 +20,17 @@ from afgen.errors import Loc, SpecError
 from afgen.spec.ops import (
     BINARY_OPERATORS,
     UNARY_FUNCTIONS,
+    MatMul,
     Maximum,
     Minimum,
+    NCols,
     Negate,
+    NRows,
+    Op,
     Power,
     Sqrt,
     Square,
+    Transpose,
     Where,
     to_sympy,
 )
@@ -114,7 +119,26 @@ def undefined_constant(expr: sympy.Basic) -> str | None:
 CHECK_FORMS = ("comparisons joined by and/or/not, over arithmetic (+ - * / **), "
                "where(c, a, b), sqrt, rsqrt, abs, square, exp, log, sign, "
                "min, max and pow")
-FUNCTIONS = sorted([*UNARY_FUNCTIONS, "min", "max", "pow", "where", "rms", "has", *REDUCTIONS])
+# Inside a matrix block only: a matrix's transpose and its sizes (host integers).
+MATRIX_FUNCTIONS = {"transpose": Transpose, "nrows": NRows, "ncols": NCols}
+FUNCTIONS = sorted([*UNARY_FUNCTIONS, "min", "max", "pow", "where", "rms", "has", *REDUCTIONS,
+                    *MATRIX_FUNCTIONS])
+
+
+def is_size_condition(expr: sympy.Basic) -> bool:
+    """A comparison of matrix sizes (``nrows(x) > ncols(x)``): known where a matrix block
+    runs, so it chooses like a static condition."""
+    if isinstance(expr, (sympy.And, sympy.Or, sympy.Not)):
+        return all(is_size_condition(a) for a in expr.args)
+    if not isinstance(expr, sympy.core.relational.Relational):
+        return False
+
+    def sizes_only(node: sympy.Basic) -> bool:
+        if isinstance(node, (NRows, NCols)) or node.is_Number:
+            return True
+        return isinstance(node, Op) and all(sizes_only(a) for a in node.args)
+
+    return all(sizes_only(side) for side in expr.args)
 
 _FORBIDDEN_NODES = {
     ast.Attribute: "attribute access",
@@ -161,11 +185,12 @@ class ExpressionConverter:
     """Converts one whitelisted Python AST to SymPy, checking names, arity and shapes."""
 
     def __init__(self, scope: Scope, loc: Loc, col_shift: int = 0,
-                 reductions: bool = True):
+                 reductions: bool = True, matrix: bool = False):
         self.scope = scope
         self.loc = loc
         self.col_shift = col_shift
         self.reductions = reductions
+        self.matrix = matrix  # inside a matrix block: '@', transpose(), nrows(), ncols()
 
     def where(self, node: ast.AST) -> Loc:
         line = getattr(node, "lineno", 1) - 1
@@ -227,6 +252,8 @@ class ExpressionConverter:
 
     def _BinOp(self, node: ast.BinOp, depth: int) -> Typed:
         op = type(node.op)
+        if op is ast.MatMult:
+            return self._matmul(node, depth)
         if op not in (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow):
             raise self.fail(node, f"operator '{type(node.op).__name__}' is not allowed")
         left = self._num(node.left, depth, "an arithmetic operator")
@@ -243,6 +270,18 @@ class ExpressionConverter:
                             f"{_OP_WORD[op]} {right.shape.label}: {exc}") from None
         return _wide_integers_as_floats(
             Typed(BINARY_OPERATORS[_OP_WORD[op]](left.expr, right.expr), NUM, shape))
+
+    def _matmul(self, node: ast.BinOp, depth: int) -> Typed:
+        if not self.matrix:
+            raise self.fail(node, "matrix products ('@') are only allowed inside a "
+                            "'matrix:' block")
+        left = self._num(node.left, depth, "'@'")
+        right = self._num(node.right, depth, "'@'")
+        for side, value in ((node.left, left), (node.right, right)):
+            if value.shape is not ShapeClass.FULL:
+                raise self.fail(side, f"'@' multiplies matrices, not a {value.shape.label} "
+                                "value")
+        return Typed(MatMul(left.expr, right.expr), NUM, ShapeClass.FULL)
 
     def _power(self, node: ast.AST, base: Typed, exponent: Typed) -> Typed:
         if exponent.shape is not ShapeClass.SCALAR:
@@ -304,10 +343,13 @@ class ExpressionConverter:
 
     def _IfExp(self, node: ast.IfExp, depth: int) -> Typed:
         test = self.convert(node.test, depth)
-        if test.kind != STATIC_BOOL:
+        sizes = self.matrix and test.kind == DYN_BOOL and is_size_condition(test.expr)
+        if test.kind != STATIC_BOOL and not sizes:
+            sizes_too = (", or, in a matrix block, a comparison of sizes (nrows(x), "
+                         "ncols(x)) and constants") if self.matrix else ""
             raise self.fail(node.test, "'a if c else b' needs a static condition (a bool "
-                            "hyperparameter, has(x), factored); use where(c, a, b) for "
-                            "conditions on values")
+                            f"hyperparameter, has(x), factored{sizes_too}); use where(c, a, "
+                            "b) for conditions on values")
         body = self._num(node.body, depth, "'if' expression")
         orelse = self._num(node.orelse, depth, "'else' expression")
         shape = self._join(node, [body.shape, orelse.shape])
@@ -341,6 +383,11 @@ class ExpressionConverter:
         args = [self.convert(a, depth) for a in node.args]
         if name == "where":
             return self._where(node, args)
+        if name in MATRIX_FUNCTIONS:
+            return self._matrix_function(node, name, args)
+        if self.matrix and name in REDUCTIONS and REDUCTIONS[name][0] is not ReduceAxes.ALL:
+            raise self.fail(node, f"{name}() inside a matrix block: only whole-matrix "
+                            "reductions (sum, mean, amax, amin, rms)")
         for arg_node, arg in zip(node.args, args):
             if arg.kind != NUM:
                 raise self.fail(arg_node, f"{name}() needs numbers, got a {arg.kind}")
@@ -372,6 +419,16 @@ class ExpressionConverter:
         for arg in args[1:]:  # min(a, b, c) is min(min(a, b), c), in the order written
             expr = combine(expr, arg.expr)
         return Typed(expr, NUM, shape)
+
+    def _matrix_function(self, node: ast.Call, name: str, args: list[Typed]) -> Typed:
+        if not self.matrix:
+            raise self.fail(node, f"{name}() is only allowed inside a 'matrix:' block")
+        self._arity(node, name, args, 1)
+        (arg,) = args
+        if arg.kind != NUM or arg.shape is not ShapeClass.FULL:
+            raise self.fail(node, f"{name}() needs a matrix")
+        shape = ShapeClass.FULL if name == "transpose" else ShapeClass.SCALAR
+        return Typed(MATRIX_FUNCTIONS[name](arg.expr), NUM, shape)
 
     def _arity(self, node: ast.Call, name: str, args: list[Typed], count: int) -> None:
         if len(args) != count:
@@ -421,11 +478,12 @@ def parse_expression(text: str, loc: Loc, scope: Scope, col_shift: int = 0,
     return ExpressionConverter(scope, loc, col_shift, reductions).convert(tree.body)
 
 
-def parse_assignment(text: str, loc: Loc, scope: Scope, col_shift: int = 0
-                     ) -> tuple[str, Loc, Typed]:
-    """Parse ``name = expression``; returns the target name, its location and the value."""
+def parse_assignment(text: str, loc: Loc, scope: Scope, col_shift: int = 0,
+                     matrix: bool = False) -> tuple[str, Loc, Typed]:
+    """Parse ``name = expression``; returns the target name, its location and the value
+    (``matrix``: inside a matrix block)."""
     tree = _parse(text, loc.shifted(0, col_shift), "exec")
-    converter = ExpressionConverter(scope, loc, col_shift)
+    converter = ExpressionConverter(scope, loc, col_shift, matrix=matrix)
     body = tree.body
     if len(body) != 1 or not isinstance(body[0], ast.Assign):
         raise SpecError(loc.shifted(0, col_shift), "expected one equation 'name = expression'")

@@ -137,7 +137,31 @@ class Branch:
     loc: Loc
 
 
-Statement = Union[Equation, Branch]  # noqa: UP007 - runtime alias on Python 3.10
+@dataclass(frozen=True)
+class Repeat:
+    """``count`` times the ``body`` (inside a matrix block): ``count`` is an int
+    hyperparameter's symbol or an integer, read when the block runs."""
+
+    count: sympy.Basic
+    count_text: str
+    body: tuple[Statement, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class MatrixBlock:
+    """Matrix arithmetic on the full value ``name``, seen as the matrix ``(shape[0], -1)``
+    of the parameter (as the update sees it): its statements run as whole-array ops
+    (MLX, NumPy), never in a kernel, and ``name`` ends up as the block leaves it, in the
+    parameter's shape. ``index`` numbers the spec's blocks (their generated functions)."""
+
+    name: str
+    body: tuple[Statement, ...]
+    loc: Loc
+    index: int
+
+
+Statement = Union[Equation, Branch, MatrixBlock, Repeat]  # noqa: UP007 - runtime alias
 
 
 @dataclass(frozen=True)
@@ -160,13 +184,23 @@ class Spec:
     class_loc: Loc | None = None  # where the spec names the class ('optimizer:')
 
     def equations(self) -> Iterator[Equation]:
-        """Every equation of the update, in spec order, branches flattened."""
+        """Every equation of the update outside matrix blocks, in spec order, branches
+        flattened."""
         pending = list(self.update)
         while pending:
             statement = pending.pop(0)
             if isinstance(statement, Branch):
                 pending[:0] = [*statement.then, *statement.orelse]
-            else:
+            elif isinstance(statement, Equation):
+                yield statement
+
+    def matrix_blocks(self) -> Iterator[MatrixBlock]:
+        pending = list(self.update)
+        while pending:
+            statement = pending.pop(0)
+            if isinstance(statement, Branch):
+                pending[:0] = [*statement.then, *statement.orelse]
+            elif isinstance(statement, MatrixBlock):
                 yield statement
 
     def hyper(self, name: str) -> Hyperparameter:

@@ -127,6 +127,31 @@ class Maximum(Op):
     meaning = staticmethod(sympy.Max)
 
 
+class MatMul(Op):
+    """The matrix product of two matrices (inside a ``matrix:`` block only)."""
+
+    nargs = 2
+    symbol = "@"
+    meaning = staticmethod(lambda a, b: sympy.Function("matmul")(a, b))
+
+
+class Transpose(Op):
+    nargs = 1
+    meaning = staticmethod(lambda a: sympy.Function("transpose")(a))
+
+
+class NRows(Op):
+    """A matrix's number of rows: a Python int where the block runs (host arithmetic)."""
+
+    nargs = 1
+    meaning = staticmethod(lambda a: sympy.Function("nrows")(a))
+
+
+class NCols(Op):
+    nargs = 1
+    meaning = staticmethod(lambda a: sympy.Function("ncols")(a))
+
+
 class Rounded(Op):
     """The value of one equation, rounded to the compute dtype where it is assigned
     (``precision="param"`` rounds every equation's value to the parameter's dtype, as

@@ -40,6 +40,8 @@ from afgen.spec.model import (
     Branch,
     Equation,
     Hyperparameter,
+    MatrixBlock,
+    Repeat,
     Requirement,
     Spec,
     Statement,
@@ -62,6 +64,7 @@ CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
 # (afgen/backends/names.py), checked when a spec is compiled.
 RESERVED = {GRAD, PARAM, STEP, DTYPE_EPS, FACTORED, LAYOUT_NDIM, LAYOUT_ROWS, LAYOUT_COLS, "has"}
 MAX_STATEMENTS = 500
+MAX_REPEAT = 64  # a literal repeat count
 DEFAULT_PATH = "<spec>"
 # Nodes in one value once earlier names are substituted (every binary operation is one:
 # shipped specs reach about 240), and their nesting (about 30). SymPy's time grows fast
@@ -231,6 +234,8 @@ def _assigned_lines(node: Node, out: dict[str, int]) -> dict[str, int]:
         for item in node.value:
             _assigned_lines(item, out)
     elif node.is_map():
+        if "matrix" in node.value and isinstance(node.value["matrix"].value, str):
+            out.setdefault(node.value["matrix"].value, node.loc.line)
         for key in ("then", "else"):
             if key in node.value:
                 _assigned_lines(node.value[key], out)
@@ -299,10 +304,16 @@ class _SpecBuilder:
                                    PARAM: Typed(sympy.Symbol(PARAM, real=True), NUM,
                                                 ShapeClass.FULL),
                                    STEP: Typed(sympy.Symbol(STEP, real=True), NUM),
-                                   DTYPE_EPS: Typed(sympy.Symbol(DTYPE_EPS, real=True), NUM)}
+                                   DTYPE_EPS: Typed(sympy.Symbol(DTYPE_EPS, real=True), NUM),
+                                   LAYOUT_ROWS: Typed(sympy.Symbol(LAYOUT_ROWS, real=True), NUM),
+                                   LAYOUT_COLS: Typed(sympy.Symbol(LAYOUT_COLS, real=True), NUM)}
         for s in state:
             names[s.name] = Typed(sympy.Symbol(s.name, real=True), NUM, s.shape)
-        protected = set(static) | set(numbers) | {GRAD, STEP, DTYPE_EPS}
+        protected = set(static) | set(numbers) | {GRAD, STEP, DTYPE_EPS, LAYOUT_ROWS,
+                                                  LAYOUT_COLS}
+        self.numbers = numbers
+        self.int_hypers = {h.name for h in hypers if h.kind == "int"}
+        self.matrix_count = 0
         update_node = top["update"]
         scope = _Scope(names, optional, _assigned_lines(update_node, {}))
         statements, _ = self._statements(update_node, scope, protected,
@@ -577,7 +588,11 @@ class _SpecBuilder:
             if item.is_map() and "if" not in item.value and any("=" in k for k in item.value):
                 raise SpecError(item.loc, "YAML read this equation as a mapping because it "
                                 "contains ': '; put the equation in quotes")
-            if item.is_map():
+            if item.is_map() and "matrix" in item.value:
+                block = self._matrix_block(item, scope, counter)
+                out.append(block)
+                names = {block.name: scope.names[block.name]}
+            elif item.is_map():
                 branch, names = self._branch(item, scope, protected, state_shapes, counter)
                 out.append(branch)
             else:
@@ -588,6 +603,60 @@ class _SpecBuilder:
             defined.update(names)
             scope = scope.child(names)
         return out, defined
+
+    def _matrix_block(self, item: Node, scope: _Scope, counter: list[int]) -> MatrixBlock:
+        """``matrix: name`` with ``do:`` statements: matrix arithmetic on the full value
+        ``name`` (see MatrixBlock). Inside, names are the block's own, ``name``, numeric
+        hyperparameters and ``rows``/``cols``; the block gives ``name`` a new value."""
+        _check_keys(item, {"matrix", "do"}, "a matrix block", {"matrix", "do"})
+        name_node = item.value["matrix"]
+        name = _expect_str(name_node, "the name a matrix block works on")
+        found = scope.names.get(name)
+        if found is None or found.kind != NUM or found.shape is not ShapeClass.FULL:
+            raise SpecError(name_node.loc, f"a matrix block works on a full-size value "
+                            f"assigned before it; '{name}' is not one")
+        inner = _Scope({**self.numbers, name: found}, {})
+        body = self._matrix_statements(item.value["do"], inner, name, counter)
+        if not _assigns(body, name):
+            raise SpecError(item.loc, f"the matrix block never assigns '{name}', so it would "
+                            "change nothing")
+        self.matrix_count += 1
+        return MatrixBlock(name, tuple(body), item.loc, self.matrix_count - 1)
+
+    def _matrix_statements(self, node: Node, scope: _Scope, name: str, counter: list[int]
+                           ) -> list[Statement]:
+        out: list[Statement] = []
+        for item in _expect_list(node, "a matrix block's statements"):
+            counter[0] += 1
+            if counter[0] > MAX_STATEMENTS:
+                raise SpecError(item.loc, f"more than {MAX_STATEMENTS} equations")
+            if item.is_map():
+                _check_keys(item, {"repeat", "do"}, "a repeat block", {"repeat", "do"})
+                count_node = item.value["repeat"]
+                count = count_node.value
+                if isinstance(count, bool) or not (
+                        (isinstance(count, int) and 0 <= count <= MAX_REPEAT)
+                        or count in self.int_hypers):
+                    raise SpecError(count_node.loc, f"'repeat' takes an int hyperparameter or "
+                                    f"a count from 0 to {MAX_REPEAT}, got {count!r}")
+                body = self._matrix_statements(item.value["do"], scope, name, counter)
+                symbol = sympy.Integer(count) if isinstance(count, int) else \
+                    sympy.Symbol(count, real=True)
+                out.append(Repeat(symbol, str(count), tuple(body), item.loc))
+                scope = scope.child({n: Typed(sympy.Symbol(n, real=True), NUM,
+                                              ShapeClass.FULL) for n in _assigned(body)})
+                continue
+            text = _expect_str(item, "an equation")
+            target, target_loc, value = parse_assignment(text, item.loc, scope,
+                                                         _expr_col_shift(item), matrix=True)
+            if target in RESERVED or target in self.numbers:
+                raise SpecError(target_loc, f"cannot assign to '{target}' in a matrix block")
+            if target == name and value.shape is not ShapeClass.FULL:
+                raise SpecError(target_loc, f"'{name}' must stay a matrix")
+            out.append(Equation(target, value.expr, value.shape, text, item.loc))
+            scope = scope.child({target: Typed(sympy.Symbol(target, real=True), NUM,
+                                               value.shape)})
+        return out
 
     def _equation(self, item: Node, scope: _Scope, protected: set[str],
                   state_shapes: dict[str, ShapeClass]) -> Equation:
@@ -691,6 +760,17 @@ def _check_holds(h: Hyperparameter, check: sympy.Basic, text: str, node: Node | 
                         f"'{' '.join(text.split())}'")
 
 
+def _assigned(statements: tuple[Statement, ...] | list[Statement]) -> set[str]:
+    """The names equations assign, in nested blocks too."""
+    out: set[str] = set()
+    for statement in statements:
+        if isinstance(statement, Equation):
+            out.add(statement.target)
+        elif isinstance(statement, (Repeat, MatrixBlock)):
+            out |= _assigned(statement.body)
+    return out
+
+
 def _assigns(statements: tuple[Statement, ...] | list[Statement], name: str) -> bool:
     """Whether any equation, in any branch, assigns ``name``."""
     for statement in statements:
@@ -698,6 +778,8 @@ def _assigns(statements: tuple[Statement, ...] | list[Statement], name: str) -> 
             return True
         if isinstance(statement, Branch) and (_assigns(statement.then, name)
                                               or _assigns(statement.orelse, name)):
+            return True
+        if isinstance(statement, Repeat) and _assigns(statement.body, name):
             return True
     return False
 

@@ -68,11 +68,14 @@ class ReduceAxes(enum.Enum):
     COLWISE = "colwise"  # over axis -2: full -> col
     MATRIXWISE = "matrixwise"  # over the last two axes: full/row/col -> batch
     ALL = "all"  # over everything: -> scalar
+    MATRIX = "matrix"  # not a reduction: a matrix block, whole arrays in, full value out
 
     def result(self, operand: ShapeClass) -> ShapeClass:
         """Shape class of the reduction's result; raises ShapeMismatch for bad operands."""
         if self is ReduceAxes.ALL:
             return ShapeClass.SCALAR
+        if self is ReduceAxes.MATRIX:
+            return ShapeClass.FULL
         if self is ReduceAxes.MATRIXWISE:
             if operand in (ShapeClass.FULL, ShapeClass.ROW, ShapeClass.COL):
                 return ShapeClass.BATCH
