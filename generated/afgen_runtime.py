@@ -625,8 +625,9 @@ def shardings_of(model: Any, group: Any = None) -> dict[str, Sharding]:
         prefix = f"{path}." if path else ""
         own = tree_flatten(module.trainable_parameters())
         if isinstance(module, FullyShardedModule):
+            group = group or mx.distributed.init()
             for name, _ in own:
-                found[prefix + name] = Sharding(0, group or mx.distributed.init())
+                found[prefix + name] = Sharding(0, group)
         elif isinstance(module, (AllToShardedLinear, QuantizedAllToShardedLinear)):
             for name, _ in own:
                 if "." not in name:

@@ -579,3 +579,28 @@ def test_host_functions_give_what_mlx_gives_where_math_raises():
     assert rt.host_exp(0.0) == 1.0 and rt.host_exp(1000.0) == math.inf
     # double precision: float32 would round 0.9999 first (1e-4 relative off)
     assert rt.host_log(0.9999) == math.log(0.9999)
+
+
+def test_shardings_are_read_from_mlx_sharded_modules():
+    """What set_sharding(model) reads: every parameter of a FullyShardedModule along axis
+    0, an AllToShardedLinear's weight and bias along axis 0, a ShardedToAllLinear's weight
+    along its last axis and not its bias (a group of one process builds them all)."""
+    import mlx.nn as nn
+    from mlx.nn.layers.distributed import FullyShardedModule
+
+    group = mx.distributed.init()
+    model = nn.Sequential(nn.AllToShardedLinear.from_linear(nn.Linear(4, 8), group=group),
+                          nn.ShardedToAllLinear.from_linear(nn.Linear(8, 2), group=group),
+                          FullyShardedModule(nn.Linear(2, 2), group=group))
+    found = rt.shardings_of(model)
+    assert {path: s.axis for path, s in found.items()} == {
+        "layers.0.weight": 0, "layers.0.bias": 0, "layers.1.weight": -1,
+        "layers.2.module.weight": 0, "layers.2.module.bias": 0}
+    assert all(s.group is group for path, s in found.items() if "layers.2" not in path)
+    opt = rt.GeneratedOptimizer.__new__(rt.GeneratedOptimizer)
+    opt._shardings = {}
+    rt.GeneratedOptimizer.set_sharding(opt, model)
+    assert {p: s.axis for p, s in opt._shardings.items()} == \
+        {p: s.axis for p, s in found.items()}
+    with pytest.raises(ValueError, match="must be a Sharding"):
+        rt.GeneratedOptimizer.set_sharding(opt, {"w": (0, group)})

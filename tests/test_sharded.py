@@ -70,6 +70,7 @@ def test_sharded_mlx_ops_match_unsharded(ranks, axis, planned, tmp_path):
     ("metal", 2, -1, REDUCING, 3),
     ("cuda", 2, 0, REDUCING, 3),
     ("metal", 4, 0, ["adafactor"], 3),
+    ("metal", 2, -1, ["adafactor"], 20),
 ])
 def test_sharded_fused_kernels_match_unsharded(backend, ranks, axis, specs, steps, tmp_path):
     """The kernels' text on the CPU executor: partial sums per threadgroup and row/col
