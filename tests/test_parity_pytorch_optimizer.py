@@ -109,6 +109,18 @@ def _theirs(cls, options: dict, params: dict, grads: list[dict]):
     return {k: p.detach().numpy() for k, p in tensors.items()}, state
 
 
+def _ours(module, make, options: dict, backend: str, params: dict, grads: list[dict]
+          ) -> tuple[dict, dict]:
+    """The generated optimizer's parameters and state after the steps."""
+    with backend_context(module, backend):
+        opt = make(**options, backend=backend)
+        p = {k: mx.array(v) for k, v in params.items()}
+        for g in grads:
+            p = opt.apply_gradients({k: mx.array(v) for k, v in g.items()}, p)
+        mx.eval(p, opt.state)
+    return p, opt.state
+
+
 def _assert_close(stem: str, ours_params: dict, ours_state: dict, theirs: tuple) -> None:
     """Every parameter and state tensor within 2e-5 relative of the reference."""
     theirs_params, theirs_state = theirs
@@ -127,15 +139,9 @@ def test_matches_pytorch_optimizer(stem, index, backend):
     module, make = generated_class(stem)
     cls, configs = CASES[stem]
     ours_options, theirs_options = configs[index]
-    steps = 25 if backend == "mlx" else 3
-    params, grads = _data(index, steps)
-    with backend_context(module, backend):
-        opt = make(**ours_options, backend=backend)
-        p = {k: mx.array(v) for k, v in params.items()}
-        for g in grads:
-            p = opt.apply_gradients({k: mx.array(v) for k, v in g.items()}, p)
-        mx.eval(p, opt.state)
-    _assert_close(stem, p, opt.state, _theirs(cls, theirs_options, params, grads))
+    params, grads = _data(index, 25 if backend == "mlx" else 3)
+    p, state = _ours(module, make, ours_options, backend, params, grads)
+    _assert_close(stem, p, state, _theirs(cls, theirs_options, params, grads))
 
 
 @pytest.mark.parametrize("stem,index", [(stem, 1) for stem in sorted(CASES)] + [("lamb", 4)])
@@ -216,15 +222,9 @@ def _sm3_assert_close(options: dict, ours_params: dict, ours_state: dict,
 def test_sm3_matches_pytorch_optimizer_per_matrix(index, backend):
     module, make = generated_class("sm3")
     ours_options, theirs_options = SM3_CONFIGS[index]
-    steps = 25 if backend == "mlx" else 3
-    params, grads = _data(index, steps)
-    with backend_context(module, backend):
-        opt = make(**ours_options, backend=backend)
-        p = {k: mx.array(v) for k, v in params.items()}
-        for g in grads:
-            p = opt.apply_gradients({k: mx.array(v) for k, v in g.items()}, p)
-        mx.eval(p, opt.state)
-    _sm3_assert_close(ours_options, p, opt.state, _sm3_theirs(theirs_options, params, grads))
+    params, grads = _data(index, 25 if backend == "mlx" else 3)
+    p, state = _ours(module, make, ours_options, backend, params, grads)
+    _sm3_assert_close(ours_options, p, state, _sm3_theirs(theirs_options, params, grads))
 
 
 def test_sm3_compiled_step_matches_pytorch_optimizer():

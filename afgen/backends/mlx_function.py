@@ -324,6 +324,9 @@ class _Renderer:
         self.lines.append(f"{indent}{block.name} = self._matrix_{block.index}({block.name})")
         self.layout.classes[block.name] = ShapeClass.FULL
         self.layout.arrays.add(block.name)
+        if block.name in self.state_shapes:
+            slot = f'{self.state}["{block.name}"]'
+            self.lines.append(f"{indent}{slot} = _rt.fit({block.name}, {slot})")
 
     def _load_state(self, name: str) -> str:
         return f'_rt.cast({self.state}["{name}"], {self.cdt})'

@@ -183,25 +183,23 @@ class Spec:
     text: str
     class_loc: Loc | None = None  # where the spec names the class ('optimizer:')
 
-    def equations(self) -> Iterator[Equation]:
-        """Every equation of the update outside matrix blocks, in spec order, branches
-        flattened."""
+    def statements(self) -> Iterator[Statement]:
+        """Every statement of the update in spec order, branches flattened (a matrix
+        block's own statements stay inside it)."""
         pending = list(self.update)
         while pending:
             statement = pending.pop(0)
             if isinstance(statement, Branch):
                 pending[:0] = [*statement.then, *statement.orelse]
-            elif isinstance(statement, Equation):
+            else:
                 yield statement
 
+    def equations(self) -> Iterator[Equation]:
+        """Every equation of the update outside matrix blocks."""
+        return (s for s in self.statements() if isinstance(s, Equation))
+
     def matrix_blocks(self) -> Iterator[MatrixBlock]:
-        pending = list(self.update)
-        while pending:
-            statement = pending.pop(0)
-            if isinstance(statement, Branch):
-                pending[:0] = [*statement.then, *statement.orelse]
-            elif isinstance(statement, MatrixBlock):
-                yield statement
+        return (s for s in self.statements() if isinstance(s, MatrixBlock))
 
     def hyper(self, name: str) -> Hyperparameter:
         return next(h for h in self.hyperparameters if h.name == name)
