@@ -83,6 +83,11 @@ CASES = [
     ("  - matrix: g\n    do:\n      - g = g if nrows(g) > lr else g",
      r"needs a static condition .* or, in a matrix block, a comparison of sizes", 16, 18),
     ("  - g = grad * rows", r"'rows' is the size of a factored parameter's row", 14, 5),
+    ("  - matrix: g\n    do:\n      - s = 1\n      - repeat: 2\n        do:\n"
+     "          - s = g\n      - g = g * s", r"'s' is scalar before the repeat but full in it",
+     19, 13),
+    ("  - matrix: g\n    do:\n      - repeat: 2\n        do:\n          - s = sum(g)\n"
+     "      - g = g * s", r"unknown name 's'", 19, 17),
 ]
 
 

@@ -26,8 +26,6 @@ class _BlockCode:
 
     def __init__(self, printer: type, module: str, reductions: dict[str, str],
                  rename: dict[str, str]):
-        outer = self
-
         class Printer(printer):
             def _print_Symbol(self, expr: sympy.Symbol) -> str:
                 return rename.get(expr.name, expr.name)
@@ -55,10 +53,9 @@ class _BlockCode:
                 found = reduction_of(expr) if isinstance(expr, AppliedUndef) else None
                 if found is None:
                     return super()._print_Function(expr)
-                return f"{outer.reductions[found[1]]}({self._print(expr.args[0])})"
+                return f"{reductions[found[1]]}({self._print(expr.args[0])})"
 
         self.printer = Printer()
-        self.reductions = reductions
 
     def code(self, expr: sympy.Basic) -> str:
         return self.printer.doprint(expr)

@@ -127,8 +127,8 @@ class _Layout:
             # A scalar condition (a Python bool, or a 0-D array such as ``t == 1``)
             # broadcasts as it is.
             return ops.Where(*((self.lift(v, to, s), c if is_host_condition(c)
-                                      or cs is ShapeClass.SCALAR else self.lift(c, to, cs))
-                                     for (v, s), (c, cs) in pieces), evaluate=False), to
+                                or cs is ShapeClass.SCALAR else self.lift(c, to, cs))
+                               for (v, s), (c, cs) in pieces)), to
         walked = [self.walk(a) for a in expr.args]
         if isinstance(expr, Op) and len(walked) == 1:
             return expr.func(walked[0][0]), walked[0][1]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import sympy
 
 from afgen.lower.config import StaticConfig
-from afgen.lower.specialise import Program, Reduction, shape_of
+from afgen.lower.specialise import Program, Reduction, reduction_kind, shape_of
 from afgen.names import SymbolTable
 from afgen.spec.ops import Negate, Where
 from afgen.spec.shapes import ReduceAxes, ShapeClass
@@ -41,16 +41,9 @@ class Step:
         return self.reduce is not None
 
     @property
-    def mean(self) -> bool:
-        return self.how == "mean"
-
-    @property
     def kind(self) -> str:
-        if self.reduce is None:
-            return "assign"
-        if self.reduce is ReduceAxes.MATRIX:
-            return f"matrix_{self.block}"
-        return f"{self.reduce.value}_{self.how}"
+        return "assign" if self.reduce is None else reduction_kind(self.reduce, self.how,
+                                                                   self.block)
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,13 @@ class Reduction:
     block: int = -1  # of a matrix block (axes MATRIX): its index in the spec
 
     @property
-    def mean(self) -> bool:
-        return self.how == "mean"
-
-    @property
     def kind(self) -> str:
-        if self.axes is ReduceAxes.MATRIX:
-            return f"matrix_{self.block}"
-        return f"{self.axes.value}_{self.how}"
+        return reduction_kind(self.axes, self.how, self.block)
+
+
+def reduction_kind(axes: ReduceAxes, how: str, block: int) -> str:
+    """A reduction's label in plans and kernel names: ``rowwise_mean``, ``matrix_0``."""
+    return f"matrix_{block}" if axes is ReduceAxes.MATRIX else f"{axes.value}_{how}"
 
 
 @dataclass

@@ -623,8 +623,11 @@ class _SpecBuilder:
         self.matrix_count += 1
         return MatrixBlock(name, tuple(body), item.loc, self.matrix_count - 1)
 
-    def _matrix_statements(self, node: Node, scope: _Scope, name: str, counter: list[int]
-                           ) -> list[Statement]:
+    def _matrix_statements(self, node: Node, scope: _Scope, name: str, counter: list[int],
+                           before_loop: _Scope | None = None) -> list[Statement]:
+        """A block's statements; ``before_loop``: the names a ``repeat`` body starts from,
+        whose shape classes its assignments must keep (the loop may run any number of
+        times)."""
         out: list[Statement] = []
         for item in _expect_list(node, "a matrix block's statements"):
             counter[0] += 1
@@ -639,13 +642,11 @@ class _SpecBuilder:
                         or count in self.int_hypers):
                     raise SpecError(count_node.loc, f"'repeat' takes an int hyperparameter or "
                                     f"a count from 0 to {MAX_REPEAT}, got {count!r}")
-                body = self._matrix_statements(item.value["do"], scope, name, counter)
+                body = self._matrix_statements(item.value["do"], scope, name, counter, scope)
                 symbol = sympy.Integer(count) if isinstance(count, int) else \
                     sympy.Symbol(count, real=True)
                 out.append(Repeat(symbol, str(count), tuple(body), item.loc))
-                scope = scope.child({n: Typed(sympy.Symbol(n, real=True), NUM,
-                                              ShapeClass.FULL) for n in _assigned(body)})
-                continue
+                continue  # a name first assigned in the loop need not exist after it
             text = _expect_str(item, "an equation")
             target, target_loc, value = parse_assignment(text, item.loc, scope,
                                                          _expr_col_shift(item), matrix=True)
@@ -653,6 +654,10 @@ class _SpecBuilder:
                 raise SpecError(target_loc, f"cannot assign to '{target}' in a matrix block")
             if target == name and value.shape is not ShapeClass.FULL:
                 raise SpecError(target_loc, f"'{name}' must stay a matrix")
+            earlier = before_loop.names.get(target) if before_loop else None
+            if earlier is not None and earlier.shape is not value.shape:
+                raise SpecError(target_loc, f"'{target}' is {earlier.shape.label} before the "
+                                f"repeat but {value.shape.label} in it")
             out.append(Equation(target, value.expr, value.shape, text, item.loc))
             scope = scope.child({target: Typed(sympy.Symbol(target, real=True), NUM,
                                                value.shape)})
@@ -758,17 +763,6 @@ def _check_holds(h: Hyperparameter, check: sympy.Basic, text: str, node: Node | 
         shown = list(value) if isinstance(value, tuple) else value
         raise SpecError(node.loc, f"the {what} {shown} of '{h.name}' fails its own check "
                         f"'{' '.join(text.split())}'")
-
-
-def _assigned(statements: tuple[Statement, ...] | list[Statement]) -> set[str]:
-    """The names equations assign, in nested blocks too."""
-    out: set[str] = set()
-    for statement in statements:
-        if isinstance(statement, Equation):
-            out.add(statement.target)
-        elif isinstance(statement, (Repeat, MatrixBlock)):
-            out |= _assigned(statement.body)
-    return out
 
 
 def _assigns(statements: tuple[Statement, ...] | list[Statement], name: str) -> bool:
